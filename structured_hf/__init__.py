@@ -1,0 +1,17 @@
+"""structured_hf: concept-anchored representation engineering for HuggingFace transformers.
+
+Importing the package registers its models with the transformers Auto classes, so
+``AutoModel.from_pretrained(folder)`` works without ``trust_remote_code``.
+"""
+
+from .concepts import ConceptMap, ConceptSpec
+from .errors import NonFiniteLossError, StructuredConfigError
+from .models import ColorAutoencoderConfig, ColorAutoencoderModel
+from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationSite", "ColorAutoencoderConfig", "ColorAutoencoderModel", "ConceptMap", "ConceptSpec",
+    "NonFiniteLossError", "StructuredConfigError", "capture", "get_sites", "rewrite", "site_dims",
+]

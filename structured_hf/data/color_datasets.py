@@ -1,0 +1,100 @@
+"""Builders of color `datasets.Dataset`s with label-probability columns.
+
+Columns: ``colors`` (3 floats), ``prob_<label>`` for each labeler (the Bernoulli probability the collator draws
+from), and ``sample_weight`` where distinct colors must be equally likely (HSV grids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+
+from ..errors import StructuredConfigError
+from .colors import NAMED_COLORS, hsv_grid, hsv_sampling_weights, resolve_colors, rgb_grid, to_rgb
+from .labels import ColorLabeler
+
+PROB_PREFIX = "prob_"
+_GRID_KEYS = {"grid", "size", "hues", "saturations", "values", "colors", "include_named"}
+
+
+def build_color_dataset(
+    colors: np.ndarray,
+    labelers: Mapping[str, ColorLabeler] | None = None,
+    sample_weights: np.ndarray | None = None,
+    exact_labels: Mapping[str, np.ndarray] | None = None,
+) -> datasets.Dataset:
+    """Colors (N, 3) -> Dataset with ``colors``, ``prob_<label>`` and optionally ``sample_weight``.
+
+    Args:
+        colors: RGB in [0, 1].
+        labelers: label name -> weak labeler giving each color's label probability.
+        sample_weights: per-color sampling weight (normalised by the sampler).
+        exact_labels: label name -> RGB prototypes; the color gets probability 1 if it is one of them, else 0
+            (evaluation uses exact labels, e.g. red only for (1, 0, 0)). Overrides the labeler of that name.
+    """
+    colors = np.asarray(colors, dtype=np.float32).reshape(-1, 3)
+    data: dict[str, Any] = {"colors": colors}
+    for name, labeler in (labelers or {}).items():
+        data[PROB_PREFIX + name] = labeler(colors.astype(np.float64)).astype(np.float32)
+    for name, prototypes in (exact_labels or {}).items():
+        hits = np.isclose(colors[:, None, :], np.asarray(prototypes, dtype=np.float32)[None], atol=1e-6).all(-1)
+        data[PROB_PREFIX + name] = hits.any(-1).astype(np.float32)
+    if sample_weights is not None:
+        data["sample_weight"] = np.asarray(sample_weights, dtype=np.float32)
+    features = datasets.Features(
+        {
+            "colors": datasets.List(datasets.Value("float32"), length=3),
+            **{k: datasets.Value("float32") for k in data if k != "colors"},
+        }
+    )
+    return datasets.Dataset.from_dict({k: v.tolist() for k, v in data.items()}, features=features)
+
+
+def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tuple[np.ndarray, np.ndarray | None]:
+    """A data spec from a recipe -> (RGB colors, sampling weights or None).
+
+    Specs: ``{grid: rgb, size: 8}``; ``{grid: hsv, hues: 36, saturations: 10, values: 10}``;
+    ``{colors: [red, [0.5, 0.5, 0.5], ...]}``; ``{grid: named}`` (the 17 test colors).
+    ``include_named: true`` appends the 17 named colors.
+    """
+    if not isinstance(spec, Mapping):
+        raise StructuredConfigError(field, f"expected a mapping such as {{grid: rgb, size: 8}}, got {spec!r}")
+    unknown = set(spec) - _GRID_KEYS
+    if unknown:
+        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_GRID_KEYS)}")
+    grid = spec.get("grid", "colors" if "colors" in spec else None)
+    weights = None
+    if grid == "rgb":
+        colors = rgb_grid(_positive_int(spec.get("size", 8), f"{field}.size"))
+    elif grid == "hsv":
+        n_h = _positive_int(spec.get("hues", 36), f"{field}.hues")
+        n_s = _positive_int(spec.get("saturations", 10), f"{field}.saturations")
+        n_v = _positive_int(spec.get("values", 10), f"{field}.values")
+        hsv = hsv_grid(n_h, n_s, n_v)
+        colors, weights = to_rgb(hsv), hsv_sampling_weights(hsv, n_h, n_s)
+    elif grid == "named":
+        colors = np.asarray(list(NAMED_COLORS.values()))
+    elif grid == "colors":
+        listed = spec.get("colors")
+        if not isinstance(listed, Sequence) or isinstance(listed, str) or not listed:
+            raise StructuredConfigError(f"{field}.colors", f"expected a non-empty list of colors, got {listed!r}")
+        colors = resolve_colors(listed, f"{field}.colors")
+    else:
+        raise StructuredConfigError(f"{field}.grid", f"expected one of rgb, hsv, named, colors; got {grid!r}")
+    if spec.get("include_named", False):
+        named = np.asarray(list(NAMED_COLORS.values()))
+        colors = np.concatenate([colors, named])
+        if weights is not None:
+            # Named colors count like one typical distinct color each.
+            weights = np.concatenate([weights, np.full(len(named), weights.mean())])
+            weights = weights / weights.sum()
+    return colors, weights
+
+
+def _positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructuredConfigError(field, f"expected a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,106 @@
+"""Per-sample regularizers of RESEARCH §3.
+
+Every function maps activations ``x`` of shape ``(N, D)`` (any leading dims are flattened by the caller) and an
+optional concept to a per-sample loss of shape ``(N,)``. They are pure: no model, trainer or config access.
+Reduction over the batch (plain or label-weighted) is done once, in :mod:`.reduction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..concepts import ConceptSpec
+
+# Guards cos() and 1/d² against zero-length activations; small enough not to bias unit-norm latents.
+_EPS = 1e-8
+
+
+def _cos_to(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    v = concept.unit_direction(dtype=x.dtype, device=x.device)
+    return (x @ v) / x.norm(dim=-1).clamp_min(_EPS)  # (N,)
+
+
+def anchor(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    """Euclidean anchor ``‖x − a‖²``: pulls the sample onto the concept's point (its direction as written)."""
+    return (x - concept.vector(dtype=x.dtype, device=x.device)).square().sum(-1)
+
+
+def angular_anchor(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    """``1 − cos(x, a)``: pulls the sample's direction onto the concept's, whatever its norm."""
+    return 1.0 - _cos_to(x, concept)
+
+
+def anti_anchor(x: torch.Tensor, concept: ConceptSpec, full_sphere: bool = False) -> torch.Tensor:
+    """Pushes away from the concept: hemisphere ``max(cos, 0)`` or full sphere ``(cos + 1)/2``."""
+    cos = _cos_to(x, concept)
+    return (cos + 1.0) / 2.0 if full_sphere else cos.clamp_min(0.0)
+
+
+def unitarity(x: torch.Tensor, concept: ConceptSpec | None = None) -> torch.Tensor:
+    """``(‖x‖ − 1)²``: keeps the sample on the unit sphere without explicit normalization."""
+    return (x.norm(dim=-1) - 1.0).square()
+
+
+def subspace(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    """``Σ x_d²`` over the axes *outside* the concept's axes: keeps the sample in the concept's subspace."""
+    outside = ~concept.axis_mask(x.shape[-1], device=x.device)
+    return x[..., outside].square().sum(-1)
+
+
+def anti_subspace(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    """``Σ x_d²`` over the concept's axes: keeps reserved axes clear of the sample."""
+    inside = concept.axis_mask(x.shape[-1], device=x.device)
+    return x[..., inside].square().sum(-1)
+
+
+def _distinct_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(N, N) mask of pairs (i, j) that repel: j ≠ i and x_j not an exact duplicate of x_i.
+
+    Duplicates are excluded because sampling with replacement often puts the same color twice in a batch; two
+    identical latents cannot be pushed apart and would only add a constant (or an infinity, for 1/d²).
+    """
+    return (x.unsqueeze(0) != x.unsqueeze(1)).any(-1)
+
+
+def angular_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None, power: float = 100.0) -> torch.Tensor:
+    """``Σ_j ((1 + cos(x_i, x_j))/2)^p`` over the other batch members: spreads samples over the sphere.
+
+    A large ``p`` (100 in M2) makes only near neighbours repel, so the term shapes local spacing without fighting
+    the anchors globally.
+    """
+    u = F.normalize(x, dim=-1, eps=_EPS)
+    sim = ((1.0 + u @ u.T) / 2.0).clamp(0.0, 1.0).pow(power)  # (N, N)
+    return (sim * _distinct_pairs(x)).sum(-1)
+
+
+def euclidean_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None) -> torch.Tensor:
+    """Mean over the other batch members of ``1/‖x_i − x_j‖²`` (M1.5/1.6)."""
+    d2 = torch.cdist(x, x).square()
+    mask = _distinct_pairs(x)
+    inv = torch.where(mask, 1.0 / d2.clamp_min(_EPS), torch.zeros_like(d2))
+    return inv.sum(-1) / mask.sum(-1).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """A registered regularizer and the kind of concept it needs (``direction``, ``axes`` or ``None``)."""
+
+    fn: Callable[..., torch.Tensor]
+    concept_kind: str | None
+    batch_coupled: bool = False  # depends on other batch members (repulsion): sees only its micro-batch
+
+
+LOSSES: dict[str, LossInfo] = {
+    "anchor": LossInfo(anchor, "direction"),
+    "angular_anchor": LossInfo(angular_anchor, "direction"),
+    "anti_anchor": LossInfo(anti_anchor, "direction"),
+    "unitarity": LossInfo(unitarity, None),
+    "subspace": LossInfo(subspace, "axes"),
+    "anti_subspace": LossInfo(anti_subspace, "axes"),
+    "angular_repulsion": LossInfo(angular_repulsion, None, batch_coupled=True),
+    "euclidean_repulsion": LossInfo(euclidean_repulsion, None, batch_coupled=True),
+}

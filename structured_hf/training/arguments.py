@@ -1,0 +1,128 @@
+"""Training arguments that carry the anchoring recipe: regularizer specs and schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from ..errors import StructuredConfigError
+from ..losses import LOSSES
+from .schedules import Schedule, parse_schedule
+
+_REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params"}
+# Schedulable parameters besides the regularizer weights (which are scheduled through their `weight`).
+SCHEDULABLE = ("learning_rate", "reconstruction")
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """One anchoring term: ``weight(step) · reduce(loss(activations[site], concept), labels[label])``.
+
+    Args:
+        name: unique name used in logs (default ``"<loss>:<concept>"`` or ``"<loss>"``).
+        loss: a key of :data:`structured_hf.losses.LOSSES`.
+        concept: concept-map entry the loss is about (required for anchors and (anti-)subspaces).
+        label: weak label that selects the samples (none: every sample).
+        site: activation site (default: the concept's site; required for concept-free losses).
+        weight: constant or keyframed schedule.
+        params: extra keyword arguments of the loss (e.g. ``{power: 100.0}`` for angular repulsion).
+    """
+
+    name: str
+    loss: str
+    concept: str | None = None
+    label: str | None = None
+    site: str | None = None
+    weight: Schedule = field(default_factory=lambda: Schedule.constant(1.0))
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], field_name: str) -> RegularizerSpec:
+        if isinstance(entry, RegularizerSpec):
+            return entry
+        if not isinstance(entry, Mapping):
+            raise StructuredConfigError(field_name, f"expected a mapping with loss/concept/label/weight, got {entry!r}")
+        unknown = set(entry) - _REG_KEYS
+        if unknown:
+            raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(_REG_KEYS)}")
+        loss = entry.get("loss")
+        if loss not in LOSSES:
+            raise StructuredConfigError(f"{field_name}.loss", f"unknown loss {loss!r}; known: {sorted(LOSSES)}")
+        info = LOSSES[loss]
+        concept = entry.get("concept")
+        if info.concept_kind is not None and not isinstance(concept, str):
+            raise StructuredConfigError(f"{field_name}.concept", f"loss '{loss}' needs a concept name, got {concept!r}")
+        if info.concept_kind is None and concept is not None:
+            raise StructuredConfigError(f"{field_name}.concept", f"loss '{loss}' takes no concept, got {concept!r}")
+        site = entry.get("site")
+        if concept is None and not isinstance(site, str):
+            raise StructuredConfigError(f"{field_name}.site", f"loss '{loss}' has no concept, so it needs a site")
+        label = entry.get("label")
+        if label is not None and not isinstance(label, str):
+            raise StructuredConfigError(f"{field_name}.label", f"expected a label name, got {label!r}")
+        params = entry.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise StructuredConfigError(f"{field_name}.params", f"expected a mapping, got {params!r}")
+        name = entry.get("name") or (f"{loss}:{concept}" if concept else loss)
+        weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
+        return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params))
+
+
+def parse_regularizers(entries: Any, field_name: str = "regularizers") -> list[RegularizerSpec]:
+    if entries is None:
+        return []
+    if not isinstance(entries, (list, tuple)):
+        raise StructuredConfigError(field_name, f"expected a list of regularizer specs, got {type(entries).__name__}")
+    specs = [RegularizerSpec.from_dict(e, f"{field_name}[{i}]") for i, e in enumerate(entries)]
+    names = [s.name for s in specs]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise StructuredConfigError(f"{field_name}[{i}].name", f"duplicate regularizer name '{n}'; set `name`")
+    return specs
+
+
+def parse_schedules(spec: Any, field_name: str = "schedules") -> dict[str, Schedule]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise StructuredConfigError(field_name, f"expected a mapping of parameter -> schedule, got {spec!r}")
+    out = {}
+    for key, value in spec.items():
+        if key not in SCHEDULABLE:
+            raise StructuredConfigError(
+                f"{field_name}.{key}",
+                f"unknown parameter; schedulable: {list(SCHEDULABLE)} (regularizer weights go in their `weight`)",
+            )
+        out[key] = parse_schedule(value, f"{field_name}.{key}")
+    return out
+
+
+@dataclass
+class AnchoredTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the anchoring recipe.
+
+    Args:
+        regularizers: list of regularizer specs (see :class:`RegularizerSpec`), as dicts.
+        schedules: ``{parameter: schedule}`` for ``learning_rate`` and ``reconstruction`` (the task-loss weight).
+        sample_with_replacement: draw training samples with replacement (weighted by a ``sample_weight`` column if
+            the dataset has one), as the color experiments do.
+        check_finite: stop with an error naming the term as soon as any loss term is NaN/inf.
+    """
+
+    regularizers: list = field(default_factory=list)
+    schedules: dict = field(default_factory=dict)
+    sample_with_replacement: bool = False
+    check_finite: bool = True
+    # Batches are dicts of tensors built by our collators, not per-row dicts: Trainer's column removal does not apply.
+    remove_unused_columns: bool = False
+    prediction_loss_only: bool = True
+    report_to: Any = "none"
+
+    def __post_init__(self):
+        super().__post_init__()
+        # Parsed forms live outside the dataclass fields so `to_dict()`/`to_json_string()` keep the plain recipe.
+        self.regularizer_specs = parse_regularizers(self.regularizers)
+        self.parameter_schedules = parse_schedules(self.schedules)

@@ -1,0 +1,213 @@
+"""A YAML experiment file is the whole recipe: model (with concept map), data, labels, regularizers, schedules and
+training arguments. This module loads it with clear errors and builds the model, datasets and trainer from it.
+
+Layout::
+
+    seed: 0
+    model: {type: color_autoencoder, bottleneck_dim: 4, ..., concepts: [...]}
+    data: {train: {grid: rgb, size: 8}, eval: {...}, labels: {red: {scale: 0.08, power: 8.0}}, eval_labels: {...}}
+    regularizers: [{loss: angular_anchor, concept: red, label: red, weight: ...}, ...]
+    schedules: {learning_rate: {...}, reconstruction: 1.0}
+    training: {max_steps: 1501, per_device_train_batch_size: 64, ...}   # any TrainingArguments field
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import yaml
+from transformers import set_seed
+
+from ..data.color_datasets import build_color_dataset, colors_from_spec
+from ..data.colors import resolve_colors
+from ..data.labels import parse_labelers
+from ..errors import StructuredConfigError
+from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
+from .arguments import AnchoredTrainingArguments, parse_regularizers, parse_schedules
+from .trainer import AnchoredTrainer
+
+_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "training", "output_dir", "description"}
+_DATA_KEYS = {"train", "eval", "labels", "eval_labels"}
+# model.type -> (config class, model class); new model families register here.
+MODEL_TYPES: dict[str, tuple[type, type]] = {
+    "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
+}
+
+
+@dataclass
+class Recipe:
+    """A parsed experiment file (plain data; :func:`build_trainer` turns it into objects)."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    regularizers: list[dict[str, Any]] = field(default_factory=list)
+    schedules: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Read and validate a recipe file; ``overrides`` maps dotted keys (``training.max_steps``) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise StructuredConfigError("config", f"no such recipe file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise StructuredConfigError(str(path), f"malformed YAML: {e}") from None
+    return parse_recipe(raw, overrides, source=str(path))
+
+
+def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, Mapping):
+        raise StructuredConfigError(source, f"expected a YAML mapping at the top level, got {type(raw).__name__}")
+    raw = copy.deepcopy(dict(raw))
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise StructuredConfigError(source, f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    for key in ("model", "data"):
+        if not isinstance(raw.get(key), Mapping):
+            raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise StructuredConfigError("seed", f"expected an integer, got {seed!r}")
+    recipe = Recipe(
+        model=dict(raw["model"]),
+        data=dict(raw["data"]),
+        regularizers=list(raw.get("regularizers") or []),
+        schedules=dict(raw.get("schedules") or {}),
+        training=dict(raw.get("training") or {}),
+        seed=seed,
+        output_dir=str(raw.get("output_dir", "outputs/run")),
+        description=str(raw.get("description", "")),
+    )
+    validate_recipe(recipe)
+    return recipe
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise StructuredConfigError(dotted, f"cannot set a key inside the non-mapping '{part}'")
+    node[parts[-1]] = value
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Parse every part once, so that errors surface before any work starts."""
+    model_config(recipe)
+    parse_regularizers(recipe.regularizers)
+    parse_schedules(recipe.schedules)
+    unknown = set(recipe.data) - _DATA_KEYS
+    if unknown:
+        raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
+    if "train" not in recipe.data:
+        raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
+    parse_labelers(recipe.data.get("labels"))
+    _check_training_fields(recipe.training)
+
+
+def _check_training_fields(training: Mapping[str, Any]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(AnchoredTrainingArguments)}
+    reserved = {"regularizers", "schedules", "seed", "output_dir"}
+    for key, value in training.items():
+        if key in reserved:
+            raise StructuredConfigError(f"training.{key}", f"set '{key}' at the top level of the recipe, not in training")
+        if key not in fields:
+            raise StructuredConfigError(f"training.{key}", "unknown TrainingArguments field")
+        default = fields[key].default
+        if isinstance(default, float) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise StructuredConfigError(
+                    f"training.{key}",
+                    f"expected a number, got {value!r} ({type(value).__name__}); YAML reads 1e-4 as a string, write 1.0e-4",
+                )
+            if not math.isfinite(value):
+                raise StructuredConfigError(f"training.{key}", f"expected a finite number, got {value}")
+        if isinstance(default, int) and not isinstance(default, bool) and key != "max_steps":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StructuredConfigError(f"training.{key}", f"expected an integer, got {value!r}")
+    max_steps = training.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise StructuredConfigError("training.max_steps", f"expected an integer, got {max_steps!r}")
+
+
+def model_config(recipe: Recipe):
+    """The model config the recipe describes (validated, including the concept map)."""
+    spec = dict(recipe.model)
+    kind = spec.pop("type", "color_autoencoder")
+    if kind not in MODEL_TYPES:
+        raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
+    config_cls, _ = MODEL_TYPES[kind]
+    allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise StructuredConfigError("model", f"unknown keys {sorted(unknown)} for {kind}; allowed: {sorted(allowed)}")
+    try:
+        return config_cls(**spec)
+    except StructuredConfigError:
+        raise
+    except Exception as e:  # strict dataclass validation wraps our errors; surface the message, not a traceback
+        cause = e.__cause__ if isinstance(e.__cause__, StructuredConfigError) else None
+        raise StructuredConfigError("model", str(cause or e).strip()) from None
+
+
+def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Train (and eval) color datasets with label-probability columns."""
+    labelers = parse_labelers(recipe.data.get("labels"))
+    colors, weights = colors_from_spec(recipe.data["train"], "data.train")
+    train = build_color_dataset(colors, labelers, sample_weights=weights)
+    eval_ds = None
+    if recipe.data.get("eval") is not None:
+        eval_colors, _ = colors_from_spec(recipe.data["eval"], "data.eval")
+        exact = recipe.data.get("eval_labels") or {}
+        if not isinstance(exact, Mapping):
+            raise StructuredConfigError("data.eval_labels", f"expected label -> list of colors, got {exact!r}")
+        exact_rgb = {}
+        for name, listed in exact.items():
+            if name not in labelers:
+                raise StructuredConfigError(f"data.eval_labels.{name}", f"unknown label; data.labels has {sorted(labelers)}")
+            if not isinstance(listed, Sequence) or isinstance(listed, str):
+                raise StructuredConfigError(f"data.eval_labels.{name}", f"expected a list of colors, got {listed!r}")
+            exact_rgb[name] = resolve_colors(listed, f"data.eval_labels.{name}")
+        eval_ds = build_color_dataset(eval_colors, labelers, exact_labels=exact_rgb)
+    return train, eval_ds
+
+
+def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
+    """Model, datasets and trainer from a recipe; seeds everything first so the run is reproducible."""
+    set_seed(recipe.seed)
+    config = model_config(recipe)
+    _, model_cls = MODEL_TYPES[recipe.model.get("type", "color_autoencoder")]
+    model = model_cls(config)
+    train_ds, eval_ds = build_datasets(recipe)
+    training = dict(recipe.training)
+    try:
+        args = AnchoredTrainingArguments(
+            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=recipe.regularizers,
+            schedules=recipe.schedules, **training,
+        )
+    except StructuredConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise StructuredConfigError("training", str(e)) from None
+    return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, **trainer_kwargs)
