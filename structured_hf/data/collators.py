@@ -60,8 +60,9 @@ class WeakLabelCollator:
         label_names: labels to emit (each needs a ``prob_<name>`` column).
         sample: draw Bernoulli labels (training). ``False`` passes the probabilities through as (soft or exact)
             weights, which is what evaluation with exact 0/1 label columns needs.
-        generator: RNG for the draws. ``None`` uses torch's global RNG, which Trainer seeds and stores in every
-            checkpoint, so a resumed run draws the same labels as an uninterrupted one.
+        generator: RNG for the draws (``None``: torch's global RNG). :class:`AnchoredTrainer` does not rely on it:
+            it draws the labels itself from a generator seeded by (seed, step, micro-batch, process), which is what
+            makes a resumed run draw exactly the labels of an uninterrupted one (see ``AnchoredTrainer``).
     """
 
     def __init__(self, label_names: Sequence[str], sample: bool = True, generator: torch.Generator | None = None):
@@ -78,6 +79,12 @@ class WeakLabelCollator:
             key = PROB_PREFIX + name
             if key not in batch:
                 raise StructuredConfigError("label", f"no column '{key}' for label '{name}'; have {sorted(batch)}")
-            p = batch[key].float()
-            concept_labels[name] = torch.bernoulli(p, generator=self.generator) if self.sample else p
+            concept_labels[name] = batch[key].float()
+        if self.sample:
+            concept_labels = draw_labels(concept_labels, self.generator)
         return {"colors": colors, "labels": colors, "concept_labels": concept_labels}
+
+
+def draw_labels(probabilities: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Fresh Bernoulli labels from label probabilities. Idempotent on 0/1 inputs (exact labels stay exact)."""
+    return {name: torch.bernoulli(p, generator=generator) for name, p in probabilities.items()}

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
 from ..concepts import ConceptMap, ConceptSpec
-from ..data.collators import ColumnarDataset, WeakLabelCollator
+from ..data.collators import ColumnarDataset, WeakLabelCollator, draw_labels
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
 from ..losses import LOSSES, selective_mean
@@ -81,7 +81,8 @@ class AnchoredTrainer(Trainer):
         self.bound_regularizers = _bind_regularizers(model, args.regularizer_specs, train_dataset)
         label_names = sorted({r.spec.label for r in self.bound_regularizers if r.spec.label})
         if data_collator is None:
-            data_collator = WeakLabelCollator(label_names, sample=True)
+            # Probabilities pass through the collator; the trainer draws the labels (see `_label_generator`).
+            data_collator = WeakLabelCollator(label_names, sample=False)
         self.eval_data_collator = eval_data_collator or WeakLabelCollator(label_names, sample=False)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=data_collator, **kwargs)
@@ -123,8 +124,21 @@ class AnchoredTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for k, batch in enumerate(batch_samples):
+            if "concept_labels" in batch:
+                batch["concept_labels"] = draw_labels(batch["concept_labels"], self._label_generator(k))
         self._window = self._window_totals(batch_samples, device)
         return batch_samples, num_items_in_batch
+
+    def _label_generator(self, micro_batch: int) -> torch.Generator:
+        """RNG for the weak labels of one micro-batch, a pure function of (seed, step, micro-batch, process).
+
+        Labels are not drawn from torch's global RNG: Trainer collates the first batch after a resume *before* it
+        restores the global RNG state, and accelerate prefetches batches, so global-RNG draws would shift by one
+        batch on resume. Seeding from the step makes resumed and uninterrupted runs draw identical labels.
+        """
+        key = (self.args.seed * 1_000_003 + self.state.global_step) * 4099 + micro_batch * 257 + self.args.process_index
+        return torch.Generator().manual_seed(key % (2**63 - 1))
 
     def _window_totals(self, batches: list[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
         """Samples and label sums over the accumulation window, summed over processes."""
@@ -188,8 +202,8 @@ class AnchoredTrainer(Trainer):
         if bool(torch.isfinite(stacked).all()):
             return
         for name, value in terms.items():
-            if not math.isfinite(float(value)):
-                raise NonFiniteLossError(name, self.state.global_step, float(value))
+            if not math.isfinite(float(value.detach())):
+                raise NonFiniteLossError(name, self.state.global_step, float(value.detach()))
 
     def _accumulate(self, terms: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> None:
         for name, value in terms.items():
