@@ -5,13 +5,13 @@ Importing the package registers its models with the transformers Auto classes, s
 """
 
 from .concepts import ConceptMap, ConceptSpec
-from .errors import NonFiniteLossError, StructuredConfigError
+from .errors import CheckpointError, NonFiniteLossError, StructuredConfigError
 from .models import ColorAutoencoderConfig, ColorAutoencoderModel
 from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationSite", "ColorAutoencoderConfig", "ColorAutoencoderModel", "ConceptMap", "ConceptSpec",
+    "ActivationSite", "CheckpointError", "ColorAutoencoderConfig", "ColorAutoencoderModel", "ConceptMap", "ConceptSpec",
     "NonFiniteLossError", "StructuredConfigError", "capture", "get_sites", "rewrite", "site_dims",
 ]

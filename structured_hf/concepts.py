@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import StructuredConfigError
@@ -125,8 +126,15 @@ def _parse_direction(value: Any, field: str) -> tuple[float, ...]:
         if not math.isfinite(x):
             raise StructuredConfigError(f"{field}[{i}]", f"expected a finite number, got {x!r}")
         out.append(float(x))
-    if math.sqrt(sum(x * x for x in out)) == 0.0:
+    # Check the length as the losses will compute it (float32): a norm that under- or overflows there would turn
+    # every angular loss into NaN.
+    # (NumPy, not torch: this also runs inside from_pretrained's meta-device context.)
+    with np.errstate(over="ignore", under="ignore"):
+        norm = float(np.linalg.norm(np.asarray(out, dtype=np.float32)))
+    if norm == 0.0:
         raise StructuredConfigError(field, "is the zero vector; a concept direction must have non-zero length")
+    if not math.isfinite(norm) or norm < 1e-12:
+        raise StructuredConfigError(field, f"has length {norm:g}, outside float32's usable range; rescale it")
     return tuple(out)
 
 

@@ -29,3 +29,11 @@ class NonFiniteLossError(FloatingPointError):
             f"loss term '{term}' is {value} at global step {step}; training stopped before the optimizer step, "
             "so no checkpoint with non-finite weights was written. Lower the learning rate or this term's weight."
         )
+
+
+class CheckpointError(OSError):
+    """A checkpoint folder or file is missing, truncated, corrupted or does not match its config."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")

@@ -79,7 +79,9 @@ def angular_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None, power
 
 def euclidean_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None) -> torch.Tensor:
     """Mean over the other batch members of ``1/‖x_i − x_j‖²`` (M1.5/1.6)."""
-    d2 = torch.cdist(x, x).square()
+    # Exact pairwise differences: cdist's matrix-product shortcut (used above 25 rows) loses float32 precision for
+    # close points, exactly where 1/d² matters most.
+    d2 = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").square()
     mask = _distinct_pairs(x)
     inv = torch.where(mask, 1.0 / d2.clamp_min(_EPS), torch.zeros_like(d2))
     return inv.sum(-1) / mask.sum(-1).clamp_min(1)

@@ -85,6 +85,13 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key in ("model", "data"):
         if not isinstance(raw.get(key), Mapping):
             raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
+    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            expected = "a mapping" if kind is Mapping else "a list"
+            raise StructuredConfigError(key, f"expected {expected}, got {type(raw[key]).__name__} {raw[key]!r}")
+    for key in ("output_dir", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise StructuredConfigError(key, f"expected a string, got {raw[key]!r}")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise StructuredConfigError("seed", f"expected an integer, got {seed!r}")

@@ -271,7 +271,7 @@ def _bind_regularizers(model: torch.nn.Module, specs: list[RegularizerSpec], tra
             needed = LOSSES[spec.loss].concept_kind
             if concept.kind != needed:
                 raise StructuredConfigError(f"{field}.concept",
-                                            f"loss '{spec.loss}' needs a {needed} concept, '{concept.name}' is {concept.kind}")
+                                            f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
         site = spec.site or concept.site
         if site not in dims:
             raise StructuredConfigError(f"{field}.site", f"unknown site '{site}'; the model has {sorted(dims)}")

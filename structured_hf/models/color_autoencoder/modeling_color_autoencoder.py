@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...concepts import ConceptMap
 from ...errors import StructuredConfigError
 from ...sites import ActivationSite
+from ..base import StructuredPreTrainedModel
 from .configuration_color_autoencoder import ColorAutoencoderConfig
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -82,7 +81,7 @@ class ColorDecoder(nn.Module):
         return self.out(self.mlp(self.act(self.proj(z))))  # (B, 3)
 
 
-class ColorAutoencoderPreTrainedModel(PreTrainedModel):
+class ColorAutoencoderPreTrainedModel(StructuredPreTrainedModel):
     config_class = ColorAutoencoderConfig
     base_model_prefix = "color_autoencoder"
     main_input_name = "colors"
@@ -114,10 +113,6 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         self.bottleneck = ActivationSite("bottleneck", config.bottleneck_dim)
         self.decoder = ColorDecoder(config)
         self.post_init()
-
-    @property
-    def concept_map(self) -> ConceptMap:
-        return ConceptMap.parse(self.config.concepts)
 
     def encode(self, colors: torch.Tensor) -> torch.Tensor:
         """RGB (B, 3) -> latent (B, K) at the `bottleneck` site (interventions on the site apply)."""
