@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 from ..errors import StructuredConfigError
 from ..losses import LOSSES
 from .schedules import Schedule, parse_schedule
+from .transitions import ReactiveRule
 
 _REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params"}
 # Schedulable parameters besides the regularizer weights (which are scheduled through their `weight`).
@@ -100,6 +101,14 @@ def parse_schedules(spec: Any, field_name: str = "schedules") -> dict[str, Sched
     return out
 
 
+def parse_reactive(entries: Any, field_name: str = "reactive") -> list[ReactiveRule]:
+    if entries is None:
+        return []
+    if not isinstance(entries, (list, tuple)):
+        raise StructuredConfigError(field_name, f"expected a list of rules, got {type(entries).__name__}")
+    return [ReactiveRule.from_dict(e, f"{field_name}[{i}]") for i, e in enumerate(entries)]
+
+
 @dataclass
 class AnchoredTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the anchoring recipe.
@@ -107,6 +116,8 @@ class AnchoredTrainingArguments(TrainingArguments):
     Args:
         regularizers: list of regularizer specs (see :class:`RegularizerSpec`), as dicts.
         schedules: ``{parameter: schedule}`` for ``learning_rate`` and ``reconstruction`` (the task-loss weight).
+        reactive: reactive rules (see :class:`~structured_hf.training.transitions.ReactiveRule`), as dicts: when a
+            logged metric crosses a threshold, a regularizer weight (or ``reconstruction``) moves smoothly to a target.
         sample_with_replacement: draw training samples with replacement (weighted by a ``sample_weight`` column if
             the dataset has one), as the color experiments do.
         check_finite: stop with an error naming the term as soon as any loss term is NaN/inf.
@@ -114,6 +125,7 @@ class AnchoredTrainingArguments(TrainingArguments):
 
     regularizers: list = field(default_factory=list)
     schedules: dict = field(default_factory=dict)
+    reactive: list = field(default_factory=list)
     sample_with_replacement: bool = False
     check_finite: bool = True
     # Batches are dicts of tensors built by our collators, not per-row dicts: Trainer's column removal does not apply.
@@ -126,3 +138,9 @@ class AnchoredTrainingArguments(TrainingArguments):
         # Parsed forms live outside the dataclass fields so `to_dict()`/`to_json_string()` keep the plain recipe.
         self.regularizer_specs = parse_regularizers(self.regularizers)
         self.parameter_schedules = parse_schedules(self.schedules)
+        self.reactive_rules = parse_reactive(self.reactive)
+        known = {r.name for r in self.regularizer_specs} | {"reconstruction"}
+        for i, rule in enumerate(self.reactive_rules):
+            if rule.parameter not in known:
+                raise StructuredConfigError(f"reactive[{i}].parameter",
+                                            f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}")

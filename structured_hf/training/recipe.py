@@ -30,10 +30,10 @@ from ..data.colors import resolve_colors
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
-from .arguments import AnchoredTrainingArguments, parse_regularizers, parse_schedules
+from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regularizers, parse_schedules
 from .trainer import AnchoredTrainer
 
-_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "training", "output_dir", "description"}
+_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels"}
 # model.type -> (config class, model class); new model families register here.
 MODEL_TYPES: dict[str, tuple[type, type]] = {
@@ -49,6 +49,7 @@ class Recipe:
     data: dict[str, Any]
     regularizers: list[dict[str, Any]] = field(default_factory=list)
     schedules: dict[str, Any] = field(default_factory=dict)
+    reactive: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     output_dir: str = "outputs/run"
@@ -85,7 +86,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key in ("model", "data"):
         if not isinstance(raw.get(key), Mapping):
             raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
-    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list)):
+    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list), ("reactive", list)):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             expected = "a mapping" if kind is Mapping else "a list"
             raise StructuredConfigError(key, f"expected {expected}, got {type(raw[key]).__name__} {raw[key]!r}")
@@ -100,6 +101,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         data=dict(raw["data"]),
         regularizers=list(raw.get("regularizers") or []),
         schedules=dict(raw.get("schedules") or {}),
+        reactive=list(raw.get("reactive") or []),
         training=dict(raw.get("training") or {}),
         seed=seed,
         output_dir=str(raw.get("output_dir", "outputs/run")),
@@ -124,6 +126,7 @@ def validate_recipe(recipe: Recipe) -> None:
     model_config(recipe)
     parse_regularizers(recipe.regularizers)
     parse_schedules(recipe.schedules)
+    parse_reactive(recipe.reactive)
     unknown = set(recipe.data) - _DATA_KEYS
     if unknown:
         raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
@@ -135,7 +138,7 @@ def validate_recipe(recipe: Recipe) -> None:
 
 def _check_training_fields(training: Mapping[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(AnchoredTrainingArguments)}
-    reserved = {"regularizers", "schedules", "seed", "output_dir"}
+    reserved = {"regularizers", "schedules", "reactive", "seed", "output_dir"}
     for key, value in training.items():
         if key in reserved:
             raise StructuredConfigError(f"training.{key}", f"set '{key}' at the top level of the recipe, not in training")
@@ -211,7 +214,7 @@ def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
     try:
         args = AnchoredTrainingArguments(
             output_dir=recipe.output_dir, seed=recipe.seed, regularizers=recipe.regularizers,
-            schedules=recipe.schedules, **training,
+            schedules=recipe.schedules, reactive=recipe.reactive, **training,
         )
     except StructuredConfigError:
         raise

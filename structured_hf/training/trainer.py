@@ -91,7 +91,8 @@ class AnchoredTrainer(Trainer):
         self.hparams: dict[str, float] = {}
         schedules = {r.spec.name: r.spec.weight for r in self.bound_regularizers}
         schedules["reconstruction"] = args.parameter_schedules.get("reconstruction", Schedule.constant(1.0))
-        self.add_callback(ScheduleCallback(schedules, self.hparams))
+        self.schedule_callback = ScheduleCallback(schedules, self.hparams, args.reactive_rules)
+        self.add_callback(self.schedule_callback)
         self._window: dict[str, float] | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
         self._label_sums: dict[str, torch.Tensor] = {}
