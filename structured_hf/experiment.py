@@ -11,23 +11,51 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from .concepts import ConceptMap
+from .data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
 from .evaluation import evaluate_color_model
+from .evaluation.structure import color_structure, latent_jitter, loss_spikes
 from .hub import render_color_model_card
 from .training import build_trainer
+from .training.callbacks import LatentSnapshotCallback
 from .training.recipe import Recipe
-from .visualization import plot_color_model_latents, plot_training_curves
+from .visualization import (
+    animate_latent_evolution,
+    plot_color_model_latents,
+    plot_latent_evolution,
+    plot_schedules,
+    plot_training_curves,
+)
 
 logger = logging.getLogger(__name__)
+SNAPSHOTS = 30  # latent snapshots per run, for the evolution figure, the animation and the jitter metric
 
 
-def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True) -> dict[str, Any]:
+def _hue_plane(concepts: ConceptMap) -> tuple[int, int]:
+    """The plane the hue wheel is meant to lie in: the first 2-axes concept, else axes (0, 1)."""
+    for c in concepts:
+        if c.axes is not None and len(c.axes) == 2:
+            return tuple(c.axes)  # type: ignore[return-value]
+    return (0, 1)
+
+
+def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True,
+                   animation: bool = True) -> dict[str, Any]:
     """Train ``recipe`` and write everything to ``recipe.output_dir``; returns the metrics.
 
     Outputs: ``config.json`` + ``model.safetensors`` (load with ``AutoModel.from_pretrained``), ``recipe.yaml``,
-    ``metrics.json``, ``log_history.json``, ``latents.png``, ``training_curves.png`` and a model card ``README.md``.
+    ``metrics.json``, ``log_history.json``, figures (``latents.png``, ``training_curves.png``, ``schedules.png``,
+    ``evolution.png``, ``evolution.gif``) and a model card ``README.md``.
     """
     out = Path(recipe.output_dir)
-    trainer = build_trainer(recipe)
+    probe = np.concatenate([rgb_grid(8), np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])])
+    max_steps = int(recipe.training.get("max_steps", 0))
+    snapshots = LatentSnapshotCallback({"colors": torch.as_tensor(probe, dtype=torch.float32)}, "bottleneck",
+                                       every=max(max_steps // SNAPSHOTS, 1))
+    trainer = build_trainer(recipe, callbacks=[snapshots])
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
@@ -39,7 +67,13 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
         return {}
 
     model = trainer.model
+    concepts = ConceptMap.parse(model.config.concepts)
+    history = trainer.state.log_history
+    boundaries = [start for start, _ in trainer.curriculum.boundaries()] if trainer.curriculum else []
     metrics = evaluate_color_model(model)
+    metrics["structure"] = color_structure(model, site="bottleneck", plane=_hue_plane(concepts))
+    metrics["stability"] = {"loss_spikes": loss_spikes(history, boundaries),
+                            "latent_jitter": latent_jitter(snapshots.snapshots)}
     metrics.update(
         train_runtime_s=train_runtime,
         train_steps=trainer.state.global_step,
@@ -48,13 +82,27 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
         num_parameters=sum(p.numel() for p in model.parameters()),
         seed=recipe.seed,
     )
+    if trainer.schedule_callback.events:
+        metrics["reactive_events"] = trainer.schedule_callback.events
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (out / "log_history.json").write_text(json.dumps(history, indent=1))
     if figures:
         plot_color_model_latents(model, out / "latents.png", title=f"{out.name}: latent space (bottleneck)")
-        plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
+        plot_training_curves(history, out / "training_curves.png", title=out.name)
+        schedules = dict(trainer.schedule_callback.schedules)
+        schedules["learning_rate"] = trainer.args.parameter_schedules.get("learning_rate")
+        if trainer.curriculum is not None and trainer.curriculum.vibrancy_min is not None:
+            schedules["data: vibrancy_min"] = trainer.curriculum.vibrancy_min
+        schedules = {k: v for k, v in schedules.items() if v is not None and not (k == "reconstruction" and v.is_constant)}
+        phases = trainer.curriculum.boundaries() if trainer.curriculum else []
+        plot_schedules(schedules, trainer.state.global_step, out / "schedules.png", phases=phases,
+                       title=f"{out.name}: schedules")
+        plot_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.png",
+                              title=f"{out.name}: latent evolution")
+        if animation:
+            animate_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.gif", schedules)
     render_color_model_card(recipe, metrics, str(out)).save(out / "README.md")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
     return metrics

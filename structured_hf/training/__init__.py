@@ -2,7 +2,7 @@
 
 from .arguments import AnchoredTrainingArguments, RegularizerSpec, parse_regularizers, parse_schedules
 from .callbacks import ScheduleCallback
-from .schedules import INTERPOLATIONS, Schedule, minimum_jerk, parse_schedule
+from ..schedules import INTERPOLATIONS, Schedule, minimum_jerk, parse_schedule
 from .trainer import AnchoredTrainer
 
 __all__ = [

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from ..errors import StructuredConfigError
 from ..losses import LOSSES
-from .schedules import Schedule, parse_schedule
+from ..schedules import Schedule, parse_schedule
 from .transitions import ReactiveRule
 
 _REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params"}

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from transformers import TrainerCallback
 
-from .schedules import Schedule
+from ..schedules import Schedule
 from .transitions import ReactiveRule, SmoothParameter
 
 logger = logging.getLogger(__name__)
@@ -68,3 +68,43 @@ class ScheduleCallback(TrainerCallback):
                             "parameter": name, "target": rule.target})
         logger.info("reactive rule fired at step %d: %s %s %s -> %s to %s over %d steps",
                     step, rule.metric, rule.op, rule.threshold, name, rule.target, rule.duration)
+
+
+class LatentSnapshotCallback(TrainerCallback):
+    """Records a site's activations for fixed inputs every ``every`` steps (for evolution figures and jitter).
+
+    Args:
+        inputs: model keyword inputs, e.g. ``{"colors": tensor (N, 3)}``.
+        site: site to record.
+        every: interval in optimizer steps (the first and last step are always recorded).
+    """
+
+    def __init__(self, inputs: Mapping, site: str, every: int):
+        self.inputs = dict(inputs)
+        self.site = site
+        self.every = max(int(every), 1)
+        self.steps: list[int] = []
+        self.snapshots: list = []
+
+    def _take(self, model, step: int) -> None:
+        import torch
+
+        from ..sites import capture
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), capture(model, [self.site]) as acts:
+                model(**{k: v.to(model.device) for k, v in self.inputs.items()})
+        finally:
+            model.train(was_training)
+        self.steps.append(step)
+        self.snapshots.append(acts[self.site].detach().cpu().numpy())
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self._take(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._take(model, state.global_step)

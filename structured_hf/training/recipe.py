@@ -27,6 +27,7 @@ from transformers import set_seed
 
 from ..data.color_datasets import build_color_dataset, colors_from_spec
 from ..data.colors import resolve_colors
+from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
@@ -34,7 +35,7 @@ from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regulari
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description"}
-_DATA_KEYS = {"train", "eval", "labels", "eval_labels"}
+_DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum"}
 # model.type -> (config class, model class); new model families register here.
 MODEL_TYPES: dict[str, tuple[type, type]] = {
     "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
@@ -133,6 +134,7 @@ def validate_recipe(recipe: Recipe) -> None:
     if "train" not in recipe.data:
         raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
     parse_labelers(recipe.data.get("labels"))
+    Curriculum.from_dict(recipe.data.get("curriculum"))
     _check_training_fields(recipe.training)
 
 
@@ -142,6 +144,14 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
     for key, value in training.items():
         if key in reserved:
             raise StructuredConfigError(f"training.{key}", f"set '{key}' at the top level of the recipe, not in training")
+        if key == "push_to_hub" or key.startswith("hub_"):
+            # A recipe is saved with the run (recipe.yaml) and Trainer pickles its arguments (training_args.bin):
+            # no token may get in there, and Trainer's own push would upload training_args.bin and replace the card.
+            raise StructuredConfigError(
+                f"training.{key}", "Hub options are not recipe fields: use scripts/train.py --push_to_hub "
+                "[--hub_model_id NAME] or structured_hf.hub.push_output_dir; the token comes from HF_TOKEN or "
+                "`hf auth login`, never from a recipe",
+            )
         if key not in fields:
             raise StructuredConfigError(f"training.{key}", "unknown TrainingArguments field")
         default = fields[key].default
@@ -220,4 +230,6 @@ def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
         raise
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
-    return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, **trainer_kwargs)
+    curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
+    return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                           curriculum=curriculum, **trainer_kwargs)

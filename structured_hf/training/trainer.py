@@ -26,13 +26,14 @@ from transformers import Trainer
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..data.collators import ColumnarDataset, WeakLabelCollator, draw_labels
+from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
 from ..losses import LOSSES, selective_mean
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
 from .callbacks import ScheduleCallback
-from .schedules import Schedule
+from ..schedules import Schedule
 
 _SAMPLES = "__samples__"
 
@@ -59,6 +60,7 @@ class AnchoredTrainer(Trainer):
             :class:`ColumnarDataset`s) or any torch datasets yielding what the collators expect.
         data_collator: training collator; default draws fresh Bernoulli labels for every label a regularizer uses.
         eval_data_collator: evaluation collator; default passes label columns through as exact/soft weights.
+        curriculum: which colors may be drawn at each step (phases / vibrancy floor); needs ``max_steps``.
         **kwargs: passed to `transformers.Trainer`.
     """
 
@@ -72,10 +74,14 @@ class AnchoredTrainer(Trainer):
         eval_dataset: Any = None,
         data_collator: Any = None,
         eval_data_collator: Any = None,
+        curriculum: Curriculum | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, AnchoredTrainingArguments):
             raise StructuredConfigError("args", f"expected AnchoredTrainingArguments, got {type(args).__name__}")
+        self.curriculum = curriculum
+        if curriculum is not None and args.max_steps <= 0:
+            raise StructuredConfigError("training.max_steps", "a curriculum is laid out over steps; set max_steps")
         train_dataset = _columnar(train_dataset)
         eval_dataset = _columnar(eval_dataset)
         self.bound_regularizers = _bind_regularizers(model, args.regularizer_specs, train_dataset)
@@ -102,6 +108,12 @@ class AnchoredTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         weights = getattr(dataset, "sample_weights", None)
+        if self.curriculum is not None:
+            return CurriculumSampler(
+                dataset.columns["colors"].numpy(), self.curriculum,
+                samples_per_step=self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
+                num_steps=self.args.max_steps, weights=None if weights is None else weights.numpy(), seed=self.args.seed,
+            )
         if self.args.sample_with_replacement or weights is not None:
             # Sampling with replacement has no natural epoch; one "epoch" is as many draws as a full run needs, so
             # Trainer does not rebuild the dataloader every few steps.
@@ -238,6 +250,13 @@ class AnchoredTrainer(Trainer):
                 )
             for name, value in self.hparams.items():
                 logs[f"weight/{name}"] = value
+            if self.curriculum is not None:
+                step = self.state.global_step - 1  # the step just trained
+                if self.curriculum.vibrancy_min is not None:
+                    logs["data/vibrancy_min"] = self.curriculum.vibrancy_min(step)
+                if self.curriculum.phases:
+                    phases = list(self.curriculum.phases)
+                    logs["data/phase"] = float(phases.index(self.curriculum.phase_at(step)))
             self._term_sums.clear()
             self._label_sums.clear()
             self._last_log_step = self.state.global_step
