@@ -3,22 +3,28 @@
 
     accelerate launch --config_file configs/accelerate/cpu.yaml scripts/train.py configs/color_autoencoder/default.yaml \
         [--output_dir DIR] [--seed N] [--max_steps N] [--set training.logging_steps=10 ...] [--resume_from_checkpoint [DIR]]
+        [--push_to_hub [--hub_model_id NAME] [--hub_private_repo]]
 
 Writes the checkpoint (config.json + model.safetensors), recipe.yaml, metrics.json, figures and a model card README.md
-into the output folder. Plain `python scripts/train.py ...` works too (one process).
+into the output folder. Plain `python scripts/train.py ...` works too (one process). With --push_to_hub the folder is
+then uploaded with structured_hf.hub.push_output_dir (never training_args.bin or checkpoints); the token comes from
+HF_TOKEN or `hf auth login`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import yaml
 from transformers.utils import logging as hf_logging
 
 from structured_hf.errors import StructuredConfigError
 from structured_hf.experiment import run_experiment
+from structured_hf.hub import push_output_dir
 from structured_hf.training import load_recipe
 
 
@@ -33,7 +39,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume_from_checkpoint", nargs="?", const=True, default=None,
                    help="resume from a checkpoint folder, or from the latest one in output_dir when given no value")
     p.add_argument("--no_figures", action="store_true", help="skip the PNG figures")
-    return p.parse_args(argv)
+    p.add_argument("--push_to_hub", action="store_true",
+                   help="after training, upload the output folder to a Hub model repo "
+                        "(token: HF_TOKEN or `hf auth login`)")
+    p.add_argument("--hub_model_id", metavar="NAME",
+                   help="repo for --push_to_hub, 'user/name' or 'name' (default: the output folder's name)")
+    p.add_argument("--hub_private_repo", action="store_true", help="create the --push_to_hub repo as private")
+    args = p.parse_args(argv)
+    if (args.hub_model_id or args.hub_private_repo) and not args.push_to_hub:
+        p.error("--hub_model_id and --hub_private_repo only apply with --push_to_hub")
+    return args
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -54,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_warning()
     try:
         recipe = load_recipe(args.config, overrides_from(args))
+        if recipe.sweep is not None:
+            print(f"note: {args.config} is a sweep file; training its base recipe only (the `sweep:` key is ignored). "
+                  f"Run every variant with: python scripts/sweep.py {args.config}", file=sys.stderr)
+            recipe = dataclasses.replace(recipe, sweep=None)
         metrics = run_experiment(recipe, resume_from_checkpoint=args.resume_from_checkpoint, figures=not args.no_figures)
     except StructuredConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     if metrics:
         summary = {k: metrics[k] for k in ("named_color_mse_max", "concepts", "train_runtime_s") if k in metrics}
         print(json.dumps(summary, indent=2))
+    if metrics and args.push_to_hub:  # main process only: run_experiment returns {} on the others
+        repo_id = args.hub_model_id or Path(recipe.output_dir).name
+        try:
+            info = push_output_dir(recipe.output_dir, repo_id, private=args.hub_private_repo)
+        except Exception as e:  # any failure of the upload (HTTP, network, HubPushError): the run itself is saved
+            print(f"error: push to {repo_id!r} failed: {e}\nThe run is saved in {recipe.output_dir}; "
+                  "push it again with structured_hf.hub.push_output_dir.", file=sys.stderr)
+            return 1
+        print(f"pushed to {info.repo_url} ({info.oid[:8]})")
     return 0
 
 

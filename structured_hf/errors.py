@@ -37,3 +37,11 @@ class CheckpointError(OSError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class HubPushError(ValueError):
+    """An output folder cannot be pushed as it is: a required file is missing, or a file holds a secret."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")

@@ -1,0 +1,287 @@
+"""Hub round trips against the local Hub-protocol server (tests/hub_server.py): push, pull, datasets, cards, tokens."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from transformers import AutoModel
+
+import structured_hf  # noqa: F401  (registers the Auto classes)
+from structured_hf.data import NAMED_COLORS, build_color_dataset, parse_labelers, rgb_grid
+from structured_hf.errors import HubPushError, StructuredConfigError
+from structured_hf.experiment import run_experiment
+from structured_hf.hub import (
+    files_to_push,
+    load_hub_dataset,
+    pull,
+    push_dataset,
+    push_output_dir,
+    remote_code_files,
+    render_color_model_card,
+)
+from structured_hf.training.recipe import build_datasets, parse_recipe
+
+from conftest import FAKE_HUB_TOKEN, load_script, tiny_recipe_dict
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = np.concatenate([rgb_grid(5), np.asarray(list(NAMED_COLORS.values()))]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A real (tiny: 4 steps) output folder of run_experiment, figures and card included."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_experiment(parse_recipe(tiny_recipe_dict(str(out))), animation=False)
+    return out
+
+
+def _outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        out = model(colors=torch.from_numpy(PROBE))
+    return out.reconstruction, out.latents
+
+
+def _assert_bit_identical(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    for x, y in zip(_outputs(a), _outputs(b)):
+        assert x.dtype == y.dtype and torch.equal(x, y)  # bitwise: equal values, no tolerance
+
+
+def test_push_then_pull_restores_the_run_bit_identically(local_hub, run_dir):
+    info = push_output_dir(run_dir, "color-ae", token=local_hub.token)
+    repo_id = info.repo_url.repo_id
+    assert repo_id == "tester/color-ae"  # bare names go to the token's namespace
+
+    remote = local_hub.files(repo_id)
+    pushed = files_to_push(run_dir)
+    assert set(pushed) >= {"config.json", "model.safetensors", "recipe.yaml", "metrics.json", "log_history.json",
+                           "latents.png", "training_curves.png", "README.md"}
+    assert (run_dir / "training_args.bin").is_file() and "training_args.bin" not in remote
+    code, _ = remote_code_files("structured_color_autoencoder")  # the model's source and what it imports from us
+    assert {"configuration_color_autoencoder.py", "modeling_color_autoencoder.py", "concepts.py"} <= set(code)
+    assert set(remote) == set(pushed) | set(code) | {".gitattributes"}
+    assert local_hub.is_lfs(repo_id, "model.safetensors") and local_hub.is_lfs(repo_id, "latents.png")
+    assert not local_hub.is_lfs(repo_id, "config.json")
+
+    folder = pull(repo_id)
+    for rel in pushed:
+        if rel not in ("README.md", "config.json"):  # those two are rewritten for the Hub, see below
+            assert (folder / rel).read_bytes() == (run_dir / rel).read_bytes(), rel
+    config, original = (json.loads((d / "config.json").read_text()) for d in (folder, run_dir))
+    assert config.pop("auto_map") == {"AutoConfig": "configuration_color_autoencoder.ColorAutoencoderConfig",
+                                      "AutoModel": "modeling_color_autoencoder.ColorAutoencoderModel"}
+    assert config == original  # same concept map and hyperparameters
+    card = (folder / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("{repo_id}")' in card and "trust_remote_code=True" in card
+
+    model = AutoModel.from_pretrained(run_dir)
+    _assert_bit_identical(model, AutoModel.from_pretrained(folder))
+    # from_pretrained takes the Hub id directly too (structured_hf's registered class, not the remote code).
+    from_hub = AutoModel.from_pretrained(repo_id)
+    assert type(from_hub) is type(model)
+    _assert_bit_identical(model, from_hub)
+    assert pull(run_dir) == run_dir  # a folder is its own pull
+    assert not local_hub.unhandled
+
+
+def test_labelled_dataset_round_trip_is_bit_identical(local_hub, tmp_path):
+    """The recipe's own datasets (weak-label probabilities for training, exact labels for evaluation) as one
+    DatasetDict, and a sample-weighted Dataset, pushed with `datasets`' push_to_hub and loaded with load_dataset."""
+    train, eval_ds = build_datasets(parse_recipe(tiny_recipe_dict(str(tmp_path / "r"))))
+    labelers = parse_labelers({"red": {"scale": 0.08, "power": 8.0}, "vibrant": {"scale": 0.1, "power": 10.0}})
+    weighted = build_color_dataset(rgb_grid(6), labelers, sample_weights=np.linspace(0.1, 1.0, 216))
+    assert "sample_weight" in weighted.column_names
+    push_dataset(datasets.DatasetDict(train=train, eval=eval_ds), "colors-labelled", token=local_hub.token)
+    push_dataset(weighted, "colors-weighted", token=local_hub.token)
+    assert sum(p.endswith(".parquet") for p in local_hub.files("tester/colors-labelled", "dataset")) == 2
+
+    loaded = load_hub_dataset("tester/colors-labelled", cache_dir=tmp_path / "ds_cache")
+    assert set(loaded) == {"train", "eval"}
+    pairs = {"train": (train, loaded["train"]), "eval": (eval_ds, loaded["eval"]),
+             "weighted": (weighted, load_hub_dataset("tester/colors-weighted", split="train",
+                                                     cache_dir=tmp_path / "ds_cache"))}
+    for split, (ds, pulled) in pairs.items():
+        assert pulled.features == ds.features and pulled.num_rows == ds.num_rows, split
+        a, b = ds.with_format("numpy")[:], pulled.with_format("numpy")[:]
+        for column in ds.column_names:
+            assert a[column].dtype == b[column].dtype == np.float32, (split, column)
+            assert np.array_equal(a[column].view(np.uint32), b[column].view(np.uint32)), (split, column)  # bitwise
+        assert pulled.data.table.equals(ds.data.table), split
+    assert not local_hub.unhandled
+
+
+def _grep(roots: list[Path], needle: bytes) -> list[str]:
+    hits = []
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                hits.append(str(path))
+    return hits
+
+
+def test_hub_token_never_appears_in_logs_or_saved_files(local_hub, tmp_path, capfd):
+    assert local_hub.token == FAKE_HUB_TOKEN == "hf_test_SECRET123"
+    secret = local_hub.token.encode()
+    # Everything logs at DEBUG into one buffer: our logger, huggingface_hub, transformers, datasets, the HTTP client.
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    loggers = [logging.getLogger(name) for name in
+               ("", "structured_hf", "huggingface_hub", "transformers", "datasets", "httpx2", "httpcore2", "filelock")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+        lg.addHandler(handler)
+    try:
+        # The train script's --push_to_hub path; the token comes from HF_TOKEN (set by the fixture).
+        config = tmp_path / "tiny.yaml"
+        config.write_text(yaml.safe_dump(tiny_recipe_dict(str(tmp_path / "run"))))
+        train = load_script("train")
+        out = tmp_path / "secret-run"
+        assert train.main([str(config), "--output_dir", str(out), "--no_figures",
+                           "--push_to_hub", "--hub_model_id", "secret-check"]) == 0
+        folder = pull("tester/secret-check", local_dir=tmp_path / "pulled")
+        # And a dataset pushed with an explicit token.
+        ds = build_color_dataset(rgb_grid(3), parse_labelers({"red": {"scale": 0.5, "power": 2.0}}))
+        push_dataset(ds, "secret-data", token=local_hub.token)
+        load_hub_dataset("tester/secret-data", split="train", cache_dir=tmp_path / "ds_cache")
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+    captured = capfd.readouterr()
+
+    assert local_hub.tokens_seen > 0, "the token was never sent: this test would prove nothing"
+    assert "pushed to" in captured.out and "/_lfs/upload/" in buffer.getvalue()  # the logs did capture the push
+    for name, text in (("logs", buffer.getvalue()), ("stdout", captured.out), ("stderr", captured.err)):
+        assert local_hub.token not in text, name
+    # Every file written: the run (pickled training_args.bin included), the pulled folder, the dataset cache and
+    # the fixture's HF_HOME (Hub cache), all under tmp_path.
+    assert (out / "training_args.bin").is_file() and folder.is_relative_to(tmp_path)
+    assert Path(huggingface_hub.constants.HF_HOME).is_relative_to(tmp_path)
+    assert _grep([tmp_path], secret) == []
+    # The scan is not blind: a planted copy is found.
+    (tmp_path / "planted.txt").write_bytes(b"x" + secret + b"y")
+    assert _grep([tmp_path], secret) == [str(tmp_path / "planted.txt")]
+
+
+def test_push_refuses_a_file_that_holds_the_token(local_hub, run_dir, tmp_path):
+    folder = tmp_path / "leaky"
+    shutil.copytree(run_dir, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["note"] = f"token={local_hub.token}"
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(HubPushError, match="metrics.json: contains the Hub token"):
+        push_output_dir(folder, "leaky", token=local_hub.token)
+    assert ("model", "tester/leaky") not in local_hub.repos  # refused before anything was created
+
+
+def test_files_to_push_is_an_allow_list(tmp_path):
+    for rel in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "interventions/suppress_red.json", "evaluation.json", "evaluation.md",
+                "metrics.json", "figures/x.png", "README.md", "models/ablate_red/config.json",
+                "models/ablate_red/model.safetensors",
+                # never: Trainer state, checkpoints, TensorBoard runs, caches, anything not on the list
+                "training_args.bin", "checkpoint-2/model.safetensors", "checkpoint-2/trainer_state.json",
+                "runs/Nov25/events.out.tfevents.1", "optimizer.pt", "notes.txt", ".cache/x.json", "secrets.env",
+                "sub/deeper/latents.png", "models/ablate_red/training_args.bin"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    assert files_to_push(tmp_path) == [
+        "README.md", "config.json", "evaluation.json", "evaluation.md", "figures/x.png",
+        "interventions/suppress_red.json", "metrics.json", "model.safetensors", "models/ablate_red/config.json",
+        "models/ablate_red/model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+    ]
+
+
+@pytest.mark.parametrize("key", ["hub_token", "push_to_hub", "hub_model_id"])
+def test_recipe_rejects_hub_options(tmp_path, key):
+    raw = tiny_recipe_dict(str(tmp_path / "r"))
+    raw["training"][key] = "hf_abc" if key == "hub_token" else True
+    with pytest.raises(StructuredConfigError, match=f"training.{key}: Hub options are not recipe fields"):
+        parse_recipe(raw)
+
+
+def test_remote_code_loads_without_structured_hf(local_hub, run_dir, tmp_path):
+    """The path for users without structured_hf: bundled code + auto_map, `trust_remote_code=True`."""
+    push_output_dir(run_dir, "remote", token=local_hub.token)
+    np.save(tmp_path / "probe.npy", PROBE)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from hub_server import install_network_guard
+        blocked = install_network_guard()              # loopback only, in this process too
+        sys.modules["structured_hf"] = None          # importing structured_hf now raises ImportError
+        import numpy as np, torch
+        from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained("tester/remote", trust_remote_code=False)
+            raise SystemExit("loaded without trust_remote_code")
+        except ValueError as e:
+            assert "trust_remote_code" in str(e), e
+        model = AutoModel.from_pretrained("tester/remote", trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert model.concept_map["red"].direction == (1.0, 0.0, 0.0, 0.0)
+        with torch.no_grad():
+            out = model(colors=torch.from_numpy(np.load({str(tmp_path / "probe.npy")!r})))
+        torch.save({{"reconstruction": out.reconstruction, "latents": out.latents}}, {str(tmp_path / "out.pt")!r})
+        assert not blocked, blocked
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    reconstruction, latents = _outputs(AutoModel.from_pretrained(run_dir))
+    assert torch.equal(remote["reconstruction"], reconstruction) and torch.equal(remote["latents"], latents)
+    assert local_hub.token not in proc.stdout + proc.stderr
+
+
+def test_model_card_renders_its_tables(run_dir):
+    recipe = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = render_color_model_card(recipe, metrics, "tester/color-ae", dataset_ids=["tester/colors-labelled"])
+    data = card.data.to_dict()
+    assert data["library_name"] == "structured_hf" and data["license"] == "mit"
+    assert "concept-anchoring" in data["tags"] and data["datasets"] == ["tester/colors-labelled"]
+    text = str(card)
+    assert ModelCard(text).data.library_name == "structured_hf"  # the front matter parses back
+    assert "| red | `bottleneck` | direction (1, 0, 0, 0) | red |" in text
+    assert "| hue | `bottleneck` | plane of axes 0, 1 | red, green, blue |" in text
+    for name, mse in metrics["named_color_mse"].items():
+        assert f"| {name} | {mse:.3g} |" in text, name
+    assert "| anchor-red | `angular_anchor` | red | red | `bottleneck` | 0.1 |" in text
+    assert "| learning_rate | linear (0: 0.01, 4: 0.001) |" in text
+    assert "| `red` | 0.5 · redness^2 |" in text
+    for figure in ("training_curves.png", "latents.png"):
+        assert f"]({figure})" in text and (run_dir / figure).is_file()
+    assert "## Intended use and limitations" in text
+    assert "trust_remote_code" not in text  # only cards of repos with bundled code mention it
+    # The local card written by run_experiment is the same template.
+    assert "| red | `bottleneck` |" in (run_dir / "README.md").read_text()
+
+
+def test_network_guard_refuses_everything_but_loopback(local_hub):
+    import socket
+
+    with pytest.raises(OSError, match="test network guard"):
+        socket.getaddrinfo("huggingface.co", 443)
+    with socket.socket() as sock, pytest.raises(OSError, match="test network guard"):
+        sock.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed anyway
+    assert local_hub.blocked == ["getaddrinfo('huggingface.co')", "connect(('192.0.2.1', 443))"]
+    local_hub.blocked.clear()  # expected here; any other test that leaves an entry fails at teardown
