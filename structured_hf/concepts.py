@@ -116,6 +116,14 @@ class ConceptSpec:
 
 
 def _parse_direction(value: Any, field: str) -> tuple[float, ...]:
+    if isinstance(value, Mapping):
+        # Shorthand for wide sites: {one_hot: 0, width: 64} is the unit vector along axis 0 of a 64-wide site.
+        if set(value) != {"one_hot", "width"}:
+            raise StructuredConfigError(field, f"a mapping direction is {{one_hot: AXIS, width: N}}, got {dict(value)!r}")
+        axis, width = value["one_hot"], value["width"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (axis, width)) or not 0 <= axis < width:
+            raise StructuredConfigError(field, f"expected integers 0 <= one_hot < width, got {dict(value)!r}")
+        return tuple(1.0 if i == axis else 0.0 for i in range(width))
     if not isinstance(value, (list, tuple)) or not value:
         raise StructuredConfigError(field, f"expected a non-empty list of numbers, got {value!r}")
     out = []
@@ -168,7 +176,7 @@ class ConceptMap(Sequence[ConceptSpec]):
     def parse(cls, entries: Iterable[Mapping[str, Any] | ConceptSpec] | None, field: str = "concepts") -> ConceptMap:
         if entries is None:
             return cls()
-        if isinstance(entries, (str, bytes, Mapping)):
+        if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
             raise StructuredConfigError(field, f"expected a list of concept entries, got {type(entries).__name__}")
         return cls(ConceptSpec.from_dict(e, f"{field}[{i}]") for i, e in enumerate(entries))
 

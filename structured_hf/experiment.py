@@ -16,15 +16,18 @@ import torch
 
 from .concepts import ConceptMap
 from .data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
+from .data.curriculum import CurriculumSampler
 from .evaluation import evaluate_color_model
+from .evaluation.color_tasks import concept_placement, per_operation_errors
 from .evaluation.structure import color_structure, latent_jitter, loss_spikes
 from .hub import render_color_model_card
 from .training import build_trainer
-from .training.callbacks import LatentSnapshotCallback
-from .training.recipe import Recipe
+from .training.callbacks import LatentSnapshotCallback, ProbeCallback
+from .training.recipe import Recipe, build_task_splits, model_type
 from .visualization import (
     animate_latent_evolution,
     plot_color_model_latents,
+    plot_concept_tracking,
     plot_latent_evolution,
     plot_schedules,
     plot_training_curves,
@@ -42,6 +45,18 @@ def _hue_plane(concepts: ConceptMap) -> tuple[int, int]:
     return (0, 1)
 
 
+def _final_training_colors(trainer) -> np.ndarray | None:
+    """The training colors the run could draw at its last step (a curriculum's final phase), or None if unknown."""
+    columns = getattr(trainer.train_dataset, "columns", None)
+    if columns is None or "colors" not in columns:
+        return None
+    colors = columns["colors"].numpy()
+    if trainer.curriculum is None:
+        return colors
+    last = max(trainer.state.global_step - 1, 0)
+    return colors[CurriculumSampler(colors, trainer.curriculum, samples_per_step=1, num_steps=1).eligible(last)]
+
+
 def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True,
                    animation: bool = True) -> dict[str, Any]:
     """Train ``recipe`` and write everything to ``recipe.output_dir``; returns the metrics.
@@ -50,6 +65,8 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     ``metrics.json``, ``log_history.json``, figures (``latents.png``, ``training_curves.png``, ``schedules.png``,
     ``evolution.png``, ``evolution.gif``) and a model card ``README.md``.
     """
+    if model_type(recipe) == "color_transformer":
+        return run_color_transformer_experiment(recipe, resume_from_checkpoint, figures)
     out = Path(recipe.output_dir)
     probe = np.concatenate([rgb_grid(8), np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])])
     max_steps = int(recipe.training.get("max_steps", 0))
@@ -71,7 +88,9 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     history = trainer.state.log_history
     boundaries = [start for start, _ in trainer.curriculum.boundaries()] if trainer.curriculum else []
     metrics = evaluate_color_model(model)
-    metrics["structure"] = color_structure(model, site="bottleneck", plane=_hue_plane(concepts))
+    metrics["hue_mse_max"] = max(metrics["named_color_mse"][name] for name in HUE_NAMES)
+    metrics["structure"] = color_structure(model, site="bottleneck", plane=_hue_plane(concepts),
+                                           data_colors=_final_training_colors(trainer))
     metrics["stability"] = {"loss_spikes": loss_spikes(history, boundaries),
                             "latent_jitter": latent_jitter(snapshots.snapshots)}
     metrics.update(
@@ -104,5 +123,46 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
         if animation:
             animate_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.gif", schedules)
     render_color_model_card(recipe, metrics, str(out)).save(out / "README.md")
+    logger.info("wrote %s (train %.1f s)", out, train_runtime)
+    return metrics
+
+
+def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None,
+                                     figures: bool = True) -> dict[str, Any]:
+    """Train a color-operation transformer; metrics: per-operation test error (red-involving vs far from red) and
+    the red concept's cosine at every residual site, tracked during training."""
+    out = Path(recipe.output_dir)
+    splits = build_task_splits(recipe)
+    max_steps = int(recipe.training.get("max_steps", 0))
+    tracker = ProbeCallback(lambda m: concept_placement(m, splits["validation"], limit=1024),
+                            every=max(max_steps // 20, 1))
+    trainer = build_trainer(recipe, callbacks=[tracker])
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(recipe.to_yaml())
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_runtime = time.perf_counter() - start
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return {}
+    model = trainer.model
+    operations = list(model.config.operations)
+    metrics: dict[str, Any] = {
+        "test_mse": per_operation_errors(model, splits["test"], operations),
+        "concepts": concept_placement(model, splits["test"]),
+        "concept_tracking": [{"step": step, **placement} for step, placement in tracker.history],
+        "train_runtime_s": train_runtime,
+        "train_steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "seed": recipe.seed,
+    }
+    metrics["test_mse_max"] = max(v["all"] for v in metrics["test_mse"].values())
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if figures:
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
+        plot_concept_tracking(tracker.history, out / "concept_tracking.png", title=f"{out.name}: red in the residual stream")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
     return metrics
