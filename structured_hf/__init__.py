@@ -8,6 +8,7 @@ from .concepts import ConceptMap, ConceptSpec
 from .errors import CheckpointError, NonFiniteLossError, StructuredConfigError
 from .models import ColorAutoencoderConfig, ColorAutoencoderModel
 from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
+from .interventions import InterventionSpec, ablate, intervene, prune, repel, suppress, suppress_axes
 
 __version__ = "0.1.0"
 
@@ -15,3 +16,8 @@ __all__ = [
     "ActivationSite", "CheckpointError", "ColorAutoencoderConfig", "ColorAutoencoderModel", "ConceptMap", "ConceptSpec",
     "NonFiniteLossError", "StructuredConfigError", "capture", "get_sites", "rewrite", "site_dims",
 ]
+__all__ += ["InterventionSpec", "ablate", "intervene", "prune", "repel", "suppress", "suppress_axes"]
+
+from .checkpoints import check_checkpoint, load_pretrained  # noqa: E402  (clear errors for damaged checkpoints)
+
+__all__ += ["check_checkpoint", "load_pretrained"]

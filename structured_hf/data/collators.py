@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -39,7 +40,9 @@ class ColumnarDataset(Dataset):
         return {k: v[index] for k, v in self.columns.items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        # A list of Python ints converts to an index tensor faster through NumPy than through torch.as_tensor.
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)) if isinstance(indices, list) else \
+            torch.as_tensor(indices, dtype=torch.long)
         return {k: v.index_select(0, idx) for k, v in self.columns.items()}
 
     @property
@@ -61,8 +64,10 @@ class WeakLabelCollator:
         sample: draw Bernoulli labels (training). ``False`` passes the probabilities through as (soft or exact)
             weights, which is what evaluation with exact 0/1 label columns needs.
         generator: RNG for the draws (``None``: torch's global RNG). :class:`AnchoredTrainer` does not rely on it:
-            it draws the labels itself from a generator seeded by (seed, step, micro-batch, process), which is what
-            makes a resumed run draw exactly the labels of an uninterrupted one (see ``AnchoredTrainer``).
+            it draws the labels itself from a generator seeded by (seed, step), for each sample's position in the
+            step's global batch, which is what makes a resumed run draw exactly the labels of an uninterrupted one
+            and a multi-process or accumulated run those of one process with the whole batch (see
+            ``AnchoredTrainer._draw_window_labels``).
     """
 
     def __init__(self, label_names: Sequence[str], sample: bool = True, generator: torch.Generator | None = None):

@@ -18,15 +18,56 @@ from ..concepts import ConceptSpec
 # Guards cos() and 1/d² against zero-length activations; small enough not to bias unit-norm latents.
 _EPS = 1e-8
 
+# Concept-derived constants (unit directions, axis indices), built once per (concept, dtype, device) instead of on
+# every call: for a 263-parameter model these small tensor constructions cost as much as the loss itself.
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+_CONSTANTS_MAX = 1024
+
+
+def _constant(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, cached under ``key``. Not cached when ``key`` is unhashable (a hand-made concept with list
+    fields) or while a dispatch mode (fake tensors, tracers, memory trackers) is active; always built outside
+    inference mode, so a constant first made during evaluation can still be saved for backward in training."""
+    try:
+        cached = _CONSTANTS.get(key)
+    except TypeError:
+        return build()
+    if cached is not None:
+        return cached
+    if torch._C._len_torch_dispatch_stack() > 0:
+        return build()
+    with torch.inference_mode(False):
+        value = build()
+    if len(_CONSTANTS) >= _CONSTANTS_MAX:
+        _CONSTANTS.clear()
+    _CONSTANTS[key] = value
+    return value
+
+
+def _unit_direction(concept: ConceptSpec, x: torch.Tensor) -> torch.Tensor:
+    return _constant(("unit", concept, x.dtype, x.device),
+                     lambda: concept.unit_direction(dtype=x.dtype, device=x.device))
+
+
+def _axis_index(concept: ConceptSpec, x: torch.Tensor, inside: bool) -> torch.Tensor:
+    """Indices of the concept's axes (``inside``) or of the other axes of ``x``'s last dimension."""
+
+    def build() -> torch.Tensor:
+        mask = concept.axis_mask(x.shape[-1], device=x.device)
+        return torch.nonzero(mask if inside else ~mask).flatten()
+
+    return _constant(("axes", concept, inside, x.shape[-1], x.device), build)
+
 
 def _cos_to(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
-    v = concept.unit_direction(dtype=x.dtype, device=x.device)
+    v = _unit_direction(concept, x)
     return (x @ v) / x.norm(dim=-1).clamp_min(_EPS)  # (N,)
 
 
 def anchor(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
     """Euclidean anchor ``‖x − a‖²``: pulls the sample onto the concept's point (its direction as written)."""
-    return (x - concept.vector(dtype=x.dtype, device=x.device)).square().sum(-1)
+    a = _constant(("vector", concept, x.dtype, x.device), lambda: concept.vector(dtype=x.dtype, device=x.device))
+    return (x - a).square().sum(-1)
 
 
 def angular_anchor(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
@@ -45,16 +86,24 @@ def unitarity(x: torch.Tensor, concept: ConceptSpec | None = None) -> torch.Tens
     return (x.norm(dim=-1) - 1.0).square()
 
 
-def subspace(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
-    """``Σ x_d²`` over the axes *outside* the concept's axes: keeps the sample in the concept's subspace."""
-    outside = ~concept.axis_mask(x.shape[-1], device=x.device)
-    return x[..., outside].square().sum(-1)
+def _relative(share: torch.Tensor, x: torch.Tensor, relative: bool) -> torch.Tensor:
+    # Relative form: the share of the squared norm. Needed where activations are not unit-norm and what reads them
+    # is scale-invariant (a transformer's pre-norm residual stream): the absolute form could be met by shrinking
+    # the whole stream while the direction stays on the forbidden axes.
+    return share / x.square().sum(-1).clamp_min(_EPS) if relative else share
 
 
-def anti_subspace(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
-    """``Σ x_d²`` over the concept's axes: keeps reserved axes clear of the sample."""
-    inside = concept.axis_mask(x.shape[-1], device=x.device)
-    return x[..., inside].square().sum(-1)
+def subspace(x: torch.Tensor, concept: ConceptSpec, relative: bool = False) -> torch.Tensor:
+    """``Σ x_d²`` over the axes *outside* the concept's axes (divided by ``‖x‖²`` when ``relative``): keeps the
+    sample in the concept's subspace."""
+    # index_select gathers the same elements as boolean-mask indexing (bit-identical values and gradients) without
+    # the mask -> indices conversion on every call.
+    return _relative(x.index_select(-1, _axis_index(concept, x, inside=False)).square().sum(-1), x, relative)
+
+
+def anti_subspace(x: torch.Tensor, concept: ConceptSpec, relative: bool = False) -> torch.Tensor:
+    """``Σ x_d²`` over the concept's axes (divided by ``‖x‖²`` when ``relative``): keeps reserved axes clear."""
+    return _relative(x.index_select(-1, _axis_index(concept, x, inside=True)).square().sum(-1), x, relative)
 
 
 def _distinct_pairs(x: torch.Tensor) -> torch.Tensor:

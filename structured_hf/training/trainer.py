@@ -10,6 +10,15 @@ selective ones. Gradient accumulation then adds up exactly the full-batch loss, 
 update of one batch of 64 (`loss_is_scaled_for_ga = True`: Trainer must not divide again). Under DDP gradients are
 averaged over processes, so the loss is multiplied by the number of processes to undo that average.
 Terms that couple batch members (repulsion) see their own micro-batch only: their pairs cannot span micro-batches.
+
+Weak labels are drawn per optimizer step from a generator seeded by (seed, step), for each sample's position in the
+step's global batch: resumed runs draw the labels of uninterrupted ones, and 2 processes x 32 or 4 x 16 accumulated
+draw those of one process with 64 (tests/test_reliability.py checks both loss curves).
+
+Speed. For the 263-parameter color model a step is about a millisecond, so per-step bookkeeping counts: in the plain
+runtime (see `_is_plain_runtime`) a few Trainer methods are replaced by equivalent lean versions, and terms with no
+labelled sample in the window are not computed. None of this changes a number: the default recipe's metrics and
+logs are bit-identical (scripts/benchmark.py measures the speed against a hand-written loop).
 """
 
 from __future__ import annotations
@@ -21,11 +30,15 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
+from transformers.training_args import OptimizerNames
+from transformers.utils import is_sagemaker_mp_enabled
 
 from ..concepts import ConceptMap, ConceptSpec
-from ..data.collators import ColumnarDataset, WeakLabelCollator, draw_labels
+from ..data.collators import ColumnarDataset, WeakLabelCollator
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
@@ -101,8 +114,14 @@ class AnchoredTrainer(Trainer):
         self.add_callback(self.schedule_callback)
         self._window: dict[str, float] | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
-        self._label_sums: dict[str, torch.Tensor] = {}
+        self._label_sums: dict[str, float] = {}
         self._last_log_step = 0
+        self._plain_runtime: bool | None = None  # see `_is_plain_runtime`
+        self._clip_params: list[torch.nn.Parameter] | None = None
+        self._num_params: int | None = None
+        self._zeros: dict[tuple, torch.Tensor] = {}
+        self._run_acts: dict[str, torch.Tensor] | None = None  # site recorders' output while train() runs
+        self._label_list = sorted(label_names)
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -137,41 +156,87 @@ class AnchoredTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        for k, batch in enumerate(batch_samples):
-            if "concept_labels" in batch:
-                batch["concept_labels"] = draw_labels(batch["concept_labels"], self._label_generator(k))
+        self._draw_window_labels(batch_samples)
         self._window = self._window_totals(batch_samples, device)
         return batch_samples, num_items_in_batch
 
-    def _label_generator(self, micro_batch: int) -> torch.Generator:
-        """RNG for the weak labels of one micro-batch, a pure function of (seed, step, micro-batch, process).
+    def _label_generator(self) -> torch.Generator:
+        """RNG for the weak labels of one optimizer step, a pure function of (seed, step).
 
         Labels are not drawn from torch's global RNG: Trainer collates the first batch after a resume *before* it
         restores the global RNG state, and accelerate prefetches batches, so global-RNG draws would shift by one
         batch on resume. Seeding from the step makes resumed and uninterrupted runs draw identical labels.
         """
-        key = (self.args.seed * 1_000_003 + self.state.global_step) * 4099 + micro_batch * 257 + self.args.process_index
+        key = (self.args.seed * 1_000_003 + self.state.global_step) * 4099
         return torch.Generator().manual_seed(key % (2**63 - 1))
 
-    def _window_totals(self, batches: list[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
-        """Samples and label sums over the accumulation window, summed over processes."""
-        names = [_SAMPLES] + sorted(self._label_names())
-        counts = torch.zeros(len(names), dtype=torch.float64)
-        for batch in batches:
-            counts += torch.tensor([_batch_size(batch)] + [float(batch["concept_labels"][n].sum()) for n in names[1:]],
-                                   dtype=torch.float64)
-        if self.accelerator.num_processes > 1:
-            counts = self.accelerator.reduce(counts.to(device), reduction="sum").cpu()
-        return dict(zip(names, counts.tolist()))
+    def _draw_window_labels(self, batches: list[dict[str, Any]]) -> None:
+        """Replace the label probabilities of every micro-batch of the window by fresh Bernoulli labels.
 
-    def _label_names(self) -> set[str]:
-        return {r.spec.label for r in self.bound_regularizers if r.spec.label}
+        The draws are made for the positions of the samples in the step's *global* batch, so that one process with
+        batch 64, two processes with batch 32 and one process accumulating 4 x 16 give every sample the same label.
+        Accelerate deals the micro-batches of ``b`` samples round-robin over the ``P`` processes, so micro-batch
+        ``k`` of process ``p`` holds positions ``(k·P + p)·b`` onwards. One generator per step draws, label after
+        label (sorted by name), one uniform per position of the whole window (``torch.bernoulli`` consumes exactly one
+        per element, whatever its probability); every process draws all ``b·K·P`` positions, with the other
+        processes' probabilities at 0, so that its generator is at the same place for the next label, and keeps its
+        own slices. Labels are drawn on the CPU, with a CPU generator, and moved to the batch's device.
+        """
+        labelled = [(k, b["concept_labels"]) for k, b in enumerate(batches) if "concept_labels" in b]
+        if not labelled:
+            return
+        generator = self._label_generator()
+        world = self.accelerator.num_processes
+        if world == 1 and len(batches) == 1:  # one process, no accumulation: the positions are the batch itself
+            labels = labelled[0][1]
+            for name in sorted(labels):  # the collator's order: sorted label names
+                p = labels[name]
+                labels[name] = (torch.bernoulli(p, generator=generator) if p.device.type == "cpu"
+                                else torch.bernoulli(p.cpu(), generator=generator).to(p.device))
+            return
+        rank, size = self.accelerator.process_index, self._train_batch_size
+        offsets = [(k * world + rank) * size for k, _ in labelled]
+        for name in sorted(labelled[0][1]):
+            probs = [labels[name] for _, labels in labelled]
+            length = max([size * len(batches) * world] + [o + p.shape[0] for o, p in zip(offsets, probs)])
+            padded = torch.zeros(length, dtype=probs[0].dtype)
+            for offset, p in zip(offsets, probs):
+                padded[offset:offset + p.shape[0]] = p.cpu()
+            drawn = torch.bernoulli(padded, generator=generator)
+            for offset, p, (_, labels) in zip(offsets, probs, labelled):
+                labels[name] = drawn[offset:offset + p.shape[0]].to(p.device)
+
+    def _window_totals(self, batches: list[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
+        """Samples and label sums over the accumulation window, summed over processes.
+
+        Also adds this process's label counts to the logging totals (labels are 0/1, so Python float sums are exact).
+        """
+        names = [_SAMPLES] + self._label_names()
+        counts = [0.0] * len(names)
+        for batch in batches:
+            counts[0] += _batch_size(batch)
+            for i, name in enumerate(names[1:], start=1):
+                counts[i] += float(batch["concept_labels"][name].sum())
+        for name, count in zip(names[1:], counts[1:]):
+            self._label_sums[name] = self._label_sums.get(name, 0.0) + count
+        if self.accelerator.num_processes > 1:
+            reduced = self.accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=device), reduction="sum")
+            counts = reduced.cpu().tolist()
+        return dict(zip(names, counts))
+
+    def _label_names(self) -> list[str]:
+        return self._label_list
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         concept_labels: dict[str, torch.Tensor] = inputs.pop("concept_labels", None) or {}
-        with capture_modules(self._site_modules) as acts:
+        acts = self._run_acts
+        if acts is not None:  # inside train(): the recorders are already attached
+            acts.clear()
             outputs = model(**inputs)
+        else:
+            with capture_modules(self._site_modules) as acts:
+                outputs = model(**inputs)
         if outputs.get("loss") is None:
             raise StructuredConfigError("inputs", "the model returned no loss; batches must contain `labels`")
         n_local = _batch_size(inputs)
@@ -181,51 +246,184 @@ class AnchoredTrainer(Trainer):
         else:
             totals = {_SAMPLES: float(n_local), **{k: float(v.sum()) for k, v in concept_labels.items()}}
 
-        # The model's own loss is a mean over its micro-batch; rescale it to a share of the window mean.
-        terms: dict[str, torch.Tensor] = {"reconstruction": outputs["loss"] * (n_local / totals[_SAMPLES])}
-        total = self.hparams.get("reconstruction", 1.0) * terms["reconstruction"]
+        # The model's own loss is a mean over its micro-batch; rescale it to a share of the window mean. Factors of
+        # exactly 1 (one process, no accumulation, unit weight) are skipped: x·1 == x, and each product would add a
+        # forward op and a backward node per step.
+        share = n_local / totals[_SAMPLES]
+        terms: dict[str, torch.Tensor] = {"reconstruction": outputs["loss"] if share == 1 else outputs["loss"] * share}
+        recon_weight = self.hparams.get("reconstruction", 1.0)
+        total = terms["reconstruction"] if recon_weight == 1 else recon_weight * terms["reconstruction"]
         for reg in self.bound_regularizers:
             weight = self.hparams.get(reg.spec.name, 0.0)
             if weight == 0.0:
                 continue  # RESEARCH §3: a weight of 0 skips the term (and its cost)
             x = acts[reg.site]
+            if reg.spec.label:
+                count = totals[reg.spec.label]
+                if reg.spec.negate_label:  # the samples without the label
+                    count = totals[_SAMPLES] - count
+                if count == 0:
+                    # No labelled sample in the whole window: Σ w·ℓ / Σ w is exactly 0 with a zero gradient (the
+                    # selective reduction's where()), so skip computing ℓ at all. Most steps of the default recipe
+                    # have no red label.
+                    terms[reg.spec.name] = self._zero(x)
+                    continue
+            if reg.spec.positions is not None and x.ndim == 3:
+                x = x[:, list(reg.spec.positions)]  # (B, P, D): only the chosen token positions
             rows = x.reshape(-1, x.shape[-1])  # (B·T, D): token positions count as samples of their sequence
             per_row = rows.shape[0] // n_local
-            per_sample = reg.per_sample(rows)
             if reg.spec.label:
                 labels = concept_labels[reg.spec.label]
+                if reg.spec.negate_label:
+                    labels = 1.0 - labels
                 if per_row > 1:
                     labels = labels.repeat_interleave(per_row)
-                denom = totals[reg.spec.label] * per_row
+                denom = count * per_row
             else:
                 labels, denom = None, totals[_SAMPLES] * per_row
+            per_sample = reg.per_sample(rows)
             terms[reg.spec.name] = selective_mean(per_sample, labels, denominator=denom)
             total = total + weight * terms[reg.spec.name]
 
+        if self._run_acts is not None:
+            self._run_acts.clear()  # the graph keeps what backward needs; do not hold activations until next step
         if self.args.check_finite:
-            self._check_finite(terms)
+            self._check_finite(terms, total)
         if model.training:
-            self._accumulate(terms, concept_labels)
+            self._accumulate(terms)
             # DDP averages gradients over processes; our terms are already global means.
-            total = total * self.accelerator.num_processes
+            if self.accelerator.num_processes > 1:
+                total = total * self.accelerator.num_processes
         return (total, outputs) if return_outputs else total
 
-    def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
-        stacked = torch.stack([t.detach().float() for t in terms.values()])
-        if bool(torch.isfinite(stacked).all()):
+    def _zero(self, like: torch.Tensor) -> torch.Tensor:
+        """A shared 0-dim zero (never written to) for terms skipped for lack of labels."""
+        key = (like.dtype, like.device)
+        zero = self._zeros.get(key)
+        if zero is None:
+            zero = self._zeros[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+        return zero
+
+    def _check_finite(self, terms: Mapping[str, torch.Tensor], total: torch.Tensor | None = None) -> None:
+        # Weights are finite and every term in `total` has a non-zero weight (0 * inf is NaN too), so a non-finite
+        # term always makes the total non-finite: one scalar check per step, the per-term search only on failure.
+        if total is not None and math.isfinite(total.item()):
             return
         for name, value in terms.items():
             if not math.isfinite(float(value.detach())):
                 raise NonFiniteLossError(name, self.state.global_step, float(value.detach()))
 
-    def _accumulate(self, terms: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> None:
+    @torch.no_grad()
+    def _accumulate(self, terms: Mapping[str, torch.Tensor]) -> None:
+        """Running per-term sums for the logs (label counts are added in `_window_totals`)."""
         for name, value in terms.items():
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
-        for name, value in labels.items():
-            self._label_sums[name] = self._label_sums.get(name, 0.0) + value.detach().sum()
+            running = self._term_sums.get(name)
+            if running is None:
+                self._term_sums[name] = 0.0 + value
+            else:
+                running.add_(value)
+
+    def train(self, *args: Any, **kwargs: Any):
+        """`Trainer.train`, with the regularized sites' recorders attached once for the whole run instead of at every
+        forward pass (`sites.capture_modules` removes them in ``finally``, also when training fails)."""
+        with capture_modules(self._site_modules) as acts:
+            self._run_acts = acts
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                self._run_acts = None
+
+    # ---- per-step overhead -------------------------------------------------------------------------------------
+    # For a 263-parameter model the step itself takes about a millisecond, so Trainer's per-step bookkeeping matters.
+    # The overrides below do the same work as Trainer's own methods in the plain runtime (one process or DDP, no
+    # DeepSpeed/FSDP/SageMaker/XLA/context parallelism, no fp16 gradient scaler, no LOMO): they skip per-step
+    # re-checks of that configuration, a walk over all modules, and accelerate's generic dispatch. Anything else
+    # goes through Trainer unchanged.
+    def _is_plain_runtime(self) -> bool:
+        if self._plain_runtime is None:
+            acc = self.accelerator
+            parallelism = getattr(acc, "parallelism_config", None)
+            self._plain_runtime = (
+                acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+                and getattr(acc, "scaler", None) is None
+                and not is_sagemaker_mp_enabled()
+                and not self.is_deepspeed_enabled
+                and not self.is_fsdp_enabled
+                and not getattr(self, "is_distributed_loading_by_transformers", False)
+                and (parallelism is None or not getattr(parallelism, "cp_enabled", False))
+                and self.args.optim not in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
+                and self.args.n_gpu <= 1
+                and self.args.torch_empty_cache_steps is None
+            )
+        return self._plain_runtime
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's `training_step` for the plain runtime: forward, our (already GA-scaled) loss, backward."""
+        if not self._is_plain_runtime():
+            return super().training_step(model, inputs, num_items_in_batch)
+        if not model.training:  # Trainer calls model.train() on every step: a walk over all modules
+            model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):  # schedule-free optimizers
+            self.optimizer.train()
+        if inputs and self.args.device.type == "cpu" and _all_on_cpu(inputs):
+            inputs = dict(inputs)  # what `_prepare_inputs` returns on a CPU run: a copy, every `.to("cpu")` a no-op
+        else:
+            inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        del inputs
+        # loss_is_scaled_for_ga: compute_loss normalises by the window totals, so no division here. Trainer gives
+        # accelerate 1 accumulation step, so its backward() would divide by 1 (an op and a backward node): skip it.
+        if self.accelerator.gradient_accumulation_steps == 1:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+        return loss.detach()
+
+    def _clip_grad_norm(self, model):
+        """In the plain runtime accelerate's `clip_grad_norm_` ends in exactly this call (no DTensor, no scaler)."""
+        if not self._is_plain_runtime():
+            return super()._clip_grad_norm(model)
+        if self._clip_params is None:
+            params = list(model.parameters())
+            if any(type(p.grad).__name__ == "DTensor" or type(p.data).__name__ == "DTensor" for p in params):
+                self._plain_runtime = False
+                return super()._clip_grad_norm(model)
+            self._clip_params = params
+        return torch.nn.utils.clip_grad_norm_(self._clip_params, self.args.max_grad_norm)
+
+    def _unwrap_optimizer(self) -> None:
+        """Step the torch optimizer itself rather than accelerate's wrapper, in the plain runtime.
+
+        Trainer creates the scheduler right after `accelerator.prepare`, so this runs at that point. There
+        `AcceleratedOptimizer.step` only forwards to the wrapped optimizer (Trainer steps on gradient-sync steps only;
+        no scaler, no XLA), but first looks the LOMO package up through the import system, twice per step: about as
+        long as the Adam update of a small model. Trainer unwraps the same way for SageMaker fp16.
+        """
+        optimizer = self.optimizer
+        if (isinstance(optimizer, AcceleratedOptimizer) and optimizer.scaler is None and self._is_plain_runtime()
+                and not callable(getattr(optimizer.optimizer, "train", None))):
+            self.optimizer = optimizer.optimizer
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self.args.max_grad_norm <= 0 and self._is_plain_runtime():
+            # Trainer measures the norm anyway (clipping at inf); same call as accelerate's, minus the dispatch.
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), float("inf"))
+        return super()._get_grad_norm(model, grad_norm)
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """Trainer's estimate (6 · inputs · parameters), with the parameter count taken once instead of every step."""
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if self._num_params is None:
+            self._num_params = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[main_input].numel() * self._num_params
 
     # ---- schedules and logging ----------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if optimizer is None and self.lr_scheduler is None:
+            self._unwrap_optimizer()
         lr = self.args.parameter_schedules.get("learning_rate")
         if lr is None:
             return super().create_scheduler(num_training_steps, optimizer)
@@ -261,6 +459,20 @@ class AnchoredTrainer(Trainer):
             self._label_sums.clear()
             self._last_log_step = self.state.global_step
         super().log(logs, start_time)
+
+
+def _all_on_cpu(batch: Mapping[str, Any]) -> bool:
+    """Every tensor of a (nested) dict batch is on the CPU (lists and tuples: not checked, answer False)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "cpu":
+                return False
+        elif isinstance(value, Mapping):
+            if not _all_on_cpu(value):
+                return False
+        elif isinstance(value, (list, tuple)):
+            return False
+    return True
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
