@@ -19,7 +19,7 @@ from .data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
 from .data.curriculum import CurriculumSampler
 from .evaluation import evaluate_color_model
 from .evaluation.color_tasks import concept_placement, per_operation_errors
-from .evaluation.structure import color_structure, latent_jitter, loss_spikes
+from .evaluation.structure import color_structure, latent_jitter, loss_excursions, loss_spikes
 from .hub import render_color_model_card
 from .training import build_trainer
 from .training.callbacks import LatentSnapshotCallback, ProbeCallback
@@ -92,6 +92,10 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     metrics["structure"] = color_structure(model, site="bottleneck", plane=_hue_plane(concepts),
                                            data_colors=_final_training_colors(trainer))
     metrics["stability"] = {"loss_spikes": loss_spikes(history, boundaries),
+                            # The task loss alone: weight schedules that change at a phase start move the total loss
+                            # without any change in how well the model reconstructs.
+                            "reconstruction_spikes": loss_spikes(history, boundaries, key="term/reconstruction"),
+                            "reconstruction_excursions": loss_excursions(history, key="term/reconstruction"),
                             "latent_jitter": latent_jitter(snapshots.snapshots)}
     metrics.update(
         train_runtime_s=train_runtime,

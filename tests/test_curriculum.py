@@ -98,3 +98,32 @@ def test_leak_jitter_and_spikes_by_hand():
     history[60]["loss"] = 5.0  # step 61, right after a boundary at 60
     spikes = loss_spikes(history, [30, 60], window=10)
     assert spikes["count"] == 1 and spikes["heights"] == [1.0, 5.0]
+
+
+def test_off_plane_spread_by_hand():
+    from structured_hf.evaluation.structure import off_plane_spread
+
+    colors = np.asarray([[1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # dullness 0, .5, 1, 0
+    # pure hues in the plane, the darker the further out of it: r = 1
+    acts = np.asarray([[1.0, 0.0, 0.0], [0.5**0.5, 0.0, 0.5**0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    spread = off_plane_spread(acts, colors, (0, 1))
+    assert spread["r"] == pytest.approx(1.0)
+    assert spread["share_vivid"] == pytest.approx(0.0) and spread["share_dull"] == pytest.approx(1.0)
+    # everything in the plane: nothing spreads out, r is undefined
+    flat = off_plane_spread(acts * np.asarray([1.0, 1.0, 0.0]) + np.asarray([0.0, 0.1, 0.0]), colors, (0, 1))
+    assert flat["r"] is None and flat["share_dull"] == 0.0
+    assert off_plane_spread(acts[:, :2], colors, (0, 1))["r"] is None  # no axes outside the plane
+
+
+def test_loss_excursions_find_spikes_anywhere():
+    from structured_hf.evaluation.structure import loss_excursions
+
+    history = [{"step": s, "loss": 1.0} for s in range(1, 200)]
+    for s in (40, 41):
+        history[s - 1]["loss"] = 3.0  # one excursion over two logs, peak 3x
+    history[119]["loss"] = 10.0  # step 120
+    history[149]["loss"] = 1.8  # below the factor
+    out = loss_excursions(history, window=20, factor=2.0)
+    assert out["count"] == 2 and out["max_ratio"] == pytest.approx(10.0)
+    assert [step for step, _ in out["peaks"]] == [40, 120]
+    assert loss_excursions([], key="loss") == {"count": 0, "max_ratio": 0.0, "peaks": []}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from ..errors import StructuredConfigError
@@ -13,7 +15,7 @@ from ..losses import LOSSES
 from ..schedules import Schedule, parse_schedule
 from .transitions import ReactiveRule
 
-_REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params"}
+_REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params", "positions"}
 # Schedulable parameters besides the regularizer weights (which are scheduled through their `weight`).
 SCHEDULABLE = ("learning_rate", "reconstruction")
 
@@ -26,10 +28,13 @@ class RegularizerSpec:
         name: unique name used in logs (default ``"<loss>:<concept>"`` or ``"<loss>"``).
         loss: a key of :data:`structured_hf.losses.LOSSES`.
         concept: concept-map entry the loss is about (required for anchors and (anti-)subspaces).
-        label: weak label that selects the samples (none: every sample).
+        label: weak label that selects the samples (none: every sample); ``"not:<label>"`` selects the samples
+            *without* that label (e.g. keep a reserved axis clear for everything that is not red).
         site: activation site (default: the concept's site; required for concept-free losses).
         weight: constant or keyframed schedule.
         params: extra keyword arguments of the loss (e.g. ``{power: 100.0}`` for angular repulsion).
+        positions: for sequence sites ``(B, T, D)``, the token positions the term applies to (default: all tokens
+            of a labelled sample).
     """
 
     name: str
@@ -39,6 +44,8 @@ class RegularizerSpec:
     site: str | None = None
     weight: Schedule = field(default_factory=lambda: Schedule.constant(1.0))
     params: Mapping[str, Any] = field(default_factory=dict)
+    positions: tuple[int, ...] | None = None
+    negate_label: bool = False
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], field_name: str) -> RegularizerSpec:
@@ -50,7 +57,7 @@ class RegularizerSpec:
         if unknown:
             raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(_REG_KEYS)}")
         loss = entry.get("loss")
-        if loss not in LOSSES:
+        if not isinstance(loss, str) or loss not in LOSSES:
             raise StructuredConfigError(f"{field_name}.loss", f"unknown loss {loss!r}; known: {sorted(LOSSES)}")
         info = LOSSES[loss]
         concept = entry.get("concept")
@@ -67,9 +74,19 @@ class RegularizerSpec:
         params = entry.get("params") or {}
         if not isinstance(params, Mapping):
             raise StructuredConfigError(f"{field_name}.params", f"expected a mapping, got {params!r}")
+        negate = isinstance(label, str) and label.startswith("not:")
+        if negate:
+            label = label[len("not:"):].strip()
+            if not label:
+                raise StructuredConfigError(f"{field_name}.label", "expected 'not:<label>' with a label name")
+        positions = entry.get("positions")
+        if positions is not None and (not isinstance(positions, (list, tuple)) or not positions
+                                      or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)):
+            raise StructuredConfigError(f"{field_name}.positions", f"expected a list of token positions, got {positions!r}")
         name = entry.get("name") or (f"{loss}:{concept}" if concept else loss)
         weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
-        return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params))
+        return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params),
+                   positions=None if positions is None else tuple(positions), negate_label=negate)
 
 
 def parse_regularizers(entries: Any, field_name: str = "regularizers") -> list[RegularizerSpec]:
@@ -134,6 +151,12 @@ class AnchoredTrainingArguments(TrainingArguments):
     report_to: Any = "none"
 
     def __post_init__(self):
+        if not self.use_cpu and _multi_process_launch_without_accelerator():
+            # accelerate's multi-GPU launcher (the one that starts several CPU processes, see
+            # configs/accelerate/cpu_2proc.yaml) does not tell the processes to use the CPU, and without an
+            # accelerator transformers then builds a non-distributed state in every process: N independent runs,
+            # each believing it is rank 0 and writing the same output folder. Ask for the CPU (gloo) instead.
+            self.use_cpu = True
         super().__post_init__()
         # Parsed forms live outside the dataclass fields so `to_dict()`/`to_json_string()` keep the plain recipe.
         self.regularizer_specs = parse_regularizers(self.regularizers)
@@ -144,3 +167,17 @@ class AnchoredTrainingArguments(TrainingArguments):
             if rule.parameter not in known:
                 raise StructuredConfigError(f"reactive[{i}].parameter",
                                             f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}")
+
+
+def _multi_process_launch_without_accelerator() -> bool:
+    """True inside a multi-process launch (``WORLD_SIZE`` > 1) on a machine with no GPU or other accelerator."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    if world_size <= 1:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()

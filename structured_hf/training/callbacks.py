@@ -108,3 +108,21 @@ class LatentSnapshotCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self._take(model, state.global_step)
+
+
+class ProbeCallback(TrainerCallback):
+    """Calls ``probe(model)`` every ``every`` steps (and at the start and end) and keeps ``(step, result)`` pairs:
+    e.g. how a concept's cosine at each residual site evolves during training."""
+
+    def __init__(self, probe, every: int):
+        self.probe = probe
+        self.every = max(int(every), 1)
+        self.history: list[tuple[int, object]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.history.append((0, self.probe(model)))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.history.append((state.global_step, self.probe(model)))

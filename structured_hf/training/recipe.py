@@ -30,16 +30,21 @@ from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
+from ..data.color_tasks import ColorTaskCollator, build_color_task_splits
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
+from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
 from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regularizers, parse_schedules
 from .trainer import AnchoredTrainer
 
-_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description"}
-_DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum"}
-# model.type -> (config class, model class); new model families register here.
+_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description",
+             "sweep"}
+_DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
+# model.type -> (config class, model class); new model families register here, with their data builders below.
 MODEL_TYPES: dict[str, tuple[type, type]] = {
     "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
+    "color_transformer": (ColorTransformerConfig, ColorTransformerModel),
 }
+_TASK_KEYS = {"operations", "grid_size", "pair_grid_size", "test_fraction", "validation_fraction", "seed"}
 
 
 @dataclass
@@ -55,9 +60,15 @@ class Recipe:
     seed: int = 0
     output_dir: str = "outputs/run"
     description: str = ""
+    # Many runs of this recipe (variants, regularizer subsets, seeds): see `structured_hf.training.sweep`. Training the
+    # recipe itself ignores it; `scripts/sweep.py` expands it.
+    sweep: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["sweep"] is None:
+            del out["sweep"]  # a plain recipe (and every run of a sweep) dumps without the key
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -107,8 +118,13 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         seed=seed,
         output_dir=str(raw.get("output_dir", "outputs/run")),
         description=str(raw.get("description", "")),
+        sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
     )
     validate_recipe(recipe)
+    if recipe.sweep is not None:
+        from .sweep import parse_sweep  # sweep.py parses each run with parse_recipe: import here, not at the top
+
+        parse_sweep(recipe.sweep, {k: v for k, v in raw.items() if k != "sweep"})
     return recipe
 
 
@@ -131,7 +147,14 @@ def validate_recipe(recipe: Recipe) -> None:
     unknown = set(recipe.data) - _DATA_KEYS
     if unknown:
         raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
-    if "train" not in recipe.data:
+    if model_type(recipe) == "color_transformer":
+        task = recipe.data.get("task")
+        if not isinstance(task, Mapping):
+            raise StructuredConfigError("data.task", f"a color_transformer recipe needs a task mapping, got {task!r}")
+        unknown = set(task) - _TASK_KEYS
+        if unknown:
+            raise StructuredConfigError("data.task", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TASK_KEYS)}")
+    elif "train" not in recipe.data:
         raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
     parse_labelers(recipe.data.get("labels"))
     Curriculum.from_dict(recipe.data.get("curriculum"))
@@ -171,6 +194,13 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
         raise StructuredConfigError("training.max_steps", f"expected an integer, got {max_steps!r}")
 
 
+def model_type(recipe: Recipe) -> str:
+    kind = recipe.model.get("type", "color_autoencoder")
+    if kind not in MODEL_TYPES:
+        raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
+    return kind
+
+
 def model_config(recipe: Recipe):
     """The model config the recipe describes (validated, including the concept map)."""
     spec = dict(recipe.model)
@@ -191,8 +221,22 @@ def model_config(recipe: Recipe):
         raise StructuredConfigError("model", str(cause or e).strip()) from None
 
 
+def build_task_splits(recipe: Recipe) -> datasets.DatasetDict:
+    """Train/validation/test splits of the color-operation task of a color_transformer recipe."""
+    task = dict(recipe.data["task"])
+    labels = recipe.data.get("labels") or {}
+    parse_labelers(labels)  # same labeler spec as colors: clear errors for bad features/scales
+    try:
+        return build_color_task_splits(labelers=labels, **task)
+    except TypeError as e:
+        raise StructuredConfigError("data.task", str(e)) from None
+
+
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Train (and eval) color datasets with label-probability columns."""
+    """Train (and eval) datasets with label-probability columns."""
+    if model_type(recipe) == "color_transformer":
+        splits = build_task_splits(recipe)
+        return splits["train"], splits["validation"]
     labelers = parse_labelers(recipe.data.get("labels"))
     colors, weights = colors_from_spec(recipe.data["train"], "data.train")
     train = build_color_dataset(colors, labelers, sample_weights=weights)
@@ -217,7 +261,7 @@ def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
     """Model, datasets and trainer from a recipe; seeds everything first so the run is reproducible."""
     set_seed(recipe.seed)
     config = model_config(recipe)
-    _, model_cls = MODEL_TYPES[recipe.model.get("type", "color_autoencoder")]
+    _, model_cls = MODEL_TYPES[model_type(recipe)]
     model = model_cls(config)
     train_ds, eval_ds = build_datasets(recipe)
     training = dict(recipe.training)
@@ -231,5 +275,9 @@ def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
+    if model_type(recipe) == "color_transformer":
+        labels = sorted((recipe.data.get("labels") or {}).keys())
+        trainer_kwargs.setdefault("data_collator", ColorTaskCollator(labels))
+        trainer_kwargs.setdefault("eval_data_collator", ColorTaskCollator(labels))
     return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            curriculum=curriculum, **trainer_kwargs)

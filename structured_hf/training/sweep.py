@@ -1,0 +1,449 @@
+"""Sweeps: many runs of one recipe (variants, regularizer subsets, seeds) from one command, and one summary table.
+
+A recipe becomes a sweep with a top-level ``sweep:`` key::
+
+    sweep:
+      seeds: [0, 1, 2]                  # default: the recipe's own seed
+      regularizer_subsets: true         # every non-empty subset of the regularizers (2^n - 1 runs); or a list of
+                                        # regularizer names to subset (the others are always kept)
+      variants:                         # default: the recipe as written
+        - {name: strong-planar, set: {regularizers.planar.weight: 1.0, training.max_steps: 3001}}
+      figures: false                    # draw each run's PNGs/GIF (default false: sweeps are about the table)
+
+Runs are the product variants x subsets x seeds, each written to ``<output_dir>/<run name>``. A ``set`` key is a
+dotted path into the recipe; inside a list (``regularizers``, ``reactive``) a part is either an index or the ``name``
+of an entry (``regularizers.planar.weight``). Every run's recipe is parsed when the sweep is, so a bad key fails before
+anything trains, with an error naming the sweep field.
+
+``scripts/train.py`` trains a sweep file's base recipe (the sweep key is ignored); ``scripts/sweep.py`` runs them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StructuredConfigError
+from .recipe import Recipe, parse_recipe
+
+_SWEEP_KEYS = {"seeds", "regularizer_subsets", "variants", "figures"}
+_VARIANT_KEYS = {"name", "set"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+# What a run must show to keep each M1 property (RESEARCH §6, the 1.8 finding); used by the summary's `lost` column.
+# Thresholds: the foundation thresholds (leak 0.05, red cosine 0.98, named-color MSE 2e-3) and, for the norm, a mean
+# deviation of 0.1 over the training colors (a unitarity-trained run sits at ~0.02; without it ~0.8).
+MIN_HUE_GAP_DEG = 5.0
+PROPERTY_CHECKS: dict[str, str] = {
+    "wheel": "the 12 named hues go round the hue plane in cyclic order, no two closer than 5° (no folding, no "
+             "bunching; evenly spaced they are 30° apart)",
+    "norm": "mean |‖z‖ − 1| over the training colors <= 0.1 (no collapse)",
+    "plane": "worst hue's share of squared norm outside the hue plane <= 0.05",
+    "anchor": "cosine of each anchored concept's prototype with its direction >= 0.98",
+    "recon": "max named-color MSE <= 2.0e-3",
+}
+
+
+@dataclass(frozen=True)
+class SweepVariant:
+    """A named set of dotted-key overrides."""
+
+    name: str
+    set: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed ``sweep:`` section (see module docstring)."""
+
+    seeds: tuple[int, ...] | None = None
+    regularizer_subsets: tuple[str, ...] | None = None
+    variants: tuple[SweepVariant, ...] = ()
+    figures: bool = False
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep: its name, the full recipe it trains, and where it came from."""
+
+    name: str
+    recipe: Recipe
+    variant: str
+    regularizers: tuple[str, ...]
+    seed: int
+
+
+def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") -> SweepSpec | None:
+    """Validate a ``sweep:`` section against the (raw, sweep-free) recipe it belongs to; ``None`` for no sweep.
+
+    Every run it expands to is parsed as a recipe here, so a wrong dotted key or value fails at load time.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, got {spec!r}")
+    unknown = set(spec) - _SWEEP_KEYS
+    if unknown:
+        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}")
+    seeds = spec.get("seeds")
+    if seeds is not None:
+        if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            raise StructuredConfigError(f"{field}.seeds", f"expected a non-empty list of integers, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise StructuredConfigError(f"{field}.seeds", f"seeds must be distinct, got {list(seeds)}")
+        seeds = tuple(seeds)
+    names = [_regularizer_name(r) for r in (raw_recipe.get("regularizers") or []) if isinstance(r, Mapping)]
+    subsets = spec.get("regularizer_subsets", False)
+    if subsets is True:
+        if not names:
+            raise StructuredConfigError(f"{field}.regularizer_subsets", "the recipe has no regularizers to take subsets of")
+        subsets = tuple(names)
+    elif subsets is False or subsets is None:
+        subsets = None
+    elif isinstance(subsets, Sequence) and not isinstance(subsets, str) and subsets:
+        for i, name in enumerate(subsets):
+            if name not in names:
+                raise StructuredConfigError(f"{field}.regularizer_subsets[{i}]",
+                                            f"unknown regularizer {name!r}; the recipe has {names}")
+        if len(set(subsets)) != len(subsets):
+            raise StructuredConfigError(f"{field}.regularizer_subsets", f"names must be distinct, got {list(subsets)}")
+        subsets = tuple(subsets)
+    else:
+        raise StructuredConfigError(f"{field}.regularizer_subsets",
+                                    f"expected true/false or a non-empty list of regularizer names, got {subsets!r}")
+    variants = []
+    entries = spec.get("variants") or []
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        raise StructuredConfigError(f"{field}.variants", f"expected a list of {{name, set}} mappings, got {entries!r}")
+    for i, entry in enumerate(entries):
+        vf = f"{field}.variants[{i}]"
+        if not isinstance(entry, Mapping):
+            raise StructuredConfigError(vf, f"expected a mapping {{name, set}}, got {entry!r}")
+        bad = set(entry) - _VARIANT_KEYS
+        if bad:
+            raise StructuredConfigError(vf, f"unknown keys {sorted(bad)}; allowed: {sorted(_VARIANT_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise StructuredConfigError(f"{vf}.name", f"expected a name of letters, digits and ._+- (it names a folder), "
+                                                      f"got {name!r}")
+        if name in {v.name for v in variants}:
+            raise StructuredConfigError(f"{vf}.name", f"duplicate variant name {name!r}")
+        overrides = entry.get("set") or {}
+        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+            raise StructuredConfigError(f"{vf}.set", f"expected a mapping of dotted keys to values, got {overrides!r}")
+        for key in overrides:
+            if key == "sweep" or key.startswith("sweep."):
+                raise StructuredConfigError(f"{vf}.set.{key}", "a variant cannot change the sweep itself")
+        variants.append(SweepVariant(name, dict(overrides)))
+    figures = spec.get("figures", False)
+    if not isinstance(figures, bool):
+        raise StructuredConfigError(f"{field}.figures", f"expected true or false, got {figures!r}")
+    parsed = SweepSpec(seeds=seeds, regularizer_subsets=subsets, variants=tuple(variants), figures=figures)
+    _expand_raw(raw_recipe, parsed, field)  # parses every run: errors surface now, naming the sweep field
+    return parsed
+
+
+def _regularizer_name(entry: Mapping[str, Any]) -> str:
+    # The same default name the trainer gives a regularizer without one (arguments.RegularizerSpec.from_dict).
+    if entry.get("name"):
+        return str(entry["name"])
+    return f"{entry.get('loss')}:{entry['concept']}" if entry.get("concept") else str(entry.get("loss"))
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
+    """Set ``value`` at a dotted path; list parts are indices or entry ``name``s; missing mapping keys are created."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "the recipe"
+        if isinstance(node, list):
+            index = _list_index(node, part)
+            if index is None:
+                names = [e.get("name") for e in node if isinstance(e, Mapping) and e.get("name")]
+                raise StructuredConfigError(field, f"'{part}' is neither an index nor the name of an entry of {where} "
+                                                   f"(names: {names})")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise StructuredConfigError(field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} "
+                                               f"{node!r}")
+
+
+def _list_index(items: list, part: str) -> int | None:
+    if re.fullmatch(r"-?\d+", part):
+        i = int(part)
+        return i if -len(items) <= i < len(items) else None
+    for i, entry in enumerate(items):
+        if isinstance(entry, Mapping) and (entry.get("name") == part or _regularizer_name(entry) == part):
+            return i
+    return None
+
+
+def regularizer_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``names`` (2^n − 1), largest first, in the order the names are given."""
+    out = []
+    for size in range(len(names), 0, -1):
+        out.extend(itertools.combinations(names, size))
+    return out
+
+
+def _expand_raw(raw: Mapping[str, Any], spec: SweepSpec, field: str = "sweep") -> list[tuple[str, dict, str, tuple]]:
+    """(run name, raw recipe, variant name, kept regularizers) for every run, each parsed once as a check."""
+    base = copy.deepcopy(dict(raw))
+    base.pop("sweep", None)
+    variants = spec.variants or (SweepVariant("base", {}),)
+    all_names = [_regularizer_name(r) for r in base.get("regularizers") or [] if isinstance(r, Mapping)]
+    subsets: list[tuple[str, ...] | None] = [None]
+    if spec.regularizer_subsets is not None:
+        subsets = list(regularizer_subsets(spec.regularizer_subsets))
+    seeds: list[int | None] = list(spec.seeds) if spec.seeds else [None]
+    out = []
+    for k, variant in enumerate(variants):
+        raw_variant = copy.deepcopy(base)
+        for key, value in variant.set.items():
+            set_path(raw_variant, key, copy.deepcopy(value), f"{field}.variants[{k}].set.{key}")
+        _check_parses(raw_variant, f"{field}.variants[{k}] ({variant.name!r})")
+        for subset in subsets:
+            raw_subset = copy.deepcopy(raw_variant)
+            kept_names = tuple(all_names)
+            if subset is not None:
+                dropped = set(spec.regularizer_subsets) - set(subset)
+                raw_subset["regularizers"] = [r for r in raw_subset.get("regularizers") or []
+                                              if _regularizer_name(r) not in dropped]
+                # Reactive rules that move a dropped regularizer have nothing left to move.
+                raw_subset["reactive"] = [r for r in raw_subset.get("reactive") or []
+                                          if not (isinstance(r, Mapping) and r.get("parameter") in dropped)]
+                kept_names = tuple(n for n in all_names if n not in dropped)
+            for seed in seeds:
+                raw_run = copy.deepcopy(raw_subset)
+                if seed is not None:
+                    raw_run["seed"] = seed
+                parts = [] if len(variants) == 1 and not spec.variants else [variant.name]
+                if subset is not None:
+                    parts.append("+".join(subset))
+                if seed is not None:
+                    parts.append(f"seed{seed}")
+                name = "-".join(parts) or "base"
+                raw_run["output_dir"] = str(Path(str(base.get("output_dir", "outputs/run"))) / name)
+                out.append((name, raw_run, variant.name, kept_names))
+    if len({name for name, *_ in out}) != len(out):
+        raise StructuredConfigError(field, "two runs would share a folder name; give variants distinct names")
+    return out
+
+
+def _check_parses(raw: Mapping[str, Any], where: str) -> None:
+    try:
+        parse_recipe(raw)
+    except StructuredConfigError as e:
+        raise StructuredConfigError(where, str(e)) from None
+
+
+def expand_sweep(recipe: Recipe, label: str | None = None) -> list[SweepRun]:
+    """The runs of a recipe's sweep (one run, the recipe itself without its sweep key, when it has none).
+
+    ``label`` prefixes the run names (``label/run``; a sweep-less recipe's run is then just ``label``), to tell the
+    runs of several recipes apart in one summary.
+    """
+    raw = recipe.to_dict()
+    spec = parse_sweep(raw.pop("sweep", None), raw)
+    if spec is None:
+        base = parse_recipe(raw)
+        return [SweepRun(name=label or Path(recipe.output_dir).name or "run", recipe=base, variant="base",
+                         regularizers=tuple(_regularizer_name(r) for r in recipe.regularizers), seed=recipe.seed)]
+    return [SweepRun(name=f"{label}/{name}" if label else name, recipe=parse_recipe(raw_run), variant=variant,
+                     regularizers=kept, seed=raw_run.get("seed", 0))
+            for name, raw_run, variant, kept in _expand_raw(raw, spec)]
+
+
+def sweep_figures(recipe: Recipe) -> bool:
+    """Whether the recipe's sweep asks for each run's figures."""
+    return bool((recipe.sweep or {}).get("figures", False))
+
+
+# ---- running and summarizing ------------------------------------------------------------------------------------------
+def summary_row(run: SweepRun, metrics: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
+    """The key numbers of one run (flat, JSON-ready) and the M1 properties it lost (see :data:`PROPERTY_CHECKS`)."""
+    structure = metrics.get("structure", {})
+    data = structure.get("data", {})
+    stability = metrics.get("stability", {})
+    spikes = stability.get("loss_spikes", {})
+    anchors = {name: c["cosine"] for name, c in (metrics.get("concepts") or {}).items() if "cosine" in c}
+    row = {
+        "run": run.name,
+        "variant": run.variant,
+        "regularizers": list(run.regularizers),
+        "seed": run.seed,
+        "wall_s": wall_s,
+        "train_runtime_s": metrics.get("train_runtime_s"),
+        "named_color_mse_max": metrics.get("named_color_mse_max"),
+        "hue_mse_max": metrics.get("hue_mse_max"),
+        "hue_order_ok": structure.get("hue_order", {}).get("ok"),
+        "hue_min_gap_deg": structure.get("hue_order", {}).get("min_gap_deg"),
+        "hue_plane_leak_max": structure.get("hue_plane_leak_max"),
+        "unit_norm_deviation_max": structure.get("unit_norm_deviation_max"),
+        "data_unit_norm_deviation_max": data.get("unit_norm_deviation_max"),
+        "data_unit_norm_deviation_mean": data.get("unit_norm_deviation_mean"),
+        "data_norm_mean": data.get("norm_mean"),
+        "off_plane_r": (data.get("off_plane_spread") or structure.get("off_plane_spread") or {}).get("r"),
+        "anchor_cosines": anchors,
+        "loss_spike_count": spikes.get("count"),
+        "loss_spike_max_height": spikes.get("max_height"),
+        "reconstruction_spike_count": stability.get("reconstruction_spikes", {}).get("count"),
+        "reconstruction_spike_heights": stability.get("reconstruction_spikes", {}).get("heights"),
+        "reconstruction_excursion_count": stability.get("reconstruction_excursions", {}).get("count"),
+        "reconstruction_excursion_max": stability.get("reconstruction_excursions", {}).get("max_ratio"),
+        "reconstruction_excursion_peaks": stability.get("reconstruction_excursions", {}).get("peaks"),
+        "latent_jitter_mean": stability.get("latent_jitter", {}).get("mean"),
+    }
+    row["lost"] = lost_properties(row)
+    return row
+
+
+def lost_properties(row: Mapping[str, Any]) -> list[str]:
+    """Names of :data:`PROPERTY_CHECKS` the run fails (checks that do not apply, e.g. no anchor, are skipped)."""
+    lost = []
+    gap = row.get("hue_min_gap_deg")
+    if row.get("hue_order_ok") is False or (gap is not None and gap < MIN_HUE_GAP_DEG):
+        lost.append("wheel")
+    norm = row.get("data_unit_norm_deviation_mean")
+    if norm is not None and norm > 0.1:
+        lost.append("norm")
+    leak = row.get("hue_plane_leak_max")
+    if leak is not None and leak > 0.05:
+        lost.append("plane")
+    if any(c < 0.98 for c in (row.get("anchor_cosines") or {}).values()):
+        lost.append("anchor")
+    mse = row.get("named_color_mse_max")
+    if mse is not None and mse > 2.0e-3:
+        lost.append("recon")
+    return lost
+
+
+def _fmt(value: Any, kind: str = "g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if kind == "e":
+        return f"{value:.2e}"
+    if kind == "f3":
+        return f"{value:.3f}"
+    if kind == "f1":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Sweep summary") -> str:
+    """One table: a row per run with wall time, reconstruction, structure, anchors, stability and lost properties."""
+    lines = [f"# {title}", "",
+             "| run | seed | wall s | max named MSE | max hue MSE | hue order | min gap ° | hue leak | "
+             "mean norm | unit dev (mean / max) | off-plane r | anchor cos | loss spikes (n / max) | "
+             "recon. spikes at phase starts (n: heights) | recon. excursions anywhere (n: top 3 step→ratio) | "
+             "jitter | lost |",
+             "|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        anchors = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("anchor_cosines") or {}).items()) or "–"
+        unit = (f"{_fmt(r.get('data_unit_norm_deviation_mean'), 'f3')} / {_fmt(r.get('data_unit_norm_deviation_max'), 'f3')}"
+                if r.get("data_unit_norm_deviation_mean") is not None else _fmt(r.get("unit_norm_deviation_max"), "f3"))
+        spikes = (f"{r['loss_spike_count']} / {r['loss_spike_max_height']:.2f}"
+                  if r.get("loss_spike_count") is not None and r.get("loss_spike_max_height") is not None else "–")
+        heights = r.get("reconstruction_spike_heights")
+        recon_spikes = (f"{r['reconstruction_spike_count']}: " + " ".join(f"{h:.1f}" for h in heights)
+                        if heights else "–")
+        peaks = sorted(r.get("reconstruction_excursion_peaks") or [], key=lambda p: -p[1])[:3]
+        excursions = (f"{r['reconstruction_excursion_count']}: " + ", ".join(f"{s}→{h:.1f}" for s, h in sorted(peaks))
+                      if r.get("reconstruction_excursion_count") else "0")
+        lines.append(
+            f"| {r['run']} | {r['seed']} | {_fmt(r.get('wall_s'), 'f1')} | {_fmt(r.get('named_color_mse_max'), 'e')} | "
+            f"{_fmt(r.get('hue_mse_max'), 'e')} | {_fmt(r.get('hue_order_ok'))} | {_fmt(r.get('hue_min_gap_deg'), 'f1')} | "
+            f"{_fmt(r.get('hue_plane_leak_max'), 'f3')} | {_fmt(r.get('data_norm_mean'), 'f3')} | {unit} | "
+            f"{_fmt(r.get('off_plane_r'), 'f3')} | {anchors} | "
+            f"{spikes} | {recon_spikes} | {excursions} | {_fmt(r.get('latent_jitter_mean'), 'f3')} | {', '.join(r.get('lost') or []) or '–'} |")
+    lines += ["", "`lost` names the properties a run fails: "
+              + "; ".join(f"**{k}**: {v}" for k, v in PROPERTY_CHECKS.items()) + ".",
+              "Norms and unit deviation are over the training colors the run drew last (a curriculum's final "
+              "phase), off-plane r is the correlation of each such color's share of squared norm outside the hue "
+              "plane with its 1 − vibrancy.",
+              "Spikes: loss peak in the 50 steps after each curriculum phase start over the median of the 50 before "
+              "(counted above 1.5), for the total loss and for the reconstruction term alone (heights per phase "
+              "start, in order). Excursions: stretches anywhere in the run where the reconstruction loss exceeds 2x "
+              "the median of the 50 steps before (count, and the three highest as step→ratio). Jitter: mean latent displacement between consecutive snapshots (30 per run)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "Sweep summary") -> tuple[Path, Path]:
+    """``summary.json`` (every row) and ``summary.md`` (the table) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "summary.json", out / "summary.md"
+    json_path.write_text(json.dumps({"runs": list(rows), "property_checks": PROPERTY_CHECKS}, indent=2))
+    md_path.write_text(summary_markdown(rows, title))
+    return json_path, md_path
+
+
+def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]] | None = None,
+              figures: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run each sweep run in turn with ``runner(recipe, figures=..., animation=...)`` (default:
+    :func:`structured_hf.experiment.run_experiment`), logging one line per run; returns the summary rows."""
+    if runner is None:
+        from ..experiment import run_experiment as runner
+    rows = []
+    total_start = time.perf_counter()
+    for i, run in enumerate(runs, 1):
+        log(f"[{i}/{len(runs)}] {run.name}: training ({run.recipe.training.get('max_steps', '?')} steps) ...")
+        start = time.perf_counter()
+        metrics = runner(run.recipe, figures=figures, animation=figures)
+        wall = time.perf_counter() - start
+        row = summary_row(run, metrics, wall)
+        rows.append(row)
+        log(f"[{i}/{len(runs)}] {run.name}: {wall:.1f} s, max named MSE {_fmt(row['named_color_mse_max'], 'e')}, "
+            f"hue order {'ok' if row['hue_order_ok'] else 'LOST'}, leak {_fmt(row['hue_plane_leak_max'], 'f3')}"
+            + (f", lost: {', '.join(row['lost'])}" if row["lost"] else ""))
+    log(f"{len(runs)} runs in {time.perf_counter() - total_start:.1f} s")
+    return rows
+
+
+def plot_sweep_losses(runs: Sequence[SweepRun], path: str | Path, key: str = "loss", title: str = "") -> Path | None:
+    """Loss curves of the runs on one axis, each with its curriculum phase starts (dotted); from each run's
+    ``log_history.json``. For the 1.6 comparison (smooth vs stepped) and other few-run sweeps."""
+    from ..data.curriculum import Curriculum
+    from ..visualization import plot_run_comparison
+
+    histories, boundaries = {}, {}
+    for run in runs:
+        log_path = Path(run.recipe.output_dir) / "log_history.json"
+        if not log_path.is_file():
+            continue
+        histories[run.name] = json.loads(log_path.read_text())
+        curriculum = Curriculum.from_dict(run.recipe.data.get("curriculum"))
+        boundaries[run.name] = [start for start, _ in curriculum.boundaries() if start > 0] if curriculum else []
+    if not histories:
+        return None
+    return plot_run_comparison(histories, path, boundaries=boundaries, key=key,
+                               title=title or f"{key} per run (dotted: curriculum phase starts)")
+
+
+__all__ = [
+    "PROPERTY_CHECKS", "SweepRun", "SweepSpec", "SweepVariant", "expand_sweep", "lost_properties", "parse_sweep",
+    "plot_sweep_losses", "regularizer_subsets", "run_sweep", "set_path", "summary_markdown", "summary_row",
+    "sweep_figures", "write_summary",
+]
