@@ -57,6 +57,21 @@ def _final_training_colors(trainer) -> np.ndarray | None:
     return colors[CurriculumSampler(colors, trainer.curriculum, samples_per_step=1, num_steps=1).eligible(last)]
 
 
+def _train_and_save(recipe: Recipe, callbacks: list, resume_from_checkpoint: str | bool | None):
+    """Build the trainer, write the resolved recipe, train, save the checkpoint (config.json + model.safetensors,
+    main process only). Returns (trainer, train result, training wall time in seconds)."""
+    out = Path(recipe.output_dir)
+    trainer = build_trainer(recipe, callbacks=callbacks)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(recipe.to_yaml())
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_runtime = time.perf_counter() - start
+    trainer.save_model(str(out))
+    return trainer, result, train_runtime
+
+
 def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True,
                    animation: bool = True) -> dict[str, Any]:
     """Train ``recipe`` and write everything to ``recipe.output_dir``; returns the metrics.
@@ -72,14 +87,7 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     max_steps = int(recipe.training.get("max_steps", 0))
     snapshots = LatentSnapshotCallback({"colors": torch.as_tensor(probe, dtype=torch.float32)}, "bottleneck",
                                        every=max(max_steps // SNAPSHOTS, 1))
-    trainer = build_trainer(recipe, callbacks=[snapshots])
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    train_runtime = time.perf_counter() - start
-    trainer.save_model(str(out))  # config.json + model.safetensors, main process only
+    trainer, result, train_runtime = _train_and_save(recipe, [snapshots], resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return {}
 
@@ -140,14 +148,7 @@ def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str
     max_steps = int(recipe.training.get("max_steps", 0))
     tracker = ProbeCallback(lambda m: concept_placement(m, splits["validation"], limit=1024),
                             every=max(max_steps // 20, 1))
-    trainer = build_trainer(recipe, callbacks=[tracker])
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    train_runtime = time.perf_counter() - start
-    trainer.save_model(str(out))
+    trainer, result, train_runtime = _train_and_save(recipe, [tracker], resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return {}
     model = trainer.model
