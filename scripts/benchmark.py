@@ -36,7 +36,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -439,7 +439,7 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
     cases = [k for k, v in results.items() if isinstance(v, dict) and "vs_batch" in v]
     fig, axes = plt.subplots(len(cases), 2, figsize=(10, 3.8 * len(cases)), squeeze=False)
@@ -457,7 +457,7 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
             ax.set_yscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(xlabel)
             ax.set_ylabel("ms per step")
@@ -466,7 +466,7 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
             twin.plot(xs, [r["peak_tensor_mib"] for r in rows], "^:", color="tab:red", label="peak tensor MiB")
             twin.set_yscale("log")
             twin.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            twin.yaxis.set_major_formatter(ScalarFormatter())
+            twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             twin.yaxis.set_minor_formatter(NullFormatter())
             twin.set_ylabel("peak tensor memory (MiB)", color="tab:red")
             lines = ax.get_legend_handles_labels()

@@ -4,6 +4,7 @@ Importing the package registers its models with the transformers Auto classes, s
 ``AutoModel.from_pretrained(folder)`` works without ``trust_remote_code``.
 """
 
+from .checkpoints import check_checkpoint, load_pretrained
 from .concepts import ConceptMap, ConceptSpec
 from .errors import CheckpointError, NonFiniteLossError, StructuredConfigError
 from .models import ColorAutoencoderConfig, ColorAutoencoderModel
@@ -17,7 +18,4 @@ __all__ = [
     "NonFiniteLossError", "StructuredConfigError", "capture", "get_sites", "rewrite", "site_dims",
 ]
 __all__ += ["InterventionSpec", "ablate", "intervene", "prune", "repel", "suppress", "suppress_axes"]
-
-from .checkpoints import check_checkpoint, load_pretrained  # noqa: E402  (clear errors for damaged checkpoints)
-
 __all__ += ["check_checkpoint", "load_pretrained"]

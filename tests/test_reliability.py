@@ -15,6 +15,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
@@ -101,7 +102,7 @@ def test_two_cpu_processes_match_one_process_with_the_global_batch(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
            str(REPO / "scripts/train.py"), str(config), "--no_figures"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=tmp_path, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     two = _logged_steps(json.loads((two_dir / "log_history.json").read_text()))
 
@@ -250,7 +251,7 @@ def test_damaged_safetensors_gives_a_clear_error_naming_the_file(tmp_path, how, 
         load_pretrained(tmp_path)
     assert str(path) in str(info.value) and info.value.path == str(path)
     # transformers' own loader must not accept it either (its message names neither the file nor the problem).
-    with pytest.raises(Exception):
+    with pytest.raises((SafetensorError, OSError)):
         AutoModel.from_pretrained(tmp_path)
 
 
@@ -306,21 +307,18 @@ def test_exception_inside_site_and_intervention_contexts_leaves_no_hooks():
     ]
     for make in contexts:
         # An exception in the body ...
-        with pytest.raises(RuntimeError, match="in the body"):
-            with make():
-                assert _hooks(model) > 0
-                model(colors=x)
-                raise RuntimeError("in the body")
+        with pytest.raises(RuntimeError, match="in the body"), make():
+            assert _hooks(model) > 0
+            model(colors=x)
+            raise RuntimeError("in the body")
         assert _hooks(model) == 0
         # ... or inside the forward pass, from a nested rewrite whose function fails.
-        with pytest.raises(RuntimeError, match="boom in the hook"):
-            with make(), rewrite(model, "bottleneck", boom):
-                model(colors=x)
+        with pytest.raises(RuntimeError, match="boom in the hook"), make(), rewrite(model, "bottleneck", boom):
+            model(colors=x)
         assert _hooks(model) == 0
     # A bad site name fails before anything is registered.
-    with pytest.raises(StructuredConfigError, match="unknown site"):
-        with capture(model, ["bottleneck", "no_such_site"]):
-            pass
+    with pytest.raises(StructuredConfigError, match="unknown site"), capture(model, ["bottleneck", "no_such_site"]):
+        pass
     assert _hooks(model) == 0 and set(get_sites(model)) == {"encoder", "bottleneck"}
     with torch.no_grad():
         assert torch.equal(model(colors=x).reconstruction, clean)

@@ -43,10 +43,10 @@ from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
 from ..losses import LOSSES, selective_mean
+from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
 from .callbacks import ScheduleCallback
-from ..schedules import Schedule
 
 _SAMPLES = "__samples__"
 
