@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="+", help="recipe YAML file(s)")
     p.add_argument("--output_dir", help="where runs and the summary go (required with several recipes)")
-    p.add_argument("--seeds", help="seeds for every recipe: a range (0-4), a list (0,3,7) or both; overrides sweep.seeds")
+    p.add_argument("--seeds",
+                   help="seeds for every recipe: a range (0-4), a list (0,3,7) or both; overrides sweep.seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field of every recipe by dotted key; VALUE is parsed as YAML (repeatable)")
     p.add_argument("--figures", action="store_true", help="draw each run's figures (PNG + GIF); slower")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             print(f"  {run.name}: seed {run.seed}, regularizers {list(run.regularizers)} -> {run.recipe.output_dir}")
         return 0
-    rows = run_sweep(runs, figures=figures)
+    rows = run_sweep(runs, figures=figures, log=lambda line: print(line, flush=True))
     json_path, md_path = write_summary(rows, out, title=f"Sweep: {', '.join(Path(c).name for c in args.configs)}")
     print(f"wrote {json_path} and {md_path}")
     if 2 <= len(runs) <= 8:

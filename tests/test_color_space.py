@@ -3,12 +3,10 @@ figures are written."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from matplotlib.image import imread
 
+from conftest import load_script
 from structured_hf.visualization.color_space import _hs_disc
 
 
@@ -22,10 +20,7 @@ def test_hs_disc_puts_hue_on_the_angle_and_saturation_on_the_radius():
 
 
 def test_color_space_script_writes_both_figures(tmp_path):
-    spec = importlib.util.spec_from_file_location("plot_color_spaces",
-                                                  Path(__file__).resolve().parents[1] / "scripts/plot_color_spaces.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("plot_color_spaces")
     assert script.main(["--output_dir", str(tmp_path), "--size", "3"]) == 0
     for name in ("rgb_cube.png", "hsv_slices.png"):
         image = imread(tmp_path / name)

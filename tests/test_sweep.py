@@ -4,7 +4,6 @@ table, the sweep script end to end, and one real claim of the M1 recipes (repuls
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import load_script
 from structured_hf import StructuredConfigError
 from structured_hf.training import build_trainer, load_recipe, parse_recipe
 from structured_hf.training.sweep import (
@@ -214,19 +214,12 @@ def test_lost_properties_skip_what_does_not_apply():
 
 
 # ---- the script, end to end (real, tiny trainings) -----------------------------------------------------------------
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sweep_script_runs_seeds_and_writes_the_summary(tiny_recipe, tmp_path, capsys):
     raw = tiny_recipe(max_steps=3)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "sweep"
-    assert _load_script("sweep").main([str(path), "--seeds", "0,1", "--output_dir", str(out)]) == 0
+    assert load_script("sweep").main([str(path), "--seeds", "0,1", "--output_dir", str(out)]) == 0
     rows = json.loads((out / "summary.json").read_text())["runs"]
     assert [r["run"] for r in rows] == ["seed0", "seed1"]
     assert all((out / r["run"] / "metrics.json").is_file() for r in rows)
@@ -237,7 +230,7 @@ def test_sweep_script_runs_seeds_and_writes_the_summary(tiny_recipe, tmp_path, c
 def test_sweep_script_errors(tiny_recipe, tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe()))
-    script = _load_script("sweep")
+    script = load_script("sweep")
     assert script.main([str(path), str(path)]) == 2
     assert "--output_dir: is required with several recipes" in capsys.readouterr().err
     assert script.main([str(path), "--seeds", "3-1"]) == 2
@@ -249,7 +242,7 @@ def test_train_script_trains_the_base_of_a_sweep_file(tiny_recipe, tmp_path, cap
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "base"
-    assert _load_script("train").main([str(path), "--output_dir", str(out), "--no_figures"]) == 0
+    assert load_script("train").main([str(path), "--output_dir", str(out), "--no_figures"]) == 0
     assert "is a sweep file; training its base recipe only" in capsys.readouterr().err
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert "sweep" not in saved and len(saved["regularizers"]) == 3

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import math
 import re
 import time
@@ -33,6 +34,8 @@ from typing import Any
 
 from ..errors import StructuredConfigError
 from .recipe import Recipe, parse_recipe
+
+logger = logging.getLogger(__name__)
 
 _SWEEP_KEYS = {"seeds", "regularizer_subsets", "variants", "figures"}
 _VARIANT_KEYS = {"name", "set"}
@@ -89,7 +92,8 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") 
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
-        raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, got {spec!r}")
+        raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, "
+                                           f"got {spec!r}")
     unknown = set(spec) - _SWEEP_KEYS
     if unknown:
         raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}")
@@ -105,7 +109,8 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") 
     subsets = spec.get("regularizer_subsets", False)
     if subsets is True:
         if not names:
-            raise StructuredConfigError(f"{field}.regularizer_subsets", "the recipe has no regularizers to take subsets of")
+            raise StructuredConfigError(f"{field}.regularizer_subsets",
+                                        "the recipe has no regularizers to take subsets of")
         subsets = tuple(names)
     elif subsets is False or subsets is None:
         subsets = None
@@ -133,8 +138,8 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") 
             raise StructuredConfigError(vf, f"unknown keys {sorted(bad)}; allowed: {sorted(_VARIANT_KEYS)}")
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise StructuredConfigError(f"{vf}.name", f"expected a name of letters, digits and ._+- (it names a folder), "
-                                                      f"got {name!r}")
+            raise StructuredConfigError(f"{vf}.name", "expected a name of letters, digits and ._+- "
+                                                      f"(it names a folder), got {name!r}")
         if name in {v.name for v in variants}:
             raise StructuredConfigError(f"{vf}.name", f"duplicate variant name {name!r}")
         overrides = entry.get("set") or {}
@@ -279,7 +284,7 @@ def sweep_figures(recipe: Recipe) -> bool:
     return bool((recipe.sweep or {}).get("figures", False))
 
 
-# ---- running and summarizing ------------------------------------------------------------------------------------------
+# ---- running and summarizing ---------------------------------------------------------------------------------------
 def summary_row(run: SweepRun, metrics: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
     """The key numbers of one run (flat, JSON-ready) and the M1 properties it lost (see :data:`PROPERTY_CHECKS`)."""
     structure = metrics.get("structure", {})
@@ -354,15 +359,16 @@ def _fmt(value: Any, kind: str = "g") -> str:
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Sweep summary") -> str:
     """One table: a row per run with wall time, reconstruction, structure, anchors, stability and lost properties."""
-    lines = [f"# {title}", "",
-             "| run | seed | wall s | max named MSE | max hue MSE | hue order | min gap ° | hue leak | "
-             "mean norm | unit dev (mean / max) | off-plane r | anchor cos | loss spikes (n / max) | "
-             "recon. spikes at phase starts (n: heights) | recon. excursions anywhere (n: top 3 step→ratio) | "
-             "jitter | lost |",
-             "|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    header = ("| run | seed | wall s | max named MSE | max hue MSE | hue order | min gap ° | hue leak | mean norm | "
+              "unit dev (mean / max) | off-plane r | anchor cos | loss spikes (n / max) | "
+              "recon. spikes at phase starts (n: heights) | recon. excursions anywhere (n: top 3 step→ratio) | "
+              "jitter | lost |")
+    rule = "|---|" + "---:|" * 4 + ":-:|" + "---:|" * 10 + "---|"
+    lines = [f"# {title}", "", header, rule]
     for r in rows:
         anchors = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("anchor_cosines") or {}).items()) or "–"
-        unit = (f"{_fmt(r.get('data_unit_norm_deviation_mean'), 'f3')} / {_fmt(r.get('data_unit_norm_deviation_max'), 'f3')}"
+        unit = (f"{_fmt(r.get('data_unit_norm_deviation_mean'), 'f3')} / "
+                f"{_fmt(r.get('data_unit_norm_deviation_max'), 'f3')}"
                 if r.get("data_unit_norm_deviation_mean") is not None else _fmt(r.get("unit_norm_deviation_max"), "f3"))
         spikes = (f"{r['loss_spike_count']} / {r['loss_spike_max_height']:.2f}"
                   if r.get("loss_spike_count") is not None and r.get("loss_spike_max_height") is not None else "–")
@@ -374,23 +380,30 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Sweep summ
                       if r.get("reconstruction_excursion_count") else "0")
         lines.append(
             f"| {r['run']} | {r['seed']} | {_fmt(r.get('wall_s'), 'f1')} | {_fmt(r.get('named_color_mse_max'), 'e')} | "
-            f"{_fmt(r.get('hue_mse_max'), 'e')} | {_fmt(r.get('hue_order_ok'))} | {_fmt(r.get('hue_min_gap_deg'), 'f1')} | "
+            f"{_fmt(r.get('hue_mse_max'), 'e')} | {_fmt(r.get('hue_order_ok'))} | "
+            f"{_fmt(r.get('hue_min_gap_deg'), 'f1')} | "
             f"{_fmt(r.get('hue_plane_leak_max'), 'f3')} | {_fmt(r.get('data_norm_mean'), 'f3')} | {unit} | "
             f"{_fmt(r.get('off_plane_r'), 'f3')} | {anchors} | "
-            f"{spikes} | {recon_spikes} | {excursions} | {_fmt(r.get('latent_jitter_mean'), 'f3')} | {', '.join(r.get('lost') or []) or '–'} |")
-    lines += ["", "`lost` names the properties a run fails: "
-              + "; ".join(f"**{k}**: {v}" for k, v in PROPERTY_CHECKS.items()) + ".",
-              "Norms and unit deviation are over the training colors the run drew last (a curriculum's final "
-              "phase), off-plane r is the correlation of each such color's share of squared norm outside the hue "
-              "plane with its 1 − vibrancy.",
-              "Spikes: loss peak in the 50 steps after each curriculum phase start over the median of the 50 before "
-              "(counted above 1.5), for the total loss and for the reconstruction term alone (heights per phase "
-              "start, in order). Excursions: stretches anywhere in the run where the reconstruction loss exceeds 2x "
-              "the median of the 50 steps before (count, and the three highest as step→ratio). Jitter: mean latent displacement between consecutive snapshots (30 per run)."]
+            f"{spikes} | {recon_spikes} | {excursions} | {_fmt(r.get('latent_jitter_mean'), 'f3')} | "
+            f"{', '.join(r.get('lost') or []) or '–'} |")
+    lost = "; ".join(f"**{k}**: {v}" for k, v in PROPERTY_CHECKS.items())
+    lines += [
+        "",
+        f"`lost` names the properties a run fails: {lost}.",
+        ("Norms and unit deviation are over the training colors the run drew last (a curriculum's final phase); "
+         "off-plane r is the correlation of each such color's share of squared norm outside the hue plane with its "
+         "1 − vibrancy."),
+        ("Spikes: loss peak in the 50 steps after each curriculum phase start over the median of the 50 before "
+         "(counted above 1.5), for the total loss and for the reconstruction term alone (heights per phase start, in "
+         "order). Excursions: stretches anywhere in the run where the reconstruction loss exceeds 2x the median of the "
+         "50 steps before (count, and the three highest as step→ratio). Jitter: mean latent displacement between "
+         "consecutive snapshots (30 per run)."),
+    ]
     return "\n".join(lines) + "\n"
 
 
-def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "Sweep summary") -> tuple[Path, Path]:
+def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
+                  title: str = "Sweep summary") -> tuple[Path, Path]:
     """``summary.json`` (every row) and ``summary.md`` (the table) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,9 +414,10 @@ def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title:
 
 
 def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]] | None = None,
-              figures: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              figures: bool = False, log: Callable[[str], None] = logger.info) -> list[dict[str, Any]]:
     """Run each sweep run in turn with ``runner(recipe, figures=..., animation=...)`` (default:
-    :func:`structured_hf.experiment.run_experiment`), logging one line per run; returns the summary rows."""
+    :func:`structured_hf.experiment.run_experiment`), reporting a line before and after each run through ``log``
+    (default: this module's logger; scripts pass ``print``); returns the summary rows."""
     if runner is None:
         from ..experiment import run_experiment as runner
     rows = []
