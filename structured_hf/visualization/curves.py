@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .style import save_figure
+
 
 def _series(history: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -51,13 +53,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, title=title)
 
 
 def plot_concept_tracking(history: Sequence[tuple[int, Mapping[str, Any]]], path: str | Path, title: str = "") -> Path:
@@ -79,10 +75,4 @@ def plot_concept_tracking(history: Sequence[tuple[int, Mapping[str, Any]]], path
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     ax_cos.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, title=title)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..concepts import ConceptMap
 from .latents import plot_latent_pairs
+from .style import save_figure
 
 
 def plot_error_vs_similarity(colors: np.ndarray, panels: Sequence[Mapping[str, Any]], path: str | Path,
@@ -40,13 +41,7 @@ def plot_error_vs_similarity(colors: np.ndarray, panels: Sequence[Mapping[str, A
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, title=title)
 
 
 def plot_variant_latents(latents: np.ndarray, colors: np.ndarray, path: str | Path, concepts: Any = None,
@@ -81,13 +76,7 @@ def plot_recovery_curves(study: Mapping[str, Any], path: str | Path, title: str 
         ax.set_xlabel("attack step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, title=title)
 
 
 def plot_variants_latents(rows: Sequence[Mapping[str, Any]], colors: np.ndarray, path: str | Path,
@@ -136,13 +125,7 @@ def plot_variants_latents(rows: Sequence[Mapping[str, Any]], colors: np.ndarray,
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_title(row["name"], fontsize=9, loc="left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, title=title)
 
 
 __all__ = ["plot_error_vs_similarity", "plot_recovery_curves", "plot_variant_latents", "plot_variants_latents"]

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
 
 from ..schedules import Schedule
+from .style import save_figure
 
 
 def _pairs(width: int) -> list[tuple[int, int]]:
@@ -79,11 +80,7 @@ def plot_schedules(schedules: Mapping[str, Schedule], max_steps: int, path: str 
         axes[0, 0].text(start, 1.02, label, transform=axes[0, 0].get_xaxis_transform(), fontsize=8, color="#cc5500")
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def animate_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[int], colors: np.ndarray,
@@ -133,8 +130,4 @@ def plot_run_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], pa
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{key} per run (dotted: phase starts)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..concepts import ConceptMap
+from .style import save_figure
 
 
 def axis_pairs(width: int, limit: int = 6) -> list[tuple[int, int]]:
@@ -65,13 +66,7 @@ def plot_latent_pairs(
         ax.set_ylabel(f"axis {j}")
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, title=title)
 
 
 def plot_color_model_latents(model, path: str | Path, site: str = "bottleneck", title: str = "") -> Path:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from .style import save_figure
+
 
 def plot_swatch_grid(names: Sequence[str], true_colors: np.ndarray, predictions: Mapping[str, np.ndarray],
                      path: str | Path, title: str = "") -> Path:
@@ -44,11 +46,7 @@ def plot_swatch_grid(names: Sequence[str], true_colors: np.ndarray, predictions:
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 __all__ = ["plot_swatch_grid"]
