@@ -90,6 +90,48 @@ class WeakLabelCollator:
         return {"colors": colors, "labels": colors, "concept_labels": concept_labels}
 
 
+class LMBlockCollator:
+    """Batches of fixed-length language-model blocks (from :func:`structured_hf.data.tokenizer.tokenize_blocks`).
+
+    Output: ``{"input_ids": (B, T), "labels": (B, T), "token_mask": (B, T) float, "concept_labels": {name: (B,)}}``
+    with label *probabilities*; :class:`~structured_hf.training.AnchoredTrainer` draws the 0/1 labels per step.
+
+    Blocks are right-padded only, so the causal mask alone already keeps padding out of every real token's context
+    and the padded targets are -100: the model gets no ``attention_mask`` (its fast causal path). The padding mask
+    travels as ``token_mask``, which the trainer pops and uses to keep padded positions out of the regularizers.
+
+    Args:
+        label_names: concepts whose ``prob_<name>`` column becomes a label.
+        attention_mask: also pass ``attention_mask`` to the model (needed only for left padding).
+    """
+
+    def __init__(self, label_names: Sequence[str] = (), attention_mask: bool = False):
+        self.label_names = list(label_names)
+        self.attention_mask = attention_mask
+
+    def __call__(self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not isinstance(batch, Mapping):
+            batch = {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in batch[0]}
+        for key in ("input_ids", "labels", "attention_mask"):
+            if key not in batch:
+                raise StructuredConfigError("data", f"language-model blocks need an '{key}' column (see "
+                                            f"tokenize_blocks); have {sorted(batch)}")
+        mask = batch["attention_mask"]
+        out: dict[str, Any] = {"input_ids": batch["input_ids"].long(), "labels": batch["labels"].long(),
+                               "token_mask": mask.float()}
+        if self.attention_mask:
+            out["attention_mask"] = mask.long()
+        concept_labels = {}
+        for name in self.label_names:
+            key = PROB_PREFIX + name
+            if key not in batch:
+                raise StructuredConfigError("label", f"no column '{key}' for label '{name}'; have {sorted(batch)}")
+            concept_labels[name] = batch[key].float()
+        if concept_labels:
+            out["concept_labels"] = concept_labels
+        return out
+
+
 def draw_labels(probabilities: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Fresh Bernoulli labels from label probabilities. Idempotent on 0/1 inputs (exact labels stay exact)."""
     return {name: torch.bernoulli(p, generator=generator) for name, p in probabilities.items()}

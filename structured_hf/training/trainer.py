@@ -230,6 +230,8 @@ class AnchoredTrainer(Trainer):
     # ---- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         concept_labels: dict[str, torch.Tensor] = inputs.pop("concept_labels", None) or {}
+        # (B, T) 1 for real tokens, 0 for padding (LMBlockCollator): padded positions stay out of the regularizers.
+        token_mask: torch.Tensor | None = inputs.pop("token_mask", None)
         acts = self._run_acts
         if acts is not None:  # inside train(): the recorders are already attached
             acts.clear()
@@ -268,8 +270,10 @@ class AnchoredTrainer(Trainer):
                     # have no red label.
                     terms[reg.spec.name] = self._zero(x)
                     continue
+            mask = token_mask if x.ndim == 3 else None
             if reg.spec.positions is not None and x.ndim == 3:
                 x = x[:, list(reg.spec.positions)]  # (B, P, D): only the chosen token positions
+                mask = None if mask is None else mask[:, list(reg.spec.positions)]
             rows = x.reshape(-1, x.shape[-1])  # (B·T, D): token positions count as samples of their sequence
             per_row = rows.shape[0] // n_local
             if reg.spec.label:
@@ -281,6 +285,11 @@ class AnchoredTrainer(Trainer):
                 denom = count * per_row
             else:
                 labels, denom = None, totals[_SAMPLES] * per_row
+            if mask is not None:
+                # Padding contributes nothing; the denominator stays samples x positions, so every labelled block
+                # counts as T positions (a short last block of a chunk weighs a little less).
+                flat = mask.reshape(-1).to(rows.dtype)
+                labels = flat if labels is None else labels * flat
             per_sample = reg.per_sample(rows)
             terms[reg.spec.name] = selective_mean(per_sample, labels, denominator=denom)
             total = total + weight * terms[reg.spec.name]
