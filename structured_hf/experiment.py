@@ -23,7 +23,7 @@ from .evaluation.structure import color_structure, latent_jitter, loss_excursion
 from .hub import render_color_model_card
 from .training import build_trainer
 from .training.callbacks import LatentSnapshotCallback, ProbeCallback
-from .training.recipe import Recipe, build_task_splits, model_type
+from .training.recipe import Recipe, build_lm_datasets, build_task_splits, model_type
 from .visualization import (
     animate_latent_evolution,
     plot_color_model_latents,
@@ -57,11 +57,12 @@ def _final_training_colors(trainer) -> np.ndarray | None:
     return colors[CurriculumSampler(colors, trainer.curriculum, samples_per_step=1, num_steps=1).eligible(last)]
 
 
-def _train_and_save(recipe: Recipe, callbacks: list, resume_from_checkpoint: str | bool | None):
+def _train_and_save(recipe: Recipe, callbacks: list, resume_from_checkpoint: str | bool | None, **build_kwargs: Any):
     """Build the trainer, write the resolved recipe, train, save the checkpoint (config.json + model.safetensors,
-    main process only). Returns (trainer, train result, training wall time in seconds)."""
+    and the tokenizer when the trainer has one; main process only). Returns (trainer, train result, training wall
+    time in seconds)."""
     out = Path(recipe.output_dir)
-    trainer = build_trainer(recipe, callbacks=callbacks)
+    trainer = build_trainer(recipe, callbacks=callbacks, **build_kwargs)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
@@ -82,6 +83,8 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     """
     if model_type(recipe) == "color_transformer":
         return run_color_transformer_experiment(recipe, resume_from_checkpoint, figures)
+    if model_type(recipe) == "structured_gpt":
+        return run_structured_gpt_experiment(recipe, resume_from_checkpoint, figures)
     out = Path(recipe.output_dir)
     probe = np.concatenate([rgb_grid(8), np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])])
     max_steps = int(recipe.training.get("max_steps", 0))
@@ -164,10 +167,65 @@ def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str
         "seed": recipe.seed,
     }
     metrics["test_mse_max"] = max(v["all"] for v in metrics["test_mse"].values())
+    from .evaluation.transformer_control import control_evaluation, control_markdown, plot_control_ratios
+
+    # Suppression and deletion of every direction concept, per operation (red-involving vs far-from-red ratios).
+    metrics["control"] = control_evaluation(model, splits["test"])
+    (out / "control.md").write_text(control_markdown(metrics["control"]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if figures:
         plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
         plot_concept_tracking(tracker.history, out / "concept_tracking.png", title=f"{out.name}: red in the residual stream")
+        plot_control_ratios(metrics["control"], out / "control_ratios.png", title=f"{out.name}: control of red")
+    from .hub import render_color_transformer_card
+
+    render_color_transformer_card(recipe, metrics, str(out)).save(out / "README.md")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
+    return metrics
+
+
+def run_structured_gpt_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None,
+                                  figures: bool = True, evaluate: bool = True) -> dict[str, Any]:
+    """Train a StructuredGPT from a recipe; save model + tokenizer (``AutoTokenizer`` / ``AutoModelForCausalLM``
+    load the folder), the held-out test chunks (``heldout/``, for :mod:`structured_hf.evaluation.language`), and
+    metrics: validation loss and perplexity, training tokens/s and, with ``evaluate``, the per-concept forget/retain
+    losses before and after suppression and deletion (``language_evaluation.json``)."""
+    out = Path(recipe.output_dir)
+    chunks, tokenizer, blocks = build_lm_datasets(recipe, progress=False)
+    trainer, result, train_runtime = _train_and_save(recipe, [], resume_from_checkpoint,
+                                                     lm_data=(chunks, tokenizer, blocks))
+    if not trainer.is_world_process_zero():
+        return {}
+    chunks["test"].save_to_disk(str(out / "heldout"))
+    model = trainer.model
+    block_size = len(blocks["train"][0]["input_ids"])
+    steps = trainer.state.global_step
+    tokens = steps * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps \
+        * trainer.args.world_size * block_size
+    eval_loss = trainer.evaluate()["eval_loss"]
+    metrics: dict[str, Any] = {
+        "eval_loss": eval_loss,
+        "eval_perplexity": float(np.exp(eval_loss)),
+        "train_runtime_s": train_runtime,
+        "train_steps": steps,
+        "train_tokens": tokens,  # block positions including padding (what the model computes on)
+        "train_tokens_per_second": tokens / train_runtime,
+        "train_loss": result.training_loss,
+        "train_chunks": len(chunks["train"]),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "seed": recipe.seed,
+    }
+    if evaluate:
+        from .evaluation.language import evaluate_language_model, language_markdown
+
+        report = evaluate_language_model(model, tokenizer, chunks["test"])
+        (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
+        (out / "language_evaluation.md").write_text(language_markdown(report))
+        metrics["language"] = report["summary"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if figures:
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
+    logger.info("wrote %s (train %.1f s, eval perplexity %.2f)", out, train_runtime, metrics["eval_perplexity"])
     return metrics

@@ -32,7 +32,10 @@ from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
 from ..data.color_tasks import ColorTaskCollator, build_color_task_splits
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
+from ..data.collators import LMBlockCollator
+from ..data.lm_data import LMDataSpec, build_lm_data
 from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
+from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
 from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regularizers, parse_schedules
 from .trainer import AnchoredTrainer
 
@@ -43,7 +46,10 @@ _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 MODEL_TYPES: dict[str, tuple[type, type]] = {
     "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
     "color_transformer": (ColorTransformerConfig, ColorTransformerModel),
+    "structured_gpt": (StructuredGPTConfig, StructuredGPTForCausalLM),
 }
+# Set from the tokenizer trained on the recipe's data, never written in a structured_gpt recipe.
+_TOKENIZER_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 _TASK_KEYS = {"operations", "grid_size", "pair_grid_size", "test_fraction", "validation_fraction", "seed"}
 
 
@@ -144,6 +150,10 @@ def validate_recipe(recipe: Recipe) -> None:
     parse_regularizers(recipe.regularizers)
     parse_schedules(recipe.schedules)
     parse_reactive(recipe.reactive)
+    if model_type(recipe) == "structured_gpt":
+        _validate_lm_recipe(recipe)
+        _check_training_fields(recipe.training)
+        return
     unknown = set(recipe.data) - _DATA_KEYS
     if unknown:
         raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
@@ -159,6 +169,27 @@ def validate_recipe(recipe: Recipe) -> None:
     parse_labelers(recipe.data.get("labels"))
     Curriculum.from_dict(recipe.data.get("curriculum"))
     _check_training_fields(recipe.training)
+
+
+def _validate_lm_recipe(recipe: Recipe) -> None:
+    spec = LMDataSpec.from_dict(recipe.data)
+    for key in _TOKENIZER_FIELDS:
+        if key in recipe.model:
+            raise StructuredConfigError(f"model.{key}", "is taken from the tokenizer trained on the data; set "
+                                        "data.tokenizer.vocab_size instead")
+    context = recipe.model.get("max_position_embeddings", StructuredGPTConfig.max_position_embeddings)
+    if isinstance(context, int) and context < spec.block_size:
+        raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
+                                    f"max_position_embeddings {context}")
+    concepts = spec.concepts()
+    for i, reg in enumerate(parse_regularizers(recipe.regularizers)):
+        if reg.label is not None and reg.label not in concepts:
+            raise StructuredConfigError(f"regularizers[{i}].label", f"unknown label '{reg.label}'; the labels config "
+                                        f"has concepts {concepts}")
+    for c in spec.filter_concepts:
+        if c not in concepts:
+            raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "
+                                        f"{concepts}")
 
 
 def _check_training_fields(training: Mapping[str, Any]) -> None:
@@ -234,6 +265,9 @@ def build_task_splits(recipe: Recipe) -> datasets.DatasetDict:
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Train (and eval) datasets with label-probability columns."""
+    if model_type(recipe) == "structured_gpt":
+        _, _, blocks = build_lm_datasets(recipe)
+        return blocks["train"], blocks["validation"]
     if model_type(recipe) == "color_transformer":
         splits = build_task_splits(recipe)
         return splits["train"], splits["validation"]
@@ -257,13 +291,45 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
     return train, eval_ds
 
 
-def build_trainer(recipe: Recipe, **trainer_kwargs: Any) -> AnchoredTrainer:
-    """Model, datasets and trainer from a recipe; seeds everything first so the run is reproducible."""
-    set_seed(recipe.seed)
+def build_lm_datasets(recipe: Recipe, progress: bool = False):
+    """``(chunks, tokenizer, blocks)`` of a structured_gpt recipe (see :mod:`structured_hf.data.lm_data`)."""
+    return build_lm_data(LMDataSpec.from_dict(recipe.data), progress=progress)
+
+
+def lm_model_config(recipe: Recipe, tokenizer) -> StructuredGPTConfig:
+    """The GPT config of a recipe with the vocabulary and special tokens of its tokenizer."""
     config = model_config(recipe)
-    _, model_cls = MODEL_TYPES[model_type(recipe)]
-    model = model_cls(config)
-    train_ds, eval_ds = build_datasets(recipe)
+    config.vocab_size = len(tokenizer)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.validate()
+    return config
+
+
+def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs: Any) -> AnchoredTrainer:
+    """Model, datasets and trainer from a recipe; seeds everything first so the run is reproducible.
+
+    ``lm_data``: the ``(chunks, tokenizer, blocks)`` of a structured_gpt recipe when the caller built them already
+    (:func:`build_lm_datasets`); the tokenizer becomes the trainer's ``processing_class``, so it is saved with the
+    model and ``AutoTokenizer.from_pretrained(output_dir)`` works.
+    """
+    set_seed(recipe.seed)
+    if model_type(recipe) == "structured_gpt":
+        _, tokenizer, blocks = lm_data if lm_data is not None else build_lm_datasets(recipe)
+        config = lm_model_config(recipe, tokenizer)
+        set_seed(recipe.seed)  # the data build must not change the initial weights
+        model = StructuredGPTForCausalLM(config)
+        train_ds = blocks["train"].remove_columns([c for c in ("id",) if c in blocks["train"].column_names])
+        eval_ds = blocks["validation"].remove_columns([c for c in ("id",) if c in blocks["validation"].column_names])
+        labels = sorted({r.label for r in parse_regularizers(recipe.regularizers) if r.label})
+        trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
+        trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
+        trainer_kwargs.setdefault("processing_class", tokenizer)
+    else:
+        config = model_config(recipe)
+        _, model_cls = MODEL_TYPES[model_type(recipe)]
+        model = model_cls(config)
+        train_ds, eval_ds = build_datasets(recipe)
     training = dict(recipe.training)
     try:
         args = AnchoredTrainingArguments(

@@ -1,0 +1,187 @@
+"""The ``data:`` section of a ``structured_gpt`` recipe: weak-labelled chunks -> BPE tokenizer -> LM blocks.
+
+::
+
+    data:
+      text:
+        labels_config: configs/structured_gpt/labels.yaml   # or an inline mapping (source, chunking, labelers, ...)
+        labelers: [keywords, vader]                         # a subset of the configured labelers (default: all)
+        labelled: data/kjv-labelled                         # optional: a DatasetDict saved by scripts/label_text.py
+        max_chunks: null                                    # label only the first N chunks of each split
+      tokenizer: {vocab_size: 4096, min_frequency: 2}
+      block_size: 128
+      filter: {concepts: [violence], threshold: 0.5}        # optional: drop training chunks with prob >= threshold
+
+``filter`` is the data-filtering baseline of M4: the same recipe trained on a corpus without the (weakly) labelled
+chunks. Validation and test splits are never filtered, so every run is evaluated on the same held-out text.
+
+The tokenizer is trained on the training split only (before filtering). Everything here is deterministic given the config,
+so two runs of one recipe see byte-identical blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerFast
+
+from ..errors import StructuredConfigError
+from .color_datasets import PROB_PREFIX
+from .text_pipeline import build_labelled_dataset, load_label_config
+from .tokenizer import tokenize_blocks, train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+
+LM_DATA_KEYS = {"text", "tokenizer", "block_size", "filter"}
+_TEXT_KEYS = {"labels_config", "labelers", "labelled", "max_chunks"}
+_TOKENIZER_KEYS = {"vocab_size", "min_frequency"}
+_FILTER_KEYS = {"concepts", "threshold"}
+
+
+@dataclass(frozen=True)
+class LMDataSpec:
+    """A parsed ``data:`` section of a ``structured_gpt`` recipe (see the module docstring)."""
+
+    labels_config: str | dict[str, Any] = "configs/structured_gpt/labels.yaml"
+    labelers: tuple[str, ...] | None = None
+    labelled: str | None = None
+    max_chunks: int | None = None
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    block_size: int = 128
+    filter_concepts: tuple[str, ...] = ()
+    filter_threshold: float = 0.5
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LMDataSpec:
+        unknown = set(data) - LM_DATA_KEYS
+        if unknown:
+            raise StructuredConfigError("data", f"unknown keys {sorted(unknown)} for a structured_gpt recipe; "
+                                        f"allowed: {sorted(LM_DATA_KEYS)}")
+        text = _mapping(data.get("text"), "data.text", _TEXT_KEYS)
+        tok = _mapping(data.get("tokenizer"), "data.tokenizer", _TOKENIZER_KEYS)
+        filt = _mapping(data.get("filter"), "data.filter", _FILTER_KEYS)
+        labels_config = text.get("labels_config", cls.labels_config)
+        if not isinstance(labels_config, (str, Mapping)):
+            raise StructuredConfigError("data.text.labels_config", f"expected a path or a mapping, got {labels_config!r}")
+        labelers = text.get("labelers")
+        if labelers is not None and (not isinstance(labelers, list) or not all(isinstance(x, str) for x in labelers)):
+            raise StructuredConfigError("data.text.labelers", f"expected a list of labeler names, got {labelers!r}")
+        labelled = text.get("labelled")
+        if labelled is not None and not isinstance(labelled, str):
+            raise StructuredConfigError("data.text.labelled", f"expected a folder path, got {labelled!r}")
+        concepts = filt.get("concepts", [])
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+            raise StructuredConfigError("data.filter.concepts", f"expected a list of concept names, got {concepts!r}")
+        if filt and not concepts:
+            raise StructuredConfigError("data.filter.concepts", "name at least one concept to filter out")
+        threshold = filt.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+            raise StructuredConfigError("data.filter.threshold", f"expected a probability in (0, 1], got {threshold!r}")
+        spec = cls(
+            labels_config=dict(labels_config) if isinstance(labels_config, Mapping) else labels_config,
+            labelers=None if labelers is None else tuple(labelers),
+            labelled=labelled,
+            max_chunks=_positive_int(text.get("max_chunks"), "data.text.max_chunks", optional=True),
+            vocab_size=_positive_int(tok.get("vocab_size", 4096), "data.tokenizer.vocab_size"),
+            min_frequency=_positive_int(tok.get("min_frequency", 2), "data.tokenizer.min_frequency"),
+            block_size=_positive_int(data.get("block_size", 128), "data.block_size"),
+            filter_concepts=tuple(concepts),
+            filter_threshold=float(threshold),
+        )
+        if spec.block_size < 2:
+            raise StructuredConfigError("data.block_size", f"expected >= 2, got {spec.block_size}")
+        return spec
+
+    def label_config(self) -> dict[str, Any]:
+        """The labels config, read and validated (errors name the field)."""
+        if isinstance(self.labels_config, str) and not Path(self.labels_config).is_file():
+            raise StructuredConfigError("data.text.labels_config", f"no such labels config: {self.labels_config}")
+        return load_label_config(self.labels_config)
+
+    def concepts(self) -> list[str]:
+        return [str(c) for c in self.label_config()["concepts"]]
+
+
+def _mapping(value: Any, field_name: str, allowed: set[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StructuredConfigError(field_name, f"expected a mapping, got {value!r}")
+    unknown = set(value) - allowed
+    if unknown:
+        raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return dict(value)
+
+
+def _positive_int(value: Any, field_name: str, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructuredConfigError(field_name, f"expected a positive integer, got {value!r}")
+    return value
+
+
+def labelled_chunks(spec: LMDataSpec, progress: bool = False) -> datasets.DatasetDict:
+    """Train/validation/test chunks with ``prob_<concept>`` columns: loaded from ``labelled`` or labelled now."""
+    if spec.labelled is not None:
+        try:
+            chunks = datasets.load_from_disk(spec.labelled)
+        except (FileNotFoundError, ValueError) as e:
+            raise StructuredConfigError("data.text.labelled", f"cannot load a saved DatasetDict from "
+                                        f"{spec.labelled}: {e}") from None
+        if not isinstance(chunks, datasets.DatasetDict) or "train" not in chunks:
+            raise StructuredConfigError("data.text.labelled", f"{spec.labelled} must hold a DatasetDict with a "
+                                        "train split (scripts/label_text.py writes one)")
+        if spec.max_chunks is not None:
+            chunks = datasets.DatasetDict({s: d.select(range(min(spec.max_chunks, len(d)))) for s, d in chunks.items()})
+        return chunks
+    chunks, _, stats = build_labelled_dataset(spec.label_config(), labelers=spec.labelers, max_chunks=spec.max_chunks,
+                                              progress=progress)
+    logger.info("labelled chunks: %s", {s: v["chunks"] for s, v in stats.items()})
+    return chunks
+
+
+def filter_chunks(chunks: datasets.DatasetDict, concepts: tuple[str, ...], threshold: float) -> datasets.DatasetDict:
+    """Drop *training* chunks whose label probability for any of ``concepts`` is >= ``threshold``."""
+    if not concepts:
+        return chunks
+    train = chunks["train"]
+    for c in concepts:
+        if PROB_PREFIX + c not in train.column_names:
+            raise StructuredConfigError("data.filter.concepts", f"no label '{c}'; the data has "
+                                        f"{[n[len(PROB_PREFIX):] for n in train.column_names if n.startswith(PROB_PREFIX)]}")
+    probs = np.stack([np.asarray(train[PROB_PREFIX + c], dtype=np.float64) for c in concepts], axis=1)
+    keep = np.flatnonzero(probs.max(axis=1) < threshold)
+    logger.info("data filter: kept %d of %d training chunks (removed %s >= %.2f)", len(keep), len(train),
+                list(concepts), threshold)
+    out = dict(chunks)
+    out["train"] = train.select(keep)
+    return datasets.DatasetDict(out)
+
+
+def build_lm_data(spec: LMDataSpec, progress: bool = False
+                  ) -> tuple[datasets.DatasetDict, PreTrainedTokenizerFast, datasets.DatasetDict]:
+    """``(chunks, tokenizer, blocks)`` for a recipe: labelled (and filtered) chunks, the BPE trained on their
+    training split, and ``block_size``-token blocks carrying each chunk's label probabilities."""
+    chunks = labelled_chunks(spec, progress)
+    # The tokenizer is trained on the *unfiltered* training split, so the data-filtering baseline shares the
+    # anchored run's vocabulary and per-token losses of the two compare directly (and BPE training is deterministic).
+    tokenizer = train_bpe_tokenizer(chunks["train"]["text"], vocab_size=spec.vocab_size,
+                                    min_frequency=spec.min_frequency, model_max_length=spec.block_size)
+    chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
+    if len(chunks["train"]) == 0:
+        raise StructuredConfigError("data", "the training split is empty (after filtering)")
+    blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size)
+    return chunks, tokenizer, blocks
+
+
+__all__ = ["LMDataSpec", "LM_DATA_KEYS", "build_lm_data", "filter_chunks", "labelled_chunks"]
