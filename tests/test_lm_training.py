@@ -15,12 +15,11 @@ from structured_hf.data.collators import LMBlockCollator
 from structured_hf.data.lm_data import LMDataSpec
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation.language import (
-    evaluate_language_model,
     heldout_sets,
     lm_relearning_attack,
     mean_difference_direction,
 )
-from structured_hf.experiment import run_experiment
+from structured_hf.experiment import run_experiment, run_structured_gpt_experiment
 from structured_hf.training.recipe import build_lm_datasets, build_trainer, parse_recipe
 
 VIOLENT = ["the soldiers drew the sword and slew the enemy in battle", "they fought a battle and many were slain",
@@ -108,8 +107,8 @@ def test_recipe_errors_name_the_field(tmp_path):
     with pytest.raises(StructuredConfigError, match="data.filter.concepts"):
         parse_recipe(tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["kindness"]}}))
     with pytest.raises(StructuredConfigError, match=r"regularizers\[0\].label"):
-        parse_recipe(tiny_recipe(tmp_path, **{"regularizers": [{"loss": "angular_anchor", "concept": "violence",
-                                                                "label": "deception"}]}))
+        parse_recipe(tiny_recipe(tmp_path, regularizers=[{"loss": "angular_anchor", "concept": "violence",
+                                                                "label": "deception"}]))
     with pytest.raises(StructuredConfigError, match="data.text.labels_config"):
         parse_recipe(tiny_recipe(tmp_path, **{"data.text": {"labels_config": str(tmp_path / "none.yaml")}}))
     with pytest.raises(StructuredConfigError, match="data.tokenizer.vocab_size"):
@@ -158,7 +157,7 @@ def test_padding_never_reaches_the_regularizers(tmp_path):
 
 
 def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
-    tmp_path, recipe, metrics = trained
+    tmp_path, _recipe, metrics = trained
     out = tmp_path / "run"
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -179,7 +178,7 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
 
 
 def test_heldout_sets_relearning_and_posthoc_direction(trained):
-    tmp_path, recipe, _ = trained
+    tmp_path, _recipe, _ = trained
     out = tmp_path / "run"
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -197,3 +196,35 @@ def test_heldout_sets_relearning_and_posthoc_direction(trained):
     assert attack["lowest"]["forget"] <= attack["forget"][0]
     with pytest.raises(StructuredConfigError, match="empty"):
         heldout_sets(test.select(range(1)), ["violence"])
+
+
+def test_comparison_table_against_a_posthoc_baseline(trained, tmp_path):
+    import datasets
+
+    from structured_hf.evaluation.language import compare_language_models, comparison_markdown
+    from structured_hf.training.recipe import build_lm_datasets
+
+    base_path, _, _ = trained
+    unanchored_recipe = parse_recipe(tiny_recipe(base_path, **{"regularizers": [], "training.max_steps": 120,
+                                                               "output_dir": str(tmp_path / "plain")}))
+    run_structured_gpt_experiment(unanchored_recipe, figures=False, evaluate=False)
+    out = base_path / "run"
+    anchored = AutoModelForCausalLM.from_pretrained(out)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(tmp_path / "plain").get_vocab() == tokenizer.get_vocab()
+    chunks, _, _ = build_lm_datasets(unanchored_recipe)
+    test = datasets.load_from_disk(str(out / "heldout"))
+    result = compare_language_models(anchored, tokenizer, test, chunks["train"], "violence", unanchored=plain,
+                                     filtered=plain, attack_chunks=8, attack_steps=4, eval_every=2)
+    rows = result["rows"]
+    assert set(rows) == {"anchored", "anchored + suppress:violence", "anchored + ablate", "(a) unanchored",
+                         "(a) unanchored + suppress post-hoc direction", "(a) unanchored + project out",
+                         "(b) data filtering"}
+    # each variant's delta is measured against its own model's baseline
+    a = rows["anchored + ablate"]
+    assert a["delta"]["forget:violence"] == pytest.approx(a["loss"]["forget:violence"] - rows["anchored"]["loss"]["forget:violence"])
+    assert set(result["relearning"]) == {"anchored + ablate", "(a) unanchored + project out", "(b) data filtering"}
+    assert all(r["steps"] == [0, 2, 4] for r in result["relearning"].values())
+    table = comparison_markdown(result)
+    assert "| (a) unanchored + project out |" in table and "lowest forget loss" in table

@@ -184,4 +184,4 @@ def build_lm_data(spec: LMDataSpec, progress: bool = False
     return chunks, tokenizer, blocks
 
 
-__all__ = ["LMDataSpec", "LM_DATA_KEYS", "build_lm_data", "filter_chunks", "labelled_chunks"]
+__all__ = ["LM_DATA_KEYS", "LMDataSpec", "build_lm_data", "filter_chunks", "labelled_chunks"]

@@ -198,7 +198,7 @@ def evaluate_language_model(model: nn.Module, tokenizer, test_chunks: datasets.D
     for name, variant_model, specs in variants:
         report["loss"][name] = set_losses(variant_model, encoded, specs, batch_size, pad)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in report["loss"][name].items()})
-    base = report["loss"]["baseline"] if "baseline" in report["loss"] else None
+    base = report["loss"].get("baseline", None)
     if base is not None:
         report["delta"] = {name: {s: loss - base[s] for s, loss in losses.items()}
                            for name, losses in report["loss"].items()}
@@ -316,8 +316,88 @@ def language_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + f"\n\nHeld-out test sets: {sizes}.\n"
 
 
+# ---- the M4 comparison ----------------------------------------------------------------------------------------------
+def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: datasets.Dataset, train_chunks: datasets.Dataset,
+                            concept: str, unanchored: nn.Module | None = None, filtered: nn.Module | None = None,
+                            attack_chunks: int = 64, attack_steps: int = 100, attack_lr: float = 1.0e-3,
+                            eval_every: int = 10, batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
+    """One table for M4: the anchored model (suppressed, deleted) against (a) the same recipe trained without
+    anchoring, whose concept direction is found after training (mean difference of residuals at the anchored site over
+    labelled vs retain *training* chunks) and suppressed / projected out of the weights, and (b) the recipe trained on
+    data with the labelled chunks filtered out. All models must share ``tokenizer`` (the recipes train it on the
+    unfiltered training split, so they do).
+
+    Then the relearning attack on each deleted model: fine-tune on ``attack_chunks`` training forget chunks for
+    ``attack_steps`` AdamW steps; the lowest held-out forget loss reached is the measure.
+    """
+    from ..interventions.specs import InterventionSpec
+    from ..interventions.surgery import ablate, project_out
+
+    site = ConceptMap.parse(anchored.config.concepts)[concept].site
+    sets = heldout_sets(test_chunks, [concept])
+    length = int(getattr(anchored.config, "max_position_embeddings", 1024))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = {name: encode(tokenizer, texts, length) for name, texts in sets.items()}
+    train_sets = heldout_sets(train_chunks, [concept])
+    forget_key = f"forget:{concept}"
+    rows: dict[str, dict[str, Any]] = {}
+    deleted: dict[str, nn.Module] = {}
+
+    def row(name: str, model: nn.Module, specs: Sequence[Any] = (), reference: str | None = None) -> None:
+        losses = set_losses(model, encoded, specs, batch_size, pad)
+        entry: dict[str, Any] = {"loss": losses}
+        if reference is not None:
+            entry["delta"] = {s: losses[s] - rows[reference]["loss"][s] for s in losses}
+        rows[name] = entry
+
+    row("anchored", anchored)
+    row(f"anchored + suppress:{concept}", anchored, [f"suppress:{concept}"], "anchored")
+    deleted["anchored + ablate"] = ablate(anchored, concept)
+    row("anchored + ablate", deleted["anchored + ablate"], (), "anchored")
+    if unanchored is not None:
+        direction = mean_difference_direction(unanchored, tokenizer, train_sets[forget_key], train_sets["retain"], site,
+                                              batch_size)
+        row("(a) unanchored", unanchored)
+        row("(a) unanchored + suppress post-hoc direction", unanchored,
+            [InterventionSpec(kind="suppress", site=site, vector=tuple(direction.tolist()))], "(a) unanchored")
+        deleted["(a) unanchored + project out"] = project_out(unanchored, direction, site=site, name=f"{concept} (mean difference)")
+        row("(a) unanchored + project out", deleted["(a) unanchored + project out"], (), "(a) unanchored")
+    if filtered is not None:
+        row("(b) data filtering", filtered)
+        deleted["(b) data filtering"] = filtered
+    rng = np.random.default_rng(seed)
+    pool = train_sets[forget_key]
+    attack_texts = [pool[i] for i in rng.choice(len(pool), size=min(attack_chunks, len(pool)), replace=False)]
+    attacks = {}
+    for name, model in deleted.items():
+        attacks[name] = lm_relearning_attack(model, tokenizer, attack_texts, sets, steps=attack_steps, lr=attack_lr,
+                                             eval_every=eval_every, seed=seed)
+        logger.info("relearning %s: forget %.4f -> lowest %.4f", name, attacks[name][forget_key][0],
+                    attacks[name]["lowest"][forget_key])
+    return {"concept": concept, "site": site, "sets": {n: len(t) for n, t in sets.items()},
+            "attack": {"chunks": len(attack_texts), "steps": attack_steps, "lr": attack_lr}, "rows": rows,
+            "relearning": attacks}
+
+
+def comparison_markdown(result: Mapping[str, Any]) -> str:
+    """The comparison as two markdown tables: losses (with change from each model's own baseline) and relearning."""
+    c = result["concept"]
+    forget, retain = f"forget:{c}", "retain"
+    lines = [f"| model | forget loss ({c}) | retain loss | Δ forget | Δ retain |", "|---|---|---|---|---|"]
+    for name, entry in result["rows"].items():
+        d = entry.get("delta")
+        lines.append(f"| {name} | {entry['loss'][forget]:.4f} | {entry['loss'][retain]:.4f} | "
+                     + (f"{d[forget]:+.4f} | {d[retain]:+.4f} |" if d else "– | – |"))
+    a = result["attack"]
+    lines += ["", f"Relearning attack: {a['steps']} AdamW steps (lr {a['lr']}) on {a['chunks']} training {c} chunks.", "",
+              "| deleted model | forget loss before | lowest forget loss | retain loss after |", "|---|---|---|---|"]
+    for name, att in result["relearning"].items():
+        lines.append(f"| {name} | {att[forget][0]:.4f} | {att['lowest'][forget]:.4f} | {att['final'][retain]:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
-    "anchored_concepts", "concept_cosines", "default_variants", "encode", "evaluate_language_model",
+    "anchored_concepts", "compare_language_models", "comparison_markdown", "concept_cosines", "default_variants", "encode", "evaluate_language_model",
     "generate_samples", "heldout_sets", "language_markdown", "lm_relearning_attack", "mean_difference_direction",
     "mean_token_loss", "set_losses", "summarize",
 ]
