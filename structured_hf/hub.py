@@ -528,10 +528,219 @@ def _render_color_card_from_folder(
                                    dataset_ids=dataset_ids)
 
 
+def render_color_transformer_card(
+    recipe: Recipe,
+    metrics: Mapping[str, Any],
+    repo_or_path: str,
+    *,
+    include_code: bool = False,
+    relearning: str | None = None,
+    figures: Sequence[str] = ("concept_tracking.png", "control_ratios.png"),
+) -> ModelCard:
+    """The model card of a trained color-operation transformer (M3), from its recipe and `metrics.json` contents:
+    concept map, recipe and schedules, per-operation errors, red's placement per residual site, the control table
+    (suppression and deletion ratios per operation) and, when given, a relearning-attack table (markdown)."""
+    concepts = ConceptMap.parse(recipe.model.get("concepts"))
+    name = Path(str(repo_or_path)).name
+    card_data = ModelCardData(library_name="structured_hf", license="mit", model_name=name, pipeline_tag=None,
+                              tags=["structured_hf", "concept-anchoring", "representation-engineering",
+                                    "color-transformer"])
+    m = recipe.model
+    norm = "nGPT-style hypersphere" if m.get("norm") == "hypersphere" else "pre-norm (LayerNorm)"
+    arch = (f"4 tokens (operation embedding, two colors embedded linearly from RGB, a learned result query) plus slot "
+            f"embeddings → {m.get('num_layers', 3)} {norm} blocks of width {m.get('hidden_size', 64)} with "
+            f"{m.get('num_heads', 4)} bidirectional attention heads and a GELU MLP of width "
+            f"{m.get('intermediate_size', 256)} → final LayerNorm → Linear head on the result query → RGB.")
+    placement = metrics.get("concepts", {})
+
+    def measured(c: Any) -> str:
+        site = placement.get(c.name, {}).get(c.site)
+        if not site:
+            return "n/a"
+        return f"cos = {site['cosine_red']:.3f}, share far = {site['share_far']:.4f}"
+
+    concept_rows = [{"name": c.name, "site": c.site, "place": _place(c) if c.direction is None or
+                     len(c.direction) <= 8 else f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)",
+                     "description": c.description or "-", "measured": measured(c)} for c in concepts]
+    reg_rows = [{"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": r.get("concept") or "-",
+                 "label": r.get("label") or "all examples",
+                 "site": r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-"),
+                 "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
+    labels = [{"name": label, "formula": f"{_fmt(float(lab.scale))} · (max {lab.feature} of operands and "
+               f"result)^{_fmt(float(lab.power))}"} for label, lab in parse_labelers(recipe.data.get("labels")).items()]
+    test = metrics.get("test_mse", {})
+    per_op = [{"op": op, "all": f"{v['all']:.2e}", "red": f"{v['red']:.2e}", "far": f"{v['far']:.2e}", "n": v["n"],
+               "n_red": v["n_red"], "n_far": v["n_far"]} for op, v in test.items()]
+    rows = []
+    for cname, sites in placement.items():
+        for site, v in sites.items():
+            rows.append({"site": site, "cos": f"{v['cosine_red']:.3f}", "share": f"{v['share_far']:.4f}",
+                         "anchored": "yes" if v.get("anchored") else ""})
+    control = metrics.get("control", {})
+    operations = list(control.get("operations", test.keys()))
+    control_rows = [{"name": v, "met": "yes" if control["summary"][v]["meets_target"] else "no",
+                     "ratios": [{"red": f"{control['variants'][v][op]['red_ratio']:.1f}",
+                                 "far": f"{control['variants'][v][op]['far_ratio']:.2f}"} for op in operations]}
+                    for v in control.get("summary", {})]
+    headline = []
+    if test:
+        headline.append(f"worst per-operation test MSE {max(v['all'] for v in test.values()):.2e}")
+    for c in concepts:
+        site = placement.get(c.name, {}).get(c.site)
+        if site:
+            headline.append(f"`{c.name}` at cos {site['cosine_red']:.3f} at `{c.site}`")
+    for v, s in control.get("summary", {}).items():
+        headline.append(f"{v}: red error ×{s['min_red_ratio']:.0f}+ , far ×{s['max_far_ratio']:.2f} at most")
+    training = recipe.training
+    task = recipe.data.get("task", {})
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATES / "color_transformer.md"), model_name=name,
+        description=recipe.description, repo_or_path=repo_or_path, include_code=include_code,
+        version=_package_version(), num_parameters=metrics.get("num_parameters", "?"),
+        headline="; ".join(headline) or "see below",
+        site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "the residual stream",
+        operations=", ".join(m.get("operations") or operations), concepts=concept_rows, architecture=arch,
+        hidden_size=m.get("hidden_size", 64), steps=training.get("max_steps"),
+        batch_size=training.get("per_device_train_batch_size"),
+        optimizer=str(training.get("optim", _default_optim())),
+        weight_decay=_fmt(float(training.get("weight_decay", 0.0))), seed=recipe.seed,
+        train_runtime=_fmt(metrics.get("train_runtime_s", float("nan"))),
+        device=f"{platform.machine()} CPU" if "train_runtime_s" in metrics else "?",
+        train_data=(f"every operand combination of a {task.get('grid_size', 10)}³ RGB grid (unary operations) and "
+                    f"unordered pairs of a {task.get('pair_grid_size', 6)}³ grid (mix), minus held-out combinations; "
+                    "each operation equally likely per draw"),
+        labels=labels, regularizers=reg_rows, schedules={k: _schedule_text(v) for k, v in recipe.schedules.items()},
+        per_op=per_op, placement=rows, has_tracking="concept_tracking.png" in figures,
+        has_control_figure="control_ratios.png" in figures, control=control_rows, operations_list=operations,
+        red_target=_fmt(control.get("targets", {}).get("red_ratio_min", 10.0)),
+        far_target=_fmt(control.get("targets", {}).get("far_ratio_max", 1.5)),
+        relearning=relearning,
+    )
+
+
+def _render_color_transformer_card_from_folder(
+    folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
+) -> ModelCard | None:
+    if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
+        return None
+    recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    relearning = (folder / "relearning.md").read_text() if (folder / "relearning.md").is_file() else None
+    figures = [f for f in files_to_push(folder) if f.endswith(".png")]
+    return render_color_transformer_card(recipe, metrics, repo_or_path, include_code=include_code,
+                                         relearning=relearning, figures=figures)
+
+
+def render_structured_gpt_card(
+    recipe: Recipe,
+    metrics: Mapping[str, Any],
+    repo_or_path: str,
+    *,
+    include_code: bool = False,
+    dataset_ids: Sequence[str] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    comparison: str | None = None,
+    figures: Sequence[str] = ("training_curves.png",),
+) -> ModelCard:
+    """The model card of a trained StructuredGPT (M4), from its recipe, `metrics.json` and, when given, its
+    `language_evaluation.json` contents and a comparison table (markdown from ``scripts/compare_lm.py``)."""
+    from .evaluation.language import language_markdown
+
+    concepts = ConceptMap.parse(recipe.model.get("concepts"))
+    name = Path(str(repo_or_path)).name
+    card_data = ModelCardData(library_name="structured_hf", license="mit", model_name=name,
+                              pipeline_tag="text-generation", datasets=list(dataset_ids) if dataset_ids else None,
+                              tags=["structured_hf", "concept-anchoring", "representation-engineering",
+                                    "structured-gpt", "unlearning"])
+    m, data, training = recipe.model, recipe.data, recipe.training
+    hidden = m.get("hidden_size", 128)
+    norm = "nGPT-style hypersphere" if m.get("norm") == "hypersphere" else "pre-LayerNorm (GPT-2 style)"
+    arch = (f"Token + learned position embeddings → {m.get('num_layers', 4)} {norm} causal blocks of width {hidden} "
+            f"with {m.get('num_heads', 4)} heads and a GELU MLP of width {m.get('intermediate_size') or 4 * hidden} → "
+            f"final norm → output head tied to the token embedding; context {m.get('max_position_embeddings', 256)} "
+            "tokens.")
+    cosines = (evaluation or {}).get("cosines", {})
+
+    def measured(c: Any) -> str:
+        values = cosines.get(c.name)
+        if not values:
+            return "n/a"
+        return f"{values.get(f'forget:{c.name}', float('nan')):.3f} / {values.get('retain', float('nan')):.3f}"
+
+    def place(c: Any) -> str:
+        if c.direction is not None and len(c.direction) > 8:
+            return f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)"
+        return _place(c)
+
+    concept_rows = [{"name": c.name, "site": c.site, "place": place(c), "description": c.description or "-",
+                     "measured": measured(c) if c.direction is not None else "-"} for c in concepts]
+    reg_rows = [{"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": r.get("concept") or "-",
+                 "label": r.get("label") or "all chunks",
+                 "site": r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-"),
+                 "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
+    text = data.get("text") or {}
+    source = text.get("labelled") or (text.get("labels_config") if isinstance(text.get("labels_config"), str)
+                                      else "an inline labels config")
+    filt = data.get("filter")
+    train_data = (f"chunks from `{source}` (default: the King James Bible, public domain), "
+                  f"{metrics.get('train_chunks', '?')} training chunks"
+                  + (f", with chunks labelled {', '.join(filt.get('concepts', []))} (p ≥ {filt.get('threshold', 0.5)}) "
+                     "removed (data-filtering baseline)" if filt else ""))
+    headline = []
+    if "eval_perplexity" in metrics:
+        headline.append(f"validation perplexity {metrics['eval_perplexity']:.2f}")
+    for key, value in (evaluation or {}).get("delta", {}).items():
+        if key.startswith("ablate:"):
+            concept = key.split(":", 1)[1]
+            headline.append(f"deleting `{concept}` changes its forget loss by {value[f'forget:{concept}']:+.3f} nats, "
+                            f"retain by {value['retain']:+.3f}")
+    first = next((c.name for c in concepts if c.direction is not None), "violence")
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATES / "structured_gpt.md"), model_name=name,
+        description=recipe.description, repo_or_path=repo_or_path, include_code=include_code,
+        version=_package_version(), num_parameters=metrics.get("num_parameters", "?"),
+        headline="; ".join(headline) or "see below", first_concept=first,
+        site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "the residual stream",
+        concepts=concept_rows, architecture=arch, hidden_size=hidden, steps=training.get("max_steps"),
+        batch_size=training.get("per_device_train_batch_size"), block_size=data.get("block_size", 128),
+        optimizer=str(training.get("optim", _default_optim())),
+        weight_decay=_fmt(float(training.get("weight_decay", 0.0))), seed=recipe.seed,
+        train_data=train_data, vocab_size=(data.get("tokenizer") or {}).get("vocab_size", 4096),
+        train_runtime=_fmt(metrics.get("train_runtime_s", float("nan"))),
+        device=f"{platform.machine()} CPU" if "train_runtime_s" in metrics else "?",
+        tokens_per_second=f"{metrics.get('train_tokens_per_second', float('nan')):.0f}",
+        eval_loss=_fmt(metrics.get("eval_loss", float("nan"))),
+        eval_perplexity=_fmt(metrics.get("eval_perplexity", float("nan"))),
+        labelers=", ".join(f"`{x}`" for x in text.get("labelers") or ["every labeler of the labels config"]),
+        regularizers=reg_rows, schedules={k: _schedule_text(v) for k, v in recipe.schedules.items()},
+        has_curves="training_curves.png" in figures,
+        evaluation=language_markdown(evaluation) if evaluation else "Not evaluated (run `scripts/evaluate.py`).",
+        comparison=comparison,
+    )
+
+
+def _render_structured_gpt_card_from_folder(
+    folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
+) -> ModelCard | None:
+    if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
+        return None
+    recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    evaluation = folder / "language_evaluation.json"
+    comparison = folder / "comparison.md"
+    return render_structured_gpt_card(
+        recipe, metrics, repo_or_path, include_code=include_code, dataset_ids=dataset_ids,
+        evaluation=json.loads(evaluation.read_text()) if evaluation.is_file() else None,
+        comparison=comparison.read_text() if comparison.is_file() else None,
+        figures=[f for f in files_to_push(folder) if f.endswith(".png")])
+
+
 # model_type -> renderer(folder, repo_or_path, *, include_code, dataset_ids) -> card, or None when the folder lacks
 # what it needs. New model families (color transformer, GPT) register theirs here.
 CARD_RENDERERS: dict[str, Callable[..., ModelCard | None]] = {
     "structured_color_autoencoder": _render_color_card_from_folder,
+    "structured_color_transformer": _render_color_transformer_card_from_folder,
+    "structured_gpt": _render_structured_gpt_card_from_folder,
 }
 
 

@@ -94,35 +94,29 @@ def _mse(model: nn.Module, colors: np.ndarray) -> float:
     return float(((reconstruct(model, colors) - colors) ** 2).mean())
 
 
-def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors: Mapping[str, np.ndarray],
-                      config: AttackConfig = AttackConfig()) -> dict[str, Any]:
-    """Fine-tune a copy of ``model`` on ``attack_colors`` and record the MSE of each probe set after every step.
+def attack_loop(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
+                probes: Mapping[str, Callable[[nn.Module], float]], config: AttackConfig) -> dict[str, Any]:
+    """The attack shared by every model family: fine-tune a copy of ``model`` (all weights, Adam at ``config.lr``)
+    for ``config.steps`` steps on ``step_loss(model, generator)`` (the loss of one attack batch), and record every
+    probe (``probe(model) -> error``, eval mode) before the first step and after each one.
 
-    Args:
-        model: the model to attack (not modified).
-        attack_colors: (N, 3) concept samples the attacker trains on (reconstruction loss).
-        probe_colors: ``{name: (M, 3)}``; the first entry is the concept (its curve decides ``min``,
-            ``steps_to_threshold``), the others (e.g. retain colors) show what the attack costs elsewhere.
-        config: the budget.
-
-    Returns ``{"curves": {name: [mse at step 0..steps]}, "initial", "min", "min_step", "final",
-    "steps_to_threshold" (None if never), "final_<name>"...}``.
+    The first probe is the concept's: its curve decides ``min``, ``min_step``, ``final`` and ``steps_to_threshold``;
+    the others show what the attack costs elsewhere (``initial_<name>``, ``final_<name>``).
     """
-    if not probe_colors:
-        raise StructuredConfigError("attack.probe_colors", "need at least the concept's probe colors")
+    if not probes:
+        raise StructuredConfigError("attack.probe_colors", "need at least the concept's probe")
     attacked = copy.deepcopy(model)
-    data = torch.as_tensor(np.asarray(attack_colors), dtype=torch.float32, device=attacked.device)
     opt = torch.optim.Adam(attacked.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed)
-    curves: dict[str, list[float]] = {name: [] for name in probe_colors}
+    curves: dict[str, list[float]] = {name: [] for name in probes}
     for step in range(config.steps + 1):
-        for name, colors in probe_colors.items():
-            curves[name].append(_mse(attacked, np.asarray(colors)))
+        attacked.eval()
+        for name, probe in probes.items():
+            curves[name].append(float(probe(attacked)))
         if step == config.steps:
             break
         attacked.train()
-        batch = data[torch.randint(len(data), (config.batch_size,), generator=g).to(data.device)]
-        loss = attacked(colors=batch, labels=batch).loss
+        loss = step_loss(attacked, g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -141,6 +135,32 @@ def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors:
         result[f"initial_{name}"] = curves[name][0]
         result[f"final_{name}"] = curves[name][-1]
     return result
+
+
+def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors: Mapping[str, np.ndarray],
+                      config: AttackConfig = AttackConfig()) -> dict[str, Any]:
+    """Fine-tune a copy of ``model`` on ``attack_colors`` and record the MSE of each probe set after every step.
+
+    Args:
+        model: the model to attack (not modified).
+        attack_colors: (N, 3) concept samples the attacker trains on (reconstruction loss).
+        probe_colors: ``{name: (M, 3)}``; the first entry is the concept (its curve decides ``min``,
+            ``steps_to_threshold``), the others (e.g. retain colors) show what the attack costs elsewhere.
+        config: the budget.
+
+    Returns ``{"curves": {name: [mse at step 0..steps]}, "initial", "min", "min_step", "final",
+    "steps_to_threshold" (None if never), "final_<name>"...}``.
+    """
+    if not probe_colors:
+        raise StructuredConfigError("attack.probe_colors", "need at least the concept's probe colors")
+    data = torch.as_tensor(np.asarray(attack_colors), dtype=torch.float32, device=model.device)
+
+    def step_loss(m: nn.Module, g: torch.Generator) -> torch.Tensor:
+        batch = data[torch.randint(len(data), (config.batch_size,), generator=g).to(data.device)]
+        return m(colors=batch, labels=batch).loss
+
+    probes = {name: (lambda m, c=np.asarray(colors): _mse(m, c)) for name, colors in probe_colors.items()}
+    return attack_loop(model, step_loss, probes, config)
 
 
 # ---- baselines ----------------------------------------------------------------------------------------------------
@@ -279,5 +299,129 @@ def relearning_table(study: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["AttackConfig", "concept_samples", "mean_difference_direction", "relearning_attack", "relearning_study",
+__all__ = ["AttackConfig", "attack_loop", "concept_samples", "mean_difference_direction", "relearning_attack", "relearning_study",
            "relearning_table", "train_recipe", "unanchored_recipe"]
+
+
+# ---- the color-operation transformer (M3) -------------------------------------------------------------------------
+def residual_mean_difference(model: nn.Module, arrays: Mapping[str, torch.Tensor], label_probability: np.ndarray,
+                             site: str) -> np.ndarray:
+    """The post-hoc concept direction at a transformer site: E[x | labelled] − E[x | not labelled] over all token
+    positions, each token weighted by its example's label probability (the expectation over weak labels)."""
+    from ..sites import capture
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture(model, [site]) as acts:
+            model(op_ids=arrays["op"], colors=arrays["colors"], operand_mask=arrays["operand_mask"])
+    finally:
+        model.train(was_training)
+    x = acts[site].double().numpy()  # (N, T, D)
+    p = np.broadcast_to(np.asarray(label_probability, dtype=np.float64)[:, None], x.shape[:2])
+    x, p = x.reshape(-1, x.shape[-1]), p.reshape(-1)
+    if p.sum() <= 0 or (1 - p).sum() <= 0:
+        raise StructuredConfigError("label", "the label probabilities are all 0 or all 1: no mean difference exists")
+    diff = (p[:, None] * x).sum(0) / p.sum() - ((1 - p)[:, None] * x).sum(0) / (1 - p).sum()
+    return diff / np.linalg.norm(diff)
+
+
+def transformer_relearning_study(recipe, concept: str = "red", label: str | None = None,
+                                 attack: AttackConfig = AttackConfig(lr=2.0e-3, threshold=5.0e-3),
+                                 models: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+    """The relearning attack on the color-operation transformer.
+
+    - ``anchored+ablated``: the anchored model with the concept deleted from the residual stream
+      (:func:`~structured_hf.interventions.ablate`);
+    - ``unanchored+projected``: the post-hoc baseline: the same recipe without concept regularizers, the concept's
+      direction at the same site found after training as the label-weighted mean difference of residual activations
+      (training split), projected out of every writer of the stream (:func:`~structured_hf.interventions.project_out`);
+    - both models before deletion, for reference.
+
+    The attacker fine-tunes every weight on ``attack.num_samples`` concept-involving *training* examples (redness of
+    an operand or the result >= 0.6) with the task loss; the probes are the test split's concept-involving and
+    far-from-concept examples (MSE). ``models`` may hold pre-trained ``{"anchored", "unanchored"}`` models.
+    """
+    from ..concepts import ConceptMap
+    from ..data.labels import parse_labelers
+    from ..interventions import ablate, project_out
+    from ..training.recipe import build_task_splits, model_config
+    from .color_tasks import RED_FAR, RED_INVOLVED, example_redness, task_arrays
+
+    spec = ConceptMap.parse(model_config(recipe).concepts)[concept]
+    if spec.direction is None:
+        raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
+    label = label or concept
+    if label not in parse_labelers(recipe.data.get("labels")):
+        raise StructuredConfigError("label", f"no weak label '{label}' in the recipe")
+    splits = build_task_splits(recipe)
+    models = dict(models or {})
+    runtimes: dict[str, float] = {}
+    for name, make in (("anchored", lambda: train_recipe(recipe)),
+                       ("unanchored", lambda: train_recipe(unanchored_recipe(recipe)))):
+        if name not in models:
+            models[name], runtimes[name] = make()
+    train = task_arrays(splits["train"])
+    p = np.asarray(splits["train"][f"prob_{label}"], dtype=np.float64)
+    direction = residual_mean_difference(models["unanchored"], train, p, spec.site)
+    variants = {
+        "anchored+ablated": ablate(models["anchored"], concept),
+        "unanchored+projected": project_out(models["unanchored"], direction, site=spec.site,
+                                            name=f"{concept} (mean diff)"),
+        "anchored (not deleted)": models["anchored"],
+        "unanchored (not deleted)": models["unanchored"],
+    }
+    involved = np.flatnonzero(example_redness(train) >= RED_INVOLVED)
+    if len(involved) < attack.num_samples:
+        raise StructuredConfigError("attack.num_samples", f"only {len(involved)} concept-involving training examples")
+    pick = np.random.default_rng(attack.seed).choice(involved, attack.num_samples, replace=False)
+    attack_set = {k: v[torch.as_tensor(pick)] for k, v in train.items()}
+    test = task_arrays(splits["test"])
+    red = example_redness(test)
+    probe_sets = {"concept": _subset(test, red >= RED_INVOLVED), "far": _subset(test, red < RED_FAR)}
+
+    def step_loss(m: nn.Module, g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(attack.num_samples, (attack.batch_size,), generator=g)
+        return m(op_ids=attack_set["op"][idx], colors=attack_set["colors"][idx],
+                 operand_mask=attack_set["operand_mask"][idx], labels=attack_set["target"][idx]).loss
+
+    def probe(arrays):
+        def mse(m: nn.Module) -> float:
+            with torch.no_grad():
+                out = m(op_ids=arrays["op"], colors=arrays["colors"], operand_mask=arrays["operand_mask"]).prediction
+            return float(((out - arrays["target"]) ** 2).mean())
+        return mse
+
+    rows = {}
+    for name, m in variants.items():
+        logger.info("relearning attack on %s", name)
+        rows[name] = attack_loop(m, step_loss, {k: probe(v) for k, v in probe_sets.items()}, attack)
+    return {"concept": concept, "site": spec.site, "attack": asdict(attack), "train_runtime_s": runtimes,
+            "rows": rows, "post_hoc_direction": direction.tolist(),
+            "post_hoc_cosine_with_anchor": float(direction @ spec.unit_direction(dtype=torch.float64).numpy()),
+            "n_attack": int(attack.num_samples), "n_probe": {k: int(len(v["op"])) for k, v in probe_sets.items()}}
+
+
+def _subset(arrays: Mapping[str, torch.Tensor], mask: np.ndarray) -> dict[str, torch.Tensor]:
+    idx = torch.as_tensor(np.flatnonzero(mask))
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def transformer_relearning_table(study: Mapping[str, Any]) -> str:
+    """Markdown table of a :func:`transformer_relearning_study` result."""
+    a = study["attack"]
+    lines = [f"Relearning attack on '{study['concept']}' (deleted at `{study['site']}`): {a['steps']} Adam steps at lr "
+             f"{a['lr']:g}, batch {a['batch_size']}, on {a['num_samples']} red-involving training examples; probes: "
+             f"{study['n_probe']['concept']} red-involving and {study['n_probe']['far']} far-from-red test examples; "
+             f"recovered when the red-involving MSE < {a['threshold']:g}. Post-hoc direction's cosine with the anchor "
+             f"axis: {study['post_hoc_cosine_with_anchor']:.2f}.",
+             "", "| model | red MSE before | lowest | at step | final | steps to threshold | far MSE before → after |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in study["rows"].items():
+        steps = "never" if r["steps_to_threshold"] is None else str(r["steps_to_threshold"])
+        lines.append(f"| {name} | {r['initial']:.2e} | {r['min']:.2e} | {r['min_step']} | {r['final']:.2e} | {steps} "
+                     f"| {r['initial_far']:.2e} → {r['final_far']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ += ["residual_mean_difference", "transformer_relearning_study", "transformer_relearning_table"]

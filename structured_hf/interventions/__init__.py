@@ -28,6 +28,7 @@ from .suppression import (
     suppression,
     zero_axes,
 )
+from .residual import TransformerLayout, register_transformer_layout, transformer_surgery_point
 from .surgery import (
     SurgeryPoint,
     ablate,
@@ -48,4 +49,5 @@ __all__ = [
     "register_surgery_adapter", "remap_concepts", "repel", "repulsion", "resolve_axes", "save_specs", "spec_from_json",
     "suppress",
     "suppress_axes", "suppression", "surgery_point", "zero_axes",
+    "TransformerLayout", "register_transformer_layout", "transformer_surgery_point",
 ]

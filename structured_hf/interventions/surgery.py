@@ -13,7 +13,8 @@ only on deleted axes and re-indexes the rest, and ``config.surgery`` records wha
 ``save_pretrained`` / ``AutoModel.from_pretrained``.
 
 Models declare their surgery points with :func:`register_surgery_adapter` (the color autoencoder is registered
-below), so surgery never reaches into a model by position.
+below; transformers' residual and query/key sites in :mod:`structured_hf.interventions.residual`), so surgery never
+reaches into a model by position.
 """
 
 from __future__ import annotations
@@ -42,17 +43,39 @@ class SurgeryPoint:
     """Where a site's axes come from and go to.
 
     Args:
-        producer: the Linear whose output rows are the site's axes.
+        producer: the Linear whose output rows are the site's axes (None when ``writes`` lists the writers).
         consumers: the Linears whose input columns read the site's axes.
         width_attr: the config attribute holding the site's width (changed by prune).
         sites: every site that shares these axes (e.g. pre- and post-normalization); concepts on any of them are
             re-indexed together.
+        width: the site's width when there is no single producer.
+        writes: more writers as ``(parameter, dim)``: the site's axes index dimension ``dim`` of the parameter
+            (zeroed by ablate, projected by project_out).
+        axis_reads: readers that only an axis-aligned deletion can clear (e.g. LayerNorm gains and the Linears after
+            them): zeroed by ablate, left alone by project_out.
+        prepare: run on the model copy before any edit (e.g. untie shared weights); returns config changes.
+        prune_error: why the site cannot be pruned (prune raises it), or None.
     """
 
-    producer: nn.Linear
+    producer: nn.Linear | None
     consumers: tuple[nn.Linear, ...]
-    width_attr: str
+    width_attr: str | None
     sites: tuple[str, ...]
+    width: int | None = None
+    writes: tuple[tuple[torch.Tensor, int], ...] = ()
+    axis_reads: tuple[tuple[torch.Tensor, int], ...] = ()
+    prepare: Callable[[nn.Module], dict[str, Any]] | None = None
+    prune_error: str | None = None
+
+    @property
+    def site_width(self) -> int:
+        return self.producer.out_features if self.producer is not None else int(self.width)
+
+    def write_slices(self) -> list[tuple[torch.Tensor, int]]:
+        """Every ``(parameter, dim)`` that writes the site's axes."""
+        own = [] if self.producer is None else [(self.producer.weight, 0)] + (
+            [] if self.producer.bias is None else [(self.producer.bias, 0)])
+        return own + list(self.writes)
 
 
 _ADAPTERS: dict[type, Callable[[nn.Module, str], SurgeryPoint]] = {}
@@ -160,25 +183,27 @@ def _new_config(model: nn.Module, **changes: Any):
 
 def ablate(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None,
            site: str | None = None) -> nn.Module:
-    """A copy of ``model`` with the axes of ``concept`` (or ``axes``) zeroed in the producer and consumers.
+    """A copy of ``model`` with the axes of ``concept`` (or ``axes``) zeroed in every writer and reader of the site
+    (for the autoencoder: the producer's rows and the consumers' columns; for a transformer's residual stream see
+    :mod:`structured_hf.interventions.residual`).
 
     The width is unchanged; the concept map drops the concept (and any concept living only on those axes).
     """
     site, axes = resolve_axes(model, concept, axes, site)
     point = surgery_point(model, site)
-    width = point.producer.out_features
+    width = point.site_width
     entries, dropped, modified = remap_concepts(ConceptMap.parse(model.config.concepts), point.sites, axes, width,
                                                 shrink=False)
     new = copy.deepcopy(model)
-    new.config = _new_config(model, concepts=entries, surgery=_record(model, {
+    changes = point.prepare(new) if point.prepare is not None else {}
+    new.config = _new_config(model, **changes, concepts=entries, surgery=_record(model, {
         "op": "ablate", "site": site, "axes": list(axes), "concept": concept, "removed_concepts": dropped,
         "modified_concepts": modified, "width": width}))
     new_point = surgery_point(new, site)
     idx = torch.tensor(axes, dtype=torch.long)
     with torch.no_grad():
-        new_point.producer.weight[idx] = 0.0
-        if new_point.producer.bias is not None:
-            new_point.producer.bias[idx] = 0.0
+        for tensor, dim in new_point.write_slices() + list(new_point.axis_reads):
+            tensor.index_fill_(dim, idx.to(tensor.device), 0.0)
         for layer in new_point.consumers:
             layer.weight[:, idx] = 0.0
     logger.info("ablated axes %s of site '%s' (concept %s); concepts removed: %s", list(axes), site, concept, dropped)
@@ -190,6 +215,8 @@ def prune(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] |
     """A new, narrower model without the axes of ``concept`` (or ``axes``); config width and concept map follow."""
     site, axes = resolve_axes(model, concept, axes, site)
     point = surgery_point(model, site)
+    if point.prune_error is not None:
+        raise StructuredConfigError("surgery.site", point.prune_error)
     width = point.producer.out_features
     keep = torch.tensor([i for i in range(width) if i not in set(axes)], dtype=torch.long)
     entries, dropped, modified = remap_concepts(ConceptMap.parse(model.config.concepts), point.sites, axes, width,
@@ -222,9 +249,11 @@ def project_out(model: nn.Module, direction: Sequence[float] | torch.Tensor, *, 
 
     ``W_p ← (I − vvᵀ) W_p``, ``b_p ← (I − vvᵀ) b_p``, ``W_c ← W_c (I − vvᵀ)``: the post-hoc deletion of a direction
     found after training (e.g. the mean difference of labelled activations), for models without an anchored axis.
+    At a transformer's residual site every writer is projected (so the stream is orthogonal to ``v`` up to the site);
+    readers behind a LayerNorm are left alone, since a LayerNorm's output along ``v`` is not the stream's.
     """
     point = surgery_point(model, site)
-    width = point.producer.out_features
+    width = point.site_width
     v = torch.as_tensor(direction, dtype=torch.float64).flatten()
     if v.numel() != width or not torch.isfinite(v).all() or v.norm() == 0:
         raise StructuredConfigError("surgery.direction", f"expected a finite non-zero vector of length {width}, "
@@ -232,14 +261,16 @@ def project_out(model: nn.Module, direction: Sequence[float] | torch.Tensor, *, 
     v = v / v.norm()
     proj = torch.eye(width, dtype=torch.float64) - torch.outer(v, v)
     new = copy.deepcopy(model)
-    new.config = _new_config(model, surgery=_record(model, {"op": "project_out", "site": site,
-                                                            "direction": v.tolist(), "name": name}))
+    changes = point.prepare(new) if point.prepare is not None else {}
+    new.config = _new_config(model, **changes, surgery=_record(model, {"op": "project_out", "site": site,
+                                                                       "direction": v.tolist(), "name": name}))
     p = surgery_point(new, site)
     with torch.no_grad():
-        dtype = p.producer.weight.dtype
-        p.producer.weight.copy_((proj @ p.producer.weight.double()).to(dtype))
-        if p.producer.bias is not None:
-            p.producer.bias.copy_((proj @ p.producer.bias.double()).to(dtype))
+        for tensor, dim in p.write_slices():
+            moved = tensor.double().movedim(dim, 0)  # (width, ...)
+            projected = torch.tensordot(proj, moved, dims=([1], [0])).movedim(0, dim)
+            tensor.copy_(projected.to(tensor.dtype))
+        dtype = next(new.parameters()).dtype
         for layer in p.consumers:
             layer.weight.copy_((layer.weight.double() @ proj).to(dtype))
     return new
