@@ -112,6 +112,7 @@ class BezierMapper:
     table_size: int = 1025
     type: ClassVar[str] = "bezier"
     _table: torch.Tensor = field(init=False, repr=False, compare=False)
+    _tables: dict = field(init=False, repr=False, compare=False)  # the table per (dtype, device), for the hot path
 
     def __post_init__(self) -> None:
         for name, low, high in (("a", -1.0, 1.0), ("b", -1.0, 1.0), ("start_slope", None, None),
@@ -125,6 +126,7 @@ class BezierMapper:
             raise StructuredConfigError("mapper.table_size", f"expected an integer >= 2, got {self.table_size!r}")
         grid = torch.linspace(0.0, 1.0, self.table_size, dtype=torch.float64)
         object.__setattr__(self, "_table", self.exact(grid))
+        object.__setattr__(self, "_tables", {})
 
     def _controls(self) -> tuple[tuple[float, float], ...]:
         h0, h1 = self.start_handle, self.end_handle
@@ -149,7 +151,12 @@ class BezierMapper:
         return self.point((lo + hi) / 2)[1]
 
     def __call__(self, alpha: torch.Tensor) -> torch.Tensor:
-        table = self._table.to(device=alpha.device, dtype=alpha.dtype)
+        key = (alpha.dtype, alpha.device)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._table.to(device=alpha.device, dtype=alpha.dtype)
+            if torch._C._len_torch_dispatch_stack() == 0 and not torch.is_inference_mode_enabled():
+                self._tables[key] = table
         pos = alpha.clamp(0.0, 1.0) * (self.table_size - 1)
         i0 = pos.floor().long().clamp(max=self.table_size - 2)
         w = pos - i0.to(pos.dtype)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,8 +55,20 @@ def suppression(x: torch.Tensor, v: torch.Tensor, falloff: BoundedPowerFalloff |
         v: concept direction ``(D,)`` (normalized here).
         falloff: ``g``; default hard hemisphere removal (``a = 0, b = 1, p = 0``).
     """
-    falloff = falloff or BoundedPowerFalloff()
-    v = _unit(v.to(dtype=x.dtype, device=x.device))
+    return _suppress_unit(x, _unit(v.to(dtype=x.dtype, device=x.device)), falloff or BoundedPowerFalloff())
+
+
+def _is_hard(falloff: BoundedPowerFalloff) -> bool:
+    return falloff.a == 0.0 and falloff.b == 1.0 and falloff.p == 0.0
+
+
+def _suppress_unit(x: torch.Tensor, v: torch.Tensor, falloff: BoundedPowerFalloff) -> torch.Tensor:
+    """:func:`suppression` for a unit ``v`` already in ``x``'s dtype and device (the hook's hot path)."""
+    if _is_hard(falloff):
+        # g = 1 wherever x·v > 0: x − (x·v)v there, x itself elsewhere (selected, not x − 0·v, which would turn a
+        # −0.0 entry into +0.0). Four ops instead of the dozen of the general falloff (α, the power, two selects).
+        dot = x @ v
+        return torch.where((dot > 0).unsqueeze(-1), x - dot.unsqueeze(-1) * v, x)
     dot, alpha = alignment(x, v)
     changed = x - (falloff(alpha) * dot).unsqueeze(-1) * v
     return torch.where((dot > 0).unsqueeze(-1), changed, x)
@@ -78,17 +91,84 @@ def repulsion(x: torch.Tensor, v: torch.Tensor, mapper: LinearMapper | BezierMap
     Rows with ``x·v <= 0`` are returned bit-identical.
     """
     v = _unit(v.to(dtype=x.dtype, device=x.device))
-    dot, alpha = alignment(x, v)
+    return _repel_unit(x, v, _orthogonal_fallback(v), mapper)
+
+
+def _repel_unit(x: torch.Tensor, v: torch.Tensor, fallback: torch.Tensor,
+                mapper: LinearMapper | BezierMapper) -> torch.Tensor:
+    """:func:`repulsion` for a unit ``v`` and its fallback axis, already in ``x``'s dtype and device."""
+    dot = x @ v
     norm = x.norm(dim=-1, keepdim=True)
+    alpha = (dot / norm.squeeze(-1).clamp_min(_EPS)).clamp(0.0, 1.0)  # as `alignment`, reusing the norm
     ortho = x - dot.unsqueeze(-1) * v
     ortho_norm = ortho.norm(dim=-1, keepdim=True)
     # Below a few ulps of ‖x‖ the orthogonal part is rounding noise, not a direction.
     defined = ortho_norm > 16 * torch.finfo(x.dtype).eps * norm
-    u = torch.where(defined, ortho / ortho_norm.clamp_min(_EPS),
-                    _orthogonal_fallback(v).expand_as(x))
+    u = torch.where(defined, ortho / ortho_norm.clamp_min(_EPS), fallback)
     m = mapper(alpha).clamp(-1.0, 1.0).unsqueeze(-1)
     changed = norm * (m * v + (1.0 - m * m).clamp_min(0.0).sqrt() * u)
     return torch.where((dot > 0).unsqueeze(-1), changed, x)
+
+
+class _PerDtype:
+    """Tensors derived from a float64 concept direction, built once per (dtype, device) an activation arrives in.
+
+    Converting and normalizing the direction inside the hook cost about as much as the suppression itself. Not cached
+    while a dispatch mode (fake tensors, tracers, memory counters) is active; built outside inference mode, so a
+    direction first made under ``torch.inference_mode`` still works in a later forward pass with autograd.
+    """
+
+    def __init__(self, direction: torch.Tensor, build: Callable[[torch.Tensor], Any]):
+        self.direction = direction
+        self.build = build
+        self._cache: dict[tuple[torch.dtype, torch.device], Any] = {}
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        key = (x.dtype, x.device)
+        value = self._cache.get(key)
+        if value is None:
+            if torch._C._len_torch_dispatch_stack() > 0:
+                return self.build(self.direction.to(dtype=x.dtype, device=x.device))
+            with torch.inference_mode(False):
+                value = self._cache[key] = self.build(self.direction.to(dtype=x.dtype, device=x.device))
+        return value
+
+
+def _axes_hook(axes: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`zero_axes` with the keep-mask built once per (width, device)."""
+    masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[-1], x.device)
+        mask = masks.get(key)
+        if mask is None:
+            with torch.inference_mode(False):  # `where` saves the mask for backward: no inference tensor
+                mask = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
+                mask[list(axes)] = False
+            if torch._C._len_torch_dispatch_stack() == 0:
+                masks[key] = mask
+        return torch.where(mask, x, 0.0)
+
+    return fn
+
+
+def _suppress_hook(v: torch.Tensor, falloff: BoundedPowerFalloff) -> Callable[[torch.Tensor], torch.Tensor]:
+    unit = _PerDtype(v, _unit)
+    return lambda x: _suppress_unit(x, unit(x), falloff)
+
+
+def _repel_hook(v: torch.Tensor, mapper: LinearMapper | BezierMapper) -> Callable[[torch.Tensor], torch.Tensor]:
+    def build(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = _unit(w)
+        return w, _orthogonal_fallback(w)
+
+    pair = _PerDtype(v, build)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        w, fallback = pair(x)
+        return _repel_unit(x, w, fallback, mapper)
+
+    return fn
 
 
 def zero_axes(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -150,7 +230,7 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
         if max(axes) >= width:
             raise StructuredConfigError("intervention.axes", f"axis {max(axes)} is out of range for site '{site}' of "
                                         f"width {width}")
-        return BoundIntervention(spec, site, lambda x: zero_axes(x, axes), axes=tuple(axes))
+        return BoundIntervention(spec, site, _axes_hook(tuple(axes)), axes=tuple(axes))
     if concept is not None:
         if concept.direction is None:
             raise StructuredConfigError(
@@ -165,9 +245,8 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
                                     f"has length {v.numel()} but site '{site}' has width {width}")
     if spec.kind == "suppress":
         falloff = spec.resolved_falloff
-        return BoundIntervention(spec, site, lambda x: suppression(x, v, falloff), direction=v)
-    mapper = spec.resolved_mapper
-    return BoundIntervention(spec, site, lambda x: repulsion(x, v, mapper), direction=v)
+        return BoundIntervention(spec, site, _suppress_hook(v, falloff), direction=v)
+    return BoundIntervention(spec, site, _repel_hook(v, spec.resolved_mapper), direction=v)
 
 
 @contextmanager
