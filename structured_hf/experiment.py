@@ -20,7 +20,7 @@ from .data.curriculum import CurriculumSampler
 from .evaluation import evaluate_color_model
 from .evaluation.color_tasks import concept_placement, per_operation_errors
 from .evaluation.structure import color_structure, latent_jitter, loss_excursions, loss_spikes
-from .hub import render_color_model_card
+from .hub import render_color_model_card, render_model_card_from_folder
 from .training import build_trainer
 from .training.callbacks import LatentSnapshotCallback, ProbeCallback
 from .training.recipe import Recipe, build_lm_datasets, build_task_splits, model_type
@@ -227,5 +227,8 @@ def run_structured_gpt_experiment(recipe: Recipe, resume_from_checkpoint: str | 
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if figures:
         plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
+    card = render_model_card_from_folder(out, str(out))
+    if card is not None:
+        card.save(out / "README.md")
     logger.info("wrote %s (train %.1f s, eval perplexity %.2f)", out, train_runtime, metrics["eval_perplexity"])
     return metrics

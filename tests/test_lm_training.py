@@ -175,6 +175,9 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
     assert abs(delta["suppress:violence"]["retain"]) < 0.1 < delta["suppress:violence"]["forget:violence"]
     assert "ablate:violence" in report["loss"]
     assert (out / "language_evaluation.md").read_text().startswith("| variant |")
+    card = (out / "README.md").read_text()
+    assert "library_name: structured_hf" in card and "| ablate:violence |" in card and "{{" not in card
+    assert f"{metrics['eval_perplexity']:.4g}"[:4] in card
 
 
 def test_heldout_sets_relearning_and_posthoc_direction(trained):
