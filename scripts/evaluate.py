@@ -9,7 +9,12 @@ repel:red:mapper=linear,a=0.0,b=-0.5, suppress:[1,0,0,0]@bottleneck, axes:0,1, a
 Surgery: --ablate CONCEPT, --prune CONCEPT (or prune:0,1 style specs via --intervention), --heal_steps N adds a healed
 copy of every pruned/ablated variant.
 
-Writes OUT/evaluation.json ({"named_color_mse": {"baseline": {...}, "<variant>": {...}}, "named_color_delta",
+A StructuredGPT folder (or Hub id) is evaluated by surprisal instead: forget/retain losses on its held-out chunks
+(the run's heldout/ folder, or --heldout DIR) for the baseline, suppress/zero/ablate of every anchored concept and each
+--intervention spec, written to OUT/language_evaluation.json and .md (with --output_dir equal to the model folder,
+its model card is re-rendered with the new table).
+
+Color models: writes OUT/evaluation.json ({"named_color_mse": {"baseline": {...}, "<variant>": {...}}, "named_color_delta",
 "scores": {"<variant>": r2}, "score_details", "untouched", ...}), evaluation.md, evaluation.tex, swatches.png,
 error_vs_similarity.png and latents.png.
 """
@@ -53,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid_size", type=int, default=10, help="RGB grid size for the r² scores (grid_size³ colors)")
     p.add_argument("--output_dir", required=True, help="folder for evaluation.json, tables and figures")
     p.add_argument("--no_figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--heldout", default=None,
+                   help="StructuredGPT only: a saved datasets folder of labelled test chunks (default: MODEL/heldout)")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="StructuredGPT only: a prompt for greedy sample generations before/after each variant")
     p.add_argument("--save_variants", action="store_true",
                    help="also save every surgery variant as a loadable model under OUT/models/<variant>")
     return p.parse_args(argv)
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         local = Path(args.model).expanduser()
         if not local.exists() and (args.model.startswith(("/", ".", "~")) or os.sep + os.sep in args.model):
             raise CheckpointError(args.model, "no such model folder (a Hub id looks like 'namespace/name')")
+        if _model_type(args.model) == "structured_gpt":
+            return evaluate_language(args)
         model = AutoModel.from_pretrained(str(local) if local.exists() else args.model)
         result = evaluate_model(model, specs, args.output_dir, grid_size=args.grid_size, anchor=args.anchor,
                                 figures=not args.no_figures, title=f"Evaluation of {args.model}",
@@ -90,6 +101,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, score in result["scores"].items():
         logger.info("%-28s r² = %.4f", name, score)
+    return 0
+
+
+def _model_type(model: str) -> str | None:
+    """The checkpoint's ``model_type`` (reads config.json, locally or from the Hub)."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model), "model_type", None)
+
+
+def evaluate_language(args: argparse.Namespace) -> int:
+    """The surprisal evaluation of a StructuredGPT (see the module docstring)."""
+    import json
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from structured_hf.evaluation.language import evaluate_language_model, language_markdown
+    from structured_hf.hub import pull, render_model_card_from_folder
+
+    folder = pull(args.model)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    heldout = Path(args.heldout) if args.heldout else folder / "heldout"
+    if not heldout.is_dir():
+        raise StructuredConfigError("--heldout", f"no held-out chunks at {heldout}; pass --heldout DIR (a saved "
+                                    "datasets folder with text and prob_<concept> columns)")
+    surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
+    if surgery:
+        raise StructuredConfigError("--ablate", "StructuredGPT evaluation always includes ablate:<concept> for every "
+                                    "anchored concept; --prune does not apply to residual sites")
+    test = datasets.load_from_disk(str(heldout))
+    extra = [(spec, model, [spec]) for spec in args.intervention]
+    report = evaluate_language_model(model, tokenizer, test, extra_variants=extra, prompts=args.prompt)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
+    (out / "language_evaluation.md").write_text(language_markdown(report))
+    logger.info("\n%s", language_markdown(report))
+    if out.resolve() == Path(folder).resolve():
+        card = render_model_card_from_folder(folder, str(folder))
+        if card is not None:
+            card.save(out / "README.md")
     return 0
 
 

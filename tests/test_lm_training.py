@@ -231,3 +231,24 @@ def test_comparison_table_against_a_posthoc_baseline(trained, tmp_path):
     assert all(r["steps"] == [0, 2, 4] for r in result["relearning"].values())
     table = comparison_markdown(result)
     assert "| (a) unanchored + project out |" in table and "lowest forget loss" in table
+
+
+def test_evaluate_script_on_a_gpt_folder_refreshes_table_and_card(trained, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", Path(__file__).parent.parent / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tmp_path, _, _ = trained
+    out = tmp_path / "run"
+    (out / "README.md").write_text("stale")
+    assert script.main(["--model", str(out), "--output_dir", str(out), "--intervention", "repel:violence",
+                        "--prompt", "The soldiers drew"]) == 0
+    report = json.loads((out / "language_evaluation.json").read_text())
+    assert "repel:violence" in report["loss"] and "ablate:violence" in report["loss"]
+    assert report["generations"]["baseline"][0]["prompt"] == "The soldiers drew"
+    assert report["generations"]["baseline"][0]["continuation"]
+    assert "| repel:violence |" in (out / "README.md").read_text()
+    assert script.main(["--model", str(out), "--output_dir", str(tmp_path / "x"), "--heldout",
+                        str(tmp_path / "missing")]) == 2

@@ -230,7 +230,10 @@ def generate_samples(model: nn.Module, tokenizer, prompts: Sequence[str], specs:
     with intervene(model, list(specs)) if specs else contextlib.nullcontext():
         for prompt in prompts:
             enc = tokenizer(prompt, return_tensors="pt")
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            room = int(getattr(model.config, "max_position_embeddings", 1024)) - enc["input_ids"].shape[1]
+            if room < 1:
+                raise StructuredConfigError("prompt", f"the prompt {prompt!r} fills the model's whole context")
+            ids = model.generate(**enc, max_new_tokens=min(max_new_tokens, room), do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             out.append({"prompt": prompt, "continuation": tokenizer.decode(ids[0, enc["input_ids"].shape[1]:],
                                                                             skip_special_tokens=True)})
