@@ -9,6 +9,14 @@ Models attacked: anchored+pruned (+healed with --heal_steps), unanchored+project
 regularizers; the concept's mean-difference direction projected out of the weights), filtered (the unanchored recipe
 trained without colors similar to the concept), and the anchored model before deletion (reference).
 Writes OUT/relearning.json, OUT/relearning.md and OUT/recovery_curves.png.
+
+For a color-transformer recipe (M3) the same command attacks the anchored model with red deleted from the residual
+stream (ablate) and the post-hoc baseline (the recipe without concept regularizers, the mean-difference direction at
+red's site projected out of every residual writer), fine-tuning on --num_samples red-involving training examples
+and probing red-involving vs far-from-red test examples:
+
+    python scripts/relearn.py configs/color_transformer/default.yaml --anchored_model outputs/color_transformer \
+        --steps 200 --output_dir outputs/relearn-color-transformer
 """
 
 from __future__ import annotations
@@ -24,9 +32,16 @@ from transformers.utils import logging as hf_logging
 
 import structured_hf  # noqa: F401  (registers the Auto classes)
 from structured_hf.errors import CheckpointError, StructuredConfigError
-from structured_hf.evaluation.relearning import AttackConfig, relearning_study, relearning_table
+from structured_hf.evaluation.relearning import (
+    AttackConfig,
+    relearning_study,
+    relearning_table,
+    transformer_relearning_study,
+    transformer_relearning_table,
+)
 from structured_hf.evaluation.tables import json_ready
 from structured_hf.training import load_recipe
+from structured_hf.training.recipe import model_type
 
 logger = logging.getLogger("relearn")
 
@@ -40,13 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="reuse an already trained anchored model folder instead of training the recipe")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed (all three models)")
     p.add_argument("--steps", type=int, default=200, help="attack steps (Adam)")
-    p.add_argument("--lr", type=float, default=1.0e-2, help="attack learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="attack learning rate (default 1e-2; for a color transformer its recipe's learning rate)")
     p.add_argument("--num_samples", type=int, default=64, help="concept samples the attacker trains on")
     p.add_argument("--min_similarity", type=float, default=0.5,
                    help="HSV similarity to the concept's prototype that makes a color a concept sample (and that "
                         "the filtered baseline removes from its training data)")
-    p.add_argument("--threshold", type=float, default=1.0e-2,
-                   help="prototype MSE below which the concept counts as recovered")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="prototype MSE below which the concept counts as recovered (default 1e-2; for a color "
+                        "transformer, red-involving test MSE, default 5e-3)")
+    p.add_argument("--unanchored_model", default=None,
+                   help="color transformer only: reuse a trained post-hoc baseline (the recipe without concept "
+                        "regularizers)")
     p.add_argument("--heal_steps", type=int, default=0, help="also attack a healed copy (0: no healing)")
     p.add_argument("--output_dir", required=True, help="folder for relearning.json, relearning.md and the figure")
     return p.parse_args(argv)
@@ -62,18 +82,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None:
             overrides["seed"] = args.seed
         recipe = load_recipe(args.config, overrides)
-        attack = AttackConfig(steps=args.steps, lr=args.lr, num_samples=args.num_samples,
-                              min_similarity=args.min_similarity, threshold=args.threshold, seed=recipe.seed)
+        transformer = model_type(recipe) == "color_transformer"
+        lr = args.lr if args.lr is not None else (float(recipe.training.get("learning_rate", 1.0e-3)) if transformer
+                                                 else 1.0e-2)
+        threshold = args.threshold if args.threshold is not None else (5.0e-3 if transformer else 1.0e-2)
+        attack = AttackConfig(steps=args.steps, lr=lr, num_samples=args.num_samples,
+                              min_similarity=args.min_similarity, threshold=threshold, seed=recipe.seed)
         models = {}
         if args.anchored_model:
             models["anchored"] = AutoModel.from_pretrained(args.anchored_model).eval()
-        study = relearning_study(recipe, args.concept, args.label, attack, heal_steps=args.heal_steps, models=models)
+        if args.unanchored_model:
+            models["unanchored"] = AutoModel.from_pretrained(args.unanchored_model).eval()
+        if transformer:
+            study = transformer_relearning_study(recipe, args.concept, args.label, attack, models=models)
+        else:
+            study = relearning_study(recipe, args.concept, args.label, attack, heal_steps=args.heal_steps,
+                                     models=models)
     except (StructuredConfigError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / "relearning.json").write_text(json.dumps(json_ready(study), indent=1))
-    table = relearning_table(study)
+    table = transformer_relearning_table(study) if transformer else relearning_table(study)
     (out / "relearning.md").write_text(table)
     from structured_hf.visualization import plot_recovery_curves
 

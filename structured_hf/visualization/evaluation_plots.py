@@ -62,16 +62,21 @@ def plot_recovery_curves(study: Mapping[str, Any], path: str | Path, title: str 
     """Relearning curves: the concept prototype's MSE (log scale) and the retain MSE per attack step, one line per
     attacked model (from :func:`structured_hf.evaluation.relearning.relearning_study`)."""
     fig, (ax_c, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
+    concept_key = retain_key = None
     for name, row in study["rows"].items():
         curves = row["curves"]
-        ax_c.plot(curves["prototype"], label=name)
-        if "retain" in curves:
-            ax_r.plot(curves["retain"], label=name)
+        concept_key = next(iter(curves))  # the concept's probe comes first (prototype, or red-involving examples)
+        retain_key = "retain" if "retain" in curves else next((k for k in list(curves)[1:]), None)
+        ax_c.plot(curves[concept_key], label=name)
+        if retain_key is not None:
+            ax_r.plot(curves[retain_key], label=name)
     ax_c.axhline(study["attack"]["threshold"], color="black", ls="--", lw=0.8, label="threshold")
     ax_c.set_yscale("log")
-    ax_c.set_title(f"'{study['concept']}' prototype MSE during the attack")
+    what = "prototype" if concept_key in (None, "prototype") else f"{concept_key} examples"
+    ax_c.set_title(f"'{study['concept']}' {what} MSE during the attack")
     ax_r.set_yscale("log")
-    ax_r.set_title("retain colors MSE during the attack")
+    ax_r.set_title(f"{'retain colors' if retain_key in (None, 'retain') else retain_key + ' examples'} MSE during "
+                   "the attack")
     for ax in (ax_c, ax_r):
         ax.set_xlabel("attack step")
         ax.grid(alpha=0.3)
