@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(args.model, "no such model folder (a Hub id looks like 'namespace/name')")
         if _model_type(args.model) == "structured_gpt":
             return evaluate_language(args)
+        if _model_type(args.model) == "structured_color_transformer":
+            return evaluate_color_transformer(args)
         model = AutoModel.from_pretrained(str(local) if local.exists() else args.model)
         result = evaluate_model(model, specs, args.output_dir, grid_size=args.grid_size, anchor=args.anchor,
                                 figures=not args.no_figures, title=f"Evaluation of {args.model}",
@@ -109,6 +111,47 @@ def _model_type(model: str) -> str | None:
     from transformers import AutoConfig
 
     return getattr(AutoConfig.from_pretrained(model), "model_type", None)
+
+
+def evaluate_color_transformer(args: argparse.Namespace) -> int:
+    """The control evaluation of a color-operation transformer (M3): per-operation MSE on red-involving vs far
+    examples of the test split (rebuilt from the folder's recipe.yaml), for the baseline, suppress/ablate of every
+    direction concept, and each --intervention spec; writes control.json, control.md and control_ratios.png."""
+    import json
+
+    from structured_hf.evaluation.tables import json_ready
+    from structured_hf.evaluation.transformer_control import (
+        control_evaluation,
+        control_markdown,
+        control_variants,
+        plot_control_ratios,
+    )
+    from structured_hf.hub import pull
+    from structured_hf.interventions import ablate
+    from structured_hf.training import load_recipe
+    from structured_hf.training.recipe import build_task_splits
+
+    folder = pull(args.model)
+    if not (folder / "recipe.yaml").is_file():
+        raise StructuredConfigError("--model", f"{folder} has no recipe.yaml to rebuild the color-task test split from")
+    model = AutoModel.from_pretrained(folder).eval()
+    variants = control_variants(model)
+    variants += [(spec, model, [spec]) for spec in args.intervention]
+    variants += [(f"ablate:{c}", ablate(model, c), []) for c in args.ablate if f"ablate:{c}" not in dict(
+        (v[0], 0) for v in variants)]
+    if args.prune:
+        raise StructuredConfigError("--prune", "residual-stream sites cannot be pruned (see "
+                                    "structured_hf.interventions.residual); use --ablate")
+    report = control_evaluation(model, build_task_splits(load_recipe(folder / "recipe.yaml"))["test"],
+                                variants=variants)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "control.json").write_text(json.dumps(json_ready(report), indent=2))
+    (out / "control.md").write_text(control_markdown(report))
+    if not args.no_figures:
+        plot_control_ratios(report, out / "control_ratios.png", title=f"Control of {args.model}")
+    logger.info("\n%s", control_markdown(report))
+    return 0
 
 
 def evaluate_language(args: argparse.Namespace) -> int:
