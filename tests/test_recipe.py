@@ -18,6 +18,7 @@ from structured_hf.training import (
     model_config,
     parse_recipe,
 )
+from structured_hf.data.lm_data import LMDataSpec
 from structured_hf.training.recipe import model_type
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -41,6 +42,8 @@ def test_shipped_recipe_builds(path, tmp_path):
     train, eval_ds = build_datasets(recipe)
     assert len(train) > 0
     labels = sorted(recipe.data.get("labels") or {})
+    if model_type(recipe) == "structured_gpt":  # labels come from the text labels config's concepts
+        labels = sorted(LMDataSpec.from_dict(recipe.data).concepts())
     assert sorted(ColumnarDataset(train).label_names) == labels
     for reg in recipe.regularizers:
         if reg.get("concept") is not None:

@@ -21,6 +21,7 @@ so two runs of one recipe see byte-identical blocks.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,23 +131,34 @@ def _positive_int(value: Any, field_name: str, optional: bool = False) -> int | 
     return value
 
 
+# Labelling the whole default corpus takes ~20 s; the anchored run, its baselines and the comparison of one process
+# label the same text the same way, so the result is kept per (labels config, labelers, max_chunks). Keyed on the
+# config, not the file contents: a corpus edited in the middle of a process is not noticed (start a new process).
+_LABELLED_CACHE: dict[str, datasets.DatasetDict] = {}
+
+
 def labelled_chunks(spec: LMDataSpec, progress: bool = False) -> datasets.DatasetDict:
     """Train/validation/test chunks with ``prob_<concept>`` columns: loaded from ``labelled`` or labelled now."""
-    if spec.labelled is not None:
-        try:
-            chunks = datasets.load_from_disk(spec.labelled)
-        except (FileNotFoundError, ValueError) as e:
-            raise StructuredConfigError("data.text.labelled", f"cannot load a saved DatasetDict from "
-                                        f"{spec.labelled}: {e}") from None
-        if not isinstance(chunks, datasets.DatasetDict) or "train" not in chunks:
-            raise StructuredConfigError("data.text.labelled", f"{spec.labelled} must hold a DatasetDict with a "
-                                        "train split (scripts/label_text.py writes one)")
-        if spec.max_chunks is not None:
-            chunks = datasets.DatasetDict({s: d.select(range(min(spec.max_chunks, len(d)))) for s, d in chunks.items()})
-        return chunks
-    chunks, _, stats = build_labelled_dataset(spec.label_config(), labelers=spec.labelers, max_chunks=spec.max_chunks,
-                                              progress=progress)
-    logger.info("labelled chunks: %s", {s: v["chunks"] for s, v in stats.items()})
+    if spec.labelled is None:
+        config = spec.label_config()
+        key = json.dumps([config, spec.labelers, spec.max_chunks], sort_keys=True, default=str)
+        if key not in _LABELLED_CACHE:
+            chunks, _, stats = build_labelled_dataset(config, labelers=spec.labelers, max_chunks=spec.max_chunks,
+                                                      progress=progress)
+            logger.info("labelled chunks: %s", {s: v["chunks"] for s, v in stats.items()})
+            _LABELLED_CACHE.clear()  # one corpus at a time is enough
+            _LABELLED_CACHE[key] = chunks
+        return _LABELLED_CACHE[key]
+    try:
+        chunks = datasets.load_from_disk(spec.labelled)
+    except (FileNotFoundError, ValueError) as e:
+        raise StructuredConfigError("data.text.labelled", f"cannot load a saved DatasetDict from "
+                                    f"{spec.labelled}: {e}") from None
+    if not isinstance(chunks, datasets.DatasetDict) or "train" not in chunks:
+        raise StructuredConfigError("data.text.labelled", f"{spec.labelled} must hold a DatasetDict with a "
+                                    "train split (scripts/label_text.py writes one)")
+    if spec.max_chunks is not None:
+        chunks = datasets.DatasetDict({s: d.select(range(min(spec.max_chunks, len(d)))) for s, d in chunks.items()})
     return chunks
 
 

@@ -267,7 +267,7 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
     """Train (and eval) datasets with label-probability columns."""
     if model_type(recipe) == "structured_gpt":
         _, _, blocks = build_lm_datasets(recipe)
-        return blocks["train"], blocks["validation"]
+        return tuple(_without_ids(blocks[s]) for s in ("train", "validation"))
     if model_type(recipe) == "color_transformer":
         splits = build_task_splits(recipe)
         return splits["train"], splits["validation"]
@@ -296,6 +296,11 @@ def build_lm_datasets(recipe: Recipe, progress: bool = False):
     return build_lm_data(LMDataSpec.from_dict(recipe.data), progress=progress)
 
 
+def _without_ids(blocks: datasets.Dataset) -> datasets.Dataset:
+    """LM blocks without the (string) chunk ids, which the tensor-backed training dataset cannot hold."""
+    return blocks.remove_columns([c for c in ("id",) if c in blocks.column_names])
+
+
 def lm_model_config(recipe: Recipe, tokenizer) -> StructuredGPTConfig:
     """The GPT config of a recipe with the vocabulary and special tokens of its tokenizer."""
     config = model_config(recipe)
@@ -319,8 +324,7 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
         config = lm_model_config(recipe, tokenizer)
         set_seed(recipe.seed)  # the data build must not change the initial weights
         model = StructuredGPTForCausalLM(config)
-        train_ds = blocks["train"].remove_columns([c for c in ("id",) if c in blocks["train"].column_names])
-        eval_ds = blocks["validation"].remove_columns([c for c in ("id",) if c in blocks["validation"].column_names])
+        train_ds, eval_ds = _without_ids(blocks["train"]), _without_ids(blocks["validation"])
         labels = sorted({r.label for r in parse_regularizers(recipe.regularizers) if r.label})
         trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
         trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
