@@ -34,6 +34,8 @@ from .visualization import (
 )
 
 logger = logging.getLogger(__name__)
+# Greedy generations before/after each intervention of a GPT run (KJV-style openings: violent, deceptive, neutral).
+SAMPLE_PROMPTS = ("And they smote the", "And he lied unto them, saying", "And he said unto his servants,")
 SNAPSHOTS = 30  # latent snapshots per run, for the evolution figure, the animation and the jitter metric
 
 
@@ -219,7 +221,7 @@ def run_structured_gpt_experiment(recipe: Recipe, resume_from_checkpoint: str | 
     if evaluate:
         from .evaluation.language import evaluate_language_model, language_markdown
 
-        report = evaluate_language_model(model, tokenizer, chunks["test"])
+        report = evaluate_language_model(model, tokenizer, chunks["test"], prompts=SAMPLE_PROMPTS)
         (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
         (out / "language_evaluation.md").write_text(language_markdown(report))
         metrics["language"] = report["summary"]
