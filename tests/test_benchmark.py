@@ -29,13 +29,14 @@ def test_peak_tensor_memory_counts_live_storages_exactly():
     del c, view
 
 
-def test_benchmark_json_throughput_same_work_and_pending_sections(tmp_path):
+def test_benchmark_json_throughput_same_work_and_every_section(tmp_path):
     """A short run: the hand loop reproduces the Trainer's loss curve (so the speed ratio compares equal work), the
-    ratio and timings are recorded with their spread, intervention timings are there, pending sections say why."""
+    ratio and timings are recorded with their spread; the GPT comparison trains equal work on both sides (same
+    weights, same loss curve for StructuredGPT without regularizers and GPT-2); intervention timings are there."""
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
     try:
-        bench.main(["--sections", "throughput,gpt_throughput,transformer_scaling,intervention_overhead",
-                    "--steps", "60", "--repeats", "1", "--quick", "--output_dir", str(tmp_path)])
+        bench.main(["--sections", "throughput,gpt_throughput,intervention_overhead", "--gpt_sizes", "tiny",
+                    "--gpt_steps", "10", "--steps", "60", "--repeats", "1", "--quick", "--output_dir", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
         hf_logging.set_verbosity(verbosity)
@@ -49,8 +50,17 @@ def test_benchmark_json_throughput_same_work_and_pending_sections(tmp_path):
     # Logged at steps 25 and 50 (the recipe's logging_steps); float-rounding differences only.
     assert same["windows_compared"] == 2
     assert same["loss_rel_diff_max"] < 1e-5 and same["final_param_abs_diff_max"] < 1e-5
-    for name in ("gpt_throughput", "transformer_scaling"):
-        assert data["sections"][name]["pending"], name
+    assert not any("pending" in section for section in data["sections"].values())
+    gpt = data["sections"]["gpt_throughput"]["tiny"]
+    assert data["sections"]["gpt_throughput"]["ratio_target"] == 0.9
+    for variant in ("anchored", "plain", "gpt2"):
+        assert gpt["tokens_per_s"][variant]["median"] > 0, variant
+    assert gpt["ratio_anchored_over_gpt2"]["median"] > 0 and gpt["ratio_plain_over_gpt2"]["median"] > 0
+    logged = gpt["same_work_check"]["logged_loss"]
+    assert len(logged["gpt2"]) == 1 and gpt["same_work_check"]["plain_vs_gpt2_rel_diff_max"] < 1e-4
+    assert logged["anchored"] != logged["plain"]  # the regularizers did act
     rows = data["sections"]["intervention_overhead"]["rows"]
-    assert {(r["batch"], r["intervention"]) for r in rows} >= {(64, "suppress:red"), (4096, "axes:hue")}
+    assert {(r["model"], r["batch"], r["intervention"]) for r in rows} >= {
+        ("color_autoencoder", 64, "suppress:red"), ("color_autoencoder", 4096, "axes:hue"),
+        ("structured_gpt", 8, "suppress:violence")}
     assert all(r["plain_us"] > 0 and r["hooked_us"] > 0 for r in rows)

@@ -285,3 +285,156 @@ def test_network_guard_refuses_everything_but_loopback(local_hub):
         sock.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed anyway
     assert local_hub.blocked == ["getaddrinfo('huggingface.co')", "connect(('192.0.2.1', 443))"]
     local_hub.blocked.clear()  # expected here; any other test that leaves an entry fails at teardown
+
+
+# ---- the color transformer and StructuredGPT with its tokenizer -------------------------------------------------
+# A few verses of the KJV (public domain), enough to train a tiny byte-level BPE.
+VERSES = [
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "And God said, Let there be light: and there was light.",
+    "And God saw the light, that it was good: and God divided the light from the darkness.",
+    "And Cain talked with Abel his brother: and it came to pass, when they were in the field, that Cain rose up "
+    "against Abel his brother, and slew him.",
+]
+PROBE_TEXTS = ["And God said, Let there be light.", "Unseen words: zebra, quartz & 42!", "  spaces\tand\nlines  "]
+
+
+def _tiny_transformer():
+    from structured_hf.models import ColorTransformerConfig, ColorTransformerModel
+
+    torch.manual_seed(0)
+    site = "layers.1.residual_post"
+    config = ColorTransformerConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                                    concepts=[{"name": "red", "site": site, "direction": [1.0] + [0.0] * 15},
+                                              {"name": "red-axis", "site": site, "axes": [0]}])
+    return ColorTransformerModel(config).eval()
+
+
+def _transformer_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"op_ids": torch.randint(0, 4, (16,), generator=g), "colors": torch.rand(16, 2, 3, generator=g),
+            "operand_mask": torch.ones(16, 2)}
+
+
+def _gpt_output_dir(folder: Path) -> Path:
+    """A StructuredGPT output folder as a run leaves it: safetensors weights, config with the concept map, and the
+    BPE tokenizer it was trained with."""
+    from structured_hf.data.tokenizer import train_bpe_tokenizer
+    from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
+
+    tokenizer = train_bpe_tokenizer(VERSES * 3, vocab_size=300, min_frequency=1, model_max_length=32)
+    site = "layers.1.residual_post"
+    torch.manual_seed(0)
+    model = StructuredGPTForCausalLM(StructuredGPTConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=16, num_layers=2, num_heads=2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        concepts=[{"name": "violence", "site": site, "direction": [1.0] + [0.0] * 15}]))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _gpt_logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
+    batch = tokenizer(PROBE_TEXTS, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def test_color_transformer_round_trip_is_bit_identical(local_hub, tmp_path):
+    model = _tiny_transformer()
+    model.save_pretrained(tmp_path / "ct")
+    push_output_dir(tmp_path / "ct", "color-tf", token=local_hub.token)
+    assert {"modeling_color_transformer.py", "configuration_color_transformer.py", "layers.py"} <= set(
+        local_hub.files("tester/color-tf"))
+    pulled = pull("tester/color-tf", local_dir=tmp_path / "pulled")
+    for loaded in (AutoModel.from_pretrained(pulled), AutoModel.from_pretrained("tester/color-tf")):
+        assert type(loaded) is type(model) and loaded.config.concepts == model.config.concepts
+        sa, sb = model.state_dict(), loaded.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        with torch.no_grad():
+            a, b = model(**_transformer_inputs()), loaded.eval()(**_transformer_inputs())
+        assert torch.equal(a.prediction, b.prediction) and torch.equal(a.last_hidden_state, b.last_hidden_state)
+    assert not local_hub.unhandled
+
+
+def test_gpt_with_tokenizer_round_trip_is_bit_identical(local_hub, tmp_path, capfd):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _gpt_output_dir(tmp_path / "gpt")
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(files_to_push(folder))
+    push_output_dir(folder, "tiny-gpt", token=local_hub.token)
+    remote = local_hub.files("tester/tiny-gpt")
+    assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors", "modeling_structured_gpt.py"} <= set(remote)
+    config = json.loads((pull("tester/tiny-gpt", local_dir=tmp_path / "pulled") / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_structured_gpt.StructuredGPTConfig",
+                                  "AutoModel": "modeling_structured_gpt.StructuredGPTForCausalLM",
+                                  "AutoModelForCausalLM": "modeling_structured_gpt.StructuredGPTForCausalLM"}
+
+    original = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    expected = _gpt_logits(original, tokenizer)
+    for source in (tmp_path / "pulled", "tester/tiny-gpt"):  # a pulled folder and the Hub id itself
+        model = AutoModelForCausalLM.from_pretrained(source)
+        pulled_tokenizer = AutoTokenizer.from_pretrained(source)
+        assert type(model) is type(original) and model.config.concepts == original.config.concepts
+        for text in PROBE_TEXTS:
+            ids = pulled_tokenizer(text)["input_ids"]
+            assert ids == tokenizer(text)["input_ids"] and ids[0] == tokenizer.bos_token_id
+            assert pulled_tokenizer.decode(ids, skip_special_tokens=True) == text  # byte-level: exact round trip
+        assert (pulled_tokenizer.bos_token, pulled_tokenizer.eos_token, pulled_tokenizer.pad_token) == (
+            tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+        logits = _gpt_logits(model, pulled_tokenizer)
+        assert logits.dtype == expected.dtype and torch.equal(logits, expected)  # bitwise
+        generated = model.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"), max_new_tokens=5,
+                                   do_sample=False)
+        assert torch.equal(generated, original.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"),
+                                                        max_new_tokens=5, do_sample=False))
+    # The token was used (the server checks it) but is in no file written and in no output.
+    captured = capfd.readouterr()
+    assert local_hub.tokens_seen > 0 and local_hub.token not in captured.out + captured.err
+    assert _grep([tmp_path], local_hub.token.encode()) == []
+    assert not local_hub.unhandled
+
+
+def test_transformer_and_gpt_remote_code_load_without_structured_hf(local_hub, tmp_path):
+    """The trust_remote_code path for the two transformer families: bundled code + auto_map, no structured_hf."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = _tiny_transformer()
+    model.save_pretrained(tmp_path / "ct")
+    push_output_dir(tmp_path / "ct", "remote-tf", token=local_hub.token)
+    push_output_dir(_gpt_output_dir(tmp_path / "gpt"), "remote-gpt", token=local_hub.token)
+    torch.save(_transformer_inputs(), tmp_path / "ct_inputs.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from hub_server import install_network_guard
+        blocked = install_network_guard()
+        sys.modules["structured_hf"] = None          # importing structured_hf now raises ImportError
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        ct = AutoModel.from_pretrained("tester/remote-tf", trust_remote_code=True).eval()
+        gpt = AutoModelForCausalLM.from_pretrained("tester/remote-gpt", trust_remote_code=True).eval()
+        tok = AutoTokenizer.from_pretrained("tester/remote-gpt")
+        for m in (ct, gpt):
+            assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+        batch = tok({PROBE_TEXTS!r}, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = {{"prediction": ct(**torch.load({str(tmp_path / "ct_inputs.pt")!r})).prediction,
+                    "logits": gpt(batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                    "ids": batch["input_ids"]}}
+        torch.save(out, {str(tmp_path / "out.pt")!r})
+        assert not blocked, blocked
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        assert torch.equal(remote["prediction"], model(**_transformer_inputs()).prediction)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "gpt")
+    assert torch.equal(remote["ids"], tokenizer(PROBE_TEXTS, return_tensors="pt", padding=True)["input_ids"])
+    assert torch.equal(remote["logits"], _gpt_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "gpt"), tokenizer))
+    assert local_hub.token not in proc.stdout + proc.stderr
