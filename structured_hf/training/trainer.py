@@ -444,7 +444,9 @@ class AnchoredTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_sums:
-            steps = max(self.state.global_step - self._last_log_step, 1)
+            # The window starts at the last log of this train() call, or where it resumed from a checkpoint.
+            since = max(self._last_log_step, getattr(self, "_initial_global_step", 0))
+            steps = max(self.state.global_step - since, 1)
             names = list(self._term_sums) + [f"labels/{n}" for n in self._label_sums]
             values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in
                                   list(self._term_sums.values()) + list(self._label_sums.values())])
