@@ -67,18 +67,20 @@ def per_operation_errors(model: torch.nn.Module, dataset: datasets.Dataset, oper
 @torch.no_grad()
 def concept_placement(model: torch.nn.Module, dataset: datasets.Dataset, sites: Sequence[str] | None = None,
                       limit: int = 2048) -> dict[str, Any]:
-    """For each direction concept: at every residual site (anchored or not), the mean cosine with the concept's
-    direction over all tokens of red-involving examples, and the mean squared share along it for far-from-red ones.
+    """For each direction concept: at every residual site (anchored or not) and at its own site, the mean cosine with
+    the concept's direction over all tokens of red-involving examples, and the mean squared share along it for
+    far-from-red ones.
     """
     arrays = {k: v[:limit] for k, v in task_arrays(dataset).items()}
     red = example_redness(arrays)
     involved, far = red >= RED_INVOLVED, red < RED_FAR
     concepts = [c for c in ConceptMap.parse(model.config.concepts) if c.direction is not None]
     sites = list(sites or [f"layers.{i}.residual_post" for i in range(model.config.num_layers)])
+    own = [c.site for c in concepts if c.site not in sites]  # e.g. a concept anchored in QK space
     was_training = model.training
     model.eval()
     try:
-        with capture(model, sites) as acts:
+        with capture(model, sites + sorted(set(own))) as acts:
             model(op_ids=arrays["op"], colors=arrays["colors"], operand_mask=arrays["operand_mask"])
     finally:
         model.train(was_training)
@@ -86,7 +88,7 @@ def concept_placement(model: torch.nn.Module, dataset: datasets.Dataset, sites: 
     for c in concepts:
         v = c.unit_direction()
         per_site = {}
-        for site in sites:
+        for site in sites + ([c.site] if c.site not in sites else []):
             x = acts[site]  # (N, T, D)
             cos = (x @ v) / x.norm(dim=-1).clamp_min(1e-12)  # (N, T)
             share = (x @ v).square() / x.square().sum(-1).clamp_min(1e-12)
