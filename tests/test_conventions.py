@@ -34,6 +34,34 @@ def test_train_script_help_explains_every_option(capsys, monkeypatch):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "scripts").glob("*.py")))
+def test_every_script_help_explains_every_option(script, capsys, monkeypatch):
+    """`scripts/<name>.py --help` exits 0 and every option (and positional) of its parser has a help text."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"_help_{script}", REPO / "scripts" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses in a script resolve through sys.modules
+    spec.loader.exec_module(module)
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
+    entry = getattr(module, "parse_args", None) or module.main
+    with pytest.raises(SystemExit) as exit_info:
+        entry(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert parsers, f"scripts/{script}.py parsed no arguments"
+    for parser in parsers:
+        assert parser.description, f"scripts/{script}.py: the parser has no description"
+        for action in parser._actions:
+            name = (action.option_strings or [action.dest])[0]
+            assert action.help and action.help != argparse.SUPPRESS, f"scripts/{script}.py: {name} has no help"
+            assert name in help_text
+
+
 def test_library_logs_instead_of_printing():
     """The library talks through `logging`/`transformers.logging`; only scripts print their results."""
     offenders = []

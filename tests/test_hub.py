@@ -294,8 +294,8 @@ VERSES = [
     "And the earth was without form, and void; and darkness was upon the face of the deep.",
     "And God said, Let there be light: and there was light.",
     "And God saw the light, that it was good: and God divided the light from the darkness.",
-    "And Cain talked with Abel his brother: and it came to pass, when they were in the field, that Cain rose up "
-    "against Abel his brother, and slew him.",
+    ("And Cain talked with Abel his brother: and it came to pass, when they were in the field, that Cain rose up "
+     "against Abel his brother, and slew him."),
 ]
 PROBE_TEXTS = ["And God said, Let there be light.", "Unseen words: zebra, quartz & 42!", "  spaces\tand\nlines  "]
 
@@ -429,7 +429,8 @@ def test_transformer_and_gpt_remote_code_load_without_structured_hf(local_hub, t
         torch.save(out, {str(tmp_path / "out.pt")!r})
         assert not blocked, blocked
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
