@@ -137,8 +137,8 @@ def evaluate_color_transformer(args: argparse.Namespace) -> int:
     model = AutoModel.from_pretrained(folder).eval()
     variants = control_variants(model)
     variants += [(spec, model, [spec]) for spec in args.intervention]
-    variants += [(f"ablate:{c}", ablate(model, c), []) for c in args.ablate if f"ablate:{c}" not in dict(
-        (v[0], 0) for v in variants)]
+    have = {v[0] for v in variants}
+    variants += [(f"ablate:{c}", ablate(model, c), []) for c in args.ablate if f"ablate:{c}" not in have]
     if args.prune:
         raise StructuredConfigError("--prune", "residual-stream sites cannot be pruned (see "
                                     "structured_hf.interventions.residual); use --ablate")

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.unanchored_model:
             models["unanchored"] = AutoModel.from_pretrained(args.unanchored_model).eval()
         if transformer:
+            if "unanchored" not in models:  # train the post-hoc baseline once and keep it (--unanchored_model OUT/unanchored)
+                from structured_hf.evaluation.relearning import train_recipe, unanchored_recipe
+
+                models["unanchored"], _ = train_recipe(unanchored_recipe(recipe))
+                models["unanchored"].save_pretrained(out / "unanchored")
             study = transformer_relearning_study(recipe, args.concept, args.label, attack, models=models)
         else:
             study = relearning_study(recipe, args.concept, args.label, attack, heal_steps=args.heal_steps,

@@ -572,7 +572,7 @@ def render_color_transformer_card(
     per_op = [{"op": op, "all": f"{v['all']:.2e}", "red": f"{v['red']:.2e}", "far": f"{v['far']:.2e}", "n": v["n"],
                "n_red": v["n_red"], "n_far": v["n_far"]} for op, v in test.items()]
     rows = []
-    for cname, sites in placement.items():
+    for sites in placement.values():
         for site, v in sites.items():
             rows.append({"site": site, "cos": f"{v['cosine_red']:.3f}", "share": f"{v['share_far']:.4f}",
                          "anchored": "yes" if v.get("anchored") else ""})
@@ -614,7 +614,7 @@ def render_color_transformer_card(
         has_control_figure="control_ratios.png" in figures, control=control_rows, operations_list=operations,
         red_target=_fmt(control.get("targets", {}).get("red_ratio_min", 10.0)),
         far_target=_fmt(control.get("targets", {}).get("far_ratio_max", 1.5)),
-        relearning=relearning,
+        relearning=relearning, has_recovery="recovery_curves.png" in figures,
     )
 
 

@@ -3,7 +3,6 @@ relearning attack on the color transformer and its model card."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
@@ -152,7 +151,7 @@ def trained(tmp_path_factory):
 
 
 def test_deleting_red_hurts_red_involving_examples_more_than_far_ones(trained):
-    recipe, model = trained
+    _, model = trained
     test = build_color_task_splits(grid_size=6, pair_grid_size=4, labelers={"red": {"scale": 1.0, "power": 4.0}})["test"]
     report = control_evaluation(model, test)
     assert list(report["variants"]) == ["baseline", "suppress:red", "ablate:red"]

@@ -159,7 +159,10 @@ def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors:
         batch = data[torch.randint(len(data), (config.batch_size,), generator=g).to(data.device)]
         return m(colors=batch, labels=batch).loss
 
-    probes = {name: (lambda m, c=np.asarray(colors): _mse(m, c)) for name, colors in probe_colors.items()}
+    def probe(colors: np.ndarray) -> Callable[[nn.Module], float]:
+        return lambda m: _mse(m, colors)
+
+    probes = {name: probe(np.asarray(colors)) for name, colors in probe_colors.items()}
     return attack_loop(model, step_loss, probes, config)
 
 
@@ -399,7 +402,7 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
     return {"concept": concept, "site": spec.site, "attack": asdict(attack), "train_runtime_s": runtimes,
             "rows": rows, "post_hoc_direction": direction.tolist(),
             "post_hoc_cosine_with_anchor": float(direction @ spec.unit_direction(dtype=torch.float64).numpy()),
-            "n_attack": int(attack.num_samples), "n_probe": {k: int(len(v["op"])) for k, v in probe_sets.items()}}
+            "n_attack": attack.num_samples, "n_probe": {k: len(v["op"]) for k, v in probe_sets.items()}}
 
 
 def _subset(arrays: Mapping[str, torch.Tensor], mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -410,11 +413,11 @@ def _subset(arrays: Mapping[str, torch.Tensor], mask: np.ndarray) -> dict[str, t
 def transformer_relearning_table(study: Mapping[str, Any]) -> str:
     """Markdown table of a :func:`transformer_relearning_study` result."""
     a = study["attack"]
-    lines = [f"Relearning attack on '{study['concept']}' (deleted at `{study['site']}`): {a['steps']} Adam steps at lr "
-             f"{a['lr']:g}, batch {a['batch_size']}, on {a['num_samples']} red-involving training examples; probes: "
-             f"{study['n_probe']['concept']} red-involving and {study['n_probe']['far']} far-from-red test examples; "
-             f"recovered when the red-involving MSE < {a['threshold']:g}. Post-hoc direction's cosine with the anchor "
-             f"axis: {study['post_hoc_cosine_with_anchor']:.2f}.",
+    lines = [(f"Relearning attack on '{study['concept']}' (deleted at `{study['site']}`): {a['steps']} Adam steps at "
+              f"lr {a['lr']:g}, batch {a['batch_size']}, on {a['num_samples']} red-involving training examples; "
+              f"probes: {study['n_probe']['concept']} red-involving and {study['n_probe']['far']} far-from-red test "
+              f"examples; recovered when the red-involving MSE < {a['threshold']:g}. Post-hoc direction's cosine "
+              f"with the anchor axis: {study['post_hoc_cosine_with_anchor']:.2f}."),
              "", "| model | red MSE before | lowest | at step | final | steps to threshold | far MSE before → after |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in study["rows"].items():

@@ -92,12 +92,12 @@ def control_markdown(report: dict[str, Any]) -> str:
     for name, rows in report["variants"].items():
         for op in report["operations"]:
             r = rows[op]
-            ratio = lambda x: "" if name == "baseline" else f"{x:.2f}"  # noqa: E731
-            lines.append(f"| {name} | {op} | {r['red']:.2e} | {ratio(r['red_ratio'])} | {r['far']:.2e} | "
-                         f"{ratio(r['far_ratio'])} | {r['n_red']} / {r['n_far']} |")
+            red_ratio, far_ratio = ("", "") if name == "baseline" else (f"{r['red_ratio']:.2f}", f"{r['far_ratio']:.2f}")
+            lines.append(f"| {name} | {op} | {r['red']:.2e} | {red_ratio} | {r['far']:.2e} | {far_ratio} | "
+                         f"{r['n_red']} / {r['n_far']} |")
     t = report["targets"]
-    lines += ["", f"Target: red-involving ×baseline ≥ {t['red_ratio_min']:g} and far ×baseline ≤ {t['far_ratio_max']:g} "
-              "for every operation."]
+    lines += ["", (f"Target: red-involving ×baseline ≥ {t['red_ratio_min']:g} and far ×baseline ≤ "
+                   f"{t['far_ratio_max']:g} for every operation.")]
     for name, s in report["summary"].items():
         lines.append(f"- {name}: lowest red ratio {s['min_red_ratio']:.2f}, highest far ratio "
                      f"{s['max_far_ratio']:.2f} → {'met' if s['meets_target'] else 'not met'}")
