@@ -572,9 +572,9 @@ def render_color_transformer_card(
     per_op = [{"op": op, "all": f"{v['all']:.2e}", "red": f"{v['red']:.2e}", "far": f"{v['far']:.2e}", "n": v["n"],
                "n_red": v["n_red"], "n_far": v["n_far"]} for op, v in test.items()]
     rows = []
-    for sites in placement.values():
+    for cname, sites in placement.items():
         for site, v in sites.items():
-            rows.append({"site": site, "cos": f"{v['cosine_red']:.3f}", "share": f"{v['share_far']:.4f}",
+            rows.append({"site": f"{cname}` @ `{site}" if len(placement) > 1 else site, "cos": f"{v['cosine_red']:.3f}", "share": f"{v['share_far']:.4f}",
                          "anchored": "yes" if v.get("anchored") else ""})
     control = metrics.get("control", {})
     operations = list(control.get("operations", test.keys()))
@@ -590,7 +590,8 @@ def render_color_transformer_card(
         if site:
             headline.append(f"`{c.name}` at cos {site['cosine_red']:.3f} at `{c.site}`")
     for v, s in control.get("summary", {}).items():
-        headline.append(f"{v}: red error ×{s['min_red_ratio']:.0f}+ , far ×{s['max_far_ratio']:.2f} at most")
+        headline.append(f"{v}: red-involving error ×{s['min_red_ratio']:.0f} or more, far ×{s['max_far_ratio']:.2f} "
+                        "at most")
     training = recipe.training
     task = recipe.data.get("task", {})
     return ModelCard.from_template(
