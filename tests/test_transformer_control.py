@@ -192,3 +192,27 @@ def test_relearning_study_and_card_on_the_tiny_transformer(trained, tmp_path):
     assert "library_name: structured_hf" in text and "| ablate:red |" in text and "| anchored+ablated |" in text
     assert "structured_color_transformer" in CARD_RENDERERS
     assert ConceptMap.parse(model.config.concepts)["red"].site in text
+
+
+def test_evaluate_script_runs_the_control_evaluation_on_a_color_transformer(trained, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    recipe, model = trained
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    (folder / "recipe.yaml").write_text(recipe.to_yaml())
+    back = AutoModel.from_pretrained(folder).eval()
+    assert ablate(back, "red").config.surgery[-1]["op"] == "ablate"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "eval"
+    assert module.main(["--model", str(folder), "--intervention", "axes:red-axis", "--output_dir", str(out),
+                        "--no_figures"]) == 0
+    report = json.loads((out / "control.json").read_text())
+    assert list(report["variants"]) == ["baseline", "suppress:red", "ablate:red", "axes:red-axis"]
+    assert "| ablate:red | mix |" in (out / "control.md").read_text()
+    assert module.main(["--model", str(folder), "--prune", "red", "--output_dir", str(out)]) == 2
