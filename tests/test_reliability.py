@@ -205,6 +205,29 @@ def test_concept_map_raises_only_structured_config_error(entries, dims):
     _only_clear_errors(lambda e, d: ConceptMap.parse(e).validate(d), entries, dims)
 
 
+def _gpt_recipe() -> dict:
+    """The shipped GPT recipe (its labels config is read, the corpus is not: parsing never touches the text)."""
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "structured_gpt" / "default.yaml").read_text())
+
+
+GPT_PATHS = [p for p in _paths(_gpt_recipe()) if p[0] in ("model", "data", "regularizers")]
+
+
+@PROPERTY
+@given(path=st.sampled_from(GPT_PATHS), value=JUNK, op=st.sampled_from(["replace", "delete"]))
+def test_mutated_gpt_recipe_raises_only_structured_config_error(path, value, op):
+    """The structured_gpt recipe (text data section, tokenizer, block size, concept map) under the same mutations."""
+    recipe = _gpt_recipe()
+    node = recipe
+    for key in path[:-1]:
+        node = node[key]
+    if op == "replace":
+        node[path[-1]] = value
+    else:
+        del node[path[-1]]
+    _only_clear_errors(parse_recipe, recipe)
+
+
 def test_property_tests_reach_the_error_paths():
     """The generators are not vacuous: they produce both valid recipes and each kind of rejection."""
     assert parse_recipe(_base_recipe())
