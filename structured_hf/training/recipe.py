@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +26,15 @@ import datasets
 import yaml
 from transformers import set_seed
 
+from ..data.collators import LMBlockCollator
 from ..data.color_datasets import build_color_dataset, colors_from_spec
+from ..data.color_tasks import ColorTaskCollator, build_color_task_splits
 from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
-from ..errors import StructuredConfigError
-from ..data.color_tasks import ColorTaskCollator, build_color_task_splits
-from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
-from ..data.collators import LMBlockCollator
 from ..data.lm_data import LMDataSpec, build_lm_data
+from ..errors import StructuredConfigError
+from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
 from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
 from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
 from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regularizers, parse_schedules
@@ -97,7 +98,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         raise StructuredConfigError(source, f"expected a YAML mapping at the top level, got {type(raw).__name__}")
     raw = copy.deepcopy(dict(raw))
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+        set_path(raw, key, value, key)
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise StructuredConfigError(source, f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
@@ -134,14 +135,50 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     return recipe
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _regularizer_name(entry: Mapping[str, Any]) -> str:
+    # The same default name the trainer gives a regularizer without one (arguments.RegularizerSpec.from_dict).
+    if entry.get("name"):
+        return str(entry["name"])
+    return f"{entry.get('loss')}:{entry['concept']}" if entry.get("concept") else str(entry.get("loss"))
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
+    """Set ``value`` at a dotted path; list parts are indices or entry ``name``s; missing mapping keys are created."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise StructuredConfigError(dotted, f"cannot set a key inside the non-mapping '{part}'")
-    node[parts[-1]] = value
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "the recipe"
+        if isinstance(node, list):
+            index = _list_index(node, part)
+            if index is None:
+                names = [e.get("name") for e in node if isinstance(e, Mapping) and e.get("name")]
+                raise StructuredConfigError(field, f"'{part}' is neither an index nor the name of an entry of {where} "
+                                                   f"(names: {names})")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise StructuredConfigError(field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} "
+                                               f"{node!r}")
+
+
+def _list_index(items: list, part: str) -> int | None:
+    if re.fullmatch(r"-?\d+", part):
+        i = int(part)
+        return i if -len(items) <= i < len(items) else None
+    for i, entry in enumerate(items):
+        if isinstance(entry, Mapping) and (entry.get("name") == part or _regularizer_name(entry) == part):
+            return i
+    return None
 
 
 def validate_recipe(recipe: Recipe) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StructuredConfigError
-from .recipe import Recipe, parse_recipe
+from .recipe import Recipe, _regularizer_name, parse_recipe, set_path
 
 logger = logging.getLogger(__name__)
 
@@ -155,52 +155,6 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") 
     parsed = SweepSpec(seeds=seeds, regularizer_subsets=subsets, variants=tuple(variants), figures=figures)
     _expand_raw(raw_recipe, parsed, field)  # parses every run: errors surface now, naming the sweep field
     return parsed
-
-
-def _regularizer_name(entry: Mapping[str, Any]) -> str:
-    # The same default name the trainer gives a regularizer without one (arguments.RegularizerSpec.from_dict).
-    if entry.get("name"):
-        return str(entry["name"])
-    return f"{entry.get('loss')}:{entry['concept']}" if entry.get("concept") else str(entry.get("loss"))
-
-
-def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
-    """Set ``value`` at a dotted path; list parts are indices or entry ``name``s; missing mapping keys are created."""
-    parts = dotted.split(".")
-    node: Any = tree
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[:depth]) or "the recipe"
-        if isinstance(node, list):
-            index = _list_index(node, part)
-            if index is None:
-                names = [e.get("name") for e in node if isinstance(e, Mapping) and e.get("name")]
-                raise StructuredConfigError(field, f"'{part}' is neither an index nor the name of an entry of {where} "
-                                                   f"(names: {names})")
-            if last:
-                node[index] = value
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise StructuredConfigError(field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} "
-                                               f"{node!r}")
-
-
-def _list_index(items: list, part: str) -> int | None:
-    if re.fullmatch(r"-?\d+", part):
-        i = int(part)
-        return i if -len(items) <= i < len(items) else None
-    for i, entry in enumerate(items):
-        if isinstance(entry, Mapping) and (entry.get("name") == part or _regularizer_name(entry) == part):
-            return i
-    return None
 
 
 def regularizer_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
