@@ -119,7 +119,7 @@ def tokenize_blocks(
 
     def to_blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], **{c: [] for c in carried}}
-        encoded = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]  # cut into blocks below
         for row, ids in enumerate(encoded):
             ids = [bos, *ids, eos]
             for start in range(0, block_size if truncate else len(ids), block_size):

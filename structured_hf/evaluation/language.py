@@ -77,7 +77,7 @@ def heldout_sets(chunks: datasets.Dataset, concepts: Sequence[str], forget_thres
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """``<|bos|> text <|eos|>`` token ids per text, cut to ``max_length``."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]  # cut below: no length warning
     return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id][:max_length] for x in ids]
 
 
