@@ -54,6 +54,25 @@ class ColumnarDataset(Dataset):
         return [k[len(PROB_PREFIX):] for k in self.columns if k.startswith(PROB_PREFIX)]
 
 
+def as_columns(batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> Mapping[str, torch.Tensor]:
+    """A batch as columns: :class:`ColumnarDataset` already serves them; a list of rows (a plain ``Dataset``
+    without ``__getitems__``) is stacked."""
+    if isinstance(batch, Mapping):
+        return batch
+    return {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in batch[0]}
+
+
+def label_probabilities(batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``{name: float (B,) probabilities}`` from the ``prob_<name>`` columns, with a clear error for a missing one."""
+    out = {}
+    for name in names:
+        key = PROB_PREFIX + name
+        if key not in batch:
+            raise StructuredConfigError("label", f"no column '{key}' for label '{name}'; have {sorted(batch)}")
+        out[name] = batch[key].float()
+    return out
+
+
 class WeakLabelCollator:
     """Turns label probabilities into labels, fresh on every draw.
 
@@ -76,15 +95,9 @@ class WeakLabelCollator:
         self.generator = generator
 
     def __call__(self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not isinstance(batch, Mapping):  # a list of rows (plain Dataset without __getitems__)
-            batch = {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in batch[0]}
+        batch = as_columns(batch)
         colors = batch["colors"].float()
-        concept_labels = {}
-        for name in self.label_names:
-            key = PROB_PREFIX + name
-            if key not in batch:
-                raise StructuredConfigError("label", f"no column '{key}' for label '{name}'; have {sorted(batch)}")
-            concept_labels[name] = batch[key].float()
+        concept_labels = label_probabilities(batch, self.label_names)
         if self.sample:
             concept_labels = draw_labels(concept_labels, self.generator)
         return {"colors": colors, "labels": colors, "concept_labels": concept_labels}
@@ -110,8 +123,7 @@ class LMBlockCollator:
         self.attention_mask = attention_mask
 
     def __call__(self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not isinstance(batch, Mapping):
-            batch = {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in batch[0]}
+        batch = as_columns(batch)
         for key in ("input_ids", "labels", "attention_mask"):
             if key not in batch:
                 raise StructuredConfigError("data", f"language-model blocks need an '{key}' column (see "
@@ -121,12 +133,7 @@ class LMBlockCollator:
                                "token_mask": mask.float()}
         if self.attention_mask:
             out["attention_mask"] = mask.long()
-        concept_labels = {}
-        for name in self.label_names:
-            key = PROB_PREFIX + name
-            if key not in batch:
-                raise StructuredConfigError("label", f"no column '{key}' for label '{name}'; have {sorted(batch)}")
-            concept_labels[name] = batch[key].float()
+        concept_labels = label_probabilities(batch, self.label_names)
         if concept_labels:
             out["concept_labels"] = concept_labels
         return out

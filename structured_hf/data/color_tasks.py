@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import StructuredConfigError
+from .collators import as_columns, label_probabilities
 from .color_datasets import PROB_PREFIX
 from .colors import rgb_grid, to_hsv, to_rgb
 from .labels import FEATURES
@@ -155,15 +156,12 @@ class ColorTaskCollator:
         self.label_names = list(label_names)
 
     def __call__(self, batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not isinstance(batch, Mapping):
-            batch = {k: torch.stack([torch.as_tensor(row[k]) for row in batch]) for k in batch[0]}
-        missing = [n for n in self.label_names if PROB_PREFIX + n not in batch]
-        if missing:
-            raise StructuredConfigError("label", f"no probability column for labels {missing}; have {sorted(batch)}")
+        batch = as_columns(batch)
+        concept_labels = label_probabilities(batch, self.label_names)
         return {
             "op_ids": batch["op"].long(),
             "colors": batch["colors"].float(),
             "operand_mask": batch["operand_mask"].float(),
             "labels": batch["target"].float(),
-            "concept_labels": {n: batch[PROB_PREFIX + n].float() for n in self.label_names},
+            "concept_labels": concept_labels,
         }
