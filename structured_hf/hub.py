@@ -516,14 +516,31 @@ FIGURE_CAPTIONS: dict[str, str] = {
 }
 
 
-def _render_color_card_from_folder(
-    folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
-) -> ModelCard | None:
+def _run_files(folder: Path) -> tuple[Recipe, dict[str, Any]] | None:
+    """A run folder's ``(recipe, metrics)``; ``None`` when either file is missing (nothing to render a card from)."""
     if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
         return None
     recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
-    metrics = json.loads((folder / "metrics.json").read_text())
-    figures = [f for f in files_to_push(folder) if f.endswith((".png", ".svg", ".gif"))]
+    return recipe, json.loads((folder / "metrics.json").read_text())
+
+
+def _optional_text(folder: Path, name: str) -> str | None:
+    path = folder / name
+    return path.read_text() if path.is_file() else None
+
+
+def _figures(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[str]:
+    return [f for f in files_to_push(folder) if f.endswith(suffixes)]
+
+
+def _render_color_card_from_folder(
+    folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
+) -> ModelCard | None:
+    run = _run_files(folder)
+    if run is None:
+        return None
+    recipe, metrics = run
+    figures = _figures(folder, (".png", ".svg", ".gif"))
     return render_color_model_card(recipe, metrics, repo_or_path, include_code=include_code, figures=figures,
                                    dataset_ids=dataset_ids)
 
@@ -622,14 +639,12 @@ def render_color_transformer_card(
 def _render_color_transformer_card_from_folder(
     folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
 ) -> ModelCard | None:
-    if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
+    run = _run_files(folder)
+    if run is None:
         return None
-    recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
-    metrics = json.loads((folder / "metrics.json").read_text())
-    relearning = (folder / "relearning.md").read_text() if (folder / "relearning.md").is_file() else None
-    figures = [f for f in files_to_push(folder) if f.endswith(".png")]
+    recipe, metrics = run
     return render_color_transformer_card(recipe, metrics, repo_or_path, include_code=include_code,
-                                         relearning=relearning, figures=figures)
+                                         relearning=_optional_text(folder, "relearning.md"), figures=_figures(folder))
 
 
 def render_structured_gpt_card(
@@ -723,17 +738,15 @@ def render_structured_gpt_card(
 def _render_structured_gpt_card_from_folder(
     folder: Path, repo_or_path: str, *, include_code: bool, dataset_ids: Sequence[str] | None
 ) -> ModelCard | None:
-    if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
+    run = _run_files(folder)
+    if run is None:
         return None
-    recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
-    metrics = json.loads((folder / "metrics.json").read_text())
-    evaluation = folder / "language_evaluation.json"
-    comparison = folder / "comparison.md"
+    recipe, metrics = run
+    evaluation = _optional_text(folder, "language_evaluation.json")
     return render_structured_gpt_card(
         recipe, metrics, repo_or_path, include_code=include_code, dataset_ids=dataset_ids,
-        evaluation=json.loads(evaluation.read_text()) if evaluation.is_file() else None,
-        comparison=comparison.read_text() if comparison.is_file() else None,
-        figures=[f for f in files_to_push(folder) if f.endswith(".png")])
+        evaluation=json.loads(evaluation) if evaluation is not None else None,
+        comparison=_optional_text(folder, "comparison.md"), figures=_figures(folder))
 
 
 # model_type -> renderer(folder, repo_or_path, *, include_code, dataset_ids) -> card, or None when the folder lacks

@@ -75,6 +75,16 @@ def heldout_sets(chunks: datasets.Dataset, concepts: Sequence[str], forget_thres
     return sets
 
 
+def context_length(model: nn.Module) -> int:
+    """The longest sequence the model takes (its learned positions)."""
+    return int(getattr(model.config, "max_position_embeddings", 1024))
+
+
+def pad_id(tokenizer) -> int:
+    """The id right padding uses (0 for a tokenizer without a pad token: padded targets are -100 anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """``<|bos|> text <|eos|>`` token ids per text, cut to ``max_length``."""
     ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]  # cut below: no length warning
@@ -184,8 +194,7 @@ def evaluate_language_model(model: nn.Module, tokenizer, test_chunks: datasets.D
     """
     concepts = list(concepts) if concepts is not None else anchored_concepts(model, test_chunks)
     sets = heldout_sets(test_chunks, concepts)
-    length = int(getattr(model.config, "max_position_embeddings", 1024))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length, pad = context_length(model), pad_id(tokenizer)
     encoded = {name: encode(tokenizer, texts, length) for name, texts in sets.items()}
     variants = list(variants) if variants is not None else default_variants(model, concepts)
     variants += list(extra_variants)
@@ -230,7 +239,7 @@ def generate_samples(model: nn.Module, tokenizer, prompts: Sequence[str], specs:
     with intervene(model, list(specs)) if specs else contextlib.nullcontext():
         for prompt in prompts:
             enc = tokenizer(prompt, return_tensors="pt")
-            room = int(getattr(model.config, "max_position_embeddings", 1024)) - enc["input_ids"].shape[1]
+            room = context_length(model) - enc["input_ids"].shape[1]
             if room < 1:
                 raise StructuredConfigError("prompt", f"the prompt {prompt!r} fills the model's whole context")
             ids = model.generate(**enc, max_new_tokens=min(max_new_tokens, room), do_sample=False,
@@ -246,8 +255,7 @@ def mean_difference_direction(model: nn.Module, tokenizer, concept_texts: Sequen
                               site: str, batch_size: int = 32) -> torch.Tensor:
     """Unit mean difference of the residual at ``site`` over the real tokens of concept texts vs other texts: the
     direction a practitioner would find after training a model without anchoring."""
-    length = int(getattr(model.config, "max_position_embeddings", 1024))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length, pad = context_length(model), pad_id(tokenizer)
     model.eval()
     means = []
     for texts in (concept_texts, other_texts):
@@ -276,8 +284,7 @@ def lm_relearning_attack(model: nn.Module, tokenizer, attack_texts: Sequence[str
         raise StructuredConfigError("attack_texts", "the relearning attack needs at least one text")
     attacked = copy.deepcopy(model)
     attacked.train()
-    length = int(getattr(model.config, "max_position_embeddings", 1024))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length, pad = context_length(model), pad_id(tokenizer)
     attack = encode(tokenizer, attack_texts, length)
     probes = {name: encode(tokenizer, texts, length) for name, texts in probe_sets.items()}
     optimizer = torch.optim.AdamW(attacked.parameters(), lr=lr, weight_decay=0.0)
@@ -341,8 +348,7 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
 
     site = ConceptMap.parse(anchored.config.concepts)[concept].site
     sets = heldout_sets(test_chunks, [concept])
-    length = int(getattr(anchored.config, "max_position_embeddings", 1024))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length, pad = context_length(anchored), pad_id(tokenizer)
     encoded = {name: encode(tokenizer, texts, length) for name, texts in sets.items()}
     train_sets = heldout_sets(train_chunks, [concept])
     forget_key = f"forget:{concept}"
