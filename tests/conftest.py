@@ -153,3 +153,31 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_help(entry, capsys, monkeypatch) -> tuple[str, list]:
+    """Call a script's ``entry(["--help"])``; returns the printed help and every ArgumentParser that parsed (so a
+    test can check each of their options). Fails unless ``--help`` exits with status 0."""
+    import argparse
+
+    import pytest
+
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
+    with pytest.raises(SystemExit) as exit_info:
+        entry(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out, parsers
+
+
+def assert_every_option_explained(parser, help_text: str, where: str = "") -> None:
+    """Every option (and positional) of ``parser`` has a help text and appears in ``help_text``."""
+    import argparse
+
+    for action in parser._actions:
+        name = (action.option_strings or [action.dest])[0]
+        assert action.help and action.help != argparse.SUPPRESS, f"{where}{name} has no help"
+        assert name in help_text, f"{where}{name} missing from --help"
+

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import load_script, tiny_recipe_dict
+from conftest import assert_every_option_explained, load_script, run_help, tiny_recipe_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_train_script_help_explains_every_option(capsys, monkeypatch):
     train = load_script("train")
-    parsers = []
-    original = argparse.ArgumentParser.parse_args
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
-                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
-    with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--help"])
-    assert exit_info.value.code == 0
-    help_text = capsys.readouterr().out
+    help_text, parsers = run_help(train.parse_args, capsys, monkeypatch)
     (parser,) = parsers
-    for action in parser._actions:
-        assert action.help and action.help != argparse.SUPPRESS, action.option_strings or action.dest
-        assert (action.option_strings or [action.dest])[0] in help_text
+    assert_every_option_explained(parser, help_text)
     assert "--push_to_hub" in help_text and "--hub_model_id" in help_text
     with pytest.raises(SystemExit) as exit_info:  # a repo name without --push_to_hub is a mistake, not a no-op
         train.parse_args(["x.yaml", "--hub_model_id", "me/x"])
@@ -44,22 +34,11 @@ def test_every_script_help_explains_every_option(script, capsys, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses in a script resolve through sys.modules
     spec.loader.exec_module(module)
-    parsers = []
-    original = argparse.ArgumentParser.parse_args
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
-                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
-    entry = getattr(module, "parse_args", None) or module.main
-    with pytest.raises(SystemExit) as exit_info:
-        entry(["--help"])
-    assert exit_info.value.code == 0
-    help_text = capsys.readouterr().out
+    help_text, parsers = run_help(getattr(module, "parse_args", None) or module.main, capsys, monkeypatch)
     assert parsers, f"scripts/{script}.py parsed no arguments"
     for parser in parsers:
         assert parser.description, f"scripts/{script}.py: the parser has no description"
-        for action in parser._actions:
-            name = (action.option_strings or [action.dest])[0]
-            assert action.help and action.help != argparse.SUPPRESS, f"scripts/{script}.py: {name} has no help"
-            assert name in help_text
+        assert_every_option_explained(parser, help_text, f"scripts/{script}.py: ")
 
 
 def test_library_logs_instead_of_printing():

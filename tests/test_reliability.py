@@ -164,18 +164,8 @@ def _paths(node, prefix=()):
 RECIPE_PATHS = list(_paths(_base_recipe()))
 
 
-def _only_clear_errors(fn, *args) -> None:
-    try:
-        fn(*args)
-    except StructuredConfigError as e:
-        assert str(e).strip()
-
-
-@PROPERTY
-@given(path=st.sampled_from(RECIPE_PATHS), value=JUNK, op=st.sampled_from(["replace", "delete", "add"]))
-def test_mutated_recipe_raises_only_structured_config_error(path, value, op):
-    """Any one field of a valid recipe replaced, deleted or joined by junk: a clear error or a valid recipe."""
-    recipe = _base_recipe()
+def _mutated(recipe: dict, path: tuple, value, op: str) -> dict:
+    """``recipe`` with the field at ``path`` replaced by ``value``, deleted, or joined by it (``add``)."""
     node = recipe
     for key in path[:-1]:
         node = node[key]
@@ -187,7 +177,21 @@ def test_mutated_recipe_raises_only_structured_config_error(path, value, op):
         node[f"extra_{str(value)[:6]}"] = value
     else:
         node.append(value)
-    _only_clear_errors(parse_recipe, recipe)
+    return recipe
+
+
+def _only_clear_errors(fn, *args) -> None:
+    try:
+        fn(*args)
+    except StructuredConfigError as e:
+        assert str(e).strip()
+
+
+@PROPERTY
+@given(path=st.sampled_from(RECIPE_PATHS), value=JUNK, op=st.sampled_from(["replace", "delete", "add"]))
+def test_mutated_recipe_raises_only_structured_config_error(path, value, op):
+    """Any one field of a valid recipe replaced, deleted or joined by junk: a clear error or a valid recipe."""
+    _only_clear_errors(parse_recipe, _mutated(_base_recipe(), path, value, op))
 
 
 @PROPERTY
@@ -217,15 +221,7 @@ GPT_PATHS = [p for p in _paths(_gpt_recipe()) if p[0] in ("model", "data", "regu
 @given(path=st.sampled_from(GPT_PATHS), value=JUNK, op=st.sampled_from(["replace", "delete"]))
 def test_mutated_gpt_recipe_raises_only_structured_config_error(path, value, op):
     """The structured_gpt recipe (text data section, tokenizer, block size, concept map) under the same mutations."""
-    recipe = _gpt_recipe()
-    node = recipe
-    for key in path[:-1]:
-        node = node[key]
-    if op == "replace":
-        node[path[-1]] = value
-    else:
-        del node[path[-1]]
-    _only_clear_errors(parse_recipe, recipe)
+    _only_clear_errors(parse_recipe, _mutated(_gpt_recipe(), path, value, op))
 
 
 def test_property_tests_reach_the_error_paths():

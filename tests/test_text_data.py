@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import load_script
+from conftest import assert_every_option_explained, load_script, run_help
 
 from structured_hf.data.label_calibration import (
     DEFAULT_CALIBRATION_SET,
@@ -386,20 +386,9 @@ def test_label_text_script_end_to_end(tmp_path, capsys):
 
 
 def test_label_text_help_explains_every_option(capsys, monkeypatch):
-    import argparse
-
     script = load_script("label_text")
-    parsers = []
-    original = argparse.ArgumentParser.parse_args
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
-                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
-    with pytest.raises(SystemExit) as exit_info:
-        script.parse_args(["--help"])
-    assert exit_info.value.code == 0
-    help_text = capsys.readouterr().out
+    help_text, parsers = run_help(script.parse_args, capsys, monkeypatch)
     (parser,) = parsers
-    for action in parser._actions:
-        assert action.help and action.help != argparse.SUPPRESS, action.option_strings or action.dest
-        assert (action.option_strings or [action.dest])[0] in help_text
+    assert_every_option_explained(parser, help_text)
     with pytest.raises(SystemExit):
         script.parse_args(["--output_dir", "x", "--private"])  # --private without --push_to_hub
