@@ -37,7 +37,13 @@ from ..errors import StructuredConfigError
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
 from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
 from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
-from .arguments import AnchoredTrainingArguments, parse_reactive, parse_regularizers, parse_schedules
+from .arguments import (
+    AnchoredTrainingArguments,
+    RegularizerSpec,
+    parse_reactive,
+    parse_regularizers,
+    parse_schedules,
+)
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description",
@@ -184,11 +190,11 @@ def _list_index(items: list, part: str) -> int | None:
 def validate_recipe(recipe: Recipe) -> None:
     """Parse every part once, so that errors surface before any work starts."""
     model_config(recipe)
-    parse_regularizers(recipe.regularizers)
+    regularizers = parse_regularizers(recipe.regularizers)
     parse_schedules(recipe.schedules)
     parse_reactive(recipe.reactive)
     if model_type(recipe) == "structured_gpt":
-        _validate_lm_recipe(recipe)
+        _validate_lm_recipe(recipe, regularizers)
         _check_training_fields(recipe.training)
         return
     unknown = set(recipe.data) - _DATA_KEYS
@@ -208,7 +214,7 @@ def validate_recipe(recipe: Recipe) -> None:
     _check_training_fields(recipe.training)
 
 
-def _validate_lm_recipe(recipe: Recipe) -> None:
+def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec]) -> None:
     spec = LMDataSpec.from_dict(recipe.data)
     for key in _TOKENIZER_FIELDS:
         if key in recipe.model:
@@ -219,7 +225,7 @@ def _validate_lm_recipe(recipe: Recipe) -> None:
         raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
                                     f"max_position_embeddings {context}")
     concepts = spec.concepts()
-    for i, reg in enumerate(parse_regularizers(recipe.regularizers)):
+    for i, reg in enumerate(regularizers):
         if reg.label is not None and reg.label not in concepts:
             raise StructuredConfigError(f"regularizers[{i}].label", f"unknown label '{reg.label}'; the labels config "
                                         f"has concepts {concepts}")
@@ -264,17 +270,15 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
 
 def model_type(recipe: Recipe) -> str:
     kind = recipe.model.get("type", "color_autoencoder")
-    if kind not in MODEL_TYPES:
+    if not isinstance(kind, str) or kind not in MODEL_TYPES:  # a list or mapping here is unhashable, not just unknown
         raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
     return kind
 
 
 def model_config(recipe: Recipe):
     """The model config the recipe describes (validated, including the concept map)."""
-    spec = dict(recipe.model)
-    kind = spec.pop("type", "color_autoencoder")
-    if kind not in MODEL_TYPES:
-        raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
+    kind = model_type(recipe)
+    spec = {k: v for k, v in recipe.model.items() if k != "type"}
     config_cls, _ = MODEL_TYPES[kind]
     allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
     unknown = set(spec) - allowed
