@@ -54,6 +54,7 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from transformers.utils import logging as hf_logging
 
 from structured_hf.concepts import ConceptMap
+from structured_hf.models.structured_gpt.convert import to_gpt2
 from structured_hf.training import build_trainer, load_recipe
 from structured_hf.training.arguments import parse_regularizers, parse_schedules
 from structured_hf.training.recipe import MODEL_TYPES, Recipe, build_datasets, model_config
@@ -352,35 +353,6 @@ def lm_blocks(num_blocks: int, block_size: int, vocab_size: int, seed: int = 0):
     })
 
 
-def gpt2_with_weights_of(model):
-    """transformers' GPT2LMHeadModel of the same size (tanh GELU, no dropout, tied embeddings) holding ``model``'s
-    weights, so both sides start from the same point and their loss curves can be compared (GPT-2's Conv1D stores W
-    transposed and fuses q, k, v)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = model.config
-    gpt2 = GPT2LMHeadModel(GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.max_position_embeddings, n_embd=c.hidden_size, n_layer=c.num_layers,
-        n_head=c.num_heads, n_inner=c.intermediate_size, activation_function="gelu_new", resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.layer_norm_eps, tie_word_embeddings=True))
-    sd = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight,
-          "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias,
-          "lm_head.weight": model.lm_head.weight}
-    for i, b in enumerate(model.layers):
-        p = f"transformer.h.{i}."
-        sd |= {p + "ln_1.weight": b.ln_1.weight, p + "ln_1.bias": b.ln_1.bias,
-               p + "ln_2.weight": b.ln_2.weight, p + "ln_2.bias": b.ln_2.bias,
-               p + "attn.c_attn.weight": torch.cat([b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight]).T,
-               p + "attn.c_attn.bias": torch.cat([b.attn.q_proj.bias, b.attn.k_proj.bias, b.attn.v_proj.bias]),
-               p + "attn.c_proj.weight": b.attn.o_proj.weight.T, p + "attn.c_proj.bias": b.attn.o_proj.bias,
-               p + "mlp.c_fc.weight": b.mlp.up.weight.T, p + "mlp.c_fc.bias": b.mlp.up.bias,
-               p + "mlp.c_proj.weight": b.mlp.down.weight.T, p + "mlp.c_proj.bias": b.mlp.down.bias}
-    result = gpt2.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
-    if result.unexpected_keys or any("attn.bias" not in k and "masked_bias" not in k for k in result.missing_keys):
-        raise RuntimeError(f"GPT-2 weight copy failed: {result}")
-    return gpt2
-
-
 def _gpt2_collator(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Full blocks: input_ids and labels only (GPT-2 shifts the labels itself), as LMBlockCollator gives ours."""
     return {"input_ids": batch["input_ids"].long(), "labels": batch["labels"].long()}
@@ -412,7 +384,7 @@ def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir
                                  num_heads=size["num_heads"], concepts=gpt_concepts(size["hidden_size"]))
     model = StructuredGPTForCausalLM(config)
     if variant == "gpt2":
-        trainer = Trainer(model=gpt2_with_weights_of(model), args=TrainingArguments(**common),
+        trainer = Trainer(model=to_gpt2(model), args=TrainingArguments(**common),
                           train_dataset=ColumnarDataset(train_dataset), data_collator=_gpt2_collator,
                           callbacks=callbacks)
         # Trainer would pass num_items_in_batch = the count of labels before GPT-2 shifts them (B·T, not B·(T−1)),

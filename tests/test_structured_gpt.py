@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 import structured_hf  # noqa: F401
 from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
+from structured_hf.models.structured_gpt.convert import to_gpt2
 from structured_hf.sites import capture, site_dims
 
 
@@ -19,33 +20,9 @@ def _model(**kw) -> StructuredGPTForCausalLM:
     return StructuredGPTForCausalLM(StructuredGPTConfig(**cfg)).eval()
 
 
-def _gpt2_with_weights_of(m: StructuredGPTForCausalLM) -> GPT2LMHeadModel:
-    """transformers' GPT-2 of the same size, with our weights copied in (GPT-2's Conv1D stores W transposed and
-    fuses q, k, v)."""
-    c = m.config
-    g = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.max_position_embeddings, n_embd=c.hidden_size,
-                                   n_layer=c.num_layers, n_head=c.num_heads, resid_pdrop=0.0, embd_pdrop=0.0,
-                                   attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)).eval()
-    sd = {"transformer.wte.weight": m.wte.weight, "transformer.wpe.weight": m.wpe.weight,
-          "transformer.ln_f.weight": m.ln_f.weight, "transformer.ln_f.bias": m.ln_f.bias,
-          "lm_head.weight": m.lm_head.weight}
-    for i, b in enumerate(m.layers):
-        p = f"transformer.h.{i}."
-        sd |= {p + "ln_1.weight": b.ln_1.weight, p + "ln_1.bias": b.ln_1.bias,
-               p + "ln_2.weight": b.ln_2.weight, p + "ln_2.bias": b.ln_2.bias,
-               p + "attn.c_attn.weight": torch.cat([b.attn.q_proj.weight, b.attn.k_proj.weight, b.attn.v_proj.weight]).T,
-               p + "attn.c_attn.bias": torch.cat([b.attn.q_proj.bias, b.attn.k_proj.bias, b.attn.v_proj.bias]),
-               p + "attn.c_proj.weight": b.attn.o_proj.weight.T, p + "attn.c_proj.bias": b.attn.o_proj.bias,
-               p + "mlp.c_fc.weight": b.mlp.up.weight.T, p + "mlp.c_fc.bias": b.mlp.up.bias,
-               p + "mlp.c_proj.weight": b.mlp.down.weight.T, p + "mlp.c_proj.bias": b.mlp.down.bias}
-    result = g.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
-    assert not result.unexpected_keys and all("attn.bias" in k or "masked_bias" in k for k in result.missing_keys)
-    return g
-
-
 def test_logits_equal_gpt2_with_copied_weights():
     m = _model()
-    g = _gpt2_with_weights_of(m)
+    g = to_gpt2(m).eval()
     x = torch.randint(0, 50, (3, 12))
     ours, theirs = m(x).logits, g(x).logits
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
