@@ -20,12 +20,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 from transformers.utils import logging as hf_logging
 
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation.sweep import parse_seeds
 from structured_hf.training import load_recipe
+from structured_hf.training.recipe import parse_set_overrides
 from structured_hf.training.sweep import expand_sweep, plot_sweep_losses, run_sweep, sweep_figures, write_summary
 
 
@@ -48,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(args.configs) > 1 and not args.output_dir:
             raise StructuredConfigError("--output_dir", "is required with several recipes")
-        overrides = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-            overrides[key] = yaml.safe_load(value)
+        overrides = parse_set_overrides(args.set)
         if args.seeds:
             overrides["sweep.seeds"] = parse_seeds(args.seeds)
         runs, figures = [], args.figures

@@ -19,13 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from transformers.utils import logging as hf_logging
 
 from structured_hf.errors import StructuredConfigError
 from structured_hf.experiment import run_experiment
 from structured_hf.hub import push_output_dir
 from structured_hf.training import load_recipe
+from structured_hf.training.recipe import parse_set_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,12 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_set_overrides(args.set)
     for key, name in (("output_dir", "output_dir"), ("seed", "seed"), ("training.max_steps", "max_steps")):
         if getattr(args, name) is not None:
             overrides[key] = getattr(args, name)

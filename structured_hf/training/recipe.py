@@ -141,6 +141,17 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     return recipe
 
 
+def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["training.max_steps=10", ...]`` (the scripts' ``--set KEY=VALUE``) -> ``{dotted key: YAML-parsed value}``."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def _regularizer_name(entry: Mapping[str, Any]) -> str:
     # The same default name the trainer gives a regularizer without one (arguments.RegularizerSpec.from_dict).
     if entry.get("name"):
