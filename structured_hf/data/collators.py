@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..errors import StructuredConfigError
 from .color_datasets import PROB_PREFIX
+from .tokenizer import SCOPE_PREFIX
 
 
 class ColumnarDataset(Dataset):
@@ -108,6 +109,8 @@ class LMBlockCollator:
 
     Output: ``{"input_ids": (B, T), "labels": (B, T), "token_mask": (B, T) float, "concept_labels": {name: (B,)}}``
     with label *probabilities*; :class:`~structured_hf.training.AnchoredTrainer` draws the 0/1 labels per step.
+    Blocks with ``scope_<name>`` columns (``data.token_scope``) add ``"token_scope": {name: (B, T) float}``: the
+    trainer multiplies each drawn chunk label by it, so the label reaches only the tokens in scope.
 
     Blocks are right-padded only, so the causal mask alone already keeps padding out of every real token's context
     and the padded targets are -100: the model gets no ``attention_mask`` (its fast causal path). The padding mask
@@ -136,7 +139,18 @@ class LMBlockCollator:
         concept_labels = label_probabilities(batch, self.label_names)
         if concept_labels:
             out["concept_labels"] = concept_labels
+        scopes = {n: batch[SCOPE_PREFIX + n].float() for n in self.label_names if SCOPE_PREFIX + n in batch}
+        if scopes:
+            out["token_scope"] = scopes
         return out
+
+
+def scope_labels(concept_labels: dict[str, torch.Tensor], token_scope: Mapping[str, torch.Tensor] | None) -> None:
+    """In place: each ``(B,)`` chunk label with a ``(B, T)`` scope becomes the ``(B, T)`` token label
+    ``label · scope``; labels without a scope stay per chunk (every token of the chunk)."""
+    for name, scope in (token_scope or {}).items():
+        if name in concept_labels and concept_labels[name].ndim == 1:
+            concept_labels[name] = concept_labels[name].unsqueeze(-1) * scope.to(concept_labels[name].device)
 
 
 def draw_labels(probabilities: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

@@ -11,6 +11,15 @@
       tokenizer: {vocab_size: 4096, min_frequency: 2}
       block_size: 128
       filter: {concepts: [violence], threshold: 0.5}        # optional: drop training chunks with prob >= threshold
+      token_scope: {labeler: keywords, mode: after}         # optional: a chunk's label reaches only the tokens
+                                                            # from its first keyword match on (or `window: N` after each)
+
+``token_scope`` makes chunk labels token-level. Without it every token of a labelled chunk carries the label; but a
+causal model's residual at token ``t`` has read only tokens ``<= t``, and a chunk about a battle usually starts with
+"And it came to pass": the label is unlearnable there, and anchoring such tokens teaches the model a constant offset
+on the reserved axis for *all* text. With a scope, each block gets a ``scope_<concept>`` column from the evidence
+spans of a keyword labeler of the labels config (:meth:`KeywordLabeler.spans`), and the trainer multiplies the
+chunk's drawn label by it (the label is still drawn once per chunk, from the chunk's combined probability).
 
 ``filter`` is the data-filtering baseline of M4: the same recipe trained on a corpus without the (weakly) labelled
 chunks. Validation and test splits are never filtered, so every run is evaluated on the same held-out text.
@@ -25,6 +34,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +44,17 @@ from transformers import PreTrainedTokenizerFast
 
 from ..errors import StructuredConfigError
 from .color_datasets import PROB_PREFIX
+from .text_labelers import KeywordLabeler, build_labeler
 from .text_pipeline import build_labelled_dataset, load_label_config
-from .tokenizer import tokenize_blocks, train_bpe_tokenizer
+from .tokenizer import SCOPE_MODES, SpanFinder, tokenize_blocks, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
-LM_DATA_KEYS = {"text", "tokenizer", "block_size", "filter"}
+LM_DATA_KEYS = {"text", "tokenizer", "block_size", "filter", "token_scope"}
 _TEXT_KEYS = {"labels_config", "labelers", "labelled", "max_chunks"}
 _TOKENIZER_KEYS = {"vocab_size", "min_frequency"}
 _FILTER_KEYS = {"concepts", "threshold"}
+_SCOPE_KEYS = {"labeler", "mode", "window"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,9 @@ class LMDataSpec:
     block_size: int = 128
     filter_concepts: tuple[str, ...] = ()
     filter_threshold: float = 0.5
+    scope_labeler: str | None = None
+    scope_mode: str = "after"
+    scope_window: int = 32
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LMDataSpec:
@@ -68,6 +83,13 @@ class LMDataSpec:
         text = _mapping(data.get("text"), "data.text", _TEXT_KEYS)
         tok = _mapping(data.get("tokenizer"), "data.tokenizer", _TOKENIZER_KEYS)
         filt = _mapping(data.get("filter"), "data.filter", _FILTER_KEYS)
+        scope = _mapping(data.get("token_scope"), "data.token_scope", _SCOPE_KEYS)
+        if scope and not isinstance(scope.get("labeler"), str):
+            raise StructuredConfigError("data.token_scope.labeler", "name the keyword labeler (of the labels config) "
+                                        f"whose matches are the token-level evidence, got {scope.get('labeler')!r}")
+        if scope.get("mode", "after") not in SCOPE_MODES:
+            raise StructuredConfigError("data.token_scope.mode", f"expected one of {SCOPE_MODES}, "
+                                        f"got {scope.get('mode')!r}")
         labels_config = text.get("labels_config", cls.labels_config)
         if not isinstance(labels_config, (str, Mapping)):
             raise StructuredConfigError("data.text.labels_config", f"expected a path or a mapping, got {labels_config!r}")
@@ -97,6 +119,9 @@ class LMDataSpec:
             block_size=_positive_int(data.get("block_size", 128), "data.block_size"),
             filter_concepts=tuple(concepts),
             filter_threshold=float(threshold),
+            scope_labeler=scope.get("labeler"),
+            scope_mode=scope.get("mode", "after"),
+            scope_window=_positive_int(scope.get("window", 32), "data.token_scope.window"),
         )
         if spec.block_size < 2:
             raise StructuredConfigError("data.block_size", f"expected >= 2, got {spec.block_size}")
@@ -110,6 +135,21 @@ class LMDataSpec:
 
     def concepts(self) -> list[str]:
         return [str(c) for c in self.label_config()["concepts"]]
+
+    def scope_spans(self) -> dict[str, SpanFinder]:
+        """Concept -> evidence span finder of the ``token_scope`` labeler (empty without a scope)."""
+        if self.scope_labeler is None:
+            return {}
+        config = self.label_config()
+        labelers = config.get("labelers") or {}
+        if self.scope_labeler not in labelers:
+            raise StructuredConfigError("data.token_scope.labeler", f"no labeler '{self.scope_labeler}' in the "
+                                        f"labels config; it has {sorted(labelers)}")
+        labeler = build_labeler(self.scope_labeler, labelers[self.scope_labeler], config["concepts"])
+        if not isinstance(labeler, KeywordLabeler):
+            raise StructuredConfigError("data.token_scope.labeler", f"'{self.scope_labeler}' is a {labeler.type} "
+                                        "labeler; token-level evidence needs a keyword labeler (it finds spans)")
+        return {c: partial(labeler.spans, concept=c) for c in labeler.concepts}
 
 
 def _mapping(value: Any, field_name: str, allowed: set[str]) -> dict[str, Any]:
@@ -192,7 +232,8 @@ def build_lm_data(spec: LMDataSpec, progress: bool = False
     chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
         raise StructuredConfigError("data", "the training split is empty (after filtering)")
-    blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size)
+    blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size, scope_spans=spec.scope_spans(),
+                             scope_mode=spec.scope_mode, scope_window=spec.scope_window)
     return chunks, tokenizer, blocks
 
 

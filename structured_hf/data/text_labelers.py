@@ -337,6 +337,19 @@ class KeywordLabeler(TextLabeler):
             text = exclude.sub(" ", text)
         return [m.group(0) for m in match.finditer(text)]
 
+    def spans(self, text: str, concept: str) -> list[tuple[int, int]]:
+        """Character ``(start, end)`` of every match in ``text`` itself: token-level evidence for a concept.
+
+        Excluded idioms are blanked with as many spaces as they have characters (``count`` collapses them to one),
+        so the offsets index the original text.
+        """
+        match, exclude = self._compiled[concept]
+        if match is None:
+            return []
+        if exclude is not None:
+            text = exclude.sub(lambda m: " " * len(m.group(0)), text)
+        return [m.span() for m in match.finditer(text)]
+
     def score(self, texts: Sequence[str]) -> dict[str, LabelerOutput]:
         out = {}
         for concept, lex in self.lexicons.items():

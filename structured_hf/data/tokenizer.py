@@ -10,7 +10,7 @@ encoded the same way at generation time look like training data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 IGNORE_INDEX = -100  # transformers' causal-LM losses skip this label
+SCOPE_PREFIX = "scope_"  # per-token 0/1 column: the tokens of a block a chunk label applies to
+SCOPE_MODES = ("after", "window")
+
+SpanFinder = Callable[[str], list[tuple[int, int]]]
+"""A text -> character spans of a concept's evidence (e.g. :meth:`KeywordLabeler.spans`)."""
 
 
 def train_bpe_tokenizer(
@@ -83,6 +88,9 @@ def tokenize_blocks(
     keep_columns: Sequence[str] = ("id",),
     batch_size: int = 1000,
     truncate: bool = False,
+    scope_spans: Mapping[str, SpanFinder] | None = None,
+    scope_mode: str = "after",
+    scope_window: int = 32,
 ) -> datasets.DatasetDict | datasets.Dataset:
     """Labelled chunks -> fixed-length blocks for causal-LM training, one chunk's label probabilities per block.
 
@@ -100,15 +108,21 @@ def tokenize_blocks(
         batch_size: chunks per ``datasets.map`` batch.
         truncate: keep only each chunk's first block (drops the tail of chunks longer than a block instead of
             making a mostly-padded extra block).
+        scope_spans: concept -> evidence finder; adds a ``scope_<concept>`` column per block (see
+            :func:`token_scope`), so that a chunk's label reaches only the tokens that can know about the concept.
+        scope_mode, scope_window: how evidence tokens become a scope (:func:`token_scope`).
     """
     if block_size < 2:
         raise StructuredConfigError("block_size", f"expected >= 2, got {block_size}")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(tokenizer, name) is None:
             raise StructuredConfigError("tokenizer", f"{name} is not set; train it with train_bpe_tokenizer")
+    if scope_mode not in SCOPE_MODES:
+        raise StructuredConfigError("scope.mode", f"expected one of {SCOPE_MODES}, got {scope_mode!r}")
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict({
-            split: tokenize_blocks(ds, tokenizer, block_size, text_column, keep_columns, batch_size, truncate)
+            split: tokenize_blocks(ds, tokenizer, block_size, text_column, keep_columns, batch_size, truncate,
+                                   scope_spans, scope_mode, scope_window)
             for split, ds in dataset.items()
         })
     if text_column not in dataset.column_names:
@@ -116,12 +130,19 @@ def tokenize_blocks(
     carried = [c for c in dataset.column_names if c.startswith(PROB_PREFIX)]
     carried += [c for c in keep_columns if c in dataset.column_names and c not in carried]
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    scoped = {SCOPE_PREFIX + c: find for c, find in (scope_spans or {}).items()}
 
     def to_blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], **{c: [] for c in carried}}
-        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]  # cut into blocks below
-        for row, ids in enumerate(encoded):
+        out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [],
+                                     **{c: [] for c in [*carried, *scoped]}}
+        # cut into blocks below
+        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False,
+                            return_offsets_mapping=bool(scoped))
+        for row, ids in enumerate(encoded["input_ids"]):
             ids = [bos, *ids, eos]
+            # Evidence per token of [bos, text, eos]: the special tokens cover no characters.
+            hits = {c: np.concatenate([[False], span_hits(encoded["offset_mapping"][row], find(batch[text_column][row])),
+                                       [False]]) for c, find in scoped.items()}
             for start in range(0, block_size if truncate else len(ids), block_size):
                 piece = ids[start:start + block_size]
                 n_pad = block_size - len(piece)
@@ -130,6 +151,10 @@ def tokenize_blocks(
                 out["labels"].append(piece + [IGNORE_INDEX] * n_pad)
                 for c in carried:
                     out[c].append(batch[c][row])
+                for c, hit in hits.items():
+                    # Per block: the model sees only its own block, so evidence in an earlier block does not count.
+                    scope = token_scope(hit[start:start + len(piece)], scope_mode, scope_window)
+                    out[c].append(np.concatenate([scope, np.zeros(n_pad, dtype=np.int8)]).tolist())
         return out
 
     features = datasets.Features({
@@ -137,6 +162,7 @@ def tokenize_blocks(
         "attention_mask": datasets.List(datasets.Value("int8"), length=block_size),
         "labels": datasets.List(datasets.Value("int32"), length=block_size),
         **{c: dataset.features[c] for c in carried},
+        **{c: datasets.List(datasets.Value("int8"), length=block_size) for c in scoped},
     })
     blocks = dataset.map(to_blocks, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
                          features=features, desc=f"tokenizing into {block_size}-token blocks")
@@ -147,4 +173,36 @@ def tokenize_blocks(
     return blocks
 
 
-__all__ = ["BOS", "EOS", "IGNORE_INDEX", "PAD", "tokenize_blocks", "train_bpe_tokenizer"]
+def span_hits(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(n_tokens,)`` bool: the tokens whose characters ``[start, end)`` overlap any of ``spans``."""
+    hit = np.zeros(len(offsets), dtype=bool)
+    if not spans or not len(offsets):
+        return hit
+    starts, ends = np.asarray(offsets, dtype=np.int64).T
+    for a, b in spans:
+        hit |= (starts < b) & (ends > a)
+    return hit
+
+
+def token_scope(hits: np.ndarray, mode: str = "after", window: int = 32) -> np.ndarray:
+    """``(n,)`` int8: the tokens a chunk's label applies to, given the tokens that carry evidence (``hits``).
+
+    A causal model's residual at token ``t`` sees tokens ``<= t`` only, so a chunk-level label is learnable there
+    only once the evidence has been read. ``after``: every token from the first evidence token on; ``window``: each
+    evidence token and the ``window - 1`` tokens after it.
+    """
+    hits = np.asarray(hits, dtype=bool)
+    if mode == "after":
+        return np.maximum.accumulate(hits).astype(np.int8) if hits.size else hits.astype(np.int8)
+    if mode == "window":
+        if window < 1:
+            raise StructuredConfigError("scope.window", f"expected >= 1, got {window}")
+        # Tokens since the last hit (inclusive count): in scope while fewer than `window`.
+        idx = np.arange(hits.size)
+        last = np.maximum.accumulate(np.where(hits, idx, -1))
+        return ((last >= 0) & (idx - last < window)).astype(np.int8)
+    raise StructuredConfigError("scope.mode", f"expected one of {SCOPE_MODES}, got {mode!r}")
+
+
+__all__ = ["BOS", "EOS", "IGNORE_INDEX", "PAD", "SCOPE_MODES", "SCOPE_PREFIX", "span_hits", "token_scope",
+           "tokenize_blocks", "train_bpe_tokenizer"]

@@ -38,7 +38,7 @@ from transformers.training_args import OptimizerNames
 from transformers.utils import is_sagemaker_mp_enabled
 
 from ..concepts import ConceptMap, ConceptSpec
-from ..data.collators import ColumnarDataset, WeakLabelCollator
+from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
@@ -157,6 +157,10 @@ class AnchoredTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._draw_window_labels(batch_samples)
+        for batch in batch_samples:  # token-level labels (data.token_scope): drawn chunk label x the chunk's scope
+            scope = batch.pop("token_scope", None)
+            if scope is not None and "concept_labels" in batch:
+                scope_labels(batch["concept_labels"], scope)
         self._window = self._window_totals(batch_samples, device)
         return batch_samples, num_items_in_batch
 
@@ -232,6 +236,8 @@ class AnchoredTrainer(Trainer):
         concept_labels: dict[str, torch.Tensor] = inputs.pop("concept_labels", None) or {}
         # (B, T) 1 for real tokens, 0 for padding (LMBlockCollator): padded positions stay out of the regularizers.
         token_mask: torch.Tensor | None = inputs.pop("token_mask", None)
+        # Outside training the scope is still attached (get_batch_samples applies it to drawn training labels).
+        scope_labels(concept_labels, inputs.pop("token_scope", None))
         acts = self._run_acts
         if acts is not None:  # inside train(): the recorders are already attached
             acts.clear()
@@ -260,10 +266,15 @@ class AnchoredTrainer(Trainer):
             if weight == 0.0:
                 continue  # RESEARCH §3: a weight of 0 skips the term (and its cost)
             x = acts[reg.site]
+            # Token-level labels ((B, T), data.token_scope) count tokens; chunk labels ((B,)) count samples.
+            per_token = bool(reg.spec.label) and concept_labels[reg.spec.label].ndim == 2
+            if per_token and (x.ndim != 3 or reg.spec.positions is not None):
+                raise StructuredConfigError(f"regularizers.{reg.spec.name}", "token-level labels (data.token_scope) "
+                                            "need a per-token site and all positions")
             if reg.spec.label:
                 count = totals[reg.spec.label]
-                if reg.spec.negate_label:  # the samples without the label
-                    count = totals[_SAMPLES] - count
+                if reg.spec.negate_label:  # the samples (tokens) without the label
+                    count = totals[_SAMPLES] * (x.shape[1] if per_token else 1) - count
                 if count == 0:
                     # No labelled sample in the whole window: Σ w·ℓ / Σ w is exactly 0 with a zero gradient (the
                     # selective reduction's where()), so skip computing ℓ at all. Most steps of the default recipe
@@ -280,9 +291,12 @@ class AnchoredTrainer(Trainer):
                 labels = concept_labels[reg.spec.label]
                 if reg.spec.negate_label:
                     labels = 1.0 - labels
-                if per_row > 1:
-                    labels = labels.repeat_interleave(per_row)
-                denom = count * per_row
+                if per_token:
+                    labels, denom = labels.reshape(-1), count
+                else:
+                    if per_row > 1:
+                        labels = labels.repeat_interleave(per_row)
+                    denom = count * per_row
             else:
                 labels, denom = None, totals[_SAMPLES] * per_row
             if mask is not None:

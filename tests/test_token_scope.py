@@ -1,0 +1,135 @@
+"""Token-level labels (``data.token_scope``): keyword evidence spans -> per-token scope columns -> the trainer's
+regularizers act on the scoped tokens of a labelled chunk only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_lm_training import labels_config, tiny_recipe
+
+from structured_hf.data.collators import LMBlockCollator, scope_labels
+from structured_hf.data.lm_data import LMDataSpec
+from structured_hf.data.text_labelers import KeywordLabeler
+from structured_hf.data.tokenizer import span_hits, token_scope
+from structured_hf.errors import StructuredConfigError
+from structured_hf.sites import capture_modules, resolve_sites
+from structured_hf.training.recipe import build_lm_datasets, build_trainer, parse_recipe
+
+SCOPE = {"labeler": "keywords", "mode": "after"}
+
+
+def test_scope_modes_follow_the_evidence():
+    hits = np.array([0, 0, 1, 0, 0, 0, 1, 0], dtype=bool)
+    assert token_scope(hits, "after").tolist() == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert token_scope(hits, "window", window=2).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert token_scope(hits, "window", window=1).tolist() == hits.astype(int).tolist()
+    assert token_scope(np.zeros(5, dtype=bool), "after").tolist() == [0] * 5
+    assert token_scope(np.zeros(0, dtype=bool), "after").tolist() == []
+    with pytest.raises(StructuredConfigError, match="scope.mode"):
+        token_scope(hits, "before")
+    with pytest.raises(StructuredConfigError, match="scope.window"):
+        token_scope(hits, "window", window=0)
+
+
+def test_span_hits_marks_overlapping_tokens():
+    offsets = [(0, 3), (3, 8), (8, 9), (9, 14)]
+    assert span_hits(offsets, [(4, 6)]).tolist() == [False, True, False, False]
+    assert span_hits(offsets, [(2, 9)]).tolist() == [True, True, True, False]
+    assert span_hits(offsets, []).tolist() == [False] * 4
+
+
+def test_keyword_spans_index_the_original_text():
+    labeler = KeywordLabeler("kw", {"violence": {"words": ["slay*", "sword"], "exclude": [r"slew the (lamb|ram)"],
+                                                 "patterns": ["put (him|them) to death"]}})
+    # The excluded idiom comes first, so blanking it must keep the later offsets of the original text.
+    text = "He slew the lamb. Then they slayed him with a sword and put them to death."
+    spans = labeler.spans(text, "violence")
+    assert [text[a:b] for a, b in spans] == ["slayed", "sword", "put them to death"]
+    assert len(spans) == labeler.count(text, "violence")
+    assert labeler.spans("a quiet morning", "violence") == []
+
+
+def test_scope_columns_mark_tokens_from_the_first_keyword_on(tmp_path):
+    recipe = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": SCOPE}))
+    _, tokenizer, blocks = build_lm_datasets(recipe)
+    train = blocks["train"].with_format("numpy")
+    scope, mask = np.asarray(train["scope_violence"]), np.asarray(train["attention_mask"])
+    probs = np.asarray(train["prob_violence"])
+    assert not (scope & (mask == 0)).any(), "padding is never in scope"
+    assert not scope[probs == 0].any(), "chunks without a keyword have no scoped token"
+    # 'after' scopes switch off only where the padding starts
+    assert ((np.diff(scope, axis=1) >= 0) | (mask[:, 1:] == 0)).all()
+    labelled = np.flatnonzero(scope.any(axis=1) & (np.asarray(train["input_ids"])[:, 0] == tokenizer.bos_token_id))
+    assert len(labelled) > 10
+    keywords = KeywordLabeler("keywords", labels_config(tmp_path / "corpus")["labelers"]["keywords"]["lexicon"])
+    for i in labelled[:20]:
+        ids, first = train[int(i)]["input_ids"], int(np.argmax(scope[i]))
+        block = tokenizer.decode(ids, skip_special_tokens=True)
+        # nothing before the first scoped token is evidence, and that token is part of a keyword match
+        assert keywords.count(tokenizer.decode(ids[:first], skip_special_tokens=True), "violence") == 0
+        piece = tokenizer.decode(ids[first:first + 1]).strip().lower()
+        assert piece and any(piece in m.lower() for m in keywords.matches(block, "violence"))
+
+
+def test_token_scope_errors_name_the_field(tmp_path):
+    with pytest.raises(StructuredConfigError, match="data.token_scope.labeler"):
+        parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": {"mode": "after"}}))
+    with pytest.raises(StructuredConfigError, match="data.token_scope.mode"):
+        parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": {"labeler": "keywords", "mode": "all"}}))
+    with pytest.raises(StructuredConfigError, match="data.token_scope.window"):
+        LMDataSpec.from_dict({"token_scope": {"labeler": "keywords", "mode": "window", "window": 0}})
+    with pytest.raises(StructuredConfigError, match="unknown keys"):
+        LMDataSpec.from_dict({"token_scope": {"labeler": "keywords", "span": 3}})
+    recipe = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": {"labeler": "vader"}}))
+    with pytest.raises(StructuredConfigError, match="no labeler 'vader'"):
+        build_lm_datasets(recipe)
+
+
+def test_regularizers_average_over_scoped_tokens_only(tmp_path):
+    recipe = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": SCOPE, "training.max_steps": 1}))
+    trainer = build_trainer(recipe)
+    rows = trainer.train_dataset.__getitems__(list(range(16)))
+    batch = LMBlockCollator(["violence"])(rows)
+    scope = batch["token_scope"]["violence"]
+    assert scope.shape == batch["input_ids"].shape and 0 < scope.sum() < batch["token_mask"].sum()
+    model = trainer.model.eval()
+    trainer._accumulate = lambda t: None
+
+    def term(name: str, chunk_labels: torch.Tensor) -> float:
+        trainer.hparams.update({"anchor": 0.0, "clear": 0.0, "reconstruction": 0.0, name: 1.0})
+        inputs = dict(batch, concept_labels={"violence": chunk_labels.clone()},
+                      token_scope={"violence": scope.clone()})
+        with torch.no_grad():
+            return float(trainer.compute_loss(model, inputs))
+
+    site = "layers.0.residual_post"
+    with torch.no_grad(), capture_modules(resolve_sites(model, [site])) as acts:
+        model(input_ids=batch["input_ids"])
+    x = acts[site]
+    cos = x[..., 0] / x.norm(dim=-1)
+    labels = torch.ones(16)
+    token_labels = scope * batch["token_mask"]
+    # anchor: mean of 1 - cos over the scoped tokens; clear: share of axis 0 over the others (padding is masked out
+    # of the sum, the denominator counts every position that is not labelled)
+    expected_anchor = float(((1 - cos) * token_labels).sum() / token_labels.sum())
+    share = x[..., 0].square() / x.square().sum(-1)
+    not_labelled = 1.0 - scope
+    expected_clear = float((share * not_labelled * batch["token_mask"]).sum() / not_labelled.sum())
+    assert term("anchor", labels) == pytest.approx(expected_anchor, rel=1e-5)
+    assert term("clear", labels) == pytest.approx(expected_clear, rel=1e-5)
+    # a chunk drawn unlabelled contributes none of its scoped tokens
+    half = torch.tensor([1.0, 0.0] * 8)
+    kept = scope * half[:, None]
+    expected_half = float(((1 - cos) * kept).sum() / kept.sum())
+    assert term("anchor", half) == pytest.approx(expected_half, rel=1e-5)
+
+
+def test_scope_labels_turns_chunk_labels_into_token_labels():
+    labels = {"violence": torch.tensor([1.0, 0.0]), "deception": torch.tensor([1.0, 1.0])}
+    scope = {"violence": torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])}
+    scope_labels(labels, scope)
+    assert labels["violence"].tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert labels["deception"].tolist() == [1.0, 1.0]  # no scope: still one label per chunk
+    scope_labels(labels, scope)  # idempotent: already token-level labels are left alone
+    assert labels["violence"].shape == (2, 3)
