@@ -164,6 +164,15 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
     assert tokenizer("He slew them")["input_ids"][0] == tokenizer.bos_token_id
     assert model.config.vocab_size == len(tokenizer) and model.config.pad_token_id == tokenizer.pad_token_id
     assert metrics["eval_perplexity"] < 20.0  # the synthetic corpus is very repetitive; untrained is ~300
+    # the perplexity is the language model's alone: the regularizer terms are in the objective, not in eval_loss
+    assert metrics["eval_perplexity"] == pytest.approx(np.exp(metrics["eval_loss"]))
+    assert metrics["eval_objective"] > metrics["eval_loss"] + 1e-3
+    _, _, blocks = build_lm_datasets(_recipe)
+    val = blocks["validation"].with_format("torch")
+    with torch.no_grad():  # Trainer's eval_loss: the mean of per-batch mean token losses, weighted by batch size
+        losses = [model(input_ids=val[i:i + 8]["input_ids"].long(), labels=val[i:i + 8]["labels"].long()).loss
+                  * len(val[i:i + 8]["input_ids"]) for i in range(0, len(val), 8)]
+    assert metrics["eval_loss"] == pytest.approx(float(sum(losses)) / len(val), rel=1e-4)
     report = json.loads((out / "language_evaluation.json").read_text())
     assert report["sets"]["forget:violence"]["chunks"] > 5 and report["sets"]["retain"]["chunks"] > 5
     cos = report["cosines"]["violence"]
