@@ -218,6 +218,30 @@ def test_trained_wheel_suppression_raises_red_error_and_spares_the_far_side(tiny
     assert result["scores"]["suppress:red"] > 0.5
 
 
+
+def test_not_red_labels_even_the_wheel_so_suppression_follows_similarity(repo_root, tmp_path):
+    """The full ex2.4.3 recipe (1501 real steps, seed 0, ~8 s): with the green/blue half of the wheel labelled "not
+    red", hard suppression of red gives r²(MSE vs sim²) >= 0.98 on the 10³ grid (ex2.4.1's recipe: 0.89 at seed 0),
+    the b = 1.4 falloff keeps r² >= 0.98 and pushes red's error over 0.25, and every named color with x·red <= 0
+    (the whole far side of the wheel) reconstructs bit-identically."""
+    from structured_hf.evaluation.relearning import train_recipe
+    from structured_hf.training import load_recipe
+
+    recipe = load_recipe(repo_root / "configs/color_autoencoder/ex2.4.3-suppress-red-not-red-labels.yaml",
+                         {"output_dir": str(tmp_path), "training.disable_tqdm": True})
+    model, _ = train_recipe(recipe)
+    strong = "suppress:red:a=0.0,b=1.4,p=0.0"
+    result = evaluate_variants(build_variants(model, ["suppress:red", strong]), grid_size=10)
+    base = result["named_color_mse"]["baseline"]
+    assert max(base.values()) <= 2.0e-3, base
+    assert result["scores"]["suppress:red"] >= 0.98, result["scores"]
+    assert result["scores"][strong] >= 0.98, result["scores"]
+    assert result["named_color_mse"][strong]["red"] >= 0.25
+    for name in ("suppress:red", strong):
+        untouched = result["untouched"][name]
+        assert {"green", "teal", "cyan", "azure", "blue"} <= set(untouched["colors"]), untouched
+        assert untouched["bit_identical"]
+
 def test_relearning_study_pipeline_with_given_models(tiny_recipe):
     """The study's plumbing (delete, heal, post-hoc projection, attacks, table) on untrained stand-in models."""
     from structured_hf.evaluation.relearning import relearning_study, relearning_table
