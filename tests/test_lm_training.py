@@ -90,9 +90,10 @@ def tiny_recipe(tmp_path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One real anchored training run of a tiny GPT on the synthetic corpus (shared by the tests below)."""
+    """One real anchored training run of a tiny GPT on the synthetic corpus (shared by the tests below), with
+    token-level labels as in the shipped recipe: a violent chunk's label reaches its tokens from the first keyword on."""
     tmp_path = tmp_path_factory.mktemp("lm")
-    recipe = parse_recipe(tiny_recipe(tmp_path))
+    recipe = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": {"labeler": "keywords", "mode": "after"}}))
     metrics = run_experiment(recipe, figures=False)
     return tmp_path, recipe, metrics
 
