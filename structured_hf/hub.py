@@ -728,11 +728,23 @@ def render_structured_gpt_card(
         eval_loss=_fmt(metrics.get("eval_loss", float("nan"))),
         eval_perplexity=_fmt(metrics.get("eval_perplexity", float("nan"))),
         labelers=", ".join(f"`{x}`" for x in text.get("labelers") or ["every labeler of the labels config"]),
+        token_scope=_token_scope_text(data.get("token_scope")),
         regularizers=reg_rows, schedules={k: _schedule_text(v) for k, v in recipe.schedules.items()},
         has_curves="training_curves.png" in figures,
         evaluation=language_markdown(evaluation) if evaluation else "Not evaluated (run `scripts/evaluate.py`).",
         comparison=comparison,
     )
+
+
+def _token_scope_text(scope: Mapping[str, Any] | None) -> str:
+    """Which tokens of a labelled chunk a drawn label reaches (``data.token_scope`` of a structured_gpt recipe)."""
+    if not scope:
+        return "all tokens of the chunks that drew it (padding excluded)"
+    evidence = f"the `{scope.get('labeler')}` labeler's matches"
+    if scope.get("mode", "after") == "window":
+        return f"only each of {evidence} and the {scope.get('window', 32) - 1} tokens after it (token-level labels)"
+    return f"only the tokens from the first of {evidence} on (token-level labels: a causal model has read nothing " \
+           "about the concept before)"
 
 
 def _render_structured_gpt_card_from_folder(

@@ -187,6 +187,7 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
     assert (out / "language_evaluation.md").read_text().startswith("| variant |")
     card = (out / "README.md").read_text()
     assert "library_name: structured_hf" in card and "| ablate:violence |" in card and "{{" not in card
+    assert "from the first of the `keywords` labeler's matches on" in card  # the token-level labels are described
     assert f"{metrics['eval_perplexity']:.4g}"[:4] in card
 
 
