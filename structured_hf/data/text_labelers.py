@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,31 +324,26 @@ class KeywordLabeler(TextLabeler):
             self.lexicons[concept] = lex
             self._compiled[concept] = lex.compile(field)
 
-    def count(self, text: str, concept: str) -> int:
+    def _finditer(self, text: str, concept: str, keep_offsets: bool = False) -> Iterator[re.Match]:
+        """The concept's matches after its excluded idioms are blanked: to one space, or with ``keep_offsets`` to as
+        many spaces as they have characters, so that the match offsets index ``text`` itself."""
         match, exclude = self._compiled[concept]
+        if match is None:
+            return iter(())
         if exclude is not None:
-            text = exclude.sub(" ", text)
-        return sum(1 for _ in match.finditer(text)) if match is not None else 0
+            text = exclude.sub((lambda m: " " * len(m.group(0))) if keep_offsets else " ", text)
+        return match.finditer(text)
+
+    def count(self, text: str, concept: str) -> int:
+        return sum(1 for _ in self._finditer(text, concept))
 
     def matches(self, text: str, concept: str) -> list[str]:
         """The matched strings (for reports and debugging)."""
-        match, exclude = self._compiled[concept]
-        if exclude is not None:
-            text = exclude.sub(" ", text)
-        return [m.group(0) for m in match.finditer(text)]
+        return [m.group(0) for m in self._finditer(text, concept)]
 
     def spans(self, text: str, concept: str) -> list[tuple[int, int]]:
-        """Character ``(start, end)`` of every match in ``text`` itself: token-level evidence for a concept.
-
-        Excluded idioms are blanked with as many spaces as they have characters (``count`` collapses them to one),
-        so the offsets index the original text.
-        """
-        match, exclude = self._compiled[concept]
-        if match is None:
-            return []
-        if exclude is not None:
-            text = exclude.sub(lambda m: " " * len(m.group(0)), text)
-        return [m.span() for m in match.finditer(text)]
+        """Character ``(start, end)`` of every match in ``text`` itself: token-level evidence for a concept."""
+        return [m.span() for m in self._finditer(text, concept, keep_offsets=True)]
 
     def score(self, texts: Sequence[str]) -> dict[str, LabelerOutput]:
         out = {}

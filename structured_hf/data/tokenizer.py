@@ -135,7 +135,7 @@ def tokenize_blocks(
     def to_blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [],
                                      **{c: [] for c in [*carried, *scoped]}}
-        # cut into blocks below
+        # Whole chunks, cut into blocks below (offsets only when scope columns need them).
         encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False,
                             return_offsets_mapping=bool(scoped))
         for row, ids in enumerate(encoded["input_ids"]):
