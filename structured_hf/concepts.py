@@ -117,13 +117,18 @@ class ConceptSpec:
 
 def _parse_direction(value: Any, field: str) -> tuple[float, ...]:
     if isinstance(value, Mapping):
-        # Shorthand for wide sites: {one_hot: 0, width: 64} is the unit vector along axis 0 of a 64-wide site.
+        # Shorthand for wide sites: {one_hot: 0, width: 64} is the unit vector along axis 0 of a 64-wide site;
+        # {one_hot: [0, 1, 2, 3], width: 64} is the diagonal of those axes (equal weights; angular losses and
+        # interventions normalise it), for a concept spread over a block of reserved axes.
         if set(value) != {"one_hot", "width"}:
-            raise StructuredConfigError(field, f"a mapping direction is {{one_hot: AXIS, width: N}}, got {dict(value)!r}")
-        axis, width = value["one_hot"], value["width"]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (axis, width)) or not 0 <= axis < width:
-            raise StructuredConfigError(field, f"expected integers 0 <= one_hot < width, got {dict(value)!r}")
-        return tuple(1.0 if i == axis else 0.0 for i in range(width))
+            raise StructuredConfigError(field, f"a mapping direction is {{one_hot: AXIS or [AXES], width: N}}, got "
+                                        f"{dict(value)!r}")
+        axes, width = value["one_hot"], value["width"]
+        axes = [axes] if not isinstance(axes, (list, tuple)) else list(axes)
+        if (not axes or not all(isinstance(x, int) and not isinstance(x, bool) for x in [*axes, width])
+                or not all(0 <= a < width for a in axes) or len(set(axes)) != len(axes)):
+            raise StructuredConfigError(field, f"expected distinct integers 0 <= one_hot < width, got {dict(value)!r}")
+        return tuple(1.0 if i in axes else 0.0 for i in range(width))
     if not isinstance(value, (list, tuple)) or not value:
         raise StructuredConfigError(field, f"expected a non-empty list of numbers, got {value!r}")
     out = []

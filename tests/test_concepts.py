@@ -201,3 +201,18 @@ def test_a_direction_that_passes_validation_has_a_finite_unit_vector(direction):
     unit = spec.unit_direction()
     assert torch.isfinite(unit).all(), unit
     assert unit.norm().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_one_hot_shorthand_for_one_axis_or_a_block_of_axes():
+    one = ConceptMap.parse([_entry(direction={"one_hot": 2, "width": 4})])["red"]
+    assert one.direction == (0.0, 0.0, 1.0, 0.0)
+    block = ConceptMap.parse([_entry(direction={"one_hot": [0, 3], "width": 4})])["red"]
+    assert block.direction == (1.0, 0.0, 0.0, 1.0)
+    assert torch.allclose(block.unit_direction(), torch.tensor([1.0, 0.0, 0.0, 1.0]) / 2 ** 0.5)
+
+
+@pytest.mark.parametrize("bad", [{"one_hot": 4, "width": 4}, {"one_hot": [0, 0], "width": 4}, {"one_hot": [], "width": 4},
+                                 {"one_hot": [1, True], "width": 4}, {"one_hot": 0}, {"one_hot": [0], "width": 4, "x": 1}])
+def test_bad_one_hot_shorthand_is_named(bad):
+    with pytest.raises(StructuredConfigError, match=r"concepts\[0\]\.direction"):
+        ConceptMap.parse([_entry(direction=bad)])

@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 from ..errors import StructuredConfigError
 from ..losses import LOSSES
 from ..schedules import Schedule, parse_schedule
+from .routing import parse_routes
 from .transitions import ReactiveRule
 
 _REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params", "positions"}
@@ -138,11 +139,14 @@ class AnchoredTrainingArguments(TrainingArguments):
         sample_with_replacement: draw training samples with replacement (weighted by a ``sample_weight`` column if
             the dataset has one), as the color experiments do.
         check_finite: stop with an error naming the term as soon as any loss term is NaN/inf.
+        routes: gradient routes (see :class:`~structured_hf.training.routing.RouteSpec`), as dicts: labelled samples
+            learn upstream of a site only through a concept's reserved axes.
     """
 
     regularizers: list = field(default_factory=list)
     schedules: dict = field(default_factory=dict)
     reactive: list = field(default_factory=list)
+    routes: list = field(default_factory=list)
     sample_with_replacement: bool = False
     check_finite: bool = True
     # Batches are dicts of tensors built by our collators, not per-row dicts: Trainer's column removal does not apply.
@@ -162,6 +166,10 @@ class AnchoredTrainingArguments(TrainingArguments):
         self.regularizer_specs = parse_regularizers(self.regularizers)
         self.parameter_schedules = parse_schedules(self.schedules)
         self.reactive_rules = parse_reactive(self.reactive)
+        self.route_specs = parse_routes(self.routes)
+        clash = {r.name for r in self.route_specs} & {r.name for r in self.regularizer_specs}
+        if clash:
+            raise StructuredConfigError("routes", f"names {sorted(clash)} are taken by regularizers; set `name`")
         known = {r.name for r in self.regularizer_specs} | {"reconstruction"}
         for i, rule in enumerate(self.reactive_rules):
             if rule.parameter not in known:

@@ -7,6 +7,7 @@ Layout::
     model: {type: color_autoencoder, bottleneck_dim: 4, ..., concepts: [...]}
     data: {train: {grid: rgb, size: 8}, eval: {...}, labels: {red: {scale: 0.08, power: 8.0}}, eval_labels: {...}}
     regularizers: [{loss: angular_anchor, concept: red, label: red, weight: ...}, ...]
+    routes: [{concept: red-axis, label: red}]   # optional gradient routing (training/routing.py)
     schedules: {learning_rate: {...}, reconstruction: 1.0}
     training: {max_steps: 1501, per_device_train_batch_size: 64, ...}   # any TrainingArguments field
 """
@@ -44,10 +45,11 @@ from .arguments import (
     parse_regularizers,
     parse_schedules,
 )
+from .routing import RouteSpec, parse_routes
 from .trainer import AnchoredTrainer
 
-_TOP_KEYS = {"seed", "model", "data", "regularizers", "schedules", "reactive", "training", "output_dir", "description",
-             "sweep"}
+_TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
+             "description", "sweep"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 # model.type -> (config class, model class); new model families register here, with their data builders below.
 MODEL_TYPES: dict[str, tuple[type, type]] = {
@@ -67,6 +69,7 @@ class Recipe:
     model: dict[str, Any]
     data: dict[str, Any]
     regularizers: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[dict[str, Any]] = field(default_factory=list)
     schedules: dict[str, Any] = field(default_factory=dict)
     reactive: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
@@ -111,7 +114,8 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key in ("model", "data"):
         if not isinstance(raw.get(key), Mapping):
             raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
-    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list), ("reactive", list)):
+    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list), ("routes", list),
+                      ("reactive", list)):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             expected = "a mapping" if kind is Mapping else "a list"
             raise StructuredConfigError(key, f"expected {expected}, got {type(raw[key]).__name__} {raw[key]!r}")
@@ -125,6 +129,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         model=dict(raw["model"]),
         data=dict(raw["data"]),
         regularizers=list(raw.get("regularizers") or []),
+        routes=list(raw.get("routes") or []),
         schedules=dict(raw.get("schedules") or {}),
         reactive=list(raw.get("reactive") or []),
         training=dict(raw.get("training") or {}),
@@ -202,10 +207,11 @@ def validate_recipe(recipe: Recipe) -> None:
     """Parse every part once, so that errors surface before any work starts."""
     model_config(recipe)
     regularizers = parse_regularizers(recipe.regularizers)
+    routes = parse_routes(recipe.routes)
     parse_schedules(recipe.schedules)
     parse_reactive(recipe.reactive)
     if model_type(recipe) == "structured_gpt":
-        _validate_lm_recipe(recipe, regularizers)
+        _validate_lm_recipe(recipe, regularizers, routes)
         _check_training_fields(recipe.training)
         return
     unknown = set(recipe.data) - _DATA_KEYS
@@ -225,7 +231,7 @@ def validate_recipe(recipe: Recipe) -> None:
     _check_training_fields(recipe.training)
 
 
-def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec]) -> None:
+def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec], routes: list[RouteSpec]) -> None:
     spec = LMDataSpec.from_dict(recipe.data)
     for key in _TOKENIZER_FIELDS:
         if key in recipe.model:
@@ -240,6 +246,10 @@ def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec]) -> 
         if reg.label is not None and reg.label not in concepts:
             raise StructuredConfigError(f"regularizers[{i}].label", f"unknown label '{reg.label}'; the labels config "
                                         f"has concepts {concepts}")
+    for i, route in enumerate(routes):
+        if route.label not in concepts:
+            raise StructuredConfigError(f"routes[{i}].label", f"unknown label '{route.label}'; the labels config "
+                                        f"has concepts {concepts}")
     for c in spec.filter_concepts:
         if c not in concepts:
             raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "
@@ -248,7 +258,7 @@ def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec]) -> 
 
 def _check_training_fields(training: Mapping[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(AnchoredTrainingArguments)}
-    reserved = {"regularizers", "schedules", "reactive", "seed", "output_dir"}
+    reserved = {"regularizers", "routes", "schedules", "reactive", "seed", "output_dir"}
     for key, value in training.items():
         if key in reserved:
             raise StructuredConfigError(f"training.{key}", f"set '{key}' at the top level of the recipe, not in training")
@@ -377,7 +387,8 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
         set_seed(recipe.seed)  # the data build must not change the initial weights
         model = StructuredGPTForCausalLM(config)
         train_ds, eval_ds = _without_ids(blocks["train"]), _without_ids(blocks["validation"])
-        labels = sorted({r.label for r in parse_regularizers(recipe.regularizers) if r.label})
+        labels = sorted({r.label for r in parse_regularizers(recipe.regularizers) if r.label}
+                        | {r.label for r in parse_routes(recipe.routes)})
         trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
         trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
         trainer_kwargs.setdefault("processing_class", tokenizer)
@@ -389,7 +400,7 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     training = dict(recipe.training)
     try:
         args = AnchoredTrainingArguments(
-            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=recipe.regularizers,
+            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=recipe.regularizers, routes=recipe.routes,
             schedules=recipe.schedules, reactive=recipe.reactive, **training,
         )
     except StructuredConfigError:

@@ -47,6 +47,7 @@ from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
 from .callbacks import ScheduleCallback
+from .routing import bind_routes, gradient_routes
 
 _SAMPLES = "__samples__"
 
@@ -98,7 +99,10 @@ class AnchoredTrainer(Trainer):
         train_dataset = _columnar(train_dataset)
         eval_dataset = _columnar(eval_dataset)
         self.bound_regularizers = _bind_regularizers(model, args.regularizer_specs, train_dataset)
-        label_names = sorted({r.spec.label for r in self.bound_regularizers if r.spec.label})
+        self.bound_routes = bind_routes(args.route_specs, ConceptMap.parse(getattr(model.config, "concepts", None)),
+                                        site_dims(model), getattr(train_dataset, "label_names", None))
+        label_names = sorted({r.spec.label for r in self.bound_regularizers if r.spec.label}
+                             | {r.spec.label for r in self.bound_routes})
         if data_collator is None:
             # Probabilities pass through the collator; the trainer draws the labels (see `_label_generator`).
             data_collator = WeakLabelCollator(label_names, sample=False)
@@ -106,9 +110,12 @@ class AnchoredTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=data_collator, **kwargs)
         self._site_modules = resolve_sites(model, sorted({r.site for r in self.bound_regularizers}))
+        self._route_modules = resolve_sites(model, sorted({r.site for r in self.bound_routes}))
+        self._route_labels: dict[str, torch.Tensor] | None = None  # this forward pass's labels, while routing
         # Current hyperparameter values, written by the schedule callback at every step start.
         self.hparams: dict[str, float] = {}
         schedules = {r.spec.name: r.spec.weight for r in self.bound_regularizers}
+        schedules.update({r.spec.name: r.spec.weight for r in self.bound_routes})
         schedules["reconstruction"] = args.parameter_schedules.get("reconstruction", Schedule.constant(1.0))
         self.schedule_callback = ScheduleCallback(schedules, self.hparams, args.reactive_rules)
         self.add_callback(self.schedule_callback)
@@ -239,9 +246,13 @@ class AnchoredTrainer(Trainer):
         # Outside training the scope is still attached (get_batch_samples applies it to drawn training labels).
         scope_labels(concept_labels, inputs.pop("token_scope", None))
         acts = self._run_acts
-        if acts is not None:  # inside train(): the recorders are already attached
+        if acts is not None:  # inside train(): the recorders (and the gradient routes) are already attached
             acts.clear()
-            outputs = model(**inputs)
+            self._route_labels = concept_labels if model.training else None
+            try:
+                outputs = model(**inputs)
+            finally:
+                self._route_labels = None
         else:
             with capture_modules(self._site_modules) as acts:
                 outputs = model(**inputs)
@@ -349,7 +360,10 @@ class AnchoredTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any):
         """`Trainer.train`, with the regularized sites' recorders attached once for the whole run instead of at every
         forward pass (`sites.capture_modules` removes them in ``finally``, also when training fails)."""
-        with capture_modules(self._site_modules) as acts:
+        # Recorders first, routes second: forward hooks run in registration order, so the regularizers read each site
+        # before routing rewrites it (the value is the same; only the routed copy's gradient differs).
+        with capture_modules(self._site_modules) as acts, \
+                gradient_routes(self._route_modules, self.bound_routes, lambda: (self._route_labels, self.hparams)):
             self._run_acts = acts
             try:
                 return super().train(*args, **kwargs)
