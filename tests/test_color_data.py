@@ -28,7 +28,8 @@ from structured_hf.data import (
     to_hsv,
     to_rgb,
 )
-from structured_hf.data.labels import blueness, desaturation, greenness, redness, vibrancy
+from structured_hf.data.labels import (blueness, cyanness, desaturation, greenness, magentaness, redness, vibrancy,
+                                       yellowness)
 from structured_hf.data.samplers import EpochWeightedSampler
 
 
@@ -121,7 +122,14 @@ def test_features_by_hand():
     np.testing.assert_allclose(vibrancy(rgb), [1.0, 0.0, 1.0, 0.0, 1.0, 1.0], atol=1e-12)
     np.testing.assert_allclose(desaturation(rgb), [0.0, 1.0, 0.0, 1.0, 0.0, 0.0], atol=1e-12)
     assert vibrancy(np.array([[0.3, 0.3, 0.3]]))[0] == 0.0
-    assert set(FEATURES) == {"redness", "greenness", "blueness", "vibrancy", "desaturation"}
+    # secondaries, (1 - b)(r + g)/2 for yellow: red 0.5, white 0, orange 0.75, gray 0.25, green 0.5, blue 0
+    np.testing.assert_allclose(yellowness(rgb), [0.5, 0.0, 0.75, 0.25, 0.5, 0.0], atol=1e-12)
+    np.testing.assert_allclose(cyanness(rgb), [0.0, 0.0, 0.0, 0.25, 0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(magentaness(rgb), [0.5, 0.0, 0.25, 0.25, 0.0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(yellowness(np.array([[1.0, 1.0, 0.0]])), [1.0])
+    np.testing.assert_allclose(yellowness(rgb), blueness(1.0 - rgb), atol=1e-12)
+    assert set(FEATURES) == {"redness", "greenness", "blueness", "yellowness", "cyanness", "magentaness", "vibrancy",
+                             "desaturation"}
 
 
 def test_color_labeler_formula():
@@ -138,6 +146,7 @@ def test_parse_labelers_defaults_and_values():
     assert labelers["red"] == ColorLabeler("red", "redness", 0.08, 8.0)
     assert labelers["vibrant"] == ColorLabeler("vibrant", "vibrancy", 1.0, 1.0)
     assert labelers["warm"].feature == "redness"
+    assert parse_labelers({"yellow": {}})["yellow"].feature == "yellowness"
     assert parse_labelers(None) == {}
 
 

@@ -15,6 +15,7 @@ from structured_hf.losses import (
     angular_repulsion,
     anti_anchor,
     anti_subspace,
+    cone_anchor,
     euclidean_repulsion,
     selective_mean,
     selective_sum,
@@ -60,6 +61,20 @@ def test_anti_anchor_hemisphere_and_full_sphere():
     x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [-3.0, 4.0, 0.0, 0.0]])  # cos = 0.6, 0, -0.6
     _close(anti_anchor(x, RED), [0.6, 0.0, 0.0])
     _close(anti_anchor(x, RED, full_sphere=True), [0.8, 0.5, 0.2])
+
+
+def test_cone_anchor_is_squared_cosine_gap_on_either_side():
+    # cos = 0.6, 0, -0.6, -0.6 (the last two mirror images): the cone at cos -0.5 does not prefer a side
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [-3.0, 4.0, 0.0, 0.0], [-3.0, -4.0, 0.0, 0.0]])
+    _close(cone_anchor(x, RED, cosine=-0.5), [1.21, 0.25, 0.01, 0.01])
+    _close(cone_anchor(10.0 * x, RED_LONG, cosine=-0.5), [1.21, 0.25, 0.01, 0.01])
+    _close(cone_anchor(x, RED), [0.36, 0.0, 0.36, 0.36])  # default: the equator
+    on_cone = torch.tensor([[-0.5, math.sqrt(0.75), 0.0, 0.0]], requires_grad=True)
+    cone_anchor(on_cone, RED, cosine=-0.5).sum().backward()
+    assert on_cone.grad.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="cosine"):
+        cone_anchor(x, RED, cosine=1.5)
+    assert LOSSES["cone_anchor"].concept_kind == "direction"
 
 
 def test_anti_anchor_hemisphere_has_no_gradient_on_the_far_side():

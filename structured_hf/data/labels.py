@@ -34,6 +34,25 @@ def blueness(rgb: np.ndarray) -> np.ndarray:
     return _primary_ness(rgb, 2)
 
 
+def _secondary_ness(rgb: np.ndarray, missing: int) -> np.ndarray:
+    # The primary-ness of the missing channel in the inverted color: yellowness = blueness(1 − rgb)
+    # = (1 − b)(r + g)/2. 1 for pure yellow, 0.5 for red and green, 0 for blue and white, 0.25 for mid gray
+    # (the same scale as redness: redness(yellow) = yellowness(red) = 0.5).
+    return _primary_ness(1.0 - rgb, missing)
+
+
+def yellowness(rgb: np.ndarray) -> np.ndarray:
+    return _secondary_ness(rgb, 2)
+
+
+def cyanness(rgb: np.ndarray) -> np.ndarray:
+    return _secondary_ness(rgb, 0)
+
+
+def magentaness(rgb: np.ndarray) -> np.ndarray:
+    return _secondary_ness(rgb, 1)
+
+
 def vibrancy(rgb: np.ndarray) -> np.ndarray:
     """``s · v`` in HSV: 1 for fully saturated bright hues, 0 for grays and black."""
     hsv = to_hsv(rgb)
@@ -49,12 +68,15 @@ FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "redness": redness,
     "greenness": greenness,
     "blueness": blueness,
+    "yellowness": yellowness,
+    "cyanness": cyanness,
+    "magentaness": magentaness,
     "vibrancy": vibrancy,
     "desaturation": desaturation,
 }
 # Shorthands: a label named after a feature's adjective uses that feature unless told otherwise.
-_DEFAULT_FEATURE = {"red": "redness", "green": "greenness", "blue": "blueness", "vibrant": "vibrancy",
-                    "desaturated": "desaturation"}
+_DEFAULT_FEATURE = {"red": "redness", "green": "greenness", "blue": "blueness", "yellow": "yellowness",
+                    "cyan": "cyanness", "magenta": "magentaness", "vibrant": "vibrancy", "desaturated": "desaturation"}
 
 
 @dataclass(frozen=True)

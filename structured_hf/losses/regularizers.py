@@ -81,6 +81,18 @@ def anti_anchor(x: torch.Tensor, concept: ConceptSpec, full_sphere: bool = False
     return (cos + 1.0) / 2.0 if full_sphere else cos.clamp_min(0.0)
 
 
+def cone_anchor(x: torch.Tensor, concept: ConceptSpec, cosine: float = 0.0) -> torch.Tensor:
+    """``(cos(x, a) − c)²``: pulls the sample onto the cone of angle ``arccos(c)`` around the concept.
+
+    Fixes how far a sample sits from the concept without choosing the side: green and blue at ``c = −0.5`` land 120°
+    from red on either side, so the wheel may wind either way (a fixed anchor direction for each would impose one
+    winding, and seeds whose wheel formed the other way fold over).
+    """
+    if not -1.0 <= cosine <= 1.0:
+        raise ValueError(f"cone_anchor: cosine must be in [-1, 1], got {cosine}")
+    return (_cos_to(x, concept) - cosine).square()
+
+
 def unitarity(x: torch.Tensor, concept: ConceptSpec | None = None) -> torch.Tensor:
     """``(‖x‖ − 1)²``: keeps the sample on the unit sphere without explicit normalization."""
     return (x.norm(dim=-1) - 1.0).square()
@@ -149,6 +161,7 @@ LOSSES: dict[str, LossInfo] = {
     "anchor": LossInfo(anchor, "direction"),
     "angular_anchor": LossInfo(angular_anchor, "direction"),
     "anti_anchor": LossInfo(anti_anchor, "direction"),
+    "cone_anchor": LossInfo(cone_anchor, "direction"),
     "unitarity": LossInfo(unitarity, None),
     "subspace": LossInfo(subspace, "axes"),
     "anti_subspace": LossInfo(anti_subspace, "axes"),
