@@ -232,10 +232,13 @@ def test_comparison_table_against_a_posthoc_baseline(trained, tmp_path):
     result = compare_language_models(anchored, tokenizer, test, chunks["train"], "violence", unanchored=plain,
                                      filtered=plain, attack_chunks=8, attack_steps=4, eval_every=2)
     rows = result["rows"]
-    assert set(rows) == {"anchored", "anchored + suppress:violence", "anchored + ablate", "(a) unanchored",
+    assert set(rows) == {"anchored", "anchored + suppress:violence", "anchored + zero:violence", "anchored + ablate",
+                         "(a) unanchored",
                          "(a) unanchored + suppress post-hoc direction", "(a) unanchored + project out",
                          "(b) data filtering"}
     # each variant's delta is measured against its own model's baseline
+    zero = rows["anchored + zero:violence"]  # axis 0 of the site zeroed at inference: same weights, other losses
+    assert zero["delta"]["forget:violence"] != 0.0
     a = rows["anchored + ablate"]
     assert a["delta"]["forget:violence"] == pytest.approx(a["loss"]["forget:violence"] - rows["anchored"]["loss"]["forget:violence"])
     assert set(result["relearning"]) == {"anchored + ablate", "(a) unanchored + project out", "(b) data filtering"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -172,3 +173,26 @@ def test_gpt_token_labels_route_the_embeddings_through_the_reserved_axes(tmp_pat
     assert torch.equal(routed[:, 1:], torch.zeros_like(routed[:, 1:]))  # no other axis does
     assert (plain[:, 1:].abs().amax(dim=0) > 0).all()
     assert torch.allclose(routed[:, 0], plain[:, 0])  # the reserved axis gets the gradient it would have had
+
+
+def test_routing_makes_deletion_remove_what_was_learned_from_labelled_text(tmp_path):
+    """Short real runs of a tiny GPT on the synthetic corpus, same recipe (cone anchor at cos 0.5, axis 0 kept clear
+    for unlabelled tokens), with and without a route at the anchored site: with the route, `ablate` costs violent text
+    several times more and other text far less than violent text (measured: +3.5 vs +0.46 nats without the route;
+    retain +0.31)."""
+    from test_lm_training import tiny_recipe as lm_recipe
+
+    from structured_hf.experiment import run_experiment
+
+    deltas = {}
+    for name, routes in (("plain", []), ("routed", [{"concept": "violence-axis", "label": "violence"}])):
+        raw = lm_recipe(tmp_path, **{"data.token_scope": {"labeler": "keywords", "mode": "after"},
+                                     "output_dir": str(tmp_path / name)})
+        raw["regularizers"][0].update(loss="cone_anchor", params={"cosine": 0.5})
+        raw["routes"] = routes
+        run_experiment(parse_recipe(raw), figures=False)
+        report = json.loads((tmp_path / name / "language_evaluation.json").read_text())
+        deltas[name] = report["delta"]["ablate:violence"]
+    routed, plain = deltas["routed"], deltas["plain"]
+    assert routed["forget:violence"] > 3 * plain["forget:violence"] > 0
+    assert routed["forget:violence"] > 5 * routed["retain"]

@@ -162,17 +162,21 @@ def concept_cosines(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequen
     return out
 
 
+def _zero_axes_spec(model: nn.Module, concept: str) -> str:
+    """The axis-aligned suppression of a direction concept: zero its nonzero axes at its site (inference time)."""
+    spec = ConceptMap.parse(model.config.concepts)[concept]
+    axes = [i for i, d in enumerate(spec.direction) if d != 0.0]
+    return f"axes:{','.join(map(str, axes))}@{spec.site}"
+
+
 def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[str, nn.Module, list[str]]]:
     """``(name, model, intervention specs)``: baseline, and per concept suppress / zero axes / ablate."""
     from ..interventions.surgery import ablate
 
     variants: list[tuple[str, nn.Module, list[str]]] = [("baseline", model, [])]
-    cmap = ConceptMap.parse(model.config.concepts)
     for c in concepts:
-        spec = cmap[c]
         variants.append((f"suppress:{c}", model, [f"suppress:{c}"]))
-        axes = [i for i, d in enumerate(spec.direction) if d != 0.0]
-        variants.append((f"zero:{c}", model, [f"axes:{','.join(map(str, axes))}@{spec.site}"]))
+        variants.append((f"zero:{c}", model, [_zero_axes_spec(model, c)]))
         try:
             variants.append((f"ablate:{c}", ablate(model, c), []))
         except StructuredConfigError as e:  # a model family without residual surgery
@@ -364,6 +368,7 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
 
     row("anchored", anchored)
     row(f"anchored + suppress:{concept}", anchored, [f"suppress:{concept}"], "anchored")
+    row(f"anchored + zero:{concept}", anchored, [_zero_axes_spec(anchored, concept)], "anchored")
     deleted["anchored + ablate"] = ablate(anchored, concept)
     row("anchored + ablate", deleted["anchored + ablate"], (), "anchored")
     if unanchored is not None:
