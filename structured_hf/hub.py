@@ -694,6 +694,9 @@ def render_structured_gpt_card(
                  "label": r.get("label") or "all chunks",
                  "site": r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-"),
                  "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
+    route_rows = [{"name": r.get("name") or f"route:{r['concept']}", "concept": r["concept"], "label": r["label"],
+                   "site": r.get("site") or (concepts[r["concept"]].site if r["concept"] in concepts else "-"),
+                   "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.routes]
     text = data.get("text") or {}
     source = text.get("labelled") or (text.get("labels_config") if isinstance(text.get("labels_config"), str)
                                       else "an inline labels config")
@@ -729,7 +732,8 @@ def render_structured_gpt_card(
         eval_perplexity=_fmt(metrics.get("eval_perplexity", float("nan"))),
         labelers=", ".join(f"`{x}`" for x in text.get("labelers") or ["every labeler of the labels config"]),
         token_scope=_token_scope_text(data.get("token_scope")),
-        regularizers=reg_rows, schedules={k: _schedule_text(v) for k, v in recipe.schedules.items()},
+        regularizers=reg_rows, routes=route_rows,
+        schedules={k: _schedule_text(v) for k, v in recipe.schedules.items()},
         has_curves="training_curves.png" in figures,
         evaluation=language_markdown(evaluation) if evaluation else "Not evaluated (run `scripts/evaluate.py`).",
         comparison=comparison,

@@ -193,6 +193,9 @@ def test_routing_makes_deletion_remove_what_was_learned_from_labelled_text(tmp_p
         run_experiment(parse_recipe(raw), figures=False)
         report = json.loads((tmp_path / name / "language_evaluation.json").read_text())
         deltas[name] = report["delta"]["ablate:violence"]
+    card = (tmp_path / "routed" / "README.md").read_text()  # the model card lists the route
+    assert "| route:violence-axis | violence-axis | violence | `layers.0.residual_post` | 1 |" in card
+    assert "Gradient routes" not in (tmp_path / "plain" / "README.md").read_text()
     routed, plain = deltas["routed"], deltas["plain"]
     assert routed["forget:violence"] > 3 * plain["forget:violence"] > 0
     assert routed["forget:violence"] > 5 * routed["retain"]
