@@ -14,6 +14,7 @@ from ..errors import StructuredConfigError
 from ..losses import LOSSES
 from ..schedules import Schedule, parse_schedule
 from .routing import parse_routes
+from .speclist import check_entry, parse_spec_list
 from .transitions import ReactiveRule
 
 _REG_KEYS = {"name", "loss", "concept", "label", "site", "weight", "params", "positions"}
@@ -52,11 +53,7 @@ class RegularizerSpec:
     def from_dict(cls, entry: Mapping[str, Any], field_name: str) -> RegularizerSpec:
         if isinstance(entry, RegularizerSpec):
             return entry
-        if not isinstance(entry, Mapping):
-            raise StructuredConfigError(field_name, f"expected a mapping with loss/concept/label/weight, got {entry!r}")
-        unknown = set(entry) - _REG_KEYS
-        if unknown:
-            raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(_REG_KEYS)}")
+        check_entry(entry, field_name, _REG_KEYS, "loss/concept/label/weight")
         loss = entry.get("loss")
         if not isinstance(loss, str) or loss not in LOSSES:
             raise StructuredConfigError(f"{field_name}.loss", f"unknown loss {loss!r}; known: {sorted(LOSSES)}")
@@ -91,16 +88,7 @@ class RegularizerSpec:
 
 
 def parse_regularizers(entries: Any, field_name: str = "regularizers") -> list[RegularizerSpec]:
-    if entries is None:
-        return []
-    if not isinstance(entries, (list, tuple)):
-        raise StructuredConfigError(field_name, f"expected a list of regularizer specs, got {type(entries).__name__}")
-    specs = [RegularizerSpec.from_dict(e, f"{field_name}[{i}]") for i, e in enumerate(entries)]
-    names = [s.name for s in specs]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise StructuredConfigError(f"{field_name}[{i}].name", f"duplicate regularizer name '{n}'; set `name`")
-    return specs
+    return parse_spec_list(entries, field_name, RegularizerSpec.from_dict, "regularizer")
 
 
 def parse_schedules(spec: Any, field_name: str = "schedules") -> dict[str, Schedule]:

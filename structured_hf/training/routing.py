@@ -40,6 +40,7 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions.suppression import concept_axes
 from ..schedules import Schedule, parse_schedule
+from .speclist import check_entry, parse_spec_list
 
 _ROUTE_KEYS = {"name", "concept", "label", "site", "weight"}
 
@@ -68,11 +69,7 @@ class RouteSpec:
     def from_dict(cls, entry: Any, field_name: str) -> RouteSpec:
         if isinstance(entry, RouteSpec):
             return entry
-        if not isinstance(entry, Mapping):
-            raise StructuredConfigError(field_name, f"expected a mapping with concept/label[/site/weight], got {entry!r}")
-        unknown = set(entry) - _ROUTE_KEYS
-        if unknown:
-            raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(_ROUTE_KEYS)}")
+        check_entry(entry, field_name, _ROUTE_KEYS, "concept/label[/site/weight]")
         for key in ("concept", "label"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise StructuredConfigError(f"{field_name}.{key}", f"expected a name, got {entry.get(key)!r}")
@@ -88,16 +85,7 @@ class RouteSpec:
 
 
 def parse_routes(entries: Any, field_name: str = "routes") -> list[RouteSpec]:
-    if entries is None:
-        return []
-    if not isinstance(entries, (list, tuple)):
-        raise StructuredConfigError(field_name, f"expected a list of routes, got {type(entries).__name__}")
-    routes = [RouteSpec.from_dict(e, f"{field_name}[{i}]") for i, e in enumerate(entries)]
-    names = [r.name for r in routes]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise StructuredConfigError(f"{field_name}[{i}].name", f"duplicate route name '{n}'; set `name`")
-    return routes
+    return parse_spec_list(entries, field_name, RouteSpec.from_dict, "route")
 
 
 def route_gradient(x: torch.Tensor, labels: torch.Tensor, reserved: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
