@@ -690,13 +690,14 @@ def render_structured_gpt_card(
 
     concept_rows = [{"name": c.name, "site": c.site, "place": place(c), "description": c.description or "-",
                      "measured": measured(c) if c.direction is not None else "-"} for c in concepts]
+    def site_of(r: Mapping[str, Any]) -> str:  # a regularizer's or route's site: its own, else its concept's
+        return r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-")
+
     reg_rows = [{"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": r.get("concept") or "-",
-                 "label": r.get("label") or "all chunks",
-                 "site": r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-"),
+                 "label": r.get("label") or "all chunks", "site": site_of(r),
                  "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
     route_rows = [{"name": r.get("name") or f"route:{r['concept']}", "concept": r["concept"], "label": r["label"],
-                   "site": r.get("site") or (concepts[r["concept"]].site if r["concept"] in concepts else "-"),
-                   "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.routes]
+                   "site": site_of(r), "weight": _schedule_text(r.get("weight", 1.0))} for r in recipe.routes]
     text = data.get("text") or {}
     source = text.get("labelled") or (text.get("labels_config") if isinstance(text.get("labels_config"), str)
                                       else "an inline labels config")

@@ -37,6 +37,7 @@ from ..concepts import ConceptMap
 from ..data.color_datasets import PROB_PREFIX
 from ..errors import StructuredConfigError
 from ..interventions import intervene
+from ..interventions.suppression import concept_axes
 from ..sites import capture
 
 logger = logging.getLogger(__name__)
@@ -165,8 +166,7 @@ def concept_cosines(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequen
 def _zero_axes_spec(model: nn.Module, concept: str) -> str:
     """The axis-aligned suppression of a direction concept: zero its nonzero axes at its site (inference time)."""
     spec = ConceptMap.parse(model.config.concepts)[concept]
-    axes = [i for i, d in enumerate(spec.direction) if d != 0.0]
-    return f"axes:{','.join(map(str, axes))}@{spec.site}"
+    return f"axes:{','.join(map(str, concept_axes(spec)))}@{spec.site}"
 
 
 def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[str, nn.Module, list[str]]]:

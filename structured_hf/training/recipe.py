@@ -46,6 +46,7 @@ from .arguments import (
     parse_schedules,
 )
 from .routing import RouteSpec, parse_routes
+from .speclist import used_labels
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
@@ -242,14 +243,11 @@ def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec], rou
         raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
                                     f"max_position_embeddings {context}")
     concepts = spec.concepts()
-    for i, reg in enumerate(regularizers):
-        if reg.label is not None and reg.label not in concepts:
-            raise StructuredConfigError(f"regularizers[{i}].label", f"unknown label '{reg.label}'; the labels config "
-                                        f"has concepts {concepts}")
-    for i, route in enumerate(routes):
-        if route.label not in concepts:
-            raise StructuredConfigError(f"routes[{i}].label", f"unknown label '{route.label}'; the labels config "
-                                        f"has concepts {concepts}")
+    for kind, entries in (("regularizers", regularizers), ("routes", routes)):
+        for i, entry in enumerate(entries):
+            if entry.label is not None and entry.label not in concepts:
+                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
+                                            f"has concepts {concepts}")
     for c in spec.filter_concepts:
         if c not in concepts:
             raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "
@@ -387,8 +385,7 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
         set_seed(recipe.seed)  # the data build must not change the initial weights
         model = StructuredGPTForCausalLM(config)
         train_ds, eval_ds = _without_ids(blocks["train"]), _without_ids(blocks["validation"])
-        labels = sorted({r.label for r in parse_regularizers(recipe.regularizers) if r.label}
-                        | {r.label for r in parse_routes(recipe.routes)})
+        labels = used_labels(parse_regularizers(recipe.regularizers), parse_routes(recipe.routes))
         trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
         trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
         trainer_kwargs.setdefault("processing_class", tokenizer)

@@ -40,7 +40,7 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions.suppression import concept_axes
 from ..schedules import Schedule, parse_schedule
-from .speclist import check_entry, parse_spec_list
+from .speclist import bind_concept, bind_site, check_entry, check_label, parse_spec_list
 
 _ROUTE_KEYS = {"name", "concept", "label", "site", "weight"}
 
@@ -125,19 +125,9 @@ def bind_routes(routes: Sequence[RouteSpec], concepts: ConceptMap, dims: Mapping
     bound = []
     for i, spec in enumerate(routes):
         field_name = f"routes[{i}] ('{spec.name}')"
-        if spec.concept not in concepts:
-            raise StructuredConfigError(f"{field_name}.concept",
-                                        f"unknown concept '{spec.concept}'; the model's concept map has {concepts.names}")
-        concept = concepts[spec.concept]
-        site = spec.site or concept.site
-        if site not in dims:
-            raise StructuredConfigError(f"{field_name}.site", f"unknown site '{site}'; the model has {sorted(dims)}")
-        if dims[site] != dims[concept.site]:
-            raise StructuredConfigError(f"{field_name}.site", f"site '{site}' has width {dims[site]}, concept "
-                                        f"'{concept.name}' needs {dims[concept.site]}")
-        if known_labels is not None and spec.label not in known_labels:
-            raise StructuredConfigError(f"{field_name}.label",
-                                        f"unknown label '{spec.label}'; the training data has labels {list(known_labels)}")
+        concept = bind_concept(field_name, spec.concept, concepts)
+        site = bind_site(field_name, spec.site, concept, dims)
+        check_label(field_name, spec.label, known_labels)
         reserved = torch.zeros(dims[site], dtype=torch.bool)
         reserved[list(concept_axes(concept))] = True
         bound.append(BoundRoute(spec, site, reserved))
@@ -158,7 +148,7 @@ def gradient_routes(site_modules: Mapping[str, nn.Module], routes: Sequence[Boun
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             labels, weights = state()
             strength = weights.get(route.spec.name, 0.0)
-            if labels is None or strength == 0.0 or not module.training or not torch.is_grad_enabled():
+            if labels is None or strength == 0.0:
                 return None
             reserved = route.reserved.to(output.device)
             return route_gradient(output, labels[route.spec.label], reserved, strength)

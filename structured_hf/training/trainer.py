@@ -48,6 +48,7 @@ from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
 from .callbacks import ScheduleCallback
 from .routing import bind_routes, gradient_routes
+from .speclist import bind_concept, bind_site, check_label, used_labels
 
 _SAMPLES = "__samples__"
 
@@ -98,11 +99,12 @@ class AnchoredTrainer(Trainer):
             raise StructuredConfigError("training.max_steps", "a curriculum is laid out over steps; set max_steps")
         train_dataset = _columnar(train_dataset)
         eval_dataset = _columnar(eval_dataset)
-        self.bound_regularizers = _bind_regularizers(model, args.regularizer_specs, train_dataset)
-        self.bound_routes = bind_routes(args.route_specs, ConceptMap.parse(getattr(model.config, "concepts", None)),
-                                        site_dims(model), getattr(train_dataset, "label_names", None))
-        label_names = sorted({r.spec.label for r in self.bound_regularizers if r.spec.label}
-                             | {r.spec.label for r in self.bound_routes})
+        dims = site_dims(model)
+        concepts = ConceptMap.parse(getattr(model.config, "concepts", None)).validate(dims)
+        known_labels = getattr(train_dataset, "label_names", None)
+        self.bound_regularizers = _bind_regularizers(args.regularizer_specs, concepts, dims, known_labels)
+        self.bound_routes = bind_routes(args.route_specs, concepts, dims, known_labels)
+        label_names = used_labels(args.regularizer_specs, args.route_specs)
         if data_collator is None:
             # Probabilities pass through the collator; the trainer draws the labels (see `_label_generator`).
             data_collator = WeakLabelCollator(label_names, sample=False)
@@ -525,32 +527,20 @@ def _columnar(dataset: Any) -> Any:
     return ColumnarDataset(dataset) if isinstance(dataset, datasets.Dataset) else dataset
 
 
-def _bind_regularizers(model: torch.nn.Module, specs: list[RegularizerSpec], train_dataset: Any) -> list[_BoundRegularizer]:
+def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims: Mapping[str, int],
+                       known_labels: Any) -> list[_BoundRegularizer]:
     """Resolve each spec's concept and site against the model, with errors naming the spec."""
-    concepts = ConceptMap.parse(getattr(model.config, "concepts", None)).validate(site_dims(model))
-    dims = site_dims(model)
-    known_labels = getattr(train_dataset, "label_names", None)
     bound = []
     for i, spec in enumerate(specs):
         field = f"regularizers[{i}] ('{spec.name}')"
         concept = None
         if spec.concept is not None:
-            if spec.concept not in concepts:
-                raise StructuredConfigError(f"{field}.concept",
-                                            f"unknown concept '{spec.concept}'; the model's concept map has {concepts.names}")
-            concept = concepts[spec.concept]
+            concept = bind_concept(field, spec.concept, concepts)
             needed = LOSSES[spec.loss].concept_kind
             if concept.kind != needed:
                 raise StructuredConfigError(f"{field}.concept",
                                             f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
-        site = spec.site or concept.site
-        if site not in dims:
-            raise StructuredConfigError(f"{field}.site", f"unknown site '{site}'; the model has {sorted(dims)}")
-        if concept is not None and spec.site is not None and dims[site] != dims[concept.site]:
-            raise StructuredConfigError(f"{field}.site",
-                                        f"site '{site}' has width {dims[site]}, concept '{concept.name}' needs {dims[concept.site]}")
-        if spec.label is not None and known_labels is not None and spec.label not in known_labels:
-            raise StructuredConfigError(f"{field}.label",
-                                        f"unknown label '{spec.label}'; the training data has labels {known_labels}")
+        site = bind_site(field, spec.site, concept, dims)
+        check_label(field, spec.label, known_labels)
         bound.append(_BoundRegularizer(spec, concept, site))
     return bound
