@@ -16,8 +16,8 @@ Sections (``--sections``, default: every available one):
   plot in ``<output_dir>/scaling.png``.
 - ``gpt_throughput``: StructuredGPT training tokens/s with anchoring on (angular anchor + anti-subspace on a residual
   site, weak labels drawn per step) and off vs transformers' GPT2LMHeadModel of the same size holding the same
-  initial weights, same TrainingArguments and the same synthetic tokenized blocks; rounds of three short runs with
-  rotating order, ratio per round.
+  initial weights, same TrainingArguments and the same synthetic tokenized blocks; the anchored recipe with a
+  gradient route too; rounds of short runs of every variant with rotating order, ratio per round.
 - ``intervention_overhead``: eval forward time with suppression / repulsion / axis hooks vs without, for the color
   autoencoder and the GPT, at several batch sizes.
 
@@ -330,6 +330,9 @@ GPT_REGULARIZERS = [
     {"name": "clear-violence-axis", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence",
      "weight": 0.1},
 ]
+# The routed variant adds one gradient route (structured_hf/training/routing.py) on the same site: what it costs
+# per step is the one masked detach-and-add per routed forward pass.
+GPT_ROUTES = [{"name": "route-violence", "concept": "violence-axis", "label": "violence"}]
 
 
 def gpt_concepts(width: int, site: str = GPT_SITE) -> list[dict[str, Any]]:
@@ -363,8 +366,8 @@ def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir
     """One side of the GPT comparison, built directly (no recipe file), all with the same Trainer settings.
 
     ``variant``: ``anchored`` (StructuredGPT, AnchoredTrainer, :data:`GPT_REGULARIZERS` with weak labels drawn per
-    step), ``plain`` (StructuredGPT, AnchoredTrainer, no regularizer) or ``gpt2`` (transformers' GPT2LMHeadModel with
-    the same weights, plain ``transformers.Trainer``).
+    step), ``routed`` (``anchored`` plus :data:`GPT_ROUTES`), ``plain`` (StructuredGPT, AnchoredTrainer, no
+    regularizer) or ``gpt2`` (transformers' GPT2LMHeadModel with the same weights, plain ``transformers.Trainer``).
     """
     from transformers import Trainer, TrainingArguments
 
@@ -391,14 +394,15 @@ def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir
         # scaling GPT-2's loss by (T−1)/T. Without it GPT-2 takes the mean over predicted tokens, as StructuredGPT.
         trainer.model_accepts_loss_kwargs = False
         return _quiet(trainer)
-    anchored = variant == "anchored"
-    args = AnchoredTrainingArguments(**common, regularizers=GPT_REGULARIZERS if anchored else [])
+    anchored = variant in ("anchored", "routed")
+    args = AnchoredTrainingArguments(**common, regularizers=GPT_REGULARIZERS if anchored else [],
+                                     routes=GPT_ROUTES if variant == "routed" else [])
     return _quiet(AnchoredTrainer(model=model, args=args, train_dataset=train_dataset,
                                   data_collator=LMBlockCollator(["violence"] if anchored else []),
                                   callbacks=callbacks))
 
 
-GPT_VARIANTS = ("anchored", "plain", "gpt2")
+GPT_VARIANTS = ("anchored", "routed", "plain", "gpt2")
 
 
 def _gpt_sizes(args: argparse.Namespace) -> list[str]:
@@ -426,7 +430,8 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
         rates: dict[str, list[float]] = {v: [] for v in GPT_VARIANTS}
         logs: dict[str, list[float]] = {}
         for r in range(args.repeats):
-            order = GPT_VARIANTS[r % 3:] + GPT_VARIANTS[:r % 3]
+            shift = r % len(GPT_VARIANTS)
+            order = GPT_VARIANTS[shift:] + GPT_VARIANTS[:shift]
             for variant in order:
                 clock = _StepClock(warmup)
                 trainer = build_gpt_trainer(variant, size, steps, tempfile.mkdtemp(prefix="bench_gpt_"), data,
@@ -438,11 +443,12 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 del trainer
             print(f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS),
                   flush=True)
-        ratios = {v: [a / b for a, b in zip(rates[v], rates["gpt2"])] for v in ("anchored", "plain")}
+        ratios = {v: [a / b for a, b in zip(rates[v], rates["gpt2"])] for v in ("anchored", "routed", "plain")}
         out[size_name] = {
             "size": size, "tokens_per_step": tokens_per_step, "steps": steps, "warmup_steps_excluded": warmup,
             "tokens_per_s": {v: _spread(rates[v]) for v in GPT_VARIANTS},
             "ratio_anchored_over_gpt2": _spread(ratios["anchored"]),
+            "ratio_routed_over_gpt2": _spread(ratios["routed"]),
             "ratio_plain_over_gpt2": _spread(ratios["plain"]),
             "meets_target": statistics.median(ratios["anchored"]) >= GPT_RATIO_TARGET,
             # Same weights, data and optimizer: the plain StructuredGPT and GPT-2 must log the same loss curve.
@@ -455,7 +461,8 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "tokens/s = batch x block tokens per optimizer step / steady-state step time (first steps excluded), CPU, "
         "torch threads as in environment.torch_threads. anchored: StructuredGPTForCausalLM under AnchoredTrainer "
         f"with {[r['loss'] for r in GPT_REGULARIZERS]} on '{GPT_SITE}' and Bernoulli weak labels drawn per step "
-        "from the prob_violence column (LMBlockCollator); plain: the same without regularizers; gpt2: transformers' "
+        "from the prob_violence column (LMBlockCollator); routed: anchored plus the gradient route "
+        f"{GPT_ROUTES}; plain: the same without regularizers; gpt2: transformers' "
         "GPT2LMHeadModel (gelu_new, no dropout, tied embeddings) with the same initial weights under "
         "transformers.Trainer. Same TrainingArguments (fused AdamW, lr 3e-4, no weight decay, clipping 1.0, logging "
         "every 10 steps) and the same synthetic Zipf-token blocks (prob_violence mean 0.3).")
@@ -823,18 +830,18 @@ def print_table(results: dict[str, Any]) -> None:
                 print(f"| {row['batch']} | {row[wkey]} | {row['trainer_ms_per_step']:.3g} | {hand} | {row['peak_tensor_mib']:.3g} |")
     gpt = results["sections"].get("gpt_throughput")
     if gpt and "ratio_target" in gpt:
-        print("\n| GPT size | anchored tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) | plain/GPT-2 |")
-        print("|---|---|---|---|---|---|")
+        print("\n| GPT size | anchored tok/s | routed tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) "
+              "| routed/GPT-2 | plain/GPT-2 |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, res in gpt.items():
             if not isinstance(res, dict) or "tokens_per_s" not in res:
                 continue
             tps, size = res["tokens_per_s"], res["size"]
             label = (f"{name}: d={size['hidden_size']} L={size['num_layers']} H={size['num_heads']} "
                      f"V={size['vocab_size']} T={size['block_size']} B={size['batch']}")
-            ra, rp = res["ratio_anchored_over_gpt2"], res["ratio_plain_over_gpt2"]
-            print(f"| {label} | {tps['anchored']['median']:.0f} | {tps['plain']['median']:.0f} | "
-                  f"{tps['gpt2']['median']:.0f} | {ra['median']:.3f} [{ra['min']:.3f}-{ra['max']:.3f}] | "
-                  f"{rp['median']:.3f} [{rp['min']:.3f}-{rp['max']:.3f}] |")
+            spans = " | ".join(f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}]" for q in
+                               (res[f"ratio_{v}_over_gpt2"] for v in ("anchored", "routed", "plain")))
+            print(f"| {label} | " + " | ".join(f"{tps[v]['median']:.0f}" for v in GPT_VARIANTS) + f" | {spans} |")
     iv = results["sections"].get("intervention_overhead")
     if iv and "rows" in iv:
         print("\n| model | batch | intervention | plain us/forward | with hooks | ratio (target <= 1.2) |")

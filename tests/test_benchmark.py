@@ -53,12 +53,14 @@ def test_benchmark_json_throughput_same_work_and_every_section(tmp_path):
     assert not any("pending" in section for section in data["sections"].values())
     gpt = data["sections"]["gpt_throughput"]["tiny"]
     assert data["sections"]["gpt_throughput"]["ratio_target"] == 0.9
-    for variant in ("anchored", "plain", "gpt2"):
+    for variant in ("anchored", "routed", "plain", "gpt2"):
         assert gpt["tokens_per_s"][variant]["median"] > 0, variant
-    assert gpt["ratio_anchored_over_gpt2"]["median"] > 0 and gpt["ratio_plain_over_gpt2"]["median"] > 0
+    for variant in ("anchored", "routed", "plain"):
+        assert gpt[f"ratio_{variant}_over_gpt2"]["median"] > 0, variant
     logged = gpt["same_work_check"]["logged_loss"]
     assert len(logged["gpt2"]) == 1 and gpt["same_work_check"]["plain_vs_gpt2_rel_diff_max"] < 1e-4
     assert logged["anchored"] != logged["plain"]  # the regularizers did act
+    assert logged["routed"] != logged["anchored"]  # and the route changed the gradients
     rows = data["sections"]["intervention_overhead"]["rows"]
     assert {(r["model"], r["batch"], r["intervention"]) for r in rows} >= {
         ("color_autoencoder", 64, "suppress:red"), ("color_autoencoder", 4096, "axes:hue"),
