@@ -13,9 +13,11 @@ from structured_hf.losses import (
     anchor,
     angular_anchor,
     angular_repulsion,
+    angular_subspace,
     anti_anchor,
     anti_subspace,
     cone_anchor,
+    deletion_target,
     euclidean_repulsion,
     selective_mean,
     selective_sum,
@@ -168,13 +170,44 @@ def test_euclidean_repulsion_gradient_by_hand():
     torch.testing.assert_close(x.grad, torch.tensor([[4.0, 0.0], [-4.0, 0.0]]))
 
 
+def _readout_kwargs(info) -> dict:
+    # A stand-in for a model's deletion readout: a per-row map to 3 "RGB" outputs.
+    return {"readout": lambda x: torch.tanh(x[:, :3])} if info.needs_readout else {}
+
+
+def test_angular_subspace_is_one_minus_cosine_to_the_subspace():
+    _close(angular_subspace(X, HUE), [0.0, 1.0])  # row 0 lies in the plane of axes 0-1; row 1 is orthogonal to it
+    _close(angular_subspace(X, AXES02), [1.0 - 3.0 / 5.0, 0.0])
+    _close(angular_subspace(2.0 * X, AXES02), [1.0 - 3.0 / 5.0, 0.0])  # scale-free
+
+
+def test_angular_subspace_pulls_where_relative_subspace_has_almost_no_gradient():
+    # Nearly orthogonal to the subspace (where a wide residual stream starts): 1 − cos² is flat there, 1 − cos is not.
+    x = torch.tensor([[1.0e-3, 0.0, 1.0, 0.0]], requires_grad=True)
+    angular_subspace(x, AXIS0).sum().backward()
+    g_angular = x.grad[0, 0].abs().item()
+    x.grad = None
+    subspace(x, AXIS0, relative=True).sum().backward()
+    g_relative = x.grad[0, 0].abs().item()
+    assert g_angular > 0.5
+    assert g_relative < 1e-2
+
+
+def test_deletion_target_is_mse_of_the_readout_to_the_target_color():
+    rows = torch.tensor([[1.0, 0.0, 0.5, 9.0], [0.0, 0.0, 0.0, 9.0]])
+    first3 = lambda x: x[:, :3]  # noqa: E731
+    _close(deletion_target(rows, AXIS0, readout=first3), [(1.0 + 0.25) / 3.0, 0.0])  # default target: black
+    _close(deletion_target(rows, AXIS0, readout=first3, target="white"), [(0.0 + 1.0 + 0.25) / 3.0, 1.0])
+    _close(deletion_target(rows, AXIS0, readout=first3, target=[1.0, 0.0, 0.5]), [0.0, (1.0 + 0.25) / 3.0])
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_per_sample(name):
     torch.manual_seed(0)
     x = torch.randn(5, 4, requires_grad=True)
     info = LOSSES[name]
     concept = {"direction": RED, "axes": HUE, None: None}[info.concept_kind]
-    out = info.fn(x, concept)
+    out = info.fn(x, concept, **_readout_kwargs(info))
     assert out.shape == (5,)
     assert torch.isfinite(out).all()
     out.sum().backward()
@@ -190,6 +223,7 @@ def test_non_repulsion_losses_do_not_couple_samples():
     for name, info in LOSSES.items():
         concept = {"direction": RED, "axes": HUE, None: None}[info.concept_kind]
         kwargs = {"power": 1.0} if name == "angular_repulsion" else {}  # p = 100 could underflow both to 0
+        kwargs.update(_readout_kwargs(info))
         a, b = info.fn(x, concept, **kwargs)[0], info.fn(y, concept, **kwargs)[0]
         if info.batch_coupled:
             assert a != b, name

@@ -190,3 +190,23 @@ def test_heal_trains_only_the_encoder_and_improves_retain_colors(model):
     assert not torch.equal(everything.decoder.out.weight, pruned.decoder.out.weight)
     with pytest.raises(StructuredConfigError, match="no parameters under 'body'"):
         heal(pruned, retain, steps=1, trainable="body")
+
+
+@pytest.mark.parametrize("axes", [(0,), (1, 3)])
+@pytest.mark.parametrize("site", ["bottleneck", "encoder"])
+def test_deletion_readout_is_the_pruned_models_forward_pass(model, axes, site):
+    # What `deletion_target` trains on must be exactly what `prune` will produce, from the full model's activation.
+    colors = rgb_grid(5)
+    pruned = prune(model, axes=list(axes))
+    with torch.no_grad():
+        x = torch.as_tensor(site_activations(model, colors, site))
+        predicted = model.deletion_readout(site, axes)(x).numpy()
+    np.testing.assert_allclose(predicted, reconstruct(pruned, colors), atol=1e-6)
+    assert np.abs(predicted - reconstruct(model, colors)).max() > 1e-3  # deleting the axes changes the output
+
+
+def test_deletion_readout_rejects_other_sites_and_axes(model):
+    with pytest.raises(StructuredConfigError, match="'encoder' or 'bottleneck'"):
+        model.deletion_readout("decoder", (0,))
+    with pytest.raises(StructuredConfigError, match=r"axes in \[0, 5\)"):
+        model.deletion_readout("bottleneck", (5,))

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from structured_hf import ColorAutoencoderConfig, ColorAutoencoderModel, NonFiniteLossError
+from structured_hf import (
+    ColorAutoencoderConfig,
+    ColorAutoencoderModel,
+    ConceptMap,
+    NonFiniteLossError,
+    StructuredConfigError,
+)
 from structured_hf.data import build_color_dataset, rgb_grid
 from structured_hf.losses import LOSSES, LossInfo
 from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments, build_trainer, parse_recipe
+from structured_hf.training.arguments import RegularizerSpec
 
 CONCEPTS = [
     {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]},
@@ -183,3 +190,67 @@ def test_evaluation_uses_exact_labels(tmp_path, tiny_recipe):
     assert torch.equal(red, again)
     metrics = trainer.evaluate()
     assert np.isfinite(metrics["eval_loss"])
+
+
+def _pruned_red_mse_to_black(tmp_path, tiny_recipe, weight: float) -> tuple[float, float]:
+    from structured_hf.interventions import prune
+
+    recipe = tiny_recipe(max_steps=200)
+    recipe["output_dir"] = str(tmp_path / f"w{weight}")
+    recipe["model"]["concepts"].append({"name": "reserved", "site": "bottleneck", "axes": [0]})
+    recipe["data"]["train"]["size"] = 6
+    recipe["schedules"]["learning_rate"] = {"interpolation": "linear", "keys": [[0, 3.0e-2], [200, 3.0e-2]]}
+    recipe["regularizers"].append({"name": "red-to-black", "loss": "deletion_target", "concept": "reserved",
+                                   "label": "red", "params": {"target": "black"}, "weight": weight})
+    trainer = build_trainer(parse_recipe(recipe))
+    trainer.train()
+    model = trainer.model.eval()
+    colors = rgb_grid(6)
+    reds = colors[(colors[:, 0] > 0.7) & (colors[:, 1] < 0.3) & (colors[:, 2] < 0.3)]
+    pruned = prune(model, axes=[0])
+    with torch.no_grad():
+        out = pruned(torch.as_tensor(reds, dtype=torch.float32)).reconstruction.numpy()
+        full = model(torch.as_tensor(colors, dtype=torch.float32)).reconstruction.numpy()
+    return float(np.square(out).mean()), float(np.square(full - colors).mean())
+
+
+def test_deletion_target_decides_what_pruning_does_to_labelled_samples(tmp_path, tiny_recipe):
+    # Same seed and data; the only difference is the term's weight (0 skips it). With it, the pruned model maps
+    # reds close to the target color, and the undeleted model still reconstructs.
+    with_term, recon = _pruned_red_mse_to_black(tmp_path, tiny_recipe, 1.0)
+    without, _ = _pruned_red_mse_to_black(tmp_path, tiny_recipe, 0.0)
+    assert with_term < 0.02
+    assert without > 3 * with_term
+    assert recon < 0.02
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"label": None}, "needs a label"),
+    ({"params": {"target": "reddish"}}, "unknown color 'reddish'"),
+    ({"params": {"colour": "black"}}, r"no parameter\(s\) \['colour'\]; it takes \['target'\]"),
+    ({"concept": "red"}, "needs a concept with axes"),
+])
+def test_deletion_target_spec_errors_name_the_problem(tmp_path, tiny_recipe, change, match):
+    recipe = tiny_recipe()
+    recipe["model"]["concepts"].append({"name": "reserved", "site": "bottleneck", "axes": [0]})
+    spec = {"name": "red-to-black", "loss": "deletion_target", "concept": "reserved", "label": "red",
+            "params": {"target": "black"}, "weight": 0.1, **change}
+    recipe["regularizers"].append({k: v for k, v in spec.items() if v is not None})
+    with pytest.raises(StructuredConfigError, match=match):
+        build_trainer(parse_recipe(recipe))
+
+
+def test_deletion_target_needs_a_model_with_a_deletion_readout():
+    from structured_hf.training.trainer import _bind_regularizers
+
+    spec = RegularizerSpec.from_dict({"loss": "deletion_target", "concept": "reserved", "label": "red"}, "reg")
+    concepts = ConceptMap.parse([{"name": "reserved", "site": "bottleneck", "axes": [0]}])
+    with pytest.raises(StructuredConfigError, match="Linear has no deletion_readout"):
+        _bind_regularizers([spec], concepts, {"bottleneck": 4}, None, torch.nn.Linear(2, 2))
+
+
+def test_unknown_loss_parameter_fails_at_construction(tmp_path, tiny_recipe):
+    recipe = tiny_recipe()
+    recipe["regularizers"][2]["params"] = {"powr": 3.0}
+    with pytest.raises(StructuredConfigError, match=r"'separate'.*no parameter\(s\) \['powr'\]; it takes \['power'\]"):
+        build_trainer(parse_recipe(recipe))

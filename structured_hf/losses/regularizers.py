@@ -1,19 +1,21 @@
 """Per-sample regularizers of RESEARCH §3.
 
 Every function maps activations ``x`` of shape ``(N, D)`` (any leading dims are flattened by the caller) and an
-optional concept to a per-sample loss of shape ``(N,)``. They are pure: no model, trainer or config access.
+optional concept to a per-sample loss of shape ``(N,)``. They are pure: no trainer or config access, and no model
+access except ``deletion_target``'s ``readout`` callable, which the trainer passes in.
 Reduction over the batch (plain or label-weighted) is done once, in :mod:`.reduction`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..concepts import ConceptSpec
+from ..data.colors import resolve_colors
 
 # Guards cos() and 1/d² against zero-length activations; small enough not to bias unit-norm latents.
 _EPS = 1e-8
@@ -113,6 +115,18 @@ def subspace(x: torch.Tensor, concept: ConceptSpec, relative: bool = False) -> t
     return _relative(x.index_select(-1, _axis_index(concept, x, inside=False)).square().sum(-1), x, relative)
 
 
+def angular_subspace(x: torch.Tensor, concept: ConceptSpec) -> torch.Tensor:
+    """``1 − ‖x_in‖/‖x‖``: ``1 − cos`` of the angle between the sample and the concept's subspace.
+
+    The subspace version of ``angular_anchor``: the sample may point anywhere inside the subspace (a concept spread
+    over several reserved axes keeps that many degrees of freedom). ``subspace`` with ``relative`` is
+    ``1 − cos²`` of the same angle, whose gradient vanishes when the sample starts (nearly) orthogonal to the
+    subspace, which is where a wide residual stream starts; ``1 − cos`` pulls from there too.
+    """
+    inside = x.index_select(-1, _axis_index(concept, x, inside=True)).norm(dim=-1)
+    return 1.0 - inside / x.norm(dim=-1).clamp_min(_EPS)
+
+
 def anti_subspace(x: torch.Tensor, concept: ConceptSpec, relative: bool = False) -> torch.Tensor:
     """``Σ x_d²`` over the concept's axes (divided by ``‖x‖²`` when ``relative``): keeps reserved axes clear."""
     return _relative(x.index_select(-1, _axis_index(concept, x, inside=True)).square().sum(-1), x, relative)
@@ -148,6 +162,26 @@ def euclidean_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None) -> 
     return inv.sum(-1) / mask.sum(-1).clamp_min(1)
 
 
+def deletion_target(x: torch.Tensor, concept: ConceptSpec, readout: Callable[[torch.Tensor], torch.Tensor],
+                    target: str | Sequence[float] = "black") -> torch.Tensor:
+    """``mean((readout(x) − t)²)``: what the model will output for the sample once the concept's axes are deleted,
+    pulled toward the color ``t`` (a name or an RGB triple).
+
+    ``readout`` is the model's own forward pass from the site with the axes removed (the trainer passes
+    ``model.deletion_readout(site, axes)``), so the term decides before training what deletion does to labelled
+    samples (red reads as black after pruning) instead of leaving it to wherever their renormalized remainder
+    happens to point. The only regularizer that reads past the site; it needs a model with ``deletion_readout``.
+    """
+    t = _constant(("target", _target_key(target), x.dtype, x.device),
+                  lambda: torch.as_tensor(resolve_colors([target], "params.target")[0], dtype=x.dtype,
+                                          device=x.device))
+    return (readout(x) - t).square().mean(-1)
+
+
+def _target_key(target: str | Sequence[float]) -> str | tuple:
+    return target if isinstance(target, str) else tuple(target)
+
+
 @dataclass(frozen=True)
 class LossInfo:
     """A registered regularizer and the kind of concept it needs (``direction``, ``axes`` or ``None``)."""
@@ -155,6 +189,8 @@ class LossInfo:
     fn: Callable[..., torch.Tensor]
     concept_kind: str | None
     batch_coupled: bool = False  # depends on other batch members (repulsion): sees only its micro-batch
+    # Reads the model past the site: called with ``readout=model.deletion_readout(site, concept axes)``.
+    needs_readout: bool = False
 
 
 LOSSES: dict[str, LossInfo] = {
@@ -164,7 +200,9 @@ LOSSES: dict[str, LossInfo] = {
     "cone_anchor": LossInfo(cone_anchor, "direction"),
     "unitarity": LossInfo(unitarity, None),
     "subspace": LossInfo(subspace, "axes"),
+    "angular_subspace": LossInfo(angular_subspace, "axes"),
     "anti_subspace": LossInfo(anti_subspace, "axes"),
     "angular_repulsion": LossInfo(angular_repulsion, None, batch_coupled=True),
     "euclidean_repulsion": LossInfo(euclidean_repulsion, None, batch_coupled=True),
+    "deletion_target": LossInfo(deletion_target, "axes", needs_readout=True),
 }

@@ -23,8 +23,9 @@ logs are bit-identical (scripts/benchmark.py measures the speed against a hand-w
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,12 @@ from transformers.training_args import OptimizerNames
 from transformers.utils import is_sagemaker_mp_enabled
 
 from ..concepts import ConceptMap, ConceptSpec
+from ..data.colors import resolve_colors
 from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
+from ..interventions.suppression import concept_axes
 from ..losses import LOSSES, selective_mean
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
@@ -60,8 +63,11 @@ class _BoundRegularizer:
     spec: RegularizerSpec
     concept: ConceptSpec | None
     site: str
+    readout: Callable[[torch.Tensor], torch.Tensor] | None = None  # losses that read past the site (LossInfo)
 
     def per_sample(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.readout is not None:
+            return LOSSES[self.spec.loss].fn(rows, self.concept, readout=self.readout, **self.spec.params)
         return LOSSES[self.spec.loss].fn(rows, self.concept, **self.spec.params)
 
 
@@ -102,7 +108,7 @@ class AnchoredTrainer(Trainer):
         dims = site_dims(model)
         concepts = ConceptMap.parse(getattr(model.config, "concepts", None)).validate(dims)
         known_labels = getattr(train_dataset, "label_names", None)
-        self.bound_regularizers = _bind_regularizers(args.regularizer_specs, concepts, dims, known_labels)
+        self.bound_regularizers = _bind_regularizers(args.regularizer_specs, concepts, dims, known_labels, model)
         self.bound_routes = bind_routes(args.route_specs, concepts, dims, known_labels)
         label_names = used_labels(args.regularizer_specs, args.route_specs)
         if data_collator is None:
@@ -528,7 +534,7 @@ def _columnar(dataset: Any) -> Any:
 
 
 def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims: Mapping[str, int],
-                       known_labels: Any) -> list[_BoundRegularizer]:
+                       known_labels: Any, model: torch.nn.Module | None = None) -> list[_BoundRegularizer]:
     """Resolve each spec's concept and site against the model, with errors naming the spec."""
     bound = []
     for i, spec in enumerate(specs):
@@ -542,5 +548,28 @@ def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims:
                                             f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
         site = bind_site(field, spec.site, concept, dims)
         check_label(field, spec.label, known_labels)
-        bound.append(_BoundRegularizer(spec, concept, site))
+        _check_params(f"{field}.params", spec.loss, spec.params)
+        readout = None
+        if LOSSES[spec.loss].needs_readout:
+            if model is None or not hasattr(model, "deletion_readout"):
+                raise StructuredConfigError(f"{field}.loss", f"loss '{spec.loss}' reads the model past the site; "
+                                            f"{type(model).__name__} has no deletion_readout (the color autoencoder "
+                                            "has)")
+            if not spec.label:
+                raise StructuredConfigError(f"{field}.label", f"loss '{spec.loss}' needs a label: it sets what "
+                                            "deletion does to the labelled samples, not to all of them")
+            readout = model.deletion_readout(site, concept_axes(concept))
+        bound.append(_BoundRegularizer(spec, concept, site, readout))
     return bound
+
+
+def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
+    """Unknown parameter names (and, for ``deletion_target``, an unknown color) fail at construction, naming the
+    spec, instead of as a TypeError at the first training step."""
+    fn = LOSSES[loss].fn
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("x", "concept", "readout")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise StructuredConfigError(field, f"loss '{loss}' has no parameter(s) {unknown}; it takes {accepted or 'none'}")
+    if "target" in params:
+        resolve_colors([params["target"]], f"{field}.target")

@@ -129,6 +129,30 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         # Linear while training (no saturating gradient at the cube faces); valid colors at inference.
         return out if self.training else out.clamp(0.0, 1.0)
 
+    def deletion_readout(self, site: str, axes: tuple[int, ...]):
+        """``f(x) -> RGB``: what the model outputs from activations ``x`` at ``site`` once ``axes`` are deleted.
+
+        Exactly the forward pass of ``prune(model, axes=axes)`` (or ``ablate``) continued from the full model's
+        activation: pruning drops the axes from the encoder's output, so on a normalized bottleneck the rest is
+        renormalized, ``normalize(x ⊙ keep)`` (x is ``z/‖z‖``, so this equals ``normalize(z ⊙ keep)``). A training
+        loss on it (``deletion_target``) shapes what deletion will do before anything is deleted.
+        """
+        if site not in ("encoder", "bottleneck"):
+            raise StructuredConfigError("site", f"deletion_readout reads the 'encoder' or 'bottleneck' site, got {site!r}")
+        width = self.config.bottleneck_dim
+        if not axes or any(not 0 <= a < width for a in axes):
+            raise StructuredConfigError("axes", f"expected axes in [0, {width}), got {list(axes)}")
+        keep = torch.ones(width, dtype=torch.bool)
+        keep[list(axes)] = False
+
+        def readout(x: torch.Tensor) -> torch.Tensor:
+            rest = x * keep.to(device=x.device, dtype=x.dtype)
+            if self.config.normalize_bottleneck:
+                rest = F.normalize(rest, dim=-1)
+            return self.decode(rest)
+
+        return readout
+
     def forward(self, colors: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ColorAutoencoderOutput:
         """
         Args:
