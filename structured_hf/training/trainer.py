@@ -39,8 +39,8 @@ from transformers.training_args import OptimizerNames
 from transformers.utils import is_sagemaker_mp_enabled
 
 from ..concepts import ConceptMap, ConceptSpec
-from ..data.colors import resolve_colors
 from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
+from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError

@@ -142,11 +142,12 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         width = self.config.bottleneck_dim
         if not axes or any(not 0 <= a < width for a in axes):
             raise StructuredConfigError("axes", f"expected axes in [0, {width}), got {list(axes)}")
-        keep = torch.ones(width, dtype=torch.bool)
-        keep[list(axes)] = False
+        from ...interventions.suppression import zero_axes  # here: interventions import this module
+
+        axes = tuple(axes)
 
         def readout(x: torch.Tensor) -> torch.Tensor:
-            rest = x * keep.to(device=x.device, dtype=x.dtype)
+            rest = zero_axes(x, axes)
             if self.config.normalize_bottleneck:
                 rest = F.normalize(rest, dim=-1)
             return self.decode(rest)
