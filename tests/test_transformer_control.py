@@ -95,6 +95,28 @@ def test_structured_gpt_residual_ablation_and_round_trip(tmp_path):
     assert torch.all(acts["layers.2.residual_post"][..., 3] == 0)
 
 
+def test_residual_mid_ablation_deletes_up_to_the_attention_of_the_block():
+    model = _gpt()
+    ids = torch.randint(40, (2, 10), generator=torch.Generator().manual_seed(1))
+    deleted = ablate(model, axes=[3], site="layers.1.residual_mid")
+    sites = ["layers.0.residual_pre", "layers.0.residual_mid", "layers.1.residual_mid", "layers.1.residual_post"]
+    with capture(deleted, sites) as acts:
+        deleted(ids)
+    for site in sites[:3]:
+        assert torch.all(acts[site][..., 3] == 0), site
+    # Block 1's MLP still writes the axis (it lies after the site), its attention does not.
+    assert acts["layers.1.residual_post"][..., 3].abs().max() > 0
+    b1 = deleted.layers[1]
+    assert torch.all(b1.attn.o_proj.weight[3] == 0) and torch.all(b1.mlp.down.weight[3] != 0)
+    assert b1.ln_2.weight[3] == 0 and torch.all(b1.mlp.up.weight[:, 3] == 0)  # the MLP reads inside the span
+    assert torch.all(deleted.layers[2].attn.q_proj.weight[:, 3] != 0)
+    # The mid site of block 1 lies strictly inside the span of residual_post: that deletion zeroes it too.
+    whole = ablate(model, axes=[3], site="layers.1.residual_post")
+    with capture(whole, ["layers.1.residual_mid"]) as acts:
+        whole(ids)
+    assert torch.all(acts["layers.1.residual_mid"][..., 3] == 0)
+
+
 def test_qk_ablation_project_out_and_errors(tmp_path):
     model = _color_model()
     qk = ablate(model, axes=[1, 5], site="layers.0.attn.q")

@@ -11,7 +11,8 @@ hypersphere variant keeps this property: ``normalize`` and ``h + α ⊙ (normali
 zero component (the other components are rescaled a little, because the deleted share of each norm is gone).
 
 Deleting at ``layers.L.residual_pre`` is deleting at ``layers.{L-1}.residual_post`` (the same tensor); at
-``layers.0.residual_pre`` only the embeddings are edited.
+``layers.0.residual_pre`` only the embeddings are edited. ``layers.L.residual_mid`` (between block L's attention and
+its MLP) adds block L's attention output projection to the writers and its MLP to the readers.
 
 For clarity the *readers* inside the span are cleaned too: the LayerNorm before every sub-layer whose input lies in
 the span gets gain and bias 0 on the axis, and the linear maps after it (``q_proj``, ``k_proj``, ``v_proj``, ``up``;
@@ -57,7 +58,7 @@ from ..models.color_transformer import ColorTransformerModel
 from ..models.structured_gpt import StructuredGPTForCausalLM
 from .surgery import SurgeryPoint, register_surgery_adapter
 
-_SITE = re.compile(r"^layers\.(\d+)\.(residual_pre|residual_post|attn\.q|attn\.k)$")
+_SITE = re.compile(r"^layers\.(\d+)\.(residual_pre|residual_mid|residual_post|attn\.q|attn\.k)$")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     n = len(model.layers)
     match = _SITE.match(site)
     if match is None or int(match.group(1)) >= n:
-        known = [f"layers.{{0..{n - 1}}}.{s}" for s in ("residual_pre", "residual_post", "attn.q", "attn.k")]
+        known = [f"layers.{{0..{n - 1}}}.{s}" for s in ("residual_pre", "residual_mid", "residual_post", "attn.q",
+                                                              "attn.k")]
         raise StructuredConfigError("surgery.site", f"unknown site '{site}' for {type(model).__name__}; expected one "
                                     f"of {known}")
     layer, kind = int(match.group(1)), match.group(2)
@@ -134,14 +136,19 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
                             writes=((proj.weight, 0), (proj.bias, 0)),
                             prune_error=f"'{site}' is a query/key site: pruning it would make one head narrower "
                             "than the others; use ablate (zero the projection's rows) instead")
-    last = layer if kind == "residual_post" else layer - 1  # the last block whose writes reach the site
+    # Blocks 0..full lie inside the span entirely; a residual_mid site adds block `layer`'s attention writes (and the
+    # MLP that reads them) to the span.
+    full = layer if kind == "residual_post" else layer - 1
+    mid = kind == "residual_mid"
     writes: list = [(_get(model, name), dim) for name, dim in layout.embeddings]
     reads: list = []
-    for i in range(last + 1):
+    for i in range(full + 1):
         block = model.layers[i]
         writes += [(block.attn.o_proj.weight, 0), (block.attn.o_proj.bias, 0),
                    (block.mlp.down.weight, 0), (block.mlp.down.bias, 0)]
-    for i in range(last + 2):  # blocks 0..last read the span entirely, block last+1 with its attention sub-layer
+    if mid:
+        writes += [(model.layers[layer].attn.o_proj.weight, 0), (model.layers[layer].attn.o_proj.bias, 0)]
+    for i in range(full + 2):  # blocks 0..full read the span entirely, block full+1 with its attention sub-layer
         if i >= n:
             norm, head = _get(model, layout.final_norm), _get(model, layout.head)
             reads += [(norm.weight, 0), (norm.bias, 0), (head.weight, 1)]
@@ -150,12 +157,13 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
         attn_norm, mlp_norm = (getattr(block, name) for name in layout.block_norms)
         reads += [(attn_norm.weight, 0), (attn_norm.bias, 0)]
         reads += [(p.weight, 1) for p in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj)]
-        if i <= last:
+        if i <= full or mid:  # (mid: i == layer == full + 1, whose MLP reads the span too)
             reads += [(mlp_norm.weight, 0), (mlp_norm.bias, 0), (block.mlp.up.weight, 1)]
-    sites = tuple(f"layers.{i}.residual_post" for i in range(last + 1)) + \
-        tuple(f"layers.{i}.residual_pre" for i in range(min(last + 2, n)))
+    sites = tuple(f"layers.{i}.residual_post" for i in range(full + 1)) + \
+        tuple(f"layers.{i}.residual_mid" for i in range(full + 1 + int(mid))) + \
+        tuple(f"layers.{i}.residual_pre" for i in range(min(full + 2, n)))
     prepare = None
-    if layout.tied is not None and getattr(model.config, layout.tied[0], False) and last + 1 < n:
+    if layout.tied is not None and getattr(model.config, layout.tied[0], False) and full + 1 < n:
         prepare = _untie(layout)
     return SurgeryPoint(None, (), None, sites, width=width, writes=tuple(w for w in writes if w[0] is not None),
                         axis_reads=tuple(r for r in reads if r[0] is not None), prepare=prepare,

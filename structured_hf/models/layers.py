@@ -14,9 +14,10 @@ from ..sites import ActivationSite
 
 
 def transformer_site_dims(num_layers: int, width: int) -> dict[str, int]:
-    """The sites of a transformer with ``num_layers`` blocks: residual stream before/after each block, q and k."""
+    """The sites of a transformer with ``num_layers`` blocks: the residual stream entering each block, between its
+    attention and its MLP (``residual_mid``) and leaving it, and the attention queries/keys."""
     return {f"layers.{i}.{name}": width for i in range(num_layers)
-            for name in ("residual_pre", "residual_post", "attn.q", "attn.k")}
+            for name in ("residual_pre", "residual_mid", "residual_post", "attn.q", "attn.k")}
 
 
 class SiteAttention(nn.Module):

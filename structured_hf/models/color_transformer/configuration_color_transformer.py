@@ -31,7 +31,8 @@ class ColorTransformerConfig(PreTrainedConfig):
             residual stream is kept on the unit sphere and each block moves it by a learned step).
         layer_norm_eps (`float`, defaults to 1e-5).
         concepts (`list[dict]`, *optional*): the concept map; sites are `layers.{i}.residual_pre`,
-            `layers.{i}.residual_post`, `layers.{i}.attn.q`, `layers.{i}.attn.k`, all of width `hidden_size`.
+            `layers.{i}.residual_mid`, `layers.{i}.residual_post`, `layers.{i}.attn.q`, `layers.{i}.attn.k`, all of
+            width `hidden_size`.
     """
 
     model_type = "structured_color_transformer"

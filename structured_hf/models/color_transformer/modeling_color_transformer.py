@@ -4,6 +4,7 @@
     -> num_layers blocks; each block i has sites
          layers.{i}.residual_pre  (B, 4, D)  the stream entering the block
          layers.{i}.attn.q/.k     (B, 4, D)  queries and keys before the head split
+         layers.{i}.residual_mid  (B, 4, D)  after the block's attention, what its MLP reads
          layers.{i}.residual_post (B, 4, D)  the stream leaving the block
     -> final norm -> head(result query) -> RGB (B, 3)
 
@@ -57,16 +58,17 @@ class ColorTransformerBlock(nn.Module):
             # Learned per-dimension step sizes ("eigen learning rates" of nGPT), small at init.
             self.attn_alpha = nn.Parameter(torch.full((d,), 0.05))
             self.mlp_alpha = nn.Parameter(torch.full((d,), 0.05))
+        self.residual_mid = ActivationSite(f"layers.{layer}.residual_mid", d)
         self.residual_post = ActivationSite(f"layers.{layer}.residual_post", d)
 
     def forward(self, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         h = self.residual_pre(h)
         mask = key_mask[:, None, None, :]  # (B, 1, 1, 4): every query may see every present token
         if self.hypersphere:
-            h = hypersphere_step(h, self.attn(h, mask), self.attn_alpha)
+            h = self.residual_mid(hypersphere_step(h, self.attn(h, mask), self.attn_alpha))
             h = hypersphere_step(h, self.mlp(h), self.mlp_alpha)
         else:
-            h = h + self.attn(self.attn_norm(h), mask)
+            h = self.residual_mid(h + self.attn(self.attn_norm(h), mask))
             h = h + self.mlp(self.mlp_norm(h))
         return self.residual_post(h)
 

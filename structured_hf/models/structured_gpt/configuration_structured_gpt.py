@@ -31,7 +31,8 @@ class StructuredGPTConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-5).
         initializer_range (`float`, defaults to 0.02): std of the normal init (GPT-2's).
         concepts (`list[dict]`, *optional*): the concept map; sites `layers.{i}.residual_pre`,
-            `layers.{i}.residual_post`, `layers.{i}.attn.q`, `layers.{i}.attn.k` of width `hidden_size`.
+            `layers.{i}.residual_mid`, `layers.{i}.residual_post`, `layers.{i}.attn.q`, `layers.{i}.attn.k`, all of
+            width `hidden_size`.
     """
 
     model_type = "structured_gpt"

@@ -5,6 +5,7 @@
 Block i (pre-norm, as GPT-2):
     layers.{i}.residual_pre  (B, T, D)
     h = h + attn(ln_1(h))        queries/keys at layers.{i}.attn.q / .k (B, T, D), before the head split
+    layers.{i}.residual_mid  (B, T, D)  what the MLP reads: the stream after the block's attention
     h = h + mlp(ln_2(h))         GELU (tanh approximation, GPT-2's "gelu_new")
     layers.{i}.residual_post (B, T, D)
 
@@ -46,15 +47,16 @@ class GPTBlock(nn.Module):
         if self.hypersphere:
             self.attn_alpha = nn.Parameter(torch.full((d,), 0.05))
             self.mlp_alpha = nn.Parameter(torch.full((d,), 0.05))
+        self.residual_mid = ActivationSite(f"layers.{layer}.residual_mid", d)
         self.residual_post = ActivationSite(f"layers.{layer}.residual_post", d)
 
     def forward(self, h: torch.Tensor, cache: Cache | None, mask: torch.Tensor | None) -> torch.Tensor:
         h = self.residual_pre(h)
         if self.hypersphere:
-            h = hypersphere_step(h, self.attn(h, mask, is_causal=True, cache=cache), self.attn_alpha)
+            h = self.residual_mid(hypersphere_step(h, self.attn(h, mask, is_causal=True, cache=cache), self.attn_alpha))
             h = hypersphere_step(h, self.mlp(h), self.mlp_alpha)
         else:
-            h = h + self.drop(self.attn(self.ln_1(h), mask, is_causal=True, cache=cache))
+            h = self.residual_mid(h + self.drop(self.attn(self.ln_1(h), mask, is_causal=True, cache=cache)))
             h = h + self.drop(self.mlp(self.ln_2(h)))
         return self.residual_post(h)
 
