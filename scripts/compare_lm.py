@@ -6,7 +6,7 @@ relearning attack on every deleted model.
         --filtered outputs/structured_gpt-filtered --concept violence --output_dir outputs/m4-comparison
 
 The three folders come from ``scripts/train.py configs/structured_gpt/default.yaml`` with, for the baselines,
-``--set 'regularizers=[]'`` and additionally ``--set 'data.filter={concepts: [violence, deception]}'`` (see the
+``--set 'regularizers=[]' --set 'routes=[]'`` and additionally ``--set 'data.filter={concepts: [violence, deception]}'`` (see the
 README). Every folder (or Hub id) holds a model and its tokenizer; the held-out test chunks are the anchored run's
 ``heldout/`` folder and the training chunks are re-labelled from its ``recipe.yaml`` (deterministic).
 
