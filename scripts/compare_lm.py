@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack_chunks", type=int, default=64,
                    help="training forget chunks the relearning attack fine-tunes on (default: %(default)s)")
     p.add_argument("--attack_steps", type=int, default=100, help="AdamW steps of the attack (default: %(default)s)")
-    p.add_argument("--attack_lr", type=float, default=1.0e-3, help="learning rate of the attack (default: %(default)s)")
+    p.add_argument("--attack_lr", type=float, default=1.0e-4, help="learning rate of the attack (default: %(default)s)")
     p.add_argument("--eval_every", type=int, default=10,
                    help="evaluate the held-out sets every N attack steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's chunk choice and batches")

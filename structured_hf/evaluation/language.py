@@ -277,10 +277,12 @@ def mean_difference_direction(model: nn.Module, tokenizer, concept_texts: Sequen
 
 # ---- relearning attack --------------------------------------------------------------------------------------------
 def lm_relearning_attack(model: nn.Module, tokenizer, attack_texts: Sequence[str], probe_sets: Mapping[str, Sequence[str]],
-                         steps: int = 100, lr: float = 1.0e-3, batch_size: int = 8, eval_every: int = 10,
+                         steps: int = 100, lr: float = 1.0e-4, batch_size: int = 8, eval_every: int = 10,
                          seed: int = 0) -> dict[str, Any]:
     """Fine-tune a copy of ``model`` on ``attack_texts`` (e.g. 64 training forget chunks) with AdamW and record the
     held-out losses of ``probe_sets`` every ``eval_every`` steps; the attack's success is the lowest forget loss.
+    The default ``lr`` (1e-4) is the strongest attack measured on the M4 models: at 1e-3 the 64 chunks are only
+    overfitted and every held-out loss rises from the first probe on.
 
     Returns ``{"steps": [...], "<set>": [...losses], "lowest": {set: min}, "final": {set: last}}``.
     """
@@ -333,7 +335,7 @@ def language_markdown(report: Mapping[str, Any]) -> str:
 # ---- the M4 comparison ----------------------------------------------------------------------------------------------
 def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: datasets.Dataset, train_chunks: datasets.Dataset,
                             concept: str, unanchored: nn.Module | None = None, filtered: nn.Module | None = None,
-                            attack_chunks: int = 64, attack_steps: int = 100, attack_lr: float = 1.0e-3,
+                            attack_chunks: int = 64, attack_steps: int = 100, attack_lr: float = 1.0e-4,
                             eval_every: int = 10, batch_size: int = 32, seed: int = 0, direction_chunks: int = 512,
                             probe_retain_chunks: int = 256) -> dict[str, Any]:
     """One table for M4: the anchored model (suppressed, deleted) against (a) the same recipe trained without
