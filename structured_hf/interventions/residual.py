@@ -55,10 +55,11 @@ from torch import nn
 
 from ..errors import StructuredConfigError
 from ..models.color_transformer import ColorTransformerModel
+from ..models.layers import TRANSFORMER_SITE_KINDS
 from ..models.structured_gpt import StructuredGPTForCausalLM
 from .surgery import SurgeryPoint, register_surgery_adapter
 
-_SITE = re.compile(r"^layers\.(\d+)\.(residual_pre|residual_mid|residual_post|attn\.q|attn\.k)$")
+_SITE = re.compile(rf"^layers\.(\d+)\.({'|'.join(map(re.escape, TRANSFORMER_SITE_KINDS))})$")
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,7 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     n = len(model.layers)
     match = _SITE.match(site)
     if match is None or int(match.group(1)) >= n:
-        known = [f"layers.{{0..{n - 1}}}.{s}" for s in ("residual_pre", "residual_mid", "residual_post", "attn.q",
-                                                              "attn.k")]
+        known = [f"layers.{{0..{n - 1}}}.{s}" for s in TRANSFORMER_SITE_KINDS]
         raise StructuredConfigError("surgery.site", f"unknown site '{site}' for {type(model).__name__}; expected one "
                                     f"of {known}")
     layer, kind = int(match.group(1)), match.group(2)

@@ -13,11 +13,14 @@ from torch import nn
 from ..sites import ActivationSite
 
 
+# The per-block site names (``layers.{i}.<kind>``): the residual stream entering each block, between its attention
+# and its MLP and leaving it, and the attention queries/keys. Surgery (interventions/residual.py) parses the same list.
+TRANSFORMER_SITE_KINDS = ("residual_pre", "residual_mid", "residual_post", "attn.q", "attn.k")
+
+
 def transformer_site_dims(num_layers: int, width: int) -> dict[str, int]:
-    """The sites of a transformer with ``num_layers`` blocks: the residual stream entering each block, between its
-    attention and its MLP (``residual_mid``) and leaving it, and the attention queries/keys."""
-    return {f"layers.{i}.{name}": width for i in range(num_layers)
-            for name in ("residual_pre", "residual_mid", "residual_post", "attn.q", "attn.k")}
+    """The sites of a transformer with ``num_layers`` blocks (:data:`TRANSFORMER_SITE_KINDS` per block)."""
+    return {f"layers.{i}.{name}": width for i in range(num_layers) for name in TRANSFORMER_SITE_KINDS}
 
 
 class SiteAttention(nn.Module):
