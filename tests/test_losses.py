@@ -201,6 +201,19 @@ def test_deletion_target_is_mse_of_the_readout_to_the_target_color():
     _close(deletion_target(rows, AXIS0, readout=first3, target=[1.0, 0.0, 0.5]), [0.0, (1.0 + 0.25) / 3.0])
 
 
+def test_deletion_target_unchanged_pulls_the_deleted_output_toward_the_intact_one_only():
+    from structured_hf.models.color_autoencoder.modeling_color_autoencoder import DeletionReadout
+
+    rows = torch.tensor([[1.0, 0.0, 0.5, 9.0], [0.0, 0.0, 0.0, 9.0]], requires_grad=True)
+    intact = lambda x: x[:, :3] * 2.0  # noqa: E731
+    readout = DeletionReadout(deleted=lambda x: x[:, :3], intact=intact)
+    loss = deletion_target(rows, AXIS0, readout=readout, target="unchanged")
+    _close(loss, [(1.0 + 0.0 + 0.25) / 3.0, 0.0])
+    loss.sum().backward()
+    # The gradient flows through the deleted path only (the intact output is held fixed): d/dx (x − 2x₀)² = 2(x − 2x)
+    _close(rows.grad[0], [2.0 * (1.0 - 2.0) / 3.0, 0.0, 2.0 * (0.5 - 1.0) / 3.0, 0.0])
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_per_sample(name):
     torch.manual_seed(0)

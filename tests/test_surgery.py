@@ -203,6 +203,9 @@ def test_deletion_readout_is_the_pruned_models_forward_pass(model, axes, site):
         predicted = model.deletion_readout(site, axes)(x).numpy()
     np.testing.assert_allclose(predicted, reconstruct(pruned, colors), atol=1e-6)
     assert np.abs(predicted - reconstruct(model, colors)).max() > 1e-3  # deleting the axes changes the output
+    with torch.no_grad():  # the intact path is the full model's own forward pass from the site
+        intact = model.deletion_readout(site, axes).intact(x).numpy()
+    np.testing.assert_allclose(intact, reconstruct(model, colors), atol=1e-6)
 
 
 def test_deletion_readout_rejects_other_sites_and_axes(model):

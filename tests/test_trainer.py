@@ -192,41 +192,58 @@ def test_evaluation_uses_exact_labels(tmp_path, tiny_recipe):
     assert np.isfinite(metrics["eval_loss"])
 
 
-def _pruned_red_mse_to_black(tmp_path, tiny_recipe, weight: float) -> tuple[float, float]:
+def _pruned_mses(tmp_path, tiny_recipe, weight: float, keep_weight: float = 0.0) -> tuple[float, float, float]:
+    """(pruned reds' MSE to black, pruned greens' and blues' MSE to themselves, the undeleted model's MSE)."""
     from structured_hf.interventions import prune
 
     recipe = tiny_recipe(max_steps=200)
-    recipe["output_dir"] = str(tmp_path / f"w{weight}")
+    recipe["output_dir"] = str(tmp_path / f"w{weight}-{keep_weight}")
     recipe["model"]["concepts"].append({"name": "reserved", "site": "bottleneck", "axes": [0]})
     recipe["data"]["train"]["size"] = 6
+    recipe["data"]["labels"]["cool"] = {"feature": "greenness", "scale": 1.0, "power": 2.0}
     recipe["schedules"]["learning_rate"] = {"interpolation": "linear", "keys": [[0, 3.0e-2], [200, 3.0e-2]]}
     recipe["regularizers"].append({"name": "red-to-black", "loss": "deletion_target", "concept": "reserved",
                                    "label": "red", "params": {"target": "black"}, "weight": weight})
+    recipe["regularizers"].append({"name": "cool-survives", "loss": "deletion_target", "concept": "reserved",
+                                   "label": "cool", "params": {"target": "unchanged"}, "weight": keep_weight})
     trainer = build_trainer(parse_recipe(recipe))
     trainer.train()
     model = trainer.model.eval()
     colors = rgb_grid(6)
     reds = colors[(colors[:, 0] > 0.7) & (colors[:, 1] < 0.3) & (colors[:, 2] < 0.3)]
+    greens = colors[(colors[:, 1] > 0.7) & (colors[:, 0] < 0.3) & (colors[:, 2] < 0.3)]
     pruned = prune(model, axes=[0])
     with torch.no_grad():
         out = pruned(torch.as_tensor(reds, dtype=torch.float32)).reconstruction.numpy()
+        kept = pruned(torch.as_tensor(greens, dtype=torch.float32)).reconstruction.numpy()
         full = model(torch.as_tensor(colors, dtype=torch.float32)).reconstruction.numpy()
-    return float(np.square(out).mean()), float(np.square(full - colors).mean())
+    return (float(np.square(out).mean()), float(np.square(kept - greens).mean()),
+            float(np.square(full - colors).mean()))
 
 
 def test_deletion_target_decides_what_pruning_does_to_labelled_samples(tmp_path, tiny_recipe):
     # Same seed and data; the only difference is the term's weight (0 skips it). With it, the pruned model maps
     # reds close to the target color, and the undeleted model still reconstructs.
-    with_term, recon = _pruned_red_mse_to_black(tmp_path, tiny_recipe, 1.0)
-    without, _ = _pruned_red_mse_to_black(tmp_path, tiny_recipe, 0.0)
+    with_term, _, recon = _pruned_mses(tmp_path, tiny_recipe, 1.0)
+    without, _, _ = _pruned_mses(tmp_path, tiny_recipe, 0.0)
     assert with_term < 0.02
     assert without > 3 * with_term
+    assert recon < 0.02
+
+
+def test_deletion_target_unchanged_makes_pruning_leave_labelled_samples_alone(tmp_path, tiny_recipe):
+    # Both runs send pruned reds to black; only the second also asks that pruning leave greens as they decode.
+    reds_plain, greens_plain, _ = _pruned_mses(tmp_path, tiny_recipe, 1.0, keep_weight=0.0)
+    reds_kept, greens_kept, recon = _pruned_mses(tmp_path, tiny_recipe, 1.0, keep_weight=0.3)
+    assert greens_plain > 5 * greens_kept  # measured 0.25 vs 0.019
+    assert reds_kept < 0.05  # red is still deleted
     assert recon < 0.02
 
 
 @pytest.mark.parametrize("change, match", [
     ({"label": None}, "needs a label"),
     ({"params": {"target": "reddish"}}, "unknown color 'reddish'"),
+    ({"params": {"target": "unchange"}}, "unknown color 'unchange'"),
     ({"params": {"colour": "black"}}, r"no parameter\(s\) \['colour'\]; it takes \['target'\]"),
     ({"concept": "red"}, "needs a concept with axes"),
 ])

@@ -26,6 +26,9 @@ _CONSTANTS: dict[tuple, torch.Tensor] = {}
 _CONSTANTS_MAX = 1024
 
 
+UNCHANGED = "unchanged"  # deletion_target's "leave the sample as it decodes now"
+
+
 def _constant(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``build()``, cached under ``key``. Not cached when ``key`` is unhashable (a hand-made concept with list
     fields) or while a dispatch mode (fake tensors, tracers, memory trackers) is active; always built outside
@@ -165,13 +168,18 @@ def euclidean_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None) -> 
 def deletion_target(x: torch.Tensor, concept: ConceptSpec, readout: Callable[[torch.Tensor], torch.Tensor],
                     target: str | Sequence[float] = "black") -> torch.Tensor:
     """``mean((readout(x) − t)²)``: what the model will output for the sample once the concept's axes are deleted,
-    pulled toward the color ``t`` (a name or an RGB triple).
+    pulled toward the color ``t`` (a name or an RGB triple), or with ``target: unchanged`` toward what the model
+    outputs for it now (``readout.intact(x)``, held fixed): "deleting this concept leaves these samples alone".
 
     ``readout`` is the model's own forward pass from the site with the axes removed (the trainer passes
     ``model.deletion_readout(site, axes)``), so the term decides before training what deletion does to labelled
-    samples (red reads as black after pruning) instead of leaving it to wherever their renormalized remainder
-    happens to point. The only regularizer that reads past the site; it needs a model with ``deletion_readout``.
+    samples (red reads as black after pruning, yellow stays yellow) instead of leaving it to wherever their
+    renormalized remainder happens to point. The only regularizer that reads past the site; it needs a model with
+    ``deletion_readout``.
     """
+    if isinstance(target, str) and target == UNCHANGED:
+        # Detached: the term moves the deleted path toward today's output, not today's output toward the deleted one.
+        return (readout(x) - readout.intact(x).detach()).square().mean(-1)
     t = _constant(("target", _target_key(target), x.dtype, x.device),
                   lambda: torch.as_tensor(resolve_colors([target], "params.target")[0], dtype=x.dtype,
                                           device=x.device))

@@ -46,6 +46,7 @@ from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
 from ..interventions.suppression import concept_axes
 from ..losses import LOSSES, selective_mean
+from ..losses.regularizers import UNCHANGED
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
@@ -571,5 +572,5 @@ def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise StructuredConfigError(field, f"loss '{loss}' has no parameter(s) {unknown}; it takes {accepted or 'none'}")
-    if "target" in params:
+    if "target" in params and params["target"] != UNCHANGED:
         resolve_colors([params["target"]], f"{field}.target")

@@ -9,6 +9,7 @@ consumes it, which is what surgery (ablation/pruning of bottleneck axes) address
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,21 @@ from ..base import StructuredPreTrainedModel
 from .configuration_color_autoencoder import ColorAutoencoderConfig
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class DeletionReadout:
+    """The model's output from a site's activations, with the axes deleted (calling it) and intact (``intact``).
+
+    A loss on the deleted path decides what deletion will do; the intact path is what the same sample decodes to
+    today, the target of a "deletion leaves this sample alone" term.
+    """
+
+    deleted: Callable[[torch.Tensor], torch.Tensor]
+    intact: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deleted(x)
 
 
 @dataclass
@@ -129,13 +145,13 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         # Linear while training (no saturating gradient at the cube faces); valid colors at inference.
         return out if self.training else out.clamp(0.0, 1.0)
 
-    def deletion_readout(self, site: str, axes: tuple[int, ...]):
-        """``f(x) -> RGB``: what the model outputs from activations ``x`` at ``site`` once ``axes`` are deleted.
+    def deletion_readout(self, site: str, axes: tuple[int, ...]) -> DeletionReadout:
+        """What the model outputs from activations ``x`` at ``site`` once ``axes`` are deleted (and without deletion).
 
-        Exactly the forward pass of ``prune(model, axes=axes)`` (or ``ablate``) continued from the full model's
-        activation: pruning drops the axes from the encoder's output, so on a normalized bottleneck the rest is
-        renormalized, ``normalize(x ⊙ keep)`` (x is ``z/‖z‖``, so this equals ``normalize(z ⊙ keep)``). A training
-        loss on it (``deletion_target``) shapes what deletion will do before anything is deleted.
+        The deleted path is exactly the forward pass of ``prune(model, axes=axes)`` (or ``ablate``) continued from the
+        full model's activation: pruning drops the axes from the encoder's output, so on a normalized bottleneck the
+        rest is renormalized, ``normalize(x ⊙ keep)`` (x is ``z/‖z‖``, so this equals ``normalize(z ⊙ keep)``). A
+        training loss on it (``deletion_target``) shapes what deletion will do before anything is deleted.
         """
         if site not in ("encoder", "bottleneck"):
             raise StructuredConfigError("site", f"deletion_readout reads the 'encoder' or 'bottleneck' site, got {site!r}")
@@ -146,13 +162,11 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
 
         axes = tuple(axes)
 
-        def readout(x: torch.Tensor) -> torch.Tensor:
-            rest = zero_axes(x, axes)
-            if self.config.normalize_bottleneck:
-                rest = F.normalize(rest, dim=-1)
-            return self.decode(rest)
+        def finish(x: torch.Tensor) -> torch.Tensor:
+            # The encoder site is before the norm; the bottleneck site is already unit-norm (normalizing is a no-op).
+            return self.decode(F.normalize(x, dim=-1) if self.config.normalize_bottleneck else x)
 
-        return readout
+        return DeletionReadout(deleted=lambda x: finish(zero_axes(x, axes)), intact=finish)
 
     def forward(self, colors: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ColorAutoencoderOutput:
         """
