@@ -193,7 +193,7 @@ def test_evaluation_uses_exact_labels(tmp_path, tiny_recipe):
 
 
 def _pruned_mses(tmp_path, tiny_recipe, weight: float, keep_weight: float = 0.0) -> tuple[float, float, float]:
-    """(pruned reds' MSE to black, pruned greens' and blues' MSE to themselves, the undeleted model's MSE)."""
+    """(pruned reds' MSE to black, pruned greens' MSE to themselves, the undeleted model's MSE)."""
     from structured_hf.interventions import prune
 
     recipe = tiny_recipe(max_steps=200)
@@ -233,7 +233,7 @@ def test_deletion_target_decides_what_pruning_does_to_labelled_samples(tmp_path,
 
 def test_deletion_target_unchanged_makes_pruning_leave_labelled_samples_alone(tmp_path, tiny_recipe):
     # Both runs send pruned reds to black; only the second also asks that pruning leave greens as they decode.
-    reds_plain, greens_plain, _ = _pruned_mses(tmp_path, tiny_recipe, 1.0, keep_weight=0.0)
+    _, greens_plain, _ = _pruned_mses(tmp_path, tiny_recipe, 1.0, keep_weight=0.0)
     reds_kept, greens_kept, recon = _pruned_mses(tmp_path, tiny_recipe, 1.0, keep_weight=0.3)
     assert greens_plain > 5 * greens_kept  # measured 0.25 vs 0.019
     assert reds_kept < 0.05  # red is still deleted
