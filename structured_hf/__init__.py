@@ -11,7 +11,7 @@ from .models import ColorAutoencoderConfig, ColorAutoencoderModel
 from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
 from .interventions import InterventionSpec, ablate, intervene, prune, repel, suppress, suppress_axes
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "ActivationSite", "CheckpointError", "ColorAutoencoderConfig", "ColorAutoencoderModel", "ConceptMap", "ConceptSpec",

@@ -20,7 +20,7 @@ from .data.curriculum import CurriculumSampler
 from .evaluation import evaluate_color_model
 from .evaluation.color_tasks import concept_placement, per_operation_errors
 from .evaluation.structure import color_structure, latent_jitter, loss_excursions, loss_spikes
-from .hub import render_color_model_card, render_model_card_from_folder
+from .cards import render_color_model_card, render_color_transformer_card, render_model_card_from_folder
 from .training import build_trainer
 from .training.callbacks import LatentSnapshotCallback, ProbeCallback
 from .training.recipe import Recipe, build_lm_datasets, build_task_splits, model_type
@@ -139,7 +139,7 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
                               title=f"{out.name}: latent evolution")
         if animation:
             animate_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.gif", schedules)
-    render_color_model_card(recipe, metrics, str(out)).save(out / "README.md")
+    render_color_model_card(recipe, metrics, str(out), concepts=model.concept_map).save(out / "README.md")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
     return metrics
 
@@ -180,9 +180,7 @@ def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str
         plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
         plot_concept_tracking(tracker.history, out / "concept_tracking.png", title=f"{out.name}: red in the residual stream")
         plot_control_ratios(metrics["control"], out / "control_ratios.png", title=f"{out.name}: control of red")
-    from .hub import render_color_transformer_card
-
-    render_color_transformer_card(recipe, metrics, str(out)).save(out / "README.md")
+    render_color_transformer_card(recipe, metrics, str(out), concepts=model.concept_map).save(out / "README.md")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
     return metrics
 

@@ -32,7 +32,9 @@ from structured_hf.hub import (
     push_output_dir,
     remote_code_files,
     render_color_model_card,
+    render_model_card_from_folder,
 )
+from structured_hf.interventions import prune
 from structured_hf.training.recipe import build_datasets, parse_recipe
 
 from conftest import FAKE_HUB_TOKEN, load_script, tiny_recipe_dict
@@ -193,6 +195,28 @@ def test_push_refuses_a_file_that_holds_the_token(local_hub, run_dir, tmp_path):
     assert ("model", "tester/leaky") not in local_hub.repos  # refused before anything was created
 
 
+@pytest.mark.parametrize("where", ["recipe.yaml", "figures/notes.svg"])
+def test_push_refuses_anything_shaped_like_a_hub_token(local_hub, run_dir, tmp_path, where):
+    """Not only the active token: any `hf_` + 30 or more letters/digits (someone else's token, a pasted one) is
+    refused before the repo is created, and the error names the file but never echoes the token."""
+    folder = tmp_path / "leaky-other"
+    shutil.copytree(run_dir, folder)
+    other = "hf_" + "aB3" * 11  # 33 letters and digits: shaped like a real token, and not the active one
+    assert other != local_hub.token
+    path = folder / where
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"\n# pasted by mistake: {other}\n")
+    with pytest.raises(HubPushError, match=rf"^{where}: contains something shaped like a Hub token") as err:
+        push_output_dir(folder, "leaky-other", token=local_hub.token)
+    assert other not in str(err.value)
+    assert ("model", "tester/leaky-other") not in local_hub.repos
+    # A shorter "hf_" word is not a token: the same folder without the long one uploads.
+    path.write_text(path.read_text().replace(other, "hf_short_name"))
+    push_output_dir(folder, "leaky-other", token=local_hub.token)
+    assert ("model", "tester/leaky-other") in local_hub.repos
+
+
 def test_files_to_push_is_an_allow_list(tmp_path):
     for rel in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "interventions/suppress_red.json", "evaluation.json", "evaluation.md",
@@ -274,6 +298,17 @@ def test_model_card_renders_its_tables(run_dir):
     assert "trust_remote_code" not in text  # only cards of repos with bundled code mention it
     # The local card written by run_experiment is the same template.
     assert "| red | `bottleneck` |" in (run_dir / "README.md").read_text()
+
+
+def test_folder_card_reads_the_concept_map_from_the_saved_config(run_dir, tmp_path):
+    """After surgery the recipe still names the concepts the model was trained with; the card shows the model's."""
+    folder = tmp_path / "pruned"
+    shutil.copytree(run_dir, folder)
+    prune(AutoModel.from_pretrained(run_dir), "red").save_pretrained(folder)
+    text = str(render_model_card_from_folder(folder, "tester/pruned"))
+    assert "| red | `bottleneck` |" not in text
+    assert "| hue | `bottleneck` | axes [0] | red, green, blue |" in text
+    assert "red" in (folder / "recipe.yaml").read_text()  # the stale source the card no longer reads
 
 
 def test_network_guard_refuses_everything_but_loopback(local_hub):

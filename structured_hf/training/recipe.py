@@ -47,6 +47,7 @@ from .arguments import (
 )
 from .routing import RouteSpec, parse_routes
 from .speclist import used_labels
+from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
@@ -141,9 +142,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     )
     validate_recipe(recipe)
     if recipe.sweep is not None:
-        from .sweep import parse_sweep  # sweep.py parses each run with parse_recipe: import here, not at the top
-
-        parse_sweep(recipe.sweep, {k: v for k, v in raw.items() if k != "sweep"})
+        parse_sweep(recipe.sweep, {k: v for k, v in raw.items() if k != "sweep"}, parse_run=parse_recipe)
     return recipe
 
 
@@ -156,52 +155,6 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
     return overrides
-
-
-def _regularizer_name(entry: Mapping[str, Any]) -> str:
-    # The same default name the trainer gives a regularizer without one (arguments.RegularizerSpec.from_dict).
-    if entry.get("name"):
-        return str(entry["name"])
-    return f"{entry.get('loss')}:{entry['concept']}" if entry.get("concept") else str(entry.get("loss"))
-
-
-def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
-    """Set ``value`` at a dotted path; list parts are indices or entry ``name``s; missing mapping keys are created."""
-    parts = dotted.split(".")
-    node: Any = tree
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[:depth]) or "the recipe"
-        if isinstance(node, list):
-            index = _list_index(node, part)
-            if index is None:
-                names = [e.get("name") for e in node if isinstance(e, Mapping) and e.get("name")]
-                raise StructuredConfigError(field, f"'{part}' is neither an index nor the name of an entry of {where} "
-                                                   f"(names: {names})")
-            if last:
-                node[index] = value
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise StructuredConfigError(field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} "
-                                               f"{node!r}")
-
-
-def _list_index(items: list, part: str) -> int | None:
-    if re.fullmatch(r"-?\d+", part):
-        i = int(part)
-        return i if -len(items) <= i < len(items) else None
-    for i, entry in enumerate(items):
-        if isinstance(entry, Mapping) and (entry.get("name") == part or _regularizer_name(entry) == part):
-            return i
-    return None
 
 
 def validate_recipe(recipe: Recipe) -> None:

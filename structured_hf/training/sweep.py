@@ -32,14 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.curriculum import Curriculum
 from ..errors import StructuredConfigError
-from .recipe import Recipe, _regularizer_name, parse_recipe, set_path
+from ..experiment import run_experiment
+from ..visualization import plot_run_comparison
+from .recipe import Recipe, parse_recipe
+from .sweep_spec import (  # noqa: F401  (parse_sweep, set_path, ...: public here too)
+    SweepSpec,
+    SweepVariant,
+    _expand_raw,
+    parse_sweep,
+    regularizer_name,
+    regularizer_subsets,
+    set_path,
+)
 
 logger = logging.getLogger(__name__)
 
-_SWEEP_KEYS = {"seeds", "regularizer_subsets", "variants", "figures"}
-_VARIANT_KEYS = {"name", "set"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 # What a run must show to keep each M1 property (RESEARCH §6, the 1.8 finding); used by the summary's `lost` column.
 # Thresholds: the foundation thresholds (leak 0.05, red cosine 0.98, named-color MSE 2e-3) and, for the norm, a mean
@@ -55,24 +64,6 @@ PROPERTY_CHECKS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class SweepVariant:
-    """A named set of dotted-key overrides."""
-
-    name: str
-    set: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """A parsed ``sweep:`` section (see module docstring)."""
-
-    seeds: tuple[int, ...] | None = None
-    regularizer_subsets: tuple[str, ...] | None = None
-    variants: tuple[SweepVariant, ...] = ()
-    figures: bool = False
-
-
 @dataclass
 class SweepRun:
     """One run of a sweep: its name, the full recipe it trains, and where it came from."""
@@ -84,138 +75,6 @@ class SweepRun:
     seed: int
 
 
-def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep") -> SweepSpec | None:
-    """Validate a ``sweep:`` section against the (raw, sweep-free) recipe it belongs to; ``None`` for no sweep.
-
-    Every run it expands to is parsed as a recipe here, so a wrong dotted key or value fails at load time.
-    """
-    if spec is None:
-        return None
-    if not isinstance(spec, Mapping):
-        raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, "
-                                           f"got {spec!r}")
-    unknown = set(spec) - _SWEEP_KEYS
-    if unknown:
-        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}")
-    seeds = spec.get("seeds")
-    if seeds is not None:
-        if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-            raise StructuredConfigError(f"{field}.seeds", f"expected a non-empty list of integers, got {seeds!r}")
-        if len(set(seeds)) != len(seeds):
-            raise StructuredConfigError(f"{field}.seeds", f"seeds must be distinct, got {list(seeds)}")
-        seeds = tuple(seeds)
-    names = [_regularizer_name(r) for r in (raw_recipe.get("regularizers") or []) if isinstance(r, Mapping)]
-    subsets = spec.get("regularizer_subsets", False)
-    if subsets is True:
-        if not names:
-            raise StructuredConfigError(f"{field}.regularizer_subsets",
-                                        "the recipe has no regularizers to take subsets of")
-        subsets = tuple(names)
-    elif subsets is False or subsets is None:
-        subsets = None
-    elif isinstance(subsets, Sequence) and not isinstance(subsets, str) and subsets:
-        for i, name in enumerate(subsets):
-            if name not in names:
-                raise StructuredConfigError(f"{field}.regularizer_subsets[{i}]",
-                                            f"unknown regularizer {name!r}; the recipe has {names}")
-        if len(set(subsets)) != len(subsets):
-            raise StructuredConfigError(f"{field}.regularizer_subsets", f"names must be distinct, got {list(subsets)}")
-        subsets = tuple(subsets)
-    else:
-        raise StructuredConfigError(f"{field}.regularizer_subsets",
-                                    f"expected true/false or a non-empty list of regularizer names, got {subsets!r}")
-    variants = []
-    entries = spec.get("variants") or []
-    if not isinstance(entries, Sequence) or isinstance(entries, str):
-        raise StructuredConfigError(f"{field}.variants", f"expected a list of {{name, set}} mappings, got {entries!r}")
-    for i, entry in enumerate(entries):
-        vf = f"{field}.variants[{i}]"
-        if not isinstance(entry, Mapping):
-            raise StructuredConfigError(vf, f"expected a mapping {{name, set}}, got {entry!r}")
-        bad = set(entry) - _VARIANT_KEYS
-        if bad:
-            raise StructuredConfigError(vf, f"unknown keys {sorted(bad)}; allowed: {sorted(_VARIANT_KEYS)}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise StructuredConfigError(f"{vf}.name", "expected a name of letters, digits and ._+- "
-                                                      f"(it names a folder), got {name!r}")
-        if name in {v.name for v in variants}:
-            raise StructuredConfigError(f"{vf}.name", f"duplicate variant name {name!r}")
-        overrides = entry.get("set") or {}
-        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
-            raise StructuredConfigError(f"{vf}.set", f"expected a mapping of dotted keys to values, got {overrides!r}")
-        for key in overrides:
-            if key == "sweep" or key.startswith("sweep."):
-                raise StructuredConfigError(f"{vf}.set.{key}", "a variant cannot change the sweep itself")
-        variants.append(SweepVariant(name, dict(overrides)))
-    figures = spec.get("figures", False)
-    if not isinstance(figures, bool):
-        raise StructuredConfigError(f"{field}.figures", f"expected true or false, got {figures!r}")
-    parsed = SweepSpec(seeds=seeds, regularizer_subsets=subsets, variants=tuple(variants), figures=figures)
-    _expand_raw(raw_recipe, parsed, field)  # parses every run: errors surface now, naming the sweep field
-    return parsed
-
-
-def regularizer_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``names`` (2^n − 1), largest first, in the order the names are given."""
-    out = []
-    for size in range(len(names), 0, -1):
-        out.extend(itertools.combinations(names, size))
-    return out
-
-
-def _expand_raw(raw: Mapping[str, Any], spec: SweepSpec, field: str = "sweep") -> list[tuple[str, dict, str, tuple]]:
-    """(run name, raw recipe, variant name, kept regularizers) for every run, each parsed once as a check."""
-    base = copy.deepcopy(dict(raw))
-    base.pop("sweep", None)
-    variants = spec.variants or (SweepVariant("base", {}),)
-    all_names = [_regularizer_name(r) for r in base.get("regularizers") or [] if isinstance(r, Mapping)]
-    subsets: list[tuple[str, ...] | None] = [None]
-    if spec.regularizer_subsets is not None:
-        subsets = list(regularizer_subsets(spec.regularizer_subsets))
-    seeds: list[int | None] = list(spec.seeds) if spec.seeds else [None]
-    out = []
-    for k, variant in enumerate(variants):
-        raw_variant = copy.deepcopy(base)
-        for key, value in variant.set.items():
-            set_path(raw_variant, key, copy.deepcopy(value), f"{field}.variants[{k}].set.{key}")
-        _check_parses(raw_variant, f"{field}.variants[{k}] ({variant.name!r})")
-        for subset in subsets:
-            raw_subset = copy.deepcopy(raw_variant)
-            kept_names = tuple(all_names)
-            if subset is not None:
-                dropped = set(spec.regularizer_subsets) - set(subset)
-                raw_subset["regularizers"] = [r for r in raw_subset.get("regularizers") or []
-                                              if _regularizer_name(r) not in dropped]
-                # Reactive rules that move a dropped regularizer have nothing left to move.
-                raw_subset["reactive"] = [r for r in raw_subset.get("reactive") or []
-                                          if not (isinstance(r, Mapping) and r.get("parameter") in dropped)]
-                kept_names = tuple(n for n in all_names if n not in dropped)
-            for seed in seeds:
-                raw_run = copy.deepcopy(raw_subset)
-                if seed is not None:
-                    raw_run["seed"] = seed
-                parts = [] if len(variants) == 1 and not spec.variants else [variant.name]
-                if subset is not None:
-                    parts.append("+".join(subset))
-                if seed is not None:
-                    parts.append(f"seed{seed}")
-                name = "-".join(parts) or "base"
-                raw_run["output_dir"] = str(Path(str(base.get("output_dir", "outputs/run"))) / name)
-                out.append((name, raw_run, variant.name, kept_names))
-    if len({name for name, *_ in out}) != len(out):
-        raise StructuredConfigError(field, "two runs would share a folder name; give variants distinct names")
-    return out
-
-
-def _check_parses(raw: Mapping[str, Any], where: str) -> None:
-    try:
-        parse_recipe(raw)
-    except StructuredConfigError as e:
-        raise StructuredConfigError(where, str(e)) from None
-
-
 def expand_sweep(recipe: Recipe, label: str | None = None) -> list[SweepRun]:
     """The runs of a recipe's sweep (one run, the recipe itself without its sweep key, when it has none).
 
@@ -223,14 +82,14 @@ def expand_sweep(recipe: Recipe, label: str | None = None) -> list[SweepRun]:
     runs of several recipes apart in one summary.
     """
     raw = recipe.to_dict()
-    spec = parse_sweep(raw.pop("sweep", None), raw)
+    spec = parse_sweep(raw.pop("sweep", None), raw, parse_run=parse_recipe)
     if spec is None:
         base = parse_recipe(raw)
         return [SweepRun(name=label or Path(recipe.output_dir).name or "run", recipe=base, variant="base",
-                         regularizers=tuple(_regularizer_name(r) for r in recipe.regularizers), seed=recipe.seed)]
+                         regularizers=tuple(regularizer_name(r) for r in recipe.regularizers), seed=recipe.seed)]
     return [SweepRun(name=f"{label}/{name}" if label else name, recipe=parse_recipe(raw_run), variant=variant,
                      regularizers=kept, seed=raw_run.get("seed", 0))
-            for name, raw_run, variant, kept in _expand_raw(raw, spec)]
+            for name, raw_run, variant, kept in _expand_raw(raw, spec, parse_recipe)]
 
 
 def sweep_figures(recipe: Recipe) -> bool:
@@ -372,8 +231,7 @@ def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]]
     """Run each sweep run in turn with ``runner(recipe, figures=..., animation=...)`` (default:
     :func:`structured_hf.experiment.run_experiment`), reporting a line before and after each run through ``log``
     (default: this module's logger; scripts pass ``print``); returns the summary rows."""
-    if runner is None:
-        from ..experiment import run_experiment as runner
+    runner = runner or run_experiment
     rows = []
     total_start = time.perf_counter()
     for i, run in enumerate(runs, 1):
@@ -393,9 +251,6 @@ def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]]
 def plot_sweep_losses(runs: Sequence[SweepRun], path: str | Path, key: str = "loss", title: str = "") -> Path | None:
     """Loss curves of the runs on one axis, each with its curriculum phase starts (dotted); from each run's
     ``log_history.json``. For the 1.6 comparison (smooth vs stepped) and other few-run sweeps."""
-    from ..data.curriculum import Curriculum
-    from ..visualization import plot_run_comparison
-
     histories, boundaries = {}, {}
     for run in runs:
         log_path = Path(run.recipe.output_dir) / "log_history.json"

@@ -1,0 +1,125 @@
+"""What every model card needs: the templates shipped with the package, reading a run folder, formatting helpers.
+
+The templates live in ``structured_hf/cards/templates/`` and are package data (``pyproject.toml``), so an installed
+wheel renders cards as well as a source checkout does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..concepts import ConceptMap, ConceptSpec
+from ..shared_files import files_to_push
+from ..training.arguments import AnchoredTrainingArguments
+from ..training.recipe import Recipe, parse_recipe
+from ..training.schedules import parse_schedule
+from ..version import __version__
+
+# Inside the package (not the repository's model_cards/, which holds rendered examples): a wheel carries them.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+MAIN_FIGURES = ("training_curves.png", "latents.png")
+# Captions of the figures run_experiment may write besides the two main ones (others get their file name).
+FIGURE_CAPTIONS: dict[str, str] = {
+    "schedules.png": "Every scheduled quantity (regularizer weights, learning rate, data curriculum) against the step",
+    "evolution.png": "The latent space at snapshots during training",
+    "evolution.gif": "The latent space during training, animated",
+}
+
+
+def template_path(family: str) -> str:
+    """The card template of a model family (``color_autoencoder``, ``color_transformer``, ``structured_gpt``)."""
+    path = TEMPLATES / f"{family}.md"
+    if not path.is_file():  # a broken install, not a user error: say what is missing where
+        raise FileNotFoundError(f"model card template {path} is missing from the installed package")
+    return str(path)
+
+
+def package_version() -> str:
+    """The structured_hf version the card names."""
+    return __version__
+
+
+def fmt(x: Any) -> str:
+    """Floats to 3 significant digits, anything else as ``str``."""
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def schedule_text(spec: Any) -> str:
+    """A regularizer weight or schedule as one line: ``0.1``, or ``linear (0: 0, 500: 0.1)``."""
+    schedule = parse_schedule(spec, "weight")
+    if len(schedule.steps) == 1:
+        return fmt(schedule.values[0])
+    keys = ", ".join(f"{int(s)}: {fmt(v)}" for s, v in zip(schedule.steps, schedule.values))
+    return f"{schedule.interpolation} ({keys})"
+
+
+def measured_text(metrics: Mapping[str, Any]) -> str:
+    """A color concept's measured placement (``metrics.json`` ``concepts.<name>``) as one cell."""
+    if "cosine" in metrics:
+        return f"cos = {metrics['cosine']:.4f}"
+    if "leak_max" in metrics:
+        return f"leak max = {metrics['leak_max']:.4f}, mean = {metrics['leak_mean']:.4f}"
+    return "n/a"
+
+
+def place_text(c: ConceptSpec) -> str:
+    """Where a concept lives, in words: its direction, or its axes (a plane when there are two)."""
+    if c.direction is not None:
+        return "direction (" + ", ".join(fmt(float(v)) for v in c.direction) + ")"
+    return "plane of axes " + ", ".join(str(a) for a in c.axes) if len(c.axes) == 2 else f"axes {list(c.axes)}"
+
+
+def default_optim() -> str:
+    """The optimizer a recipe without ``training.optim`` trains with."""
+    default = next(f.default for f in dataclasses.fields(AnchoredTrainingArguments) if f.name == "optim")
+    return str(getattr(default, "value", default))
+
+
+def device_text(metrics: Mapping[str, Any]) -> str:
+    """Where the run trained (only known when the run recorded its runtime)."""
+    return f"{platform.machine()} CPU" if "train_runtime_s" in metrics else "?"
+
+
+def recipe_concepts(recipe: Recipe, concepts: ConceptMap | None) -> ConceptMap:
+    """The concept map to print: the model's own (``concepts``) when given, else the recipe's."""
+    return concepts if concepts is not None else ConceptMap.parse(recipe.model.get("concepts"))
+
+
+def saved_concepts(folder: Path) -> ConceptMap:
+    """The concept map saved in ``folder/config.json``: the model's own, which surgery keeps up to date (a run's
+    ``recipe.yaml`` still names the concepts it was trained with)."""
+    config = json.loads((folder / "config.json").read_text())
+    return ConceptMap.parse(config.get("concepts"))
+
+
+def run_files(folder: Path) -> tuple[Recipe, dict[str, Any]] | None:
+    """A run folder's ``(recipe, metrics)``; ``None`` when either file is missing (nothing to render a card from)."""
+    if not (folder / "recipe.yaml").is_file() or not (folder / "metrics.json").is_file():
+        return None
+    recipe = parse_recipe(yaml.safe_load((folder / "recipe.yaml").read_text()), source=str(folder / "recipe.yaml"))
+    return recipe, json.loads((folder / "metrics.json").read_text())
+
+
+def optional_text(folder: Path, name: str) -> str | None:
+    """The text of ``folder/name``, or ``None`` when there is no such file."""
+    path = folder / name
+    return path.read_text() if path.is_file() else None
+
+
+def figure_files(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[str]:
+    """The figures of a run folder a card may show: the image files that a Hub push would upload."""
+    return [f for f in files_to_push(folder) if f.endswith(suffixes)]
+
+
+def figure_rows(names: Sequence[str]) -> list[dict[str, str]]:
+    """``{path, caption}`` for each extra figure (the two main figures have their own card sections)."""
+    return [{"path": f, "caption": FIGURE_CAPTIONS.get(Path(f).name, Path(f).stem.replace("_", " "))}
+            for f in names if f not in MAIN_FIGURES]
