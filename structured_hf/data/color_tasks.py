@@ -29,7 +29,7 @@ from ..errors import StructuredConfigError
 from .collators import as_columns, label_probabilities
 from .color_datasets import PROB_PREFIX
 from .colors import rgb_grid, to_hsv, to_rgb
-from .labels import FEATURES
+from .labels import feature_function
 
 OPERATIONS: tuple[str, ...] = ("mix", "complement", "rotate", "lighten")
 ARITY = {"mix": 2, "complement": 1, "rotate": 1, "lighten": 1}
@@ -116,7 +116,7 @@ def build_color_task_splits(
     target = np.asarray(rows["target"], dtype=np.float64)
     mask = np.asarray(rows["operand_mask"])
     for name, spec in (labelers or {}).items():
-        feature = FEATURES[spec.get("feature", {"red": "redness"}.get(name, name))]
+        feature = feature_function(spec.get("feature", {"red": "redness"}.get(name, name)), f"data.labels.{name}.feature")
         per_operand = np.stack([feature(colors[:, k]) * mask[:, k] for k in range(2)] + [feature(target)], -1)
         p = np.clip(float(spec.get("scale", 1.0)) * per_operand.max(-1) ** float(spec.get("power", 1.0)), 0.0, 1.0)
         rows[PROB_PREFIX + name] = p.astype(np.float32).tolist()

@@ -87,3 +87,69 @@ def resolve_colors(colors: Iterable[str | Sequence[float]], field: str = "colors
         else:
             raise StructuredConfigError(f"{field}[{i}]", f"expected a color name or an RGB triple, got {c!r}")
     return np.asarray(out, dtype=np.float64).reshape(-1, 3)
+
+
+def parse_color(value: object, field: str) -> tuple[float, float, float]:
+    """One color from a recipe: a name of :data:`NAMED_COLORS` or an RGB triple with every channel in [0, 1].
+
+    Errors name ``field`` and say what was expected (an unknown name lists the known ones).
+    """
+    if isinstance(value, str):
+        if value not in NAMED_COLORS:
+            raise StructuredConfigError(field, f"unknown color {value!r}; known: {list(NAMED_COLORS)} or an RGB "
+                                               "triple such as [1.0, 0.5, 0.0]")
+        return NAMED_COLORS[value]
+    if (isinstance(value, Sequence) and len(value) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+        if not all(0.0 <= float(x) <= 1.0 for x in value):
+            raise StructuredConfigError(field, f"RGB channels must be in [0, 1], got {list(value)}")
+        return tuple(float(x) for x in value)  # type: ignore[return-value]
+    raise StructuredConfigError(field, f"expected a color name or an RGB triple in [0, 1], got {value!r}")
+
+
+def hue_of(color: str | Sequence[float]) -> float:
+    """The HSV hue of one color in degrees, [0, 360)."""
+    return float(to_hsv(resolve_colors([color]))[0, 0] * 360.0)
+
+
+def hue_name(hue_deg: float) -> str | None:
+    """The name of the named hue at ``hue_deg`` (a multiple of 30°, within 1e-6), else ``None``."""
+    k = (hue_deg % 360.0) / 30.0
+    return HUE_NAMES[round(k) % 12] if abs(k - round(k)) < 1e-6 else None
+
+
+def hue_color(hue_deg: float) -> tuple[float, float, float]:
+    """The fully saturated, full-value RGB color of a hue in degrees (the named one when it is named)."""
+    name = hue_name(hue_deg)
+    if name is not None:
+        return NAMED_COLORS[name]
+    rgb = to_rgb(np.array([[(hue_deg % 360.0) / 360.0, 1.0, 1.0]]))[0]
+    return tuple(float(c) for c in rgb)  # type: ignore[return-value]
+
+
+def hue_angle(rgb: np.ndarray, anchor_rgb: Sequence[float] | str) -> np.ndarray:
+    """Hue difference in degrees, in [0, 180], between each color (N, 3) and the anchor."""
+    h = to_hsv(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))[:, 0]
+    ha = to_hsv(resolve_colors([anchor_rgb]))[0, 0]
+    d = np.abs(h - ha) % 1.0
+    return np.minimum(d, 1.0 - d) * 360.0
+
+
+def hsv_similarity(rgb: np.ndarray, anchor_rgb: Sequence[float] | str) -> np.ndarray:
+    """The reference's closeness of colors to an anchor color, in [0, 1]:
+    ``sim = (r·hue_sim + 1 − r)(1 − |s1 − s2|)(1 − |v1 − v2|)``.
+
+    ``hue_sim = max(0, (90° − θ)/90°)`` (hemisphere, angular) for hue difference θ, and ``r = (s1v1 + s2v2)/2``
+    weighs the hue term by how chromatic the two colors are (hue means little for grays). The evaluation scores
+    interventions against this closeness, and the ``similar_to`` labeler labels with it.
+
+    Args:
+        rgb: colors (N, 3) in [0, 1].
+        anchor_rgb: the concept's color: an RGB triple or a named color.
+    """
+    hsv = to_hsv(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))
+    anchor = to_hsv(resolve_colors([anchor_rgb]))[0]
+    s, v = hsv[:, 1], hsv[:, 2]
+    hue_sim = np.maximum(0.0, (90.0 - hue_angle(rgb, anchor_rgb)) / 90.0)
+    r = (s * v + anchor[1] * anchor[2]) / 2.0
+    return (r * hue_sim + 1.0 - r) * (1.0 - np.abs(s - anchor[1])) * (1.0 - np.abs(v - anchor[2]))

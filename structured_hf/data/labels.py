@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StructuredConfigError
-from .colors import to_hsv
+from .colors import hsv_similarity, parse_color, to_hsv
 
 
 def _primary_ness(rgb: np.ndarray, channel: int) -> np.ndarray:
@@ -79,24 +79,50 @@ _DEFAULT_FEATURE = {"red": "redness", "green": "greenness", "blue": "blueness", 
                     "cyan": "cyanness", "magenta": "magentaness", "vibrant": "vibrancy", "desaturated": "desaturation"}
 
 
+SIMILAR_TO = "similar_to"
+_FEATURE_KEYS = {SIMILAR_TO}
+
+
+def similar_to(color: str | tuple[float, float, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """The feature "how close to ``color``": HSV similarity (:func:`~structured_hf.data.colors.hsv_similarity`).
+
+    Why this shape: it is the closeness the evaluation scores interventions against (r² of MSE vs ``sim^p``), so a
+    concept labelled with it is labelled by the same notion of "near X" its suppression is judged by; it is 1 at the
+    color, falls linearly with hue difference to 0 at 90° (the hemisphere an angular concept owns), and with
+    saturation and value differences (dark or washed-out versions count less). Any hue works, not only the six with a
+    channel formula. On the hue circle ``redness`` is ``1 − θ/120°``, this is ``1 − θ/90°``: ``similar_to``'s power
+    ``p`` labels about as sharply along the hue circle as a channel feature's power ``p·4/3``.
+    """
+    rgb = parse_color(color, SIMILAR_TO)
+    return lambda colors: hsv_similarity(colors, rgb)
+
+
 @dataclass(frozen=True)
 class ColorLabeler:
     """``p = clip(scale · feature(rgb)^power, 0, 1)``.
 
     Args:
         name: label name, referenced by regularizers (``label: red``).
-        feature: one of :data:`FEATURES`.
+        feature: one of :data:`FEATURES`, or ``similar_to`` with ``color`` set.
         scale: multiplies the powered feature; sets the label rate (0.08 for M2's red: ~82 labels in 96k draws).
         power: sharpens the feature so that only colors close to the prototype get labelled.
+        color: for ``feature: similar_to``, the RGB color the feature measures closeness to.
     """
 
     name: str
     feature: str
     scale: float = 1.0
     power: float = 1.0
+    color: tuple[float, float, float] | None = None
+
+    def feature_values(self, rgb: np.ndarray) -> np.ndarray:
+        """The feature (before scale and power) of colors (N, 3)."""
+        if self.feature == SIMILAR_TO:
+            return hsv_similarity(rgb, self.color)
+        return FEATURES[self.feature](rgb)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return np.clip(self.scale * np.power(FEATURES[self.feature](rgb), self.power), 0.0, 1.0)
+        return np.clip(self.scale * np.power(self.feature_values(rgb), self.power), 0.0, 1.0)
 
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any], field: str) -> ColorLabeler:
@@ -106,8 +132,13 @@ class ColorLabeler:
         if unknown:
             raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: feature, scale, power")
         feature = spec.get("feature", _DEFAULT_FEATURE.get(name))
-        if feature not in FEATURES:
-            raise StructuredConfigError(f"{field}.feature", f"unknown feature {feature!r}; known: {sorted(FEATURES)}")
+        color = None
+        if isinstance(feature, Mapping):
+            color = parse_feature_color(feature, f"{field}.feature")
+            feature = SIMILAR_TO
+        elif not isinstance(feature, str) or feature not in FEATURES:
+            raise StructuredConfigError(f"{field}.feature", f"unknown feature {feature!r}; known: {sorted(FEATURES)} "
+                                        "or {similar_to: COLOR} (a color name or an RGB triple)")
         values = {}
         for key, default in (("scale", 1.0), ("power", 1.0)):
             value = spec.get(key, default)
@@ -119,7 +150,26 @@ class ColorLabeler:
             if value < 0:
                 raise StructuredConfigError(f"{field}.{key}", f"expected a non-negative number, got {value}")
             values[key] = float(value)
-        return cls(name=name, feature=feature, **values)
+        return cls(name=name, feature=feature, color=color, **values)
+
+
+def parse_feature_color(spec: Mapping[str, Any], field: str) -> tuple[float, float, float]:
+    """``{similar_to: COLOR}`` -> the RGB color, with errors naming ``field.similar_to``."""
+    unknown = set(spec) - _FEATURE_KEYS
+    if unknown or SIMILAR_TO not in spec:
+        raise StructuredConfigError(field, f"expected {{similar_to: COLOR}}, got keys {sorted(spec)}")
+    return parse_color(spec[SIMILAR_TO], f"{field}.{SIMILAR_TO}")
+
+
+def feature_function(spec: Any, field: str = "feature") -> Callable[[np.ndarray], np.ndarray]:
+    """A labeler's ``feature`` entry (a name of :data:`FEATURES` or ``{similar_to: COLOR}``) -> its function."""
+    if isinstance(spec, Mapping):
+        color = parse_feature_color(spec, field)
+        return lambda rgb: hsv_similarity(rgb, color)
+    if not isinstance(spec, str) or spec not in FEATURES:
+        raise StructuredConfigError(field, f"unknown feature {spec!r}; known: {sorted(FEATURES)} or {{similar_to: "
+                                           "COLOR}")
+    return FEATURES[spec]
 
 
 def parse_labelers(spec: Mapping[str, Any] | None, field: str = "data.labels") -> dict[str, ColorLabeler]:

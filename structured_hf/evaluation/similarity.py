@@ -8,37 +8,10 @@ deletion), or between MSE and ``vibrancy^p`` for deleting the whole hue plane (`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.colors import resolve_colors, to_hsv
-
-
-def hue_angle(rgb: np.ndarray, anchor_rgb: Sequence[float] | str) -> np.ndarray:
-    """Hue difference in degrees, in [0, 180], between each color (N, 3) and the anchor."""
-    h = to_hsv(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))[:, 0]
-    ha = to_hsv(resolve_colors([anchor_rgb]))[0, 0]
-    d = np.abs(h - ha) % 1.0
-    return np.minimum(d, 1.0 - d) * 360.0
-
-
-def hsv_similarity(rgb: np.ndarray, anchor_rgb: Sequence[float] | str) -> np.ndarray:
-    """RESEARCH §8: ``sim = (r·hue_sim + 1 − r)(1 − |s1 − s2|)(1 − |v1 − v2|)``, in [0, 1].
-
-    ``hue_sim = max(0, (90° − θ)/90°)`` (hemisphere, angular) for hue difference θ, and ``r = (s1v1 + s2v2)/2``
-    weighs the hue term by how chromatic the two colors are (hue means little for grays).
-
-    Args:
-        rgb: colors (N, 3) in [0, 1].
-        anchor_rgb: the concept's color: an RGB triple or a named color.
-    """
-    hsv = to_hsv(np.asarray(rgb, dtype=np.float64).reshape(-1, 3))
-    anchor = to_hsv(resolve_colors([anchor_rgb]))[0]
-    s, v = hsv[:, 1], hsv[:, 2]
-    hue_sim = np.maximum(0.0, (90.0 - hue_angle(rgb, anchor_rgb)) / 90.0)
-    r = (s * v + anchor[1] * anchor[2]) / 2.0
-    return (r * hue_sim + 1.0 - r) * (1.0 - np.abs(s - anchor[1])) * (1.0 - np.abs(v - anchor[2]))
+from ..data.colors import hsv_similarity, hue_angle, to_hsv  # defined with the colors; re-exported here
 
 
 def vibrancy(rgb: np.ndarray) -> np.ndarray:
