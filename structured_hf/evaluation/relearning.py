@@ -46,6 +46,10 @@ class AttackConfig:
         min_similarity: HSV similarity to the anchor a color needs to count as a concept sample.
         threshold: the concept counts as recovered when its prototype's MSE falls below this.
         seed: seed of the attack set and of the batch draws.
+        optimizer: ``"adam"`` or ``"adamw"`` (the unlearning literature's attack; with ``weight_decay`` 0 the two
+            differ only in name).
+        weight_decay: AdamW's decoupled weight decay.
+        eval_every: probe every N steps (and after the last); 1 probes after every step.
     """
 
     steps: int = 200
@@ -55,9 +59,16 @@ class AttackConfig:
     min_similarity: float = 0.5
     threshold: float = 1.0e-2
     seed: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "num_samples"):
+        if self.optimizer not in ("adam", "adamw"):
+            raise StructuredConfigError("attack.optimizer", f"expected 'adam' or 'adamw', got {self.optimizer!r}")
+        if not self.weight_decay >= 0:
+            raise StructuredConfigError("attack.weight_decay", f"expected a number >= 0, got {self.weight_decay!r}")
+        for name in ("steps", "batch_size", "num_samples", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise StructuredConfigError(f"attack.{name}", f"expected a positive integer, got {value!r}")
@@ -95,41 +106,59 @@ def _mse(model: nn.Module, colors: np.ndarray) -> float:
 
 
 def attack_loop(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
-                probes: Mapping[str, Callable[[nn.Module], float]], config: AttackConfig) -> dict[str, Any]:
-    """The attack shared by every model family: fine-tune a copy of ``model`` (all weights, Adam at ``config.lr``)
-    for ``config.steps`` steps on ``step_loss(model, generator)`` (the loss of one attack batch), and record every
-    probe (``probe(model) -> error``, eval mode) before the first step and after each one.
+                probes: Mapping[str, Callable[[nn.Module], float]], config: AttackConfig,
+                grad_mask: Callable[[nn.Module], Sequence[tuple[torch.Tensor, int, torch.Tensor]]] | None = None
+                ) -> dict[str, Any]:
+    """The attack shared by every model family: fine-tune a copy of ``model`` (all weights, Adam or AdamW at
+    ``config.lr``) for ``config.steps`` steps on ``step_loss(model, generator)`` (the loss of one attack batch), and
+    record every probe (``probe(model) -> error``, eval mode) before the first step and every ``config.eval_every``
+    steps after it (always after the last).
 
     The first probe is the concept's: its curve decides ``min``, ``min_step``, ``final`` and ``steps_to_threshold``;
-    the others show what the attack costs elsewhere (``initial_<name>``, ``final_<name>``).
+    the others show what the attack costs elsewhere (``initial_<name>``, ``final_<name>``). ``steps`` lists the step
+    of every probe.
+
+    ``grad_mask(copy) -> [(parameter, dim, index)]`` freezes slices of the copy's parameters (their gradient is zeroed
+    before every update; with weight decay 0 and gradients that were always zero, Adam leaves them bit-identical):
+    e.g. the writers of a deleted channel, to test whether an attack reopens the channel through them.
     """
     if not probes:
         raise StructuredConfigError("attack.probe_colors", "need at least the concept's probe")
     attacked = copy.deepcopy(model)
-    opt = torch.optim.Adam(attacked.parameters(), lr=config.lr)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(attacked.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    frozen = list(grad_mask(attacked)) if grad_mask is not None else []
     g = torch.Generator().manual_seed(config.seed)
     curves: dict[str, list[float]] = {name: [] for name in probes}
+    steps_seen: list[int] = []
     for step in range(config.steps + 1):
-        attacked.eval()
-        for name, probe in probes.items():
-            curves[name].append(float(probe(attacked)))
+        if step % config.eval_every == 0 or step == config.steps:
+            attacked.eval()
+            steps_seen.append(step)
+            for name, probe in probes.items():
+                curves[name].append(float(probe(attacked)))
         if step == config.steps:
             break
         attacked.train()
         loss = step_loss(attacked, g)
         opt.zero_grad()
         loss.backward()
+        with torch.no_grad():
+            for tensor, dim, index in frozen:
+                if tensor.grad is not None:
+                    tensor.grad.index_fill_(dim, index.to(tensor.device), 0.0)
         opt.step()
     concept = next(iter(curves))
     curve = np.asarray(curves[concept])
     below = np.nonzero(curve < config.threshold)[0]
     result = {
         "curves": curves,
+        "steps": steps_seen,
         "initial": float(curve[0]),
         "min": float(curve.min()),
-        "min_step": int(curve.argmin()),
+        "min_step": steps_seen[int(curve.argmin())],
         "final": float(curve[-1]),
-        "steps_to_threshold": int(below[0]) if len(below) else None,
+        "steps_to_threshold": steps_seen[int(below[0])] if len(below) else None,
     }
     for name in list(curves)[1:]:
         result[f"initial_{name}"] = curves[name][0]
@@ -190,8 +219,9 @@ def unanchored_recipe(recipe):
 
 
 def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
-                 quiet: bool = True) -> tuple[nn.Module, float]:
-    """Train a recipe in-process (no figures); ``keep(colors) -> bool mask`` filters the training colors.
+                 quiet: bool = True, keep_rows: Callable[[Any], np.ndarray] | None = None) -> tuple[nn.Module, float]:
+    """Train a recipe in-process (no figures); ``keep(colors) -> bool mask`` filters the training colors, and
+    ``keep_rows(dataset) -> bool mask`` filters rows of any training dataset (e.g. color-task examples).
 
     Returns ``(model in eval mode, train seconds)``. ``quiet`` drops Trainer's per-log-step printing.
     """
@@ -203,14 +233,14 @@ def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
     trainer = build_trainer(recipe)
     if quiet:
         trainer.remove_callback(PrinterCallback)
-    if keep is not None:
+    if keep is not None or keep_rows is not None:
         source = trainer.train_dataset.source
-        colors = np.asarray(source["colors"], dtype=np.float64)
-        mask = np.asarray(keep(colors), dtype=bool)
+        mask = np.asarray(keep(np.asarray(source["colors"], dtype=np.float64)) if keep is not None
+                          else keep_rows(source), dtype=bool)
         if not mask.any():
             raise StructuredConfigError("keep", "the filter removed every training color")
         trainer.train_dataset = ColumnarDataset(source.select(np.nonzero(mask)[0].tolist()))
-        logger.info("data filter kept %d of %d training colors", int(mask.sum()), len(mask))
+        logger.info("data filter kept %d of %d training rows", int(mask.sum()), len(mask))
     start = time.perf_counter()
     trainer.train()
     return trainer.model.eval(), time.perf_counter() - start

@@ -29,6 +29,7 @@ from .suppression import (
     zero_axes,
 )
 from .residual import TransformerLayout, register_transformer_layout, transformer_surgery_point
+from .two_sided import channel_slices, two_sided_cut
 from .surgery import (
     SurgeryPoint,
     ablate,
@@ -49,5 +50,5 @@ __all__ = [
     "register_surgery_adapter", "remap_concepts", "repel", "repulsion", "resolve_axes", "save_specs", "spec_from_json",
     "suppress",
     "suppress_axes", "suppression", "surgery_point", "zero_axes",
-    "TransformerLayout", "register_transformer_layout", "transformer_surgery_point",
+    "TransformerLayout", "register_transformer_layout", "transformer_surgery_point", "channel_slices", "two_sided_cut",
 ]
