@@ -8,9 +8,10 @@ block never leaves a hook behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,3 +117,24 @@ def rewrite(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tens
         yield
     finally:
         handle.remove()
+
+
+def zero_axes(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """``x`` with the given axes of its last dimension set to 0 (other entries bit-identical)."""
+    mask = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
+    mask[list(axes)] = False
+    return torch.where(mask, x, torch.zeros_like(x))
+
+
+@torch.no_grad()
+def site_activations(model: nn.Module, colors: np.ndarray, site: str) -> np.ndarray:
+    """Eval-mode activations of ``site`` for RGB colors (N, 3) -> (N, width), for models called as
+    ``model(colors=...)`` (the color autoencoder)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, [site]) as acts:
+            model(colors=torch.as_tensor(colors, dtype=torch.float32, device=model.device))
+    finally:
+        model.train(was_training)
+    return acts[site].reshape(len(colors), -1).cpu().numpy()

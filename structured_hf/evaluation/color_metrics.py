@@ -9,7 +9,7 @@ import torch
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..data.colors import NAMED_COLORS, resolve_colors
-from ..sites import capture
+from ..sites import capture, site_activations  # site_activations lives in sites.py (visualization uses it)
 
 
 @torch.no_grad()
@@ -22,19 +22,6 @@ def reconstruct(model: torch.nn.Module, colors: np.ndarray) -> np.ndarray:
     finally:
         model.train(was_training)
     return out.reconstruction.cpu().numpy()
-
-
-@torch.no_grad()
-def site_activations(model: torch.nn.Module, colors: np.ndarray, site: str) -> np.ndarray:
-    """Eval-mode activations of ``site`` for RGB colors (N, 3) -> (N, width)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, [site]) as acts:
-            model(colors=torch.as_tensor(colors, dtype=torch.float32, device=model.device))
-    finally:
-        model.train(was_training)
-    return acts[site].reshape(len(colors), -1).cpu().numpy()
 
 
 def named_color_mse(model: torch.nn.Module) -> dict[str, float]:

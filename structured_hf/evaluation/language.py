@@ -37,7 +37,9 @@ from ..concepts import ConceptMap
 from ..data.color_datasets import PROB_PREFIX
 from ..errors import StructuredConfigError
 from ..interventions import intervene
+from ..interventions.specs import InterventionSpec
 from ..interventions.suppression import concept_axes
+from ..interventions.surgery import ablate, project_out
 from ..sites import capture
 
 logger = logging.getLogger(__name__)
@@ -171,8 +173,6 @@ def _zero_axes_spec(model: nn.Module, concept: str) -> str:
 
 def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[str, nn.Module, list[str]]]:
     """``(name, model, intervention specs)``: baseline, and per concept suppress / zero axes / ablate."""
-    from ..interventions.surgery import ablate
-
     variants: list[tuple[str, nn.Module, list[str]]] = [("baseline", model, [])]
     for c in concepts:
         variants.append((f"suppress:{c}", model, [f"suppress:{c}"]))
@@ -349,9 +349,6 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
     on its first ``probe_retain_chunks`` chunks during the attack, to keep it affordable). The post-hoc direction
     uses the first ``direction_chunks`` training chunks of each set.
     """
-    from ..interventions.specs import InterventionSpec
-    from ..interventions.surgery import ablate, project_out
-
     site = ConceptMap.parse(anchored.config.concepts)[concept].site
     sets = heldout_sets(test_chunks, [concept])
     length, pad = context_length(anchored), pad_id(tokenizer)

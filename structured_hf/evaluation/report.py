@@ -14,6 +14,7 @@ from torch import nn
 from ..concepts import ConceptMap
 from ..data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
 from ..interventions import save_specs
+from ..visualization import plot_error_vs_similarity, plot_swatch_grid, plot_variants_latents
 from .tables import write_report
 from .variants import Variant, build_variants, evaluate_variants
 
@@ -26,8 +27,6 @@ def _slug(name: str) -> str:
 
 def draw_figures(variants: Sequence[Variant], result: dict[str, Any], out_dir: Path) -> list[Path]:
     """``swatches.png``, ``error_vs_similarity.png`` and ``latents.png`` (one row per variant)."""
-    from ..visualization import plot_error_vs_similarity, plot_swatch_grid, plot_variants_latents
-
     out_dir.mkdir(parents=True, exist_ok=True)
     named = np.asarray(list(NAMED_COLORS.values()))
     paths = [plot_swatch_grid(list(NAMED_COLORS), named, {v.name: v.reconstruct(named) for v in variants},

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid, to_hsv
+from ..sites import site_activations
 
 
 def hue_cyclic_order(points_2d: np.ndarray) -> dict[str, Any]:
@@ -64,8 +65,6 @@ def color_structure(model, site: str = "encoder", plane: Sequence[int] = (0, 1),
     deviation and :func:`off_plane_spread` over those colors, under ``"data"``: a curriculum that never shows the
     cube's interior (M1.3 ends at "all values" of the pure hues) cannot be held to the unit sphere there.
     """
-    from .color_metrics import site_activations
-
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     z_h = site_activations(model, hues, site)
     grid = rgb_grid(8)

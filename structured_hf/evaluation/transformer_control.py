@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions import ablate, intervene
+from ..visualization.style import save_figure
 from .color_tasks import per_operation_errors
 
 RED_RATIO_TARGET = 10.0
@@ -106,10 +108,6 @@ def control_markdown(report: dict[str, Any]) -> str:
 
 def plot_control_ratios(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Grouped bars (log scale): per operation, each variant's red-involving and far-from-red error ratio."""
-    import matplotlib.pyplot as plt
-
-    from ..visualization.style import save_figure
-
     names = [n for n in report["variants"] if n != "baseline"]
     ops = report["operations"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

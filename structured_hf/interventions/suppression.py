@@ -22,7 +22,7 @@ from torch import nn
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..errors import StructuredConfigError
-from ..sites import rewrite, site_dims
+from ..sites import rewrite, site_dims, zero_axes  # zero_axes lives in sites.py (models use it too)
 from .falloff import BezierMapper, BoundedPowerFalloff, LinearMapper
 from .specs import InterventionSpec, SurgerySpec, parse_spec
 
@@ -169,13 +169,6 @@ def _repel_hook(v: torch.Tensor, mapper: LinearMapper | BezierMapper) -> Callabl
         return _repel_unit(x, w, fallback, mapper)
 
     return fn
-
-
-def zero_axes(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
-    """``x`` with the given axes of its last dimension set to 0 (other entries bit-identical)."""
-    mask = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
-    mask[list(axes)] = False
-    return torch.where(mask, x, torch.zeros_like(x))
 
 
 # ---- resolving specs against a model ----------------------------------------------------------------------------

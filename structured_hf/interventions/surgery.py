@@ -30,6 +30,7 @@ from torch import nn
 
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
+from ..losses import angular_repulsion
 from ..models.color_autoencoder import ColorAutoencoderModel
 from ..sites import capture, site_dims
 from .specs import SurgerySpec, parse_spec
@@ -322,8 +323,6 @@ def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 20
         trainable: ``"encoder"``, ``"decoder"`` (top-level module names) or ``"all"``.
         seed: seed of the batch draws.
     """
-    from ..losses import angular_repulsion
-
     colors = torch.as_tensor(retain_colors, dtype=torch.float32)
     if colors.ndim != 2 or colors.shape[-1] != 3 or len(colors) == 0:
         raise StructuredConfigError("heal.retain_colors",

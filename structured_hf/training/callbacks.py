@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+import torch
 from transformers import TrainerCallback
 
 from ..schedules import Schedule
+from ..sites import capture
 from .transitions import ReactiveRule, SmoothParameter
 
 logger = logging.getLogger(__name__)
@@ -87,10 +89,6 @@ class LatentSnapshotCallback(TrainerCallback):
         self.snapshots: list = []
 
     def _take(self, model, step: int) -> None:
-        import torch
-
-        from ..sites import capture
-
         was_training = model.training
         model.eval()
         try:

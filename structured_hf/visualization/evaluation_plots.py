@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..concepts import ConceptMap
-from .latents import plot_latent_pairs
+from .latents import axis_pairs, plot_latent_pairs
 from .style import save_figure
 
 
@@ -92,8 +92,6 @@ def plot_variants_latents(rows: Sequence[Mapping[str, Any]], colors: np.ndarray,
         rows: dicts with ``name``, ``latents`` (N, K) and optionally ``concepts`` (a concept map, drawn as arrows).
         colors: (N, 3) RGB of the points; the last ``len(highlight_names)`` points are circled and labelled.
     """
-    from .latents import axis_pairs
-
     k = len(highlight_names)
     fig, axes = plt.subplots(len(rows), max_pairs, figsize=(3.6 * max_pairs, 3.5 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..concepts import ConceptMap
+from ..data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
+from ..sites import site_activations
 from .style import save_figure
 
 
@@ -71,9 +73,6 @@ def plot_latent_pairs(
 
 def plot_color_model_latents(model, path: str | Path, site: str = "bottleneck", title: str = "") -> Path:
     """Latents of a color model at ``site`` for an 8³ RGB grid plus the 12 named hues (circled and labelled)."""
-    from ..data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
-    from ..evaluation.color_metrics import site_activations
-
     colors = rgb_grid(8)
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     latents = site_activations(model, np.concatenate([colors, hues]), site)

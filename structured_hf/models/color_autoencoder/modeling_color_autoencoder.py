@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ...errors import StructuredConfigError
-from ...sites import ActivationSite
+from ...sites import ActivationSite, zero_axes
 from ..base import StructuredPreTrainedModel
 from .configuration_color_autoencoder import ColorAutoencoderConfig
 
@@ -158,8 +158,6 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         width = self.config.bottleneck_dim
         if not axes or any(not 0 <= a < width for a in axes):
             raise StructuredConfigError("axes", f"expected axes in [0, {width}), got {list(axes)}")
-        from ...interventions.suppression import zero_axes  # here: interventions import this module
-
         axes = tuple(axes)
 
         def finish(x: torch.Tensor) -> torch.Tensor:
