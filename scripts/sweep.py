@@ -6,7 +6,9 @@
     python scripts/sweep.py configs/color_autoencoder/ex1.6-widening-smooth.yaml \\
         configs/color_autoencoder/ex1.6-widening-stepped.yaml --output_dir outputs/ex1.6      # several recipes
 
-Each run trains in turn (one process: the machines this targets have few cores) and is written to its own folder
+Color-autoencoder runs that differ only in seed (and regularizer weights) train together as one batched model, N weight
+sets in one process (structured_hf/training/batched.py; --sequential: one after the other, with per-step logs and
+figures; --batched: fail instead of falling back when a recipe cannot be batched). Each run is written to its own folder
 (checkpoint, metrics.json, log_history.json; figures with --figures or `sweep: {figures: true}`). The summary goes to
 OUT/summary.json and OUT/summary.md (OUT: --output_dir, or the recipe's output_dir for a single recipe); with 2 to 8
 runs also OUT/loss_comparison.png and OUT/reconstruction_comparison.png (total and reconstruction loss per run,
@@ -26,7 +28,14 @@ from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation.sweep import parse_seeds
 from structured_hf.training import load_recipe
 from structured_hf.training.recipe import parse_set_overrides
-from structured_hf.training.sweep import expand_sweep, plot_sweep_losses, run_sweep, sweep_figures, write_summary
+from structured_hf.training.sweep import (
+    expand_sweep,
+    plot_sweep_losses,
+    run_sweep,
+    run_sweep_batched,
+    sweep_figures,
+    write_summary,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a recipe field of every recipe by dotted key; VALUE is parsed as YAML (repeatable)")
     p.add_argument("--figures", action="store_true", help="draw each run's figures (PNG + GIF); slower")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--sequential", action="store_true",
+                      help="train runs one after the other (default for other families, and with --figures)")
+    mode.add_argument("--batched", action="store_true",
+                      help="require batched training (an error names what prevents it instead of a fallback)")
     return p.parse_args(argv)
 
 
@@ -74,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             print(f"  {run.name}: seed {run.seed}, regularizers {list(run.regularizers)} -> {run.recipe.output_dir}")
         return 0
-    rows = run_sweep(runs, figures=figures, log=lambda line: print(line, flush=True))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        if args.sequential or (figures and not args.batched):
+            rows = run_sweep(runs, figures=figures, log=log)
+        else:
+            rows = run_sweep_batched(runs, log=log, force=args.batched)
+    except StructuredConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     json_path, md_path = write_summary(rows, out, title=f"Sweep: {', '.join(Path(c).name for c in args.configs)}")
     print(f"wrote {json_path} and {md_path}")
     if 2 <= len(runs) <= 8:

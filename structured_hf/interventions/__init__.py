@@ -12,7 +12,14 @@ Surgery (new models whose config, concept map and weights agree)::
     smaller = prune(model, "red");  same_width = ablate(model, "red");  healed = heal(smaller, retain_colors)
 """
 
-from .falloff import BezierMapper, BoundedPowerFalloff, LinearMapper, falloff_from_dict, mapper_from_dict
+from .falloff import (
+    AngularFalloff,
+    BezierMapper,
+    BoundedPowerFalloff,
+    LinearMapper,
+    falloff_from_dict,
+    mapper_from_dict,
+)
 from .specs import InterventionSpec, SurgerySpec, default_mapper, load_specs, parse_spec, save_specs, spec_from_json
 from .suppression import (
     BoundIntervention,
@@ -44,7 +51,8 @@ from .surgery import (
 )
 
 __all__ = [
-    "BezierMapper", "BoundIntervention", "BoundedPowerFalloff", "InterventionSpec", "LinearMapper", "SurgeryPoint",
+    "AngularFalloff", "BezierMapper", "BoundIntervention", "BoundedPowerFalloff", "InterventionSpec", "LinearMapper",
+    "SurgeryPoint",
     "SurgerySpec", "ablate", "alignment", "apply_surgery", "bind", "concept_axes", "default_mapper", "default_site",
     "falloff_from_dict", "heal", "intervene", "load_specs", "mapper_from_dict", "parse_spec", "project_out", "prune",
     "register_surgery_adapter", "remap_concepts", "repel", "repulsion", "resolve_axes", "save_specs", "spec_from_json",

@@ -62,6 +62,50 @@ class BoundedPowerFalloff:
 
 
 @dataclass(frozen=True)
+class AngularFalloff:
+    """A falloff set by the concept's angular width: samples more than ``width`` degrees from the concept are left
+    bit-identical, samples inside the cone lose ``g = b·((α − cos w)/(1 − cos w))^p`` of their concept component.
+
+    The width is the question a user asks ("red and colors close to red, but not orange"): on a hue wheel whose
+    named hues sit 30° apart, ``width = 25`` reaches the colors within ~15° of red hard and stops before orange.
+    ``width = 90, b = 1, p = 0`` is the hard hemisphere removal. The threshold is ``cos w`` instead of
+    :class:`BoundedPowerFalloff`'s ``a``, so that widths above 90° (a threshold below 0) are expressible too.
+
+    Args:
+        width: the concept's angular half-width in degrees, ``0 < width < 180``.
+        b: the fraction of the concept component removed at the concept itself (``0 <= b <= 2``).
+        p: power of the ramp from the cone's edge (0) to the concept (1); ``p = 0`` is a step at the edge.
+    """
+
+    width: float = 90.0
+    b: float = 1.0
+    p: float = 0.0
+    type: ClassVar[str] = "angular"
+
+    def __post_init__(self) -> None:
+        width = _number(self.width, "falloff.width")
+        if not 0.0 < width < 180.0:
+            raise StructuredConfigError("falloff.width", f"expected an angle in degrees with 0 < width < 180, got "
+                                                         f"{width}")
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "b", _number(self.b, "falloff.b", 0.0, 2.0))
+        object.__setattr__(self, "p", _number(self.p, "falloff.p", 0.0))
+
+    @property
+    def a(self) -> float:
+        """The alignment threshold ``cos(width)`` (the hard-removal check reads it like the power falloff's)."""
+        return 0.0 if self.width == 90.0 else math.cos(math.radians(self.width))
+
+    def __call__(self, alpha: torch.Tensor) -> torch.Tensor:
+        c = self.a
+        t = ((alpha - c) / (1.0 - c)).clamp(0.0, 1.0)
+        return torch.where(alpha > c, self.b * t.pow(self.p), torch.zeros_like(alpha))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
 class LinearMapper:
     """``m(α) = a + (b − a)·α``: maps α = 0 to cosine ``a`` and α = 1 to cosine ``b`` (both in [−1, 1]).
 
@@ -168,7 +212,7 @@ class BezierMapper:
                 "table_size": self.table_size}
 
 
-FALLOFFS: dict[str, type] = {"power": BoundedPowerFalloff}
+FALLOFFS: dict[str, type] = {"power": BoundedPowerFalloff, "angular": AngularFalloff}
 MAPPERS: dict[str, type] = {"linear": LinearMapper, "bezier": BezierMapper}
 
 
@@ -200,5 +244,5 @@ def mapper_from_dict(spec: Any, field_name: str = "mapper") -> LinearMapper | Be
     return _from_dict(MAPPERS, spec, field_name, "linear")
 
 
-__all__ = ["BezierMapper", "BoundedPowerFalloff", "FALLOFFS", "LinearMapper", "MAPPERS", "falloff_from_dict",
+__all__ = ["AngularFalloff", "BezierMapper", "BoundedPowerFalloff", "FALLOFFS", "LinearMapper", "MAPPERS", "falloff_from_dict",
            "mapper_from_dict"]

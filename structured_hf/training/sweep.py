@@ -16,6 +16,8 @@ of an entry (``regularizers.planar.weight``). Every run's recipe is parsed when 
 anything trains, with an error naming the sweep field.
 
 ``scripts/train.py`` trains a sweep file's base recipe (the sweep key is ignored); ``scripts/sweep.py`` runs them all.
+Color-autoencoder runs that differ only in seed and regularizer weights train together as one batched model
+(:mod:`structured_hf.training.batched`, :func:`run_sweep_batched`); ``--sequential`` trains them one by one.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..concepts import ConceptMap
+from ..data.color_datasets import colors_from_spec
+from ..data.colors import HUE_NAMES
 from ..data.curriculum import Curriculum
+from ..evaluation import evaluate_color_model
+from ..evaluation.structure import color_structure
+from ..evaluation.tables import json_ready
+from ..run_folder import end_run, prepare_output_dir, start_run
 from ..errors import StructuredConfigError
 from ..experiment import run_experiment
 from ..visualization import plot_run_comparison
@@ -248,6 +257,80 @@ def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]]
     return rows
 
 
+def batch_groups(runs: Sequence[SweepRun]) -> list[list[int]]:
+    """Indices of runs that can train as one batch (same model, data, training fields, learning rate and
+    regularizers up to their weights), in first-appearance order."""
+    groups: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        r = run.recipe
+        key = json.dumps([r.model, r.data, {k: v for k, v in r.training.items() if k not in ("disable_tqdm",)},
+                          r.schedules.get("learning_rate"), r.routes, r.reactive,
+                          [{k: v for k, v in spec.items() if k != "weight"} for spec in r.regularizers]],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = logger.info,
+                      force: bool = False) -> list[dict[str, Any]]:
+    """Like :func:`run_sweep`, but every group of :func:`batch_groups` trains as one batched model.
+
+    Each run still gets its folder (``config.json`` + weights, ``recipe.yaml``, ``run.json``, ``metrics.json``) and
+    summary row; the batched loop keeps no per-step log, so the stability columns are empty and no figures are drawn.
+    A group that cannot be batched (another family, a curriculum, ...) trains sequentially, or with ``force`` raises
+    the :class:`~structured_hf.errors.StructuredConfigError` that says why.
+    """
+    from .batched import check_batchable, train_batched
+
+    rows: list[dict[str, Any] | None] = [None] * len(runs)
+    total_start = time.perf_counter()
+    for group in batch_groups(runs):
+        recipes = [runs[i].recipe for i in group]
+        try:
+            check_batchable(recipes)
+        except StructuredConfigError as e:
+            if force:
+                raise
+            log(f"{len(group)} run(s) train one by one: {e}")
+            for i, row in zip(group, run_sweep([runs[i] for i in group], log=log)):
+                rows[i] = row
+            continue
+        # Decided before anything trains or is written, as for a single run: a used folder is refused.
+        states = {i: prepare_output_dir(runs[i].recipe.output_dir, runs[i].recipe.to_dict()) for i in group}
+        log(f"training {len(group)} run(s) as one batch ({recipes[0].training.get('max_steps')} steps) ...")
+        models, info = train_batched(recipes)
+        wall = info["train_runtime_s"] / len(group)
+        for i, model in zip(group, models):
+            run = runs[i]
+            metrics = _batched_run_metrics(run, states[i], model, wall)
+            rows[i] = row = summary_row(run, metrics, wall)
+            log(f"{run.name}: max named MSE {_fmt(row['named_color_mse_max'], 'e')}, hue order "
+                f"{'ok' if row['hue_order_ok'] else 'LOST'}, leak {_fmt(row['hue_plane_leak_max'], 'f3')}"
+                + (f", lost: {', '.join(row['lost'])}" if row["lost"] else ""))
+        log(f"batch of {len(group)}: {info['train_runtime_s']:.1f} s of training")
+    log(f"{len(runs)} runs in {time.perf_counter() - total_start:.1f} s")
+    return [row for row in rows if row is not None]
+
+
+def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: float) -> dict[str, Any]:
+    """Write one batched run's folder and return its metrics (those of a single run, minus the per-step logs)."""
+    recipe = run.recipe
+    out = Path(recipe.output_dir)
+    start_run(out, state, recipe.to_dict(), recipe.to_yaml())
+    concepts = ConceptMap.parse(model.config.concepts)
+    plane = next((tuple(c.axes) for c in concepts if c.axes is not None and len(c.axes) == 2), (0, 1))
+    train_colors, _ = colors_from_spec(recipe.data["train"], "data.train")
+    metrics = evaluate_color_model(model)
+    metrics["hue_mse_max"] = max(metrics["named_color_mse"][name] for name in HUE_NAMES)
+    metrics["structure"] = color_structure(model, site="bottleneck", plane=plane, data_colors=train_colors)
+    metrics.update(train_runtime_s=train_runtime, train_steps=int(recipe.training.get("max_steps", 0)),
+                   batched=True)
+    model.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=1))
+    end_run(out, "finished")
+    return metrics
+
+
 def plot_sweep_losses(runs: Sequence[SweepRun], path: str | Path, key: str = "loss", title: str = "") -> Path | None:
     """Loss curves of the runs on one axis, each with its curriculum phase starts (dotted); from each run's
     ``log_history.json``. For the 1.6 comparison (smooth vs stepped) and other few-run sweeps."""
@@ -266,7 +349,7 @@ def plot_sweep_losses(runs: Sequence[SweepRun], path: str | Path, key: str = "lo
 
 
 __all__ = [
-    "PROPERTY_CHECKS", "SweepRun", "SweepSpec", "SweepVariant", "expand_sweep", "lost_properties", "parse_sweep",
-    "plot_sweep_losses", "regularizer_subsets", "run_sweep", "set_path", "summary_markdown", "summary_row",
-    "sweep_figures", "write_summary",
+    "PROPERTY_CHECKS", "SweepRun", "SweepSpec", "SweepVariant", "batch_groups", "expand_sweep", "lost_properties",
+    "parse_sweep", "plot_sweep_losses", "regularizer_subsets", "run_sweep", "run_sweep_batched", "set_path",
+    "summary_markdown", "summary_row", "sweep_figures", "write_summary",
 ]
