@@ -328,6 +328,11 @@ def parse_spec(text: str | Mapping[str, Any] | InterventionSpec | SurgerySpec) -
             raise StructuredConfigError("intervention", f"malformed vector {target!r} in {text!r}") from None
     elif re.fullmatch(r"\d+(,\d+)*", target):
         axes = [int(a) for a in target.split(",")]
+    elif re.fullmatch(r"[-+\d,\s.]+", target):
+        # Looks like axis indices but is not a list of non-negative integers ("-1", "0,,1", "1.5"): say so, instead
+        # of reporting an unknown concept named "-1".
+        raise StructuredConfigError("intervention", f"axes must be non-negative integers separated by commas, got "
+                                                    f"{target!r} in {text!r}")
     else:
         concept = target
 
@@ -340,7 +345,9 @@ def parse_spec(text: str | Mapping[str, Any] | InterventionSpec | SurgerySpec) -
         return SurgerySpec(kind=kind, concept=concept, axes=axes, site=site, heal_steps=params.get("heal", 0))
     falloff = mapper = None
     if kind == "suppress" and params:
-        falloff = falloff_from_dict({"type": "power", **params}, "intervention.falloff")
+        # `width=DEG` sets the concept's angular width (AngularFalloff); a/b/p alone the bounded power falloff.
+        kind_of_falloff = "angular" if "width" in params else "power"
+        falloff = falloff_from_dict({"type": kind_of_falloff, **params}, "intervention.falloff")
     elif kind == "repel" and params:
         mapper = mapper_from_dict({"type": params.pop("mapper", "bezier"), **params}, "intervention.mapper")
     elif params:
