@@ -12,7 +12,8 @@ See ``docs/pretrained.md``.
 
 from .convert import cache_root, cached_gguf_folder, convert_gguf, smollm2_folder, smollm2_gguf
 from .loading import check_trainable, load_causal_lm, resolve_pretrained
-from .sites import attach_sites, check_concepts, detach_sites, num_blocks, set_concepts, unwrap
+from .common import num_blocks, unwrap
+from .sites import attach_sites, check_concepts, detach_sites, set_concepts
 from .surgery import pretrained_surgery_point
 
 __all__ = ["attach_sites", "cache_root", "check_trainable", "load_causal_lm", "resolve_pretrained", "cached_gguf_folder", "check_concepts", "convert_gguf", "detach_sites",

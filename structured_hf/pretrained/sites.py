@@ -24,7 +24,6 @@ one float rounding.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -36,17 +35,12 @@ from ..errors import StructuredConfigError
 from ..interventions.surgery import register_surgery_adapter
 from ..layouts import Layout, get_path, layout_for
 from ..sites import ActivationSite, site_dims
+from .common import check_site_name, num_blocks, unwrap
+from .surgery import pretrained_surgery_point
 
 _ATTR = "structured_sites"
 _MARK = "_structured_hf_site_hook"
 _INPUT = "_structured_block_input"
-_SITE_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside wrappers that keep it (a peft ``PeftModel``: ``get_base_model()``)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
-    return getattr(inner, "module", inner) if isinstance(inner, nn.parallel.DistributedDataParallel) else inner
 
 
 def _active(site: ActivationSite) -> bool:
@@ -153,11 +147,6 @@ def _qk_widths(config: Any) -> tuple[int, int]:
     return heads * head_dim, kv * head_dim
 
 
-def num_blocks(model: nn.Module) -> int:
-    base = unwrap(model)
-    return len(get_path(base, layout_for(base.config).blocks))
-
-
 def attach_sites(model: nn.Module, concepts: Iterable[Mapping[str, Any]] | None = None) -> nn.Module:
     """Give a transformers causal LM the named sites of structured_hf; returns the same model.
 
@@ -201,8 +190,6 @@ def attach_sites(model: nn.Module, concepts: Iterable[Mapping[str, Any]] | None 
                 module.structured_sites = nn.ModuleDict({kind: ActivationSite(f"layers.{i}.{kind.replace('_', '.')}",
                                                                               w)})
                 module.register_forward_hook(_projection_hook(kind))
-    from .surgery import pretrained_surgery_point  # surgery.py imports this module's helpers
-
     register_surgery_adapter(type(base), pretrained_surgery_point)
     if getattr(config, "concepts", None) is None:
         config.concepts = []  # surgery and interventions read config.concepts
@@ -211,15 +198,6 @@ def attach_sites(model: nn.Module, concepts: Iterable[Mapping[str, Any]] | None 
     else:
         check_concepts(base, getattr(config, "concepts", None))
     return model
-
-
-def check_site_name(model: nn.Module, site: str, field: str = "site") -> None:
-    """A clear error for a block index past the last block (before the generic unknown-site error)."""
-    match = _SITE_RE.match(site)
-    n = num_blocks(model)
-    if match is not None and int(match.group(1)) >= n:
-        raise StructuredConfigError(field, f"site '{site}' names block {match.group(1)}, past the last block: "
-                                    f"the model has {n} blocks (layers.0 .. layers.{n - 1})")
 
 
 def check_concepts(model: nn.Module, concepts: Any, field: str = "concepts") -> ConceptMap:
@@ -247,5 +225,4 @@ def set_concepts(model: nn.Module, concepts: Iterable[Mapping[str, Any]]) -> Con
     return parsed
 
 
-__all__ = ["attach_sites", "check_concepts", "check_site_name", "detach_sites", "num_blocks", "set_concepts",
-           "unwrap"]
+__all__ = ["attach_sites", "check_concepts", "detach_sites", "set_concepts"]

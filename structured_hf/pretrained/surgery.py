@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import StructuredConfigError
 from ..interventions.surgery import SurgeryPoint
 from ..layouts import FusedQKV, Layout, Proj, get_path, layout_for
-from .sites import check_site_name, unwrap
+from .common import check_site_name, unwrap
 
 _SITE = re.compile(r"^layers\.(\d+)\.(residual_pre|residual_mid|residual_post|attn\.q|attn\.k)$")
 

@@ -1,0 +1,165 @@
+"""The `pretrained` recipe type through scripts/train.py: anchored fine-tuning of a model the user brings (a tiny
+random-weight Llama saved as an ordinary folder with its own tokenizer: a local stand-in for a Hub model), full and
+with LoRA; the concept map saved in config.json or beside the adapter, and restored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, OPTForCausalLM
+
+import structured_hf
+from conftest import load_script
+from structured_hf import StructuredConfigError
+from structured_hf.data.tokenizer import train_bpe_tokenizer
+from structured_hf.pretrained.adapters import CONCEPTS_FILE, load_adapter
+from structured_hf.pretrained.loading import check_trainable
+from structured_hf.pretrained.recipe import PretrainedSpec, build_pretrained_model
+from structured_hf.training.recipe import build_trainer, parse_recipe
+from test_lm_training import labels_config, write_corpus
+
+SITE = "layers.1.residual_post"
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory):
+    """A tiny Llama (3 blocks, width 32, tied embeddings) with a BPE tokenizer, saved like a Hub model."""
+    root = tmp_path_factory.mktemp("pretrained")
+    write_corpus(root / "corpus")
+    texts = [p.read_text() for p in sorted((root / "corpus").glob("*.txt"))]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300, model_max_length=48)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    return root
+
+
+def recipe_dict(root, out: str, **model) -> dict:
+    return {
+        "seed": 0, "output_dir": str(root / out),
+        "model": {"pretrained": str(root / "base"),
+                  "concepts": [{"name": "violence", "site": SITE, "direction": {"one_hot": [0, 1], "width": 32}},
+                               {"name": "violence-axis", "site": SITE, "axes": [0, 1]}], **model},
+        "data": {"text": {"labels_config": labels_config(root / "corpus")}, "block_size": 48,
+                 "token_scope": {"labeler": "keywords", "mode": "after"}},
+        "regularizers": [
+            {"name": "anchor", "loss": "angular_subspace", "concept": "violence-axis", "label": "violence",
+             "weight": 0.3},
+            {"name": "clear", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence",
+             "params": {"relative": True}, "weight": 1.0},
+        ],
+        "routes": [{"concept": "violence-axis", "label": "violence"}],
+        "training": {"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1.0e-3, "logging_steps": 1,
+                     "save_strategy": "no", "disable_tqdm": True, "report_to": "none"},
+    }
+
+
+def train(root, out: str, **model) -> dict:
+    import yaml
+
+    path = root / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict(root, out, **model)))
+    assert load_script("train").main([str(path), "--no_figures"]) == 0
+    return json.loads((root / out / "metrics.json").read_text())
+
+
+def test_full_fine_tune_saves_the_concept_map_and_deletes_exactly(base_folder):
+    metrics = train(base_folder, "full")
+    out = base_folder / "full"
+    assert metrics["train_steps"] == 3 and not metrics["lora"]
+    # The evaluation ran suppression and deletion of the direction concept on held-out forget/retain text.
+    assert {"delta/ablate:violence/forget:violence", "delta/ablate:violence/retain",
+            "delta/suppress:violence/forget:violence"} <= set(metrics["language"])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "llama" and [c["name"] for c in saved["concepts"]] == ["violence", "violence-axis"]
+    model = structured_hf.attach_sites(AutoModelForCausalLM.from_pretrained(out).eval())
+    base = AutoModelForCausalLM.from_pretrained(base_folder / "base")
+    assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)
+    deleted = structured_hf.ablate(model, "violence-axis")
+    with structured_hf.capture(deleted, [SITE]) as acts:
+        deleted(torch.randint(0, model.config.vocab_size, (2, 20)))
+    assert torch.all(acts[SITE][..., :2] == 0)
+
+
+def test_lora_adapter_with_concept_map_beside_it(base_folder):
+    metrics = train(base_folder, "lora", peft={"r": 4, "lora_alpha": 8,
+                                               "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]})
+    out = base_folder / "lora"
+    assert metrics["lora"] and metrics["trainable_parameters"] < 10_000
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
+    entry = json.loads((out / CONCEPTS_FILE).read_text())
+    assert [c["name"] for c in entry["concepts"]] == ["violence", "violence-axis"]
+    merged, _ = load_adapter(out)
+    assert merged.config.concepts == entry["concepts"]
+    assert not hasattr(merged, "peft_config")
+    unmerged, _ = load_adapter(out, merge=False)
+    with pytest.raises(StructuredConfigError, match="merge it first"):
+        structured_hf.ablate(unmerged, "violence-axis")
+    x = torch.randint(0, merged.config.vocab_size, (2, 16))
+    torch.testing.assert_close(merged(x).logits, unmerged(x).logits, rtol=1e-5, atol=1e-5)
+    deleted = structured_hf.ablate(merged, "violence-axis")
+    with structured_hf.capture(deleted, [SITE]) as acts:
+        deleted(x)
+    assert torch.all(acts[SITE][..., :2] == 0)
+
+
+def test_lora_makes_embeddings_trainable_for_a_clear_term_upstream(base_folder):
+    recipe = parse_recipe(recipe_dict(base_folder, "lora-embed", peft={"r": 2, "target_modules": ["o_proj"]}))
+    recipe.regularizers.append({"name": "clear-embed", "loss": "anti_subspace", "concept": "violence-axis",
+                                "site": "layers.0.residual_pre", "params": {"relative": True}, "weight": 1.0})
+    trainer = build_trainer(recipe)
+    notes = trainer.model.structured_notes
+    assert "embed_tokens" in notes["trainable_embeddings"]
+    before = trainer.model.get_base_model().model.embed_tokens.weight.detach().clone()
+    head = trainer.model.get_base_model().lm_head.weight.detach().clone()
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    assert not torch.equal(merged.model.embed_tokens.weight, before)
+    assert torch.equal(merged.lm_head.weight, head)  # untied first: the head did not move with the embeddings
+    assert merged.config.tie_word_embeddings is False
+
+
+def test_trainable_blocks_train_only_those(base_folder):
+    recipe = parse_recipe(recipe_dict(base_folder, "blocks", trainable_blocks=[1]))
+    trainer = build_trainer(recipe)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.layers.1.") for n in changed)
+
+
+def test_recipe_errors(base_folder):
+    def build(**model):
+        return build_trainer(parse_recipe(recipe_dict(base_folder, "err", **model)))
+
+    with pytest.raises(StructuredConfigError, match=r"no module named \['qkv', 'fc1'\]"):
+        build(peft={"r": 2, "target_modules": ["q_proj", "qkv", "fc1"]})
+    with pytest.raises(StructuredConfigError, match="model.peft.*unknown keys"):
+        parse_recipe(recipe_dict(base_folder, "err", peft={"rank": 2}))
+    with pytest.raises(StructuredConfigError, match="trainable_blocks.*block 5 is past the last block"):
+        build(trainable_blocks=[5])
+    with pytest.raises(StructuredConfigError, match="no model folder at"):
+        build(pretrained=str(base_folder / "missing"))
+    with pytest.raises(StructuredConfigError, match="data.tokenizer"):
+        raw = recipe_dict(base_folder, "err")
+        raw["data"]["tokenizer"] = {"vocab_size": 100}
+        parse_recipe(raw)
+    with pytest.raises(StructuredConfigError, match="past the last block"):
+        build(concepts=[{"name": "v", "site": "layers.9.residual_post", "axes": [0]}])
+    opt = OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                   num_attention_heads=2, word_embed_proj_dim=16))
+    opt.save_pretrained(base_folder / "opt")
+    with pytest.raises(StructuredConfigError, match="'opt'"):
+        build_pretrained_model(PretrainedSpec(source=str(base_folder / "opt")))
+    # A model loaded from a GGUF file keeps its quantization_config: training it is refused, naming the method.
+    model = AutoModelForCausalLM.from_pretrained(base_folder / "base")
+    model.config.quantization_config = {"quant_method": "gguf"}
+    with pytest.raises(StructuredConfigError, match="still quantized.*gguf"):
+        check_trainable(model)
