@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
 import structured_hf  # noqa: F401  (registers the Auto classes)
+from structured_hf.checkpoints import check_checkpoint, load_pretrained
+from structured_hf.data.colors import resolve_colors
 from structured_hf.errors import CheckpointError, StructuredConfigError
 from structured_hf.evaluation import evaluate_model
 from structured_hf.interventions import SurgerySpec, parse_spec
@@ -87,14 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.heal_steps < 0:
             raise StructuredConfigError("--heal_steps", f"expected a non-negative integer, got {args.heal_steps}")
         specs = variant_specs(args)
-        local = Path(args.model).expanduser()
-        if not local.exists() and (args.model.startswith(("/", ".", "~")) or os.sep + os.sep in args.model):
-            raise CheckpointError(args.model, "no such model folder (a Hub id looks like 'namespace/name')")
-        if _model_type(args.model) == "structured_gpt":
+        if args.anchor is not None:
+            resolve_colors([args.anchor], "--anchor")  # an unknown color fails even when no variant would use it
+        model_path = resolve_model_path(args.model)
+        kind = _model_type(model_path)
+        _refuse_output_in_model_folder(args.output_dir, model_path, kind)
+        if kind == "structured_gpt":
             return evaluate_language(args)
-        if _model_type(args.model) == "structured_color_transformer":
+        if kind == "structured_color_transformer":
             return evaluate_color_transformer(args)
-        model = AutoModel.from_pretrained(str(local) if local.exists() else args.model)
+        model = load_pretrained(model_path)
         result = evaluate_model(model, specs, args.output_dir, grid_size=args.grid_size, anchor=args.anchor,
                                 figures=not args.no_figures, title=f"Evaluation of {args.model}",
                                 save_variants=args.save_variants)
@@ -106,11 +109,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def resolve_model_path(model: str) -> str:
+    """A local folder (checked with :func:`structured_hf.check_checkpoint`: truncated, corrupted or NaN weights fail
+    naming the file) or a Hub id. A path that does not exist is refused as a local folder when it can only be one:
+    it starts with ``/``, ``.`` or ``~``, has more than one ``/``, or its first part is a folder here (a mistyped
+    ``outputs/nothere`` would otherwise be looked up on the Hub, with retries, and fail as a connection error)."""
+    local = Path(model).expanduser()
+    if local.exists():
+        check_checkpoint(local)
+        return str(local)
+    parts = Path(model).parts
+    if model.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        near = Path(parts[0]) if parts else Path(".")
+        listing = sorted(p.name for p in near.iterdir())[:8] if near.is_dir() and len(parts) == 2 else None
+        raise CheckpointError(model, "no such model folder" + (f" ({near} holds {listing})" if listing is not None
+                                                               else "") + "; a Hub id looks like 'namespace/name'")
+    return model
+
+
 def _model_type(model: str) -> str | None:
-    """The checkpoint's ``model_type`` (reads config.json, locally or from the Hub)."""
+    """The checkpoint's ``model_type`` (reads config.json, locally or from the Hub); a model without a concept map
+    (a plain transformers model) is refused with what it lacks."""
     from transformers import AutoConfig
 
-    return getattr(AutoConfig.from_pretrained(model), "model_type", None)
+    config = AutoConfig.from_pretrained(model)
+    kind = getattr(config, "model_type", None)
+    if getattr(config, "concepts", None) is None:
+        raise StructuredConfigError(
+            "--model", f"{model} is a plain '{kind}' model without a concept map (config.concepts): there is nothing "
+            "to evaluate per concept. Train an anchored model with scripts/train.py, or attach sites and a concept "
+            "map to a pretrained model with structured_hf.attach_sites (see docs/pretrained.md)")
+    return kind
+
+
+def _refuse_output_in_model_folder(output_dir: str, model: str, kind: str | None) -> None:
+    """Color evaluations write figures with the training run's names (latents.png, control_ratios.png), which the
+    model card shows: evaluating into the model folder would replace them. (A StructuredGPT evaluation into its own
+    folder is supported: it re-renders the card with the new table.)"""
+    local = Path(model)
+    if kind != "structured_gpt" and local.is_dir() and Path(output_dir).resolve() == local.resolve():
+        raise StructuredConfigError("--output_dir", f"is the model folder {model}; the evaluation's figures would "
+                                    "replace the training run's ones that its model card shows. Use a sub-folder, "
+                                    f"e.g. --output_dir {Path(model) / 'eval'}")
 
 
 def evaluate_color_transformer(args: argparse.Namespace) -> int:
@@ -173,7 +213,8 @@ def evaluate_language(args: argparse.Namespace) -> int:
                                     "datasets folder with text and prob_<concept> columns)")
     surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
     if surgery:
-        raise StructuredConfigError("--ablate", "StructuredGPT evaluation always includes ablate:<concept> for every "
+        flag = "--prune" if any(s.kind == "prune" for s in surgery) else "--ablate"
+        raise StructuredConfigError(flag, "StructuredGPT evaluation always includes ablate:<concept> for every "
                                     "anchored concept; --prune does not apply to residual sites")
     test = datasets.load_from_disk(str(heldout))
     extra = [(spec, model, [spec]) for spec in args.intervention]

@@ -63,11 +63,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "dataset repo, 'user/name' (token: HF_TOKEN or `hf auth login`)")
     p.add_argument("--private", action="store_true", help="create the --push_to_hub repo as private")
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.max_chunks is not None and args.max_chunks < 1:
+        p.error(f"--max_chunks must be at least 1, got {args.max_chunks}")
     if args.private and not args.push_to_hub:
         p.error("--private only applies with --push_to_hub")
     if (args.hub_split or args.hub_config) and not (args.source or "").startswith("hub:"):
         p.error("--hub_split and --hub_config only apply with --source hub:NAME")
     return args
+
+
+def check_writable_output(out: Path) -> None:
+    """Refuse, before any labelling, an output folder that cannot be written or that already holds other files
+    (datasets' save_to_disk would replace some and leave the rest mixed in)."""
+    if out.exists() and not out.is_dir():
+        raise StructuredConfigError("--output_dir", f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise StructuredConfigError("--output_dir", f"{out} is not empty; choose a new folder (a labelled dataset "
+                                                    "written over another would mix the two)")
+    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StructuredConfigError("--output_dir", f"cannot write to {out} ({probe} is not writable)")
 
 
 def source_from(args: argparse.Namespace) -> str | dict | None:
@@ -109,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_length is not None:
             config["chunking"] = {**(config.get("chunking") or {}), "max_length": args.max_length}
         config = load_label_config(config)  # re-check with the overrides
+        out = Path(args.output_dir)
+        check_writable_output(out)  # before labelling, which takes minutes with the embedding labeler
         dataset, pipeline, stats = build_labelled_dataset(
             config, labelers=args.labelers, max_chunks=args.max_chunks, batch_size=args.batch_size,
             progress=not args.no_progress)
-        out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         dataset.save_to_disk(str(out))
         (out / "labels.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from structured_hf.errors import StructuredConfigError
+from structured_hf.errors import CheckpointError, StructuredConfigError
 from structured_hf.experiment import run_experiment
 from structured_hf.hub import push_output_dir
 from structured_hf.training import load_recipe
@@ -37,7 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe field by dotted key; VALUE is parsed as YAML (repeatable)")
     p.add_argument("--resume_from_checkpoint", nargs="?", const=True, default=None,
-                   help="resume from a checkpoint folder, or from the latest one in output_dir when given no value")
+                   help="resume from a checkpoint folder, or from the newest complete one in output_dir when given no "
+                        "value (damaged or incomplete checkpoints are skipped with a warning)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace the run in a non-empty output_dir (its files are deleted first; only a structured_hf "
+                        "run folder is ever emptied)")
+    p.add_argument("--allow_recipe_change", action="store_true",
+                   help="with --resume_from_checkpoint: continue although the recipe differs from the checkpoint's")
     p.add_argument("--no_figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--push_to_hub", action="store_true",
                    help="after training, upload the output folder to a Hub model repo "
@@ -46,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="repo for --push_to_hub, 'user/name' or 'name' (default: the output folder's name)")
     p.add_argument("--hub_private_repo", action="store_true", help="create the --push_to_hub repo as private")
     args = p.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        p.error(f"--max_steps must be at least 1, got {args.max_steps}")
+    if args.allow_recipe_change and not args.resume_from_checkpoint:
+        p.error("--allow_recipe_change only applies with --resume_from_checkpoint")
     if (args.hub_model_id or args.hub_private_repo) and not args.push_to_hub:
         p.error("--hub_model_id and --hub_private_repo only apply with --push_to_hub")
     return args
@@ -68,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {args.config} is a sweep file; training its base recipe only (the `sweep:` key is ignored). "
                   f"Run every variant with: python scripts/sweep.py {args.config}", file=sys.stderr)
             recipe = dataclasses.replace(recipe, sweep=None)
-        metrics = run_experiment(recipe, resume_from_checkpoint=args.resume_from_checkpoint, figures=not args.no_figures)
-    except StructuredConfigError as e:
+        metrics = run_experiment(recipe, resume_from_checkpoint=args.resume_from_checkpoint, figures=not args.no_figures,
+                                 overwrite_output_dir=args.overwrite_output_dir,
+                                 allow_recipe_change=args.allow_recipe_change)
+    except (StructuredConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # NonFiniteLossError / NonFiniteGradientError / NonFiniteWeightsError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if metrics:
         summary = {k: metrics[k] for k in ("named_color_mse_max", "concepts", "train_runtime_s") if k in metrics}
         print(json.dumps(summary, indent=2))

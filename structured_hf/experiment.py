@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ from .evaluation import evaluate_color_model
 from .evaluation.color_tasks import concept_placement, per_operation_errors
 from .evaluation.structure import color_structure, latent_jitter, loss_excursions, loss_spikes
 from .cards import render_color_model_card, render_color_transformer_card, render_model_card_from_folder
+from .run_folder import RunState, end_run, prepare_output_dir, start_run
 from .training import build_trainer
 from .training.callbacks import LatentSnapshotCallback, ProbeCallback
 from .training.recipe import Recipe, build_lm_datasets, build_task_splits, model_type
+from .pretrained.experiment import run_pretrained_experiment
 from .visualization import (
     animate_latent_evolution,
     plot_color_model_latents,
@@ -59,40 +63,83 @@ def _final_training_colors(trainer) -> np.ndarray | None:
     return colors[CurriculumSampler(colors, trainer.curriculum, samples_per_step=1, num_steps=1).eligible(last)]
 
 
-def _train_and_save(recipe: Recipe, callbacks: list, resume_from_checkpoint: str | bool | None, **build_kwargs: Any):
-    """Build the trainer, write the resolved recipe, train, save the checkpoint (config.json + model.safetensors,
-    and the tokenizer when the trainer has one; main process only). Returns (trainer, train result, training wall
-    time in seconds)."""
+def _train_and_save(recipe: Recipe, callbacks: list, run: RunState, **build_kwargs: Any):
+    """Build the trainer, start the run in its folder (``run.json``, and ``recipe.yaml`` for a new run), train,
+    save the checkpoint (config.json + model.safetensors, and the tokenizer when the trainer has one; main process
+    only). Returns (trainer, train result, training wall time in seconds).
+
+    Nothing is written before the trainer is built, so a recipe that fails to build leaves the folder as it was.
+    """
     out = Path(recipe.output_dir)
     trainer = build_trainer(recipe, callbacks=callbacks, **build_kwargs)
+    trainer.run_identity = {"run_id": run.run_id, "recipe_fingerprint": run.fingerprint}
     if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
+        start_run(out, run, recipe.to_dict(), recipe.to_yaml())
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    resume = None if run.resume_from is None else str(run.resume_from)
+    result = trainer.train(resume_from_checkpoint=resume)
     train_runtime = time.perf_counter() - start
     trainer.save_model(str(out))
     return trainer, result, train_runtime
 
 
+def _resume_note(run: RunState, metrics: dict[str, Any]) -> None:
+    """A resumed run's train_loss, runtime, steps/s and snapshot-based metrics cover only the resumed steps: say so
+    in the metrics instead of passing them off as the whole run's."""
+    if run.resume_from is not None:
+        metrics["resumed"] = {
+            "from_checkpoint": str(run.resume_from), "from_step": run.resumed_step,
+            "note": "train_loss, train_runtime_s, steps/s, latent jitter and the evolution figures cover only the "
+                    "steps after the resume; log_history.json covers the whole run",
+        }
+
+
+def _is_main_process() -> bool:
+    # Before the trainer (and its accelerator) exists: the launcher's rank. Only rank 0 writes or clears the folder.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True,
-                   animation: bool = True) -> dict[str, Any]:
+                   animation: bool = True, overwrite_output_dir: bool = False,
+                   allow_recipe_change: bool = False) -> dict[str, Any]:
     """Train ``recipe`` and write everything to ``recipe.output_dir``; returns the metrics.
 
     Outputs: ``config.json`` + ``model.safetensors`` (load with ``AutoModel.from_pretrained``), ``recipe.yaml``,
-    ``metrics.json``, ``log_history.json``, figures (``latents.png``, ``training_curves.png``, ``schedules.png``,
-    ``evolution.png``, ``evolution.gif``) and a model card ``README.md``.
+    ``run.json``, ``metrics.json``, ``log_history.json``, figures (``latents.png``, ``training_curves.png``,
+    ``schedules.png``, ``evolution.png``, ``evolution.gif``) and a model card ``README.md``.
+
+    One folder holds one run (see :mod:`structured_hf.run_folder`): a non-empty ``output_dir`` is refused unless
+    ``overwrite_output_dir`` (the old run's files are deleted first) or ``resume_from_checkpoint`` (``True``: the
+    newest complete checkpoint in the folder) is given; a resume with a recipe other than the checkpoint's is refused
+    unless ``allow_recipe_change``. ``run.json`` ends with status ``finished``, or ``failed`` and the error.
     """
-    if model_type(recipe) == "color_transformer":
-        return run_color_transformer_experiment(recipe, resume_from_checkpoint, figures)
-    if model_type(recipe) == "structured_gpt":
-        return run_structured_gpt_experiment(recipe, resume_from_checkpoint, figures)
+    run = prepare_output_dir(recipe.output_dir, recipe.to_dict(), overwrite=overwrite_output_dir,
+                             resume=resume_from_checkpoint, allow_recipe_change=allow_recipe_change,
+                             check_folder=_is_main_process())
+    runner = {"color_transformer": run_color_transformer_experiment,
+              "structured_gpt": run_structured_gpt_experiment,
+              "pretrained": partial(run_pretrained_experiment, train_and_save=_train_and_save),
+              }.get(model_type(recipe), _run_color_autoencoder)
+    try:
+        metrics = runner(recipe, run, figures=figures, animation=animation)
+    except BaseException as e:
+        if _is_main_process():
+            end_run(recipe.output_dir, "failed", f"{type(e).__name__}: {e}")
+        raise
+    if metrics:
+        end_run(recipe.output_dir, "finished")
+    return metrics
+
+
+def _run_color_autoencoder(recipe: Recipe, run: RunState, figures: bool = True,
+                           animation: bool = True) -> dict[str, Any]:
+    """The color autoencoder's run: train, then named-color errors, structure, stability, figures and the card."""
     out = Path(recipe.output_dir)
     probe = np.concatenate([rgb_grid(8), np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])])
     max_steps = int(recipe.training.get("max_steps", 0))
     snapshots = LatentSnapshotCallback({"colors": torch.as_tensor(probe, dtype=torch.float32)}, "bottleneck",
                                        every=max(max_steps // SNAPSHOTS, 1))
-    trainer, result, train_runtime = _train_and_save(recipe, [snapshots], resume_from_checkpoint)
+    trainer, result, train_runtime = _train_and_save(recipe, [snapshots], run)
     if not trainer.is_world_process_zero():
         return {}
 
@@ -118,6 +165,7 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
         num_parameters=sum(p.numel() for p in model.parameters()),
         seed=recipe.seed,
     )
+    _resume_note(run, metrics)
     if trainer.schedule_callback.events:
         metrics["reactive_events"] = trainer.schedule_callback.events
     if trainer.eval_dataset is not None:
@@ -144,16 +192,17 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     return metrics
 
 
-def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None,
-                                     figures: bool = True) -> dict[str, Any]:
+def run_color_transformer_experiment(recipe: Recipe, run: RunState | None = None, figures: bool = True,
+                                     animation: bool = True) -> dict[str, Any]:
     """Train a color-operation transformer; metrics: per-operation test error (red-involving vs far from red) and
     the red concept's cosine at every residual site, tracked during training."""
+    run = run or prepare_output_dir(recipe.output_dir, recipe.to_dict())
     out = Path(recipe.output_dir)
     splits = build_task_splits(recipe)
     max_steps = int(recipe.training.get("max_steps", 0))
     tracker = ProbeCallback(lambda m: concept_placement(m, splits["validation"], limit=1024),
                             every=max(max_steps // 20, 1))
-    trainer, result, train_runtime = _train_and_save(recipe, [tracker], resume_from_checkpoint)
+    trainer, result, train_runtime = _train_and_save(recipe, [tracker], run)
     if not trainer.is_world_process_zero():
         return {}
     model = trainer.model
@@ -168,6 +217,7 @@ def run_color_transformer_experiment(recipe: Recipe, resume_from_checkpoint: str
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "seed": recipe.seed,
     }
+    _resume_note(run, metrics)
     metrics["test_mse_max"] = max(v["all"] for v in metrics["test_mse"].values())
     from .evaluation.transformer_control import control_evaluation, control_markdown, plot_control_ratios
 
@@ -205,16 +255,16 @@ def _validation_lm_loss(trainer: Any) -> tuple[float, float]:
     return float(lm_loss), float(objective)
 
 
-def run_structured_gpt_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None,
-                                  figures: bool = True, evaluate: bool = True) -> dict[str, Any]:
+def run_structured_gpt_experiment(recipe: Recipe, run: RunState | None = None, figures: bool = True, animation: bool = True,
+                                  evaluate: bool = True) -> dict[str, Any]:
     """Train a StructuredGPT from a recipe; save model + tokenizer (``AutoTokenizer`` / ``AutoModelForCausalLM``
     load the folder), the held-out test chunks (``heldout/``, for :mod:`structured_hf.evaluation.language`), and
     metrics: validation loss and perplexity, training tokens/s and, with ``evaluate``, the per-concept forget/retain
     losses before and after suppression and deletion (``language_evaluation.json``)."""
+    run = run or prepare_output_dir(recipe.output_dir, recipe.to_dict())
     out = Path(recipe.output_dir)
     chunks, tokenizer, blocks = build_lm_datasets(recipe, progress=False)
-    trainer, result, train_runtime = _train_and_save(recipe, [], resume_from_checkpoint,
-                                                     lm_data=(chunks, tokenizer, blocks))
+    trainer, result, train_runtime = _train_and_save(recipe, [], run, lm_data=(chunks, tokenizer, blocks))
     if not trainer.is_world_process_zero():
         return {}
     chunks["test"].save_to_disk(str(out / "heldout"))
@@ -237,6 +287,7 @@ def run_structured_gpt_experiment(recipe: Recipe, resume_from_checkpoint: str | 
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "seed": recipe.seed,
     }
+    _resume_note(run, metrics)
     if evaluate:
         from .evaluation.language import evaluate_language_model, language_markdown
 

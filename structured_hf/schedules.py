@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StructuredConfigError
+from .errors import StructuredConfigError, yaml_float_hint
 
 INTERPOLATIONS = ("step", "linear", "log", "smooth")
 
@@ -80,8 +80,8 @@ class Schedule:
 
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (YAML reads 1e-4 without a dot as a string; write 1.0e-4)" if isinstance(value, str) else ""
-        raise StructuredConfigError(field, f"expected a number, got {value!r} ({type(value).__name__}){hint}")
+        raise StructuredConfigError(field, f"expected a number, got {value!r} ({type(value).__name__})"
+                                           f"{yaml_float_hint(value)}")
     if not math.isfinite(value):
         raise StructuredConfigError(field, f"expected a finite number, got {value!r}")
     return float(value)

@@ -68,11 +68,11 @@ def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tupl
     grid = spec.get("grid", "colors" if "colors" in spec else None)
     weights = None
     if grid == "rgb":
-        colors = rgb_grid(_positive_int(spec.get("size", 8), f"{field}.size"))
+        colors = rgb_grid(_positive_int(spec.get("size", 8), f"{field}.size", low=2, high=_MAX_AXIS))
     elif grid == "hsv":
-        n_h = _positive_int(spec.get("hues", 36), f"{field}.hues")
-        n_s = _positive_int(spec.get("saturations", 10), f"{field}.saturations")
-        n_v = _positive_int(spec.get("values", 10), f"{field}.values")
+        n_h = _positive_int(spec.get("hues", 36), f"{field}.hues", high=_MAX_AXIS)
+        n_s = _positive_int(spec.get("saturations", 10), f"{field}.saturations", high=_MAX_AXIS)
+        n_v = _positive_int(spec.get("values", 10), f"{field}.values", high=_MAX_AXIS)
         hsv = hsv_grid(n_h, n_s, n_v)
         colors, weights = to_rgb(hsv), hsv_sampling_weights(hsv, n_h, n_s)
     elif grid == "named":
@@ -94,7 +94,14 @@ def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tupl
     return colors, weights
 
 
-def _positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StructuredConfigError(field, f"expected a positive integer, got {value!r}")
+# Points per grid axis: 256³ (16.7M colors, 400 MB) is already far beyond the 8-bit color resolution; a larger value
+# is a typo that would try to allocate tens of GB before the first step.
+_MAX_AXIS = 256
+
+
+def _positive_int(value: Any, field: str, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise StructuredConfigError(field, f"expected an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise StructuredConfigError(field, f"expected an integer <= {high}, got {value}")
     return value

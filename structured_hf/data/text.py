@@ -113,6 +113,15 @@ def load_hub(name: str, split: str = "train", config: str | None = None, text_co
     return _documents_from_rows(dataset.select_columns([text_column]), text_column, f"{name}:{split}")
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text, or an error naming the file when it is not UTF-8 (a Latin-1 or binary file)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise StructuredConfigError("source", f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+                                              f"e.g. iconv -f latin1 -t utf-8 {path.name}") from None
+
+
 def load_files(paths: str | Sequence[str], text_column: str = "text") -> list[Document]:
     """Local ``.txt`` (one document per file, paragraphs as units), ``.jsonl`` / ``.json`` (one per row) files,
     folders of them (recursively, sorted) or glob patterns."""
@@ -131,11 +140,11 @@ def load_files(paths: str | Sequence[str], text_column: str = "text") -> list[Do
     docs: list[Document] = []
     for path in files:
         if path.suffix == ".txt":
-            units = paragraphs(path.read_text(encoding="utf-8"))
+            units = paragraphs(_read_utf8(path))
             if units:
                 docs.append(Document(id=path.name, units=units))
         elif path.suffix in {".jsonl", ".json"}:
-            text = path.read_text(encoding="utf-8")
+            text = _read_utf8(path)
             if path.suffix == ".json" and text.lstrip().startswith("["):
                 rows = json.loads(text)
             else:
@@ -364,9 +373,18 @@ def build_text_dataset(
     result = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s], features=features) for s in SPLIT_NAMES})
     logger.info("chunks per split: %s", {s: len(d) for s, d in result.items()})
     empty = [s for s in SPLIT_NAMES if not len(result[s]) and (s == "train" or getattr(splits, s) > 0)]
+    if "train" in empty:
+        # Nothing to train on: an error, not a warning after which an empty dataset is saved as if it were usable.
+        total = sum(len(d) for d in result.values())
+        advice = ("with few documents use splits.by: chunk" if splits.by == "document" else
+                  "the corpus is too small for these split fractions (or has no text); add text or lower "
+                  "splits.validation / splits.test")
+        raise StructuredConfigError("splits", f"the train split is empty ({total} chunks from {len(documents)} "
+                                              f"documents, split by {splits.by}); {advice}")
     if empty:
-        logger.warning("splits %s are empty: %d documents were split by %s; with few documents use splits.by: chunk",
-                       empty, len(documents), splits.by)
+        advice = "with few documents use splits.by: chunk" if splits.by == "document" else "add text"
+        logger.warning("splits %s are empty: %d documents were split by %s; %s", empty, len(documents), splits.by,
+                       advice)
     return result
 
 

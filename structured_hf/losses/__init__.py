@@ -4,7 +4,9 @@ from .reduction import selective_mean, selective_sum
 from .regularizers import (
     LOSSES,
     LossInfo,
+    Param,
     anchor,
+    check_loss_params,
     angular_anchor,
     angular_subspace,
     angular_repulsion,
@@ -20,6 +22,8 @@ from .regularizers import (
 __all__ = [
     "LOSSES",
     "LossInfo",
+    "Param",
+    "check_loss_params",
     "anchor",
     "angular_anchor",
     "angular_subspace",

@@ -8,14 +8,16 @@ Reduction over the batch (plain or label-weighted) is done once, in :mod:`.reduc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..concepts import ConceptSpec
 from ..data.colors import resolve_colors
+from ..errors import StructuredConfigError, yaml_float_hint
 
 # Guards cos() and 1/d² against zero-length activations; small enough not to bias unit-norm latents.
 _EPS = 1e-8
@@ -191,6 +193,42 @@ def _target_key(target: str | Sequence[float]) -> str | tuple:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A loss parameter's type and range, checked when the recipe is loaded (not at the first labelled sample,
+    which with sparse labels can come thousands of steps in).
+
+    Args:
+        kind: ``"float"`` (ints accepted), ``"bool"`` or ``"color"`` (a color name, an RGB triple in [0, 1], or
+            ``unchanged``).
+        low / high: inclusive bounds for floats; ``positive``: strictly greater than 0.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+
+    def check(self, field: str, value: object) -> None:
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise StructuredConfigError(field, f"expected true or false, got {value!r}")
+            return
+        if self.kind == "color":
+            if value != UNCHANGED:
+                resolve_colors([value], field)
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StructuredConfigError(field, f"expected a number, got {value!r} ({type(value).__name__})"
+                                               f"{yaml_float_hint(value)}")
+        if not math.isfinite(value):
+            raise StructuredConfigError(field, f"expected a finite number, got {value}")
+        if self.positive and value <= 0:
+            raise StructuredConfigError(field, f"expected a number > 0, got {value}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise StructuredConfigError(field, f"expected a number in [{self.low}, {self.high}], got {value}")
+
+
+@dataclass(frozen=True)
 class LossInfo:
     """A registered regularizer and the kind of concept it needs (``direction``, ``axes`` or ``None``)."""
 
@@ -199,18 +237,33 @@ class LossInfo:
     batch_coupled: bool = False  # depends on other batch members (repulsion): sees only its micro-batch
     # Reads the model past the site: called with ``readout=model.deletion_readout(site, concept axes)``.
     needs_readout: bool = False
+    # Every keyword parameter of ``fn`` a recipe may set, with its type and range.
+    params: Mapping[str, Param] = field(default_factory=dict)
 
 
+def check_loss_params(field_name: str, loss: str, params: Mapping[str, object]) -> None:
+    """Unknown names, wrong types and out-of-range values of a loss's ``params`` fail naming the field."""
+    declared = LOSSES[loss].params
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise StructuredConfigError(field_name, f"loss '{loss}' has no parameter(s) {unknown}; it takes "
+                                                f"{sorted(declared) or 'none'}")
+    for name, value in params.items():
+        declared[name].check(f"{field_name}.{name}", value)
+
+
+_RELATIVE = {"relative": Param("bool")}
 LOSSES: dict[str, LossInfo] = {
     "anchor": LossInfo(anchor, "direction"),
     "angular_anchor": LossInfo(angular_anchor, "direction"),
-    "anti_anchor": LossInfo(anti_anchor, "direction"),
-    "cone_anchor": LossInfo(cone_anchor, "direction"),
+    "anti_anchor": LossInfo(anti_anchor, "direction", params={"full_sphere": Param("bool")}),
+    "cone_anchor": LossInfo(cone_anchor, "direction", params={"cosine": Param("float", low=-1.0, high=1.0)}),
     "unitarity": LossInfo(unitarity, None),
-    "subspace": LossInfo(subspace, "axes"),
+    "subspace": LossInfo(subspace, "axes", params=_RELATIVE),
     "angular_subspace": LossInfo(angular_subspace, "axes"),
-    "anti_subspace": LossInfo(anti_subspace, "axes"),
-    "angular_repulsion": LossInfo(angular_repulsion, None, batch_coupled=True),
+    "anti_subspace": LossInfo(anti_subspace, "axes", params=_RELATIVE),
+    # power > 0: at 0 every pair repels equally (a constant), below 0 far pairs would repel most.
+    "angular_repulsion": LossInfo(angular_repulsion, None, batch_coupled=True, params={"power": Param("float", positive=True)}),
     "euclidean_repulsion": LossInfo(euclidean_repulsion, None, batch_coupled=True),
-    "deletion_target": LossInfo(deletion_target, "axes", needs_readout=True),
+    "deletion_target": LossInfo(deletion_target, "axes", needs_readout=True, params={"target": Param("color")}),
 }

@@ -11,7 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..errors import StructuredConfigError
-from ..losses import LOSSES
+from ..losses import LOSSES, check_loss_params
 from ..schedules import Schedule, parse_schedule
 from .routing import parse_routes
 from .speclist import check_entry, parse_spec_list
@@ -72,6 +72,7 @@ class RegularizerSpec:
         params = entry.get("params") or {}
         if not isinstance(params, Mapping):
             raise StructuredConfigError(f"{field_name}.params", f"expected a mapping, got {params!r}")
+        check_loss_params(f"{field_name}.params", loss, params)
         negate = isinstance(label, str) and label.startswith("not:")
         if negate:
             label = label[len("not:"):].strip()
@@ -83,6 +84,7 @@ class RegularizerSpec:
             raise StructuredConfigError(f"{field_name}.positions", f"expected a list of token positions, got {positions!r}")
         name = entry.get("name") or (f"{loss}:{concept}" if concept else loss)
         weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
+        check_non_negative(weight, f"{field_name}.weight")
         return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params),
                    positions=None if positions is None else tuple(positions), negate_label=negate)
 
@@ -104,7 +106,17 @@ def parse_schedules(spec: Any, field_name: str = "schedules") -> dict[str, Sched
                 f"unknown parameter; schedulable: {list(SCHEDULABLE)} (regularizer weights go in their `weight`)",
             )
         out[key] = parse_schedule(value, f"{field_name}.{key}")
+        check_non_negative(out[key], f"{field_name}.{key}")
     return out
+
+
+def check_non_negative(schedule: Schedule, field_name: str) -> None:
+    """Weights and learning rates are >= 0 at every key: a negative one trains by gradient ascent on its term."""
+    for i, value in enumerate(schedule.values):
+        if value < 0:
+            where = field_name if len(schedule.values) == 1 else f"{field_name}.keys[{i}]"
+            raise StructuredConfigError(where, f"expected a value >= 0, got {value}; a negative weight or learning "
+                                               "rate trains by gradient ascent")
 
 
 def parse_reactive(entries: Any, field_name: str = "reactive") -> list[ReactiveRule]:

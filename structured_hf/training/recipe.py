@@ -25,7 +25,7 @@ from typing import Any
 
 import datasets
 import yaml
-from transformers import set_seed
+from transformers import PreTrainedConfig, set_seed
 
 from ..data.collators import LMBlockCollator
 from ..data.color_datasets import build_color_dataset, colors_from_spec
@@ -34,10 +34,12 @@ from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..data.lm_data import LMDataSpec, build_lm_data
-from ..errors import StructuredConfigError
+from ..errors import StructuredConfigError, yaml_float_hint
 from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
 from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
 from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
+from ..pretrained.recipe import (PretrainedCausalLM, build_pretrained_parts, pretrained_config, pretrained_datasets,
+                                 validate_pretrained_recipe)
 from .arguments import (
     AnchoredTrainingArguments,
     RegularizerSpec,
@@ -58,6 +60,7 @@ MODEL_TYPES: dict[str, tuple[type, type]] = {
     "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
     "color_transformer": (ColorTransformerConfig, ColorTransformerModel),
     "structured_gpt": (StructuredGPTConfig, StructuredGPTForCausalLM),
+    "pretrained": (PreTrainedConfig, PretrainedCausalLM),  # models users bring: structured_hf/pretrained/recipe.py
 }
 # Set from the tokenizer trained on the recipe's data, never written in a structured_gpt recipe.
 _TOKENIZER_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
@@ -98,10 +101,37 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     if not path.is_file():
         raise StructuredConfigError("config", f"no such recipe file: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise StructuredConfigError(str(path), f"malformed YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise StructuredConfigError(str(path), f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     return parse_recipe(raw, overrides, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last
+    value, so a second ``training:`` block would silently drop the first (batch size included)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not None:
+                raise StructuredConfigError(str(key), f"duplicate key: given on line {first} and again on line "
+                                                      f"{line}; keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (see :class:`_UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: str = "recipe") -> Recipe:
@@ -127,6 +157,8 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise StructuredConfigError("seed", f"expected an integer, got {seed!r}")
+    if not 0 <= seed < 2**32:  # numpy's and torch's seeding both take [0, 2^32)
+        raise StructuredConfigError("seed", f"expected an integer in [0, 2^32 - 1], got {seed}")
     recipe = Recipe(
         model=dict(raw["model"]),
         data=dict(raw["data"]),
@@ -141,6 +173,8 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
     )
     validate_recipe(recipe)
+    if "training.learning_rate" in (overrides or {}):
+        _check_learning_rate(recipe.training, parse_schedules(recipe.schedules))
     if recipe.sweep is not None:
         parse_sweep(recipe.sweep, {k: v for k, v in raw.items() if k != "sweep"}, parse_run=parse_recipe)
     return recipe
@@ -153,17 +187,27 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = load_yaml(value)
+        except yaml.YAMLError as e:
+            problem = str(getattr(e, "problem", None) or e).strip()
+            raise StructuredConfigError(f"--set {item}", f"the value is not valid YAML ({problem}); quote a string, "
+                                                        "write lists as [a, b]") from None
     return overrides
 
 
 def validate_recipe(recipe: Recipe) -> None:
     """Parse every part once, so that errors surface before any work starts."""
-    model_config(recipe)
+    if model_type(recipe) != "pretrained":  # (a pretrained model's config may be on the Hub: not loaded here)
+        model_config(recipe)
     regularizers = parse_regularizers(recipe.regularizers)
     routes = parse_routes(recipe.routes)
     parse_schedules(recipe.schedules)
     parse_reactive(recipe.reactive)
+    if model_type(recipe) == "pretrained":
+        validate_pretrained_recipe(recipe.model, recipe.data, regularizers, routes)
+        _check_training_fields(recipe.training)
+        return
     if model_type(recipe) == "structured_gpt":
         _validate_lm_recipe(recipe, regularizers, routes)
         _check_training_fields(recipe.training)
@@ -180,6 +224,10 @@ def validate_recipe(recipe: Recipe) -> None:
             raise StructuredConfigError("data.task", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TASK_KEYS)}")
     elif "train" not in recipe.data:
         raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
+    else:
+        for split in ("train", "eval"):  # grid sizes and listed colors, checked now rather than when data is built
+            if recipe.data.get(split) is not None:
+                colors_from_spec(recipe.data[split], f"data.{split}")
     parse_labelers(recipe.data.get("labels"))
     Curriculum.from_dict(recipe.data.get("curriculum"))
     _check_training_fields(recipe.training)
@@ -207,6 +255,59 @@ def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec], rou
                                         f"{concepts}")
 
 
+def _check_learning_rate(training: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
+    """An override of ``training.learning_rate`` in a recipe with a learning-rate schedule: there the value only sets
+    the scheduler's base (the schedule gives the rate at every step), so the override would be silently ignored.
+    (A recipe file's own value is left alone: it is the base, and the file's schedule is what its author wrote.)"""
+    schedule = schedules.get("learning_rate")
+    if schedule is None or "learning_rate" not in training:
+        return
+    peak = max(schedule.values)
+    value = training["learning_rate"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return  # the type check of _check_training_fields reports it
+    _check_range("learning_rate", value)
+    if not math.isclose(value, peak, rel_tol=1e-9):
+        raise StructuredConfigError(
+            "training.learning_rate", f"is {value}, but schedules.learning_rate sets the rate at every step (peak "
+            f"{peak}); this value would be ignored. Change the schedule (e.g. --set schedules.learning_rate=1.0e-3 "
+            "for a constant rate), or set training.learning_rate to the schedule's peak")
+
+
+# Ranges of TrainingArguments fields a recipe may set: (low, high, low is exclusive). Out of range, they fail deep in
+# torch or transformers after the run has started, or (max_steps <= 0) silently train something else.
+_TRAINING_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "learning_rate": (0.0, None, True),
+    "weight_decay": (0.0, None, False),
+    "adam_beta1": (0.0, 1.0, False),
+    "adam_beta2": (0.0, 1.0, False),
+    "adam_epsilon": (0.0, None, True),
+    "max_grad_norm": (0.0, None, False),
+    "num_train_epochs": (0.0, None, True),
+    "warmup_ratio": (0.0, 1.0, False),
+    "warmup_steps": (0.0, None, False),
+    "per_device_train_batch_size": (1, None, False),
+    "per_device_eval_batch_size": (1, None, False),
+    "gradient_accumulation_steps": (1, None, False),
+    "logging_steps": (0.0, None, True),
+    "save_steps": (0.0, None, True),
+    "eval_steps": (0.0, None, True),
+    "save_total_limit": (1, None, False),
+    "dataloader_num_workers": (0, None, False),
+}
+# Samples per device batch above which a run is refused up front: far beyond what these models need, and the point
+# where activations alone reach many GB (a batch of 10^8 colors was OOM-killed at ~20 GB instead of failing).
+MAX_BATCH_SIZE = 2**20
+
+
+def _check_range(key: str, value: float) -> None:
+    low, high, exclusive = _TRAINING_RANGES[key]
+    if low is not None and (value <= low if exclusive else value < low):
+        raise StructuredConfigError(f"training.{key}", f"expected a value {'>' if exclusive else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise StructuredConfigError(f"training.{key}", f"expected a value <= {high}, got {value}")
+
+
 def _check_training_fields(training: Mapping[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(AnchoredTrainingArguments)}
     reserved = {"regularizers", "routes", "schedules", "reactive", "seed", "output_dir"}
@@ -227,21 +328,31 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
         if isinstance(default, float) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise StructuredConfigError(
-                    f"training.{key}",
-                    f"expected a number, got {value!r} ({type(value).__name__}); YAML reads 1e-4 as a string, write 1.0e-4",
-                )
+                    f"training.{key}", f"expected a number, got {value!r} ({type(value).__name__}){yaml_float_hint(value)}")
             if not math.isfinite(value):
                 raise StructuredConfigError(f"training.{key}", f"expected a finite number, got {value}")
         if isinstance(default, int) and not isinstance(default, bool) and key != "max_steps":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise StructuredConfigError(f"training.{key}", f"expected an integer, got {value!r}")
+        if key in _TRAINING_RANGES and value is not None and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            _check_range(key, value)
     max_steps = training.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int):
         raise StructuredConfigError("training.max_steps", f"expected an integer, got {max_steps!r}")
+    if max_steps != -1 and max_steps < 1:
+        raise StructuredConfigError("training.max_steps", f"expected at least 1 (or -1 to train num_train_epochs), got "
+                                    f"{max_steps}: 0 would save an untrained model as a finished run")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        size = training.get(key)
+        if isinstance(size, int) and size > MAX_BATCH_SIZE:
+            raise StructuredConfigError(f"training.{key}", f"{size} samples per batch is more than {MAX_BATCH_SIZE}; "
+                                        "such a batch would exhaust memory before the first step. Use a smaller batch "
+                                        "(with gradient_accumulation_steps for a larger effective one)")
 
 
 def model_type(recipe: Recipe) -> str:
-    kind = recipe.model.get("type", "color_autoencoder")
+    kind = recipe.model.get("type", "pretrained" if "pretrained" in recipe.model else "color_autoencoder")
     if not isinstance(kind, str) or kind not in MODEL_TYPES:  # a list or mapping here is unhashable, not just unknown
         raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
     return kind
@@ -250,6 +361,8 @@ def model_type(recipe: Recipe) -> str:
 def model_config(recipe: Recipe):
     """The model config the recipe describes (validated, including the concept map)."""
     kind = model_type(recipe)
+    if kind == "pretrained":
+        return pretrained_config(recipe.model)
     spec = {k: v for k, v in recipe.model.items() if k != "type"}
     config_cls, _ = MODEL_TYPES[kind]
     allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
@@ -278,6 +391,8 @@ def build_task_splits(recipe: Recipe) -> datasets.DatasetDict:
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Train (and eval) datasets with label-probability columns."""
+    if model_type(recipe) == "pretrained":
+        return pretrained_datasets(recipe.model, recipe.data)
     if model_type(recipe) == "structured_gpt":
         _, _, blocks = build_lm_datasets(recipe)
         return tuple(_without_ids(blocks[s]) for s in ("train", "validation"))
@@ -332,7 +447,13 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     model and ``AutoTokenizer.from_pretrained(output_dir)`` works.
     """
     set_seed(recipe.seed)
-    if model_type(recipe) == "structured_gpt":
+    if model_type(recipe) == "pretrained":
+        regularizers = parse_regularizers(recipe.regularizers)
+        model, train_ds, eval_ds, extra = build_pretrained_parts(
+            recipe.model, recipe.data, regularizers, used_labels(regularizers, parse_routes(recipe.routes)))
+        for key, value in extra.items():
+            trainer_kwargs.setdefault(key, value)
+    elif model_type(recipe) == "structured_gpt":
         _, tokenizer, blocks = lm_data if lm_data is not None else build_lm_datasets(recipe)
         config = lm_model_config(recipe, tokenizer)
         set_seed(recipe.seed)  # the data build must not change the initial weights

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,10 +44,11 @@ from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
 from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
-from ..errors import NonFiniteLossError, StructuredConfigError
+from ..errors import NonFiniteGradientError, NonFiniteLossError, NonFiniteWeightsError, StructuredConfigError
 from ..interventions.suppression import concept_axes
-from ..losses import LOSSES, selective_mean
+from ..losses import LOSSES, check_loss_params, selective_mean
 from ..losses.regularizers import UNCHANGED
+from ..run_folder import write_checkpoint_marker
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments, RegularizerSpec
@@ -138,6 +140,11 @@ class AnchoredTrainer(Trainer):
         self._zeros: dict[tuple, torch.Tensor] = {}
         self._run_acts: dict[str, torch.Tensor] | None = None  # site recorders' output while train() runs
         self._label_list = sorted(label_names)
+        # The last training micro-batch (a shallow copy), kept to name the term whose gradient overflowed.
+        self._last_train_inputs: dict[str, Any] | None = None
+        self._collect_terms: dict[str, tuple[float, torch.Tensor]] | None = None  # set while diagnosing
+        # Which run and recipe the checkpoints belong to (set by structured_hf.experiment; see run_folder.py).
+        self.run_identity: dict[str, Any] = {}
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -249,6 +256,8 @@ class AnchoredTrainer(Trainer):
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and self.args.check_finite and self._collect_terms is None:
+            self._last_train_inputs = dict(inputs)  # before the pops below; see `_raise_non_finite_gradient`
         concept_labels: dict[str, torch.Tensor] = inputs.pop("concept_labels", None) or {}
         # (B, T) 1 for real tokens, 0 for padding (LMBlockCollator): padded positions stay out of the regularizers.
         token_mask: torch.Tensor | None = inputs.pop("token_mask", None)
@@ -328,6 +337,12 @@ class AnchoredTrainer(Trainer):
             terms[reg.spec.name] = selective_mean(per_sample, labels, denominator=denom)
             total = total + weight * terms[reg.spec.name]
 
+        if self._collect_terms is not None:
+            self._collect_terms["reconstruction"] = (recon_weight, terms["reconstruction"])
+            for reg in self.bound_regularizers:
+                weight = self.hparams.get(reg.spec.name, 0.0)
+                if weight != 0.0 and reg.spec.name in terms:
+                    self._collect_terms[reg.spec.name] = (weight, terms[reg.spec.name])
         if self._run_acts is not None:
             self._run_acts.clear()  # the graph keeps what backward needs; do not hold activations until next step
         if self.args.check_finite:
@@ -455,7 +470,54 @@ class AnchoredTrainer(Trainer):
         if grad_norm is None and self.args.max_grad_norm <= 0 and self._is_plain_runtime():
             # Trainer measures the norm anyway (clipping at inf); same call as accelerate's, minus the dispatch.
             grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), float("inf"))
-        return super()._get_grad_norm(model, grad_norm)
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        # Trainer calls this on every optimizer step, right before `optimizer.step()`: a finite loss can still have
+        # an overflowing gradient (a huge weight or learning rate), and one such step writes NaN into every weight.
+        if self.args.check_finite and not math.isfinite(float(grad_norm)):
+            self._raise_non_finite_gradient(float(grad_norm))
+        return grad_norm
+
+    def _raise_non_finite_gradient(self, grad_norm: float) -> None:
+        """Name the term(s) whose own gradient is non-finite: recompute the last micro-batch's terms and take each
+        weighted term's gradient separately (only on failure, so it costs nothing in a healthy run)."""
+        norms: dict[str, float] = {}
+        blamed: list[str] = []
+        inputs = self._last_train_inputs
+        if inputs is not None:
+            model = self.model
+            collected: dict[str, tuple[float, torch.Tensor]] = {}
+            self._collect_terms = collected
+            try:
+                model.zero_grad(set_to_none=True)
+                self.compute_loss(model, dict(inputs))
+            except NonFiniteLossError:
+                pass  # the terms collected so far still say which gradient overflows
+            finally:
+                self._collect_terms = None
+            params = [p for p in model.parameters() if p.requires_grad]
+            for name, (weight, value) in collected.items():
+                if not value.requires_grad:
+                    continue
+                grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
+                squares = sum(float(g.double().square().sum()) for g in grads if g is not None)
+                norms[name] = math.sqrt(squares) if squares >= 0 else squares  # NaN stays NaN
+                if not math.isfinite(norms[name]):
+                    blamed.append(name)
+        raise NonFiniteGradientError(blamed, self.state.global_step, grad_norm, norms)
+
+    # ---- saving: never non-finite weights, every checkpoint marked complete last -------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's `save_model`, refusing (before any file is written) a model with NaN/inf weights."""
+        check_finite_parameters(self.model, output_dir or self.args.output_dir)
+        super().save_model(output_dir, _internal_call)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, then its marker (``structured_checkpoint.json``), written after every other file:
+        a checkpoint without the marker was interrupted while saving and is never resumed from (run_folder.py)."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            write_checkpoint_marker(folder, {**self.run_identity, "global_step": self.state.global_step})
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """Trainer's estimate (6 · inputs · parameters), with the parameter count taken once instead of every step."""
@@ -530,6 +592,14 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     raise StructuredConfigError("batch", "contains no tensor to take a batch size from")
 
 
+def check_finite_parameters(model: torch.nn.Module, destination: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first parameter or buffer with NaN/inf values."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteWeightsError(destination, name, int((~torch.isfinite(tensor)).sum()))
+
+
 def _columnar(dataset: Any) -> Any:
     return ColumnarDataset(dataset) if isinstance(dataset, datasets.Dataset) else dataset
 
@@ -565,12 +635,6 @@ def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims:
 
 
 def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
-    """Unknown parameter names (and, for ``deletion_target``, an unknown color) fail at construction, naming the
-    spec, instead of as a TypeError at the first training step."""
-    fn = LOSSES[loss].fn
-    accepted = [p for p in inspect.signature(fn).parameters if p not in ("x", "concept", "readout")]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise StructuredConfigError(field, f"loss '{loss}' has no parameter(s) {unknown}; it takes {accepted or 'none'}")
-    if "target" in params and params["target"] != UNCHANGED:
-        resolve_colors([params["target"]], f"{field}.target")
+    """Parameter names, types and ranges (:func:`~structured_hf.losses.check_loss_params`), checked again at
+    construction for specs built in Python rather than loaded from a recipe."""
+    check_loss_params(field, loss, params)
