@@ -50,13 +50,16 @@ from .surgery import (
     surgery_point,
 )
 
+# What users call. The rest (bind, alignment, default_site, remap_concepts, resolve_axes, surgery_point, spec and
+# mapper parsing helpers, ...) stays importable from here and from its module, but is not part of the public API.
 __all__ = [
-    "AngularFalloff", "BezierMapper", "BoundIntervention", "BoundedPowerFalloff", "InterventionSpec", "LinearMapper",
-    "SurgeryPoint",
-    "SurgerySpec", "ablate", "alignment", "apply_surgery", "bind", "concept_axes", "default_mapper", "default_site",
-    "falloff_from_dict", "heal", "intervene", "load_specs", "mapper_from_dict", "parse_spec", "project_out", "prune",
-    "register_surgery_adapter", "remap_concepts", "repel", "repulsion", "resolve_axes", "save_specs", "spec_from_json",
-    "suppress",
-    "suppress_axes", "suppression", "surgery_point", "zero_axes",
-    "TransformerLayout", "register_transformer_layout", "transformer_surgery_point", "channel_slices", "two_sided_cut",
+    # inference time: context managers, their specs, and the pure functions they apply
+    "InterventionSpec", "intervene", "load_specs", "parse_spec", "repel", "repulsion", "save_specs", "suppress",
+    "suppress_axes", "suppression", "zero_axes", "concept_axes",
+    # falloffs and mappers (how strongly suppress / repel act away from the concept)
+    "AngularFalloff", "BezierMapper", "BoundedPowerFalloff", "LinearMapper",
+    # surgery: new models whose config, concept map and weights agree
+    "SurgerySpec", "ablate", "apply_surgery", "heal", "project_out", "prune", "two_sided_cut", "channel_slices",
+    # extension points for new model families
+    "SurgeryPoint", "TransformerLayout", "register_surgery_adapter", "register_transformer_layout",
 ]
