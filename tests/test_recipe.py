@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from structured_hf import ColorAutoencoderConfig, ColorAutoencoderModel, ConceptMap, StructuredConfigError, site_dims
+from structured_hf import ColorAutoencoderConfig, ConceptMap, StructuredConfigError, site_dims
 from structured_hf.data import ColumnarDataset
 from structured_hf.training import (
     MODEL_TYPES,

@@ -7,7 +7,6 @@ import importlib.util
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -19,7 +19,7 @@ from conftest import tiny_recipe_dict
 from safetensors.torch import load_file
 
 from structured_hf import ColorAutoencoderConfig, ColorAutoencoderModel, StructuredConfigError
-from structured_hf.errors import CheckpointError, NonFiniteGradientError, NonFiniteWeightsError
+from structured_hf.errors import NonFiniteGradientError, NonFiniteWeightsError
 from structured_hf.experiment import run_experiment
 from structured_hf.run_folder import CHECKPOINT_MARKER, RUN_FILE, checkpoint_problem
 from structured_hf.training import build_trainer, load_recipe, parse_recipe

@@ -19,7 +19,6 @@ from .common import (
     figure_rows,
     fmt,
     measured_text,
-    optional_text,
     package_version,
     place_text,
     recipe_concepts,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from .common import (
     default_optim,
     device_text,
     figure_files,
-    figure_rows,
     fmt,
-    measured_text,
     optional_text,
     package_version,
     place_text,

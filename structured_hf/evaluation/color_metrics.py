@@ -9,7 +9,7 @@ import torch
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..data.colors import NAMED_COLORS, resolve_colors
-from ..sites import capture, site_activations  # site_activations lives in sites.py (visualization uses it)
+from ..sites import site_activations  # site_activations lives in sites.py (visualization uses it)
 
 
 @torch.no_grad()

@@ -37,7 +37,6 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions.surgery import register_surgery_adapter
 from ..layouts import get_path, layout_for
-from .common import unwrap
 from .loading import check_trainable, dtype_of, load_causal_lm, resolve_pretrained
 from .sites import attach_sites
 from .surgery import pretrained_surgery_point

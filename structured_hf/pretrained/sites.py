@@ -35,7 +35,7 @@ from ..errors import StructuredConfigError
 from ..interventions.surgery import register_surgery_adapter
 from ..layouts import Layout, get_path, layout_for
 from ..sites import ActivationSite, site_dims
-from .common import check_site_name, num_blocks, unwrap
+from .common import check_site_name, unwrap
 from .surgery import pretrained_surgery_point
 
 _ATTR = "structured_sites"

@@ -22,12 +22,9 @@ Color-autoencoder runs that differ only in seed and regularizer weights train to
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +42,7 @@ from ..run_folder import end_run, prepare_output_dir, start_run
 from ..errors import StructuredConfigError
 from ..experiment import run_experiment
 from ..visualization import plot_run_comparison
+from .batched import check_batchable, train_batched
 from .recipe import Recipe, parse_recipe
 from .sweep_spec import (  # noqa: F401  (parse_sweep, set_path, ...: public here too)
     SweepSpec,
@@ -280,8 +278,6 @@ def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = log
     A group that cannot be batched (another family, a curriculum, ...) trains sequentially, or with ``force`` raises
     the :class:`~structured_hf.errors.StructuredConfigError` that says why.
     """
-    from .batched import check_batchable, train_batched
-
     rows: list[dict[str, Any] | None] = [None] * len(runs)
     total_start = time.perf_counter()
     for group in batch_groups(runs):

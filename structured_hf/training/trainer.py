@@ -23,7 +23,6 @@ logs are bit-identical (scripts/benchmark.py measures the speed against a hand-w
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -41,13 +40,11 @@ from transformers.utils import is_sagemaker_mp_enabled
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
-from ..data.colors import resolve_colors
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteGradientError, NonFiniteLossError, NonFiniteWeightsError, StructuredConfigError
 from ..interventions.suppression import concept_axes
 from ..losses import LOSSES, check_loss_params, selective_mean
-from ..losses.regularizers import UNCHANGED
 from ..run_folder import write_checkpoint_marker
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
