@@ -33,6 +33,7 @@ from structured_hf.evaluation.sweep import parse_seeds, summarize_sweep, sweep_m
 from structured_hf.evaluation.tables import json_ready
 from structured_hf.interventions import SurgerySpec, parse_spec
 from structured_hf.training import load_recipe
+from structured_hf.training.recipe import parse_set_overrides
 from structured_hf.training.batched import check_batchable, train_batched
 
 logger = logging.getLogger("sweep")
@@ -80,8 +81,6 @@ def train_seeds(recipes: list, sequential: bool = False, force: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hf_logging.set_verbosity_error()
@@ -91,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = [parse_spec(s) for s in args.intervention]
         specs += [SurgerySpec("ablate", concept=c) for c in args.ablate]
         specs += [SurgerySpec("prune", concept=c) for c in args.prune]
-        overrides = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise StructuredConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-            overrides[key] = yaml.safe_load(value)
+        overrides = parse_set_overrides(args.set)
         recipes = [load_recipe(args.config, {**overrides, "seed": seed, "output_dir": str(out / f"seed-{seed}"),
                                              "training.disable_tqdm": True}) for seed in seeds]
         trained = train_seeds(recipes, sequential=args.sequential, force=args.batched)
