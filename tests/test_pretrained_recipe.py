@@ -163,3 +163,37 @@ def test_recipe_errors(base_folder):
     model.config.quantization_config = {"quant_method": "gguf"}
     with pytest.raises(StructuredConfigError, match="still quantized.*gguf"):
         check_trainable(model)
+
+
+def test_posthoc_command_on_a_model_never_anchored(base_folder, capsys):
+    import yaml
+
+    labels = base_folder / "labels.yaml"
+    labels.write_text(yaml.safe_dump(labels_config(base_folder / "corpus")))
+    out = base_folder / "posthoc"
+    posthoc = load_script("posthoc")
+    assert posthoc.main(["--model", str(base_folder / "base"), "--site", SITE, "--concept", "violence",
+                         "--labels_config", str(labels), "--direction_chunks", "32", "--eval_chunks", "16",
+                         "--output_dir", str(out), "--save_projected"]) == 0
+    report = json.loads((out / "posthoc.json").read_text())
+    assert set(report["loss"]) == {"baseline", "suppress:violence", "project:violence"}
+    assert report["sets"]["forget:violence"]["chunks"] == 16 and report["sets"]["retain"]["chunks"] == 16
+    v = torch.tensor(report["direction"]["vector"])
+    assert abs(float(v.norm()) - 1.0) < 1e-5
+    # Projected out of every writer: the stream at the site (and before it) is orthogonal to v for every input.
+    projected = structured_hf.attach_sites(AutoModelForCausalLM.from_pretrained(out / "projected"))
+    assert projected.config.concepts[-1]["name"] == "violence"
+    base = structured_hf.attach_sites(AutoModelForCausalLM.from_pretrained(base_folder / "base"))
+    x = torch.randint(0, projected.config.vocab_size, (3, 20))
+    with structured_hf.capture(projected, [SITE, "layers.0.residual_pre"]) as acts, \
+            structured_hf.capture(base, [SITE]) as base_acts:
+        projected(x)
+        base(x)
+    for site, a in acts.items():
+        assert (a @ v).abs().max() < 1e-4 * a.norm(dim=-1).max(), site
+    assert (base_acts[SITE] @ v).abs().max() > 1e-2
+    with pytest.raises(SystemExit):
+        posthoc.main(["--model", str(base_folder / "base")])  # --site and --concept are required
+    assert posthoc.main(["--model", str(base_folder / "base"), "--site", "layers.8.residual_post", "--concept",
+                         "violence", "--labels_config", str(labels), "--output_dir", str(out)]) == 2
+    assert "past the last block" in capsys.readouterr().err
