@@ -1,4 +1,4 @@
-"""Keyframed hyperparameter schedules ("dopesheets", RESEARCH §6).
+"""Keyframed hyperparameter schedules ("dopesheets"; examples: docs/m1-experiments.md).
 
 A schedule is a list of ``(step, value)`` keys and an interpolation used between them:
 

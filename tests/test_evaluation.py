@@ -1,4 +1,4 @@
-"""Evaluation: HSV similarity (RESEARCH §8) on hand-picked colors, r² scores, tables, variants, sweeps, relearning,
+"""Evaluation: HSV similarity on hand-picked colors, r² scores, tables, variants, sweeps, relearning,
 and a short real training run that checks the suppression claim."""
 
 from __future__ import annotations

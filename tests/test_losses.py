@@ -1,4 +1,4 @@
-"""Regularizers of RESEARCH §3 against values worked out by hand, and the selective reduction."""
+"""Regularizers against values worked out by hand, and the selective reduction."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_config_defaults_and_concepts():
     assert model.concept_map["hue"].axes == (0, 1)
 
 
-# ---- sizes (RESEARCH §2) ------------------------------------------------------------------------------------------
+# ---- sizes ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, count", [({"bottleneck_dim": 4, "hidden_dim": 16, "num_layers": 1}, 263),
                                            ({"bottleneck_dim": 5, "hidden_dim": 16, "num_layers": 2}, 840)])
 def test_parameter_counts(kwargs, count):

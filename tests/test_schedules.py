@@ -1,4 +1,4 @@
-"""Keyframed schedules (RESEARCH §6) against values computed by hand."""
+"""Keyframed schedules against values computed by hand."""
 
 from __future__ import annotations
 

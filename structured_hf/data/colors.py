@@ -1,4 +1,4 @@
-"""Color spaces, grids and the named test colors (RESEARCH §5).
+"""Color spaces, grids and the named test colors.
 
 Conversions go through scikit-image; everything here is NumPy on ``(N, 3)`` float arrays in [0, 1].
 """
@@ -12,7 +12,7 @@ from skimage.color import hsv2rgb, rgb2hsv
 
 from ..errors import StructuredConfigError
 
-# 12 hues every 30° at s = v = 1, then 5 grays (RESEARCH §5). Order matters: it is the hue order around the wheel.
+# 12 hues every 30° at s = v = 1, then 5 grays. Order matters: it is the hue order around the wheel.
 HUE_NAMES: tuple[str, ...] = (
     "red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "purple", "magenta", "pink",
 )
@@ -63,7 +63,7 @@ def hsv_grid(hues: int, saturations: int, values: int) -> np.ndarray:
 
 
 def hsv_sampling_weights(hsv: np.ndarray, hues: int, saturations: int) -> np.ndarray:
-    """Weights that make each *distinct* color of an HSV grid about equally likely (RESEARCH §5).
+    """Weights that make each *distinct* color of an HSV grid about equally likely.
 
     On an HSV lattice, all ``n_h·n_s`` points with v = 0 are the same black, and the ``n_h`` points with s = 0 at a
     given v are the same gray. ``w = (1−v)/(n_s n_h) + (1−s)·v/n_h + s·v`` shrinks those duplicates so that each

@@ -1,4 +1,4 @@
-"""Curricula for color data (RESEARCH §5, experiments 1.3, 1.5, 1.6): which colors may be sampled at each step.
+"""Curricula for color data (1.3, 1.5, 1.6 in docs/m1-experiments.md): which colors may be sampled at each step.
 
 Two ways, combinable, both on one timeline of optimizer steps:
 

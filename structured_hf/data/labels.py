@@ -1,4 +1,4 @@
-"""Weak labelers for colors (RESEARCH §4): ``p(label) = clip(scale · feature^power, 0, 1)``.
+"""Weak labelers for colors: ``p(label) = clip(scale · feature^power, 0, 1)``.
 
 A labeler gives a *probability*; the collator draws a fresh Bernoulli label from it each time the sample is
 served, so the same color is labelled on some steps only (sparse, noisy supervision).

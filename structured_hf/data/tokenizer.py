@@ -97,7 +97,7 @@ def tokenize_blocks(
     Each chunk becomes ``<|bos|> text <|eos|>``, cut into pieces of ``block_size`` tokens; the last piece is padded
     (``attention_mask`` 0, ``labels`` -100). Blocks never mix chunks, so every ``prob_<concept>`` column (and the
     columns in ``keep_columns``) is copied unchanged to all blocks of its chunk: the regularizers then act on all
-    tokens of a labelled chunk (RESEARCH §10). ``labels`` equals ``input_ids`` except on padding; the model shifts.
+    tokens of a labelled chunk. ``labels`` equals ``input_ids`` except on padding; the model shifts.
 
     Args:
         dataset: a ``DatasetDict`` (every split is converted) or one ``Dataset`` with a text column.

@@ -8,7 +8,7 @@ encoded as ``<|bos|> text <|eos|>``, cut at the model's context length), so diff
 Variants of one model (all evaluated on the same tokens):
 
 - ``baseline``: the model as trained;
-- ``suppress:<c>``: inference-time suppression of the concept's direction at its site (RESEARCH §7, hard
+- ``suppress:<c>``: inference-time suppression of the concept's direction at its site (hard
   hemisphere removal), through :func:`structured_hf.interventions.intervene`;
 - ``zero:<c>``: inference-time zeroing of the concept's axes at its site;
 - ``ablate:<c>``: permanent deletion, :func:`structured_hf.interventions.ablate` on the residual stream;

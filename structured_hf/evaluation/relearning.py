@@ -1,4 +1,4 @@
-"""Relearning attacks: does a deleted concept come back under fine-tuning? (RESEARCH §10; issue 4)
+"""Relearning attacks: does a deleted concept come back under fine-tuning? (results: docs/m2-control.md on)
 
 Unlearning is notoriously easy to undo: a few steps of fine-tuning on the forgotten data often restore it. The attack
 here fine-tunes a model (all weights, Adam) on a small set of concept samples (e.g. 64 red-ish colors, never the

@@ -1,4 +1,4 @@
-"""How close a color is to a concept's anchor color, and the r² scores built on it (RESEARCH §8).
+"""How close a color is to a concept's anchor color, and the r² scores built on it (results: docs/m2-control.md).
 
 The reference judged an intervention by how well the damage it does follows closeness to the concept: the r² of the
 Pearson correlation between per-color MSE and ``sim^p`` over an RGB grid (``p = 2`` for suppression, ``3`` for

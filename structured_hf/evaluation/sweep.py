@@ -1,4 +1,4 @@
-"""Seed sweeps: the distribution of each score over seeds, and a Pareto pick of the best run (RESEARCH §8: the
+"""Seed sweeps: the distribution of each score over seeds, and a Pareto pick of the best run (the
 reference chose on the front of validation reconstruction, validation anchor error and score)."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A :class:`Variant` is a model plus the inference-time interventions active while it runs: the baseline is the model
 alone, ``suppress:red`` is the model under a hook, ``prune:red`` is a new, narrower model. Every variant is scored on
-the 17 named colors (per-color MSE, absolute and relative to the baseline) and on an RGB grid (the r² of RESEARCH §8).
+the 17 named colors (per-color MSE, absolute and relative to the baseline) and on an RGB grid (r² scores;
+docs/m2-control.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .similarity import hsv_similarity, r2_score, vibrancy
 
 logger = logging.getLogger(__name__)
 
-# RESEARCH §8: p = 2 for suppression, 3 for deletion; MSE vs vibrancy^2.3 when the whole hue plane goes.
+# Powers of the score (docs/m2-control.md): 2 for suppression, 3 for deletion;
+# MSE vs vibrancy^2.3 when the whole hue plane goes.
 SUPPRESSION_POWER = 2.0
 DELETION_POWER = 3.0
 VIBRANCY_POWER = 2.3

@@ -1,6 +1,6 @@
 """Falloffs and mappers: how strongly an intervention acts on a sample, as a function of its alignment α.
 
-``α = clamp(cos(x, v), 0, 1)`` is how far a sample points toward the concept (RESEARCH §7). A *falloff* ``g(α)`` is
+``α = clamp(cos(x, v), 0, 1)`` is how far a sample points toward the concept. A *falloff* ``g(α)`` is
 the fraction of the sample's component along ``v`` that suppression removes; a *mapper* ``m(α)`` is the cosine a
 sample gets after repulsion rotates it. Both are small frozen dataclasses so that an intervention serializes to JSON.
 """
@@ -30,7 +30,7 @@ def _number(value: Any, field_name: str, low: float | None = None, high: float |
 
 @dataclass(frozen=True)
 class BoundedPowerFalloff:
-    """``g(α) = b·((α − a)/(1 − a))^p`` for ``α > a``, else 0 (RESEARCH §7).
+    """``g(α) = b·((α − a)/(1 − a))^p`` for ``α > a``, else 0.
 
     Args:
         a: threshold: samples with ``α <= a`` are untouched. ``0 <= a < 1``.

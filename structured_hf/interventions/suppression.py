@@ -1,4 +1,4 @@
-"""Inference-time interventions: suppression, repulsion and axis-aligned suppression of a concept (RESEARCH §7).
+"""Inference-time interventions: suppression, repulsion and axis-aligned suppression of a concept (docs/m2-control.md).
 
 Each intervention is a pure function of a site's activation (``suppression``, ``repulsion``, ``zero_axes``: they
 work on the last dimension of any tensor) wrapped as a context manager that rewrites the site through
@@ -40,7 +40,7 @@ def alignment(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """``(x·v, α)`` with ``α = clamp(cos(x, v), 0, 1)`` for unit ``v``; shapes ``x.shape[:-1]``.
 
     α is the cosine, not the raw dot product, so the same falloff applies at a pre-normalization site; on a unit-norm
-    site the two agree (RESEARCH §7 states it for unit x).
+    site the two agree.
     """
     dot = x @ v
     alpha = (dot / x.norm(dim=-1).clamp_min(_EPS)).clamp(0.0, 1.0)

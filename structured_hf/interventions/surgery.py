@@ -1,4 +1,4 @@
-"""Permanent deletion of a concept from the weights: ablate, prune, project out, and heal (RESEARCH §7).
+"""Permanent deletion of a concept from the weights: ablate, prune, project out, and heal (results: docs/m2-control.md).
 
 A bottleneck-like site is produced by the rows of one Linear layer (its *producer*) and read by the columns of the
 next (its *consumers*). Deleting axes means
@@ -300,7 +300,7 @@ def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 20
     After a deletion the samples that lived near the concept are renormalized onto whatever part of the remaining
     sphere their residual happens to point at, so retain colors that shared a little of the deleted axes land a bit
     off their old place. Healing fine-tunes for ``steps`` steps on retain colors only (never on the concept), with the
-    reconstruction loss plus the angular repulsion of RESEARCH §3 at ``site`` to re-spread them over the remaining
+    reconstruction loss plus the angular repulsion regularizer at ``site`` to re-spread them over the remaining
     sphere.
 
     By default only the *encoder* side trains (``trainable="encoder"``): the decoder, and with it the set of outputs

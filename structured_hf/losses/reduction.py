@@ -1,6 +1,6 @@
 """The one reduction every regularizer goes through.
 
-Selective regularization (RESEARCH §3): a term with a label weights each sample by its label ``w_i`` (0/1 from a
+Selective regularization: a term with a label weights each sample by its label ``w_i`` (0/1 from a
 fresh Bernoulli draw, or soft) and takes ``Σ w_i ℓ_i / Σ w_i``: the mean over labelled samples, and exactly 0 (not
 NaN) when nothing in the batch is labelled. A term without a label is the plain mean (``w_i = 1``).
 

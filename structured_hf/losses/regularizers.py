@@ -1,4 +1,4 @@
-"""Per-sample regularizers of RESEARCH §3.
+"""Per-sample regularizers (the list: docs/design.md, "A short tour").
 
 Every function maps activations ``x`` of shape ``(N, D)`` (any leading dims are flattened by the caller) and an
 optional concept to a per-sample loss of shape ``(N,)``. They are pure: no trainer or config access, and no model

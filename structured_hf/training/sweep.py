@@ -57,7 +57,7 @@ from .sweep_spec import (  # noqa: F401  (parse_sweep, set_path, ...: public her
 logger = logging.getLogger(__name__)
 
 
-# What a run must show to keep each M1 property (RESEARCH §6, the 1.8 finding); used by the summary's `lost` column.
+# What a run must show to keep each M1 property (docs/m1-experiments.md, 1.8); the summary's `lost` column.
 # Thresholds: the foundation thresholds (leak 0.05, red cosine 0.98, named-color MSE 2e-3) and, for the norm, a mean
 # deviation of 0.1 over the training colors (a unitarity-trained run sits at ~0.02; without it ~0.8).
 MIN_HUE_GAP_DEG = 5.0

@@ -290,7 +290,7 @@ class AnchoredTrainer(Trainer):
         for reg in self.bound_regularizers:
             weight = self.hparams.get(reg.spec.name, 0.0)
             if weight == 0.0:
-                continue  # RESEARCH §3: a weight of 0 skips the term (and its cost)
+                continue  # a weight of 0 skips the term (and its cost)
             x = acts[reg.site]
             # Token-level labels ((B, T), data.token_scope) count tokens; chunk labels ((B,)) count samples.
             per_token = bool(reg.spec.label) and concept_labels[reg.spec.label].ndim == 2

@@ -1,4 +1,4 @@
-"""Smooth, re-targetable parameter transitions and reactive rules (RESEARCH §6, experiment 1.4).
+"""Smooth, re-targetable parameter transitions and reactive rules (experiment 1.4, docs/m1-experiments.md).
 
 A :class:`SmoothParameter` follows minimum-jerk paths. Re-targeting it mid-flight starts a new quintic from the
 *current* value, velocity and acceleration, so the curve stays C² continuous however often a rule fires.

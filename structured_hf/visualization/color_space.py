@@ -1,7 +1,7 @@
 """Color-space figures for experiment 1.1 (seed M1.1: "ways to construct and visualize color spaces such as RGB and
 HSV"): the RGB cube seen from three sides, and slices through HSV.
 
-The 12 named hues and 5 grays of the evaluation (RESEARCH §5) are marked in both, so the figures double as a map of
+The 12 named hues and 5 grays of the evaluation (``NAMED_COLORS``) are marked in both, so the figures double as a map of
 what the color models are tested on.
 """
 

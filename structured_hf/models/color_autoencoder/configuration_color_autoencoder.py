@@ -1,4 +1,4 @@
-"""Configuration of the color autoencoder (RESEARCH §2)."""
+"""Configuration of the color autoencoder (docs/m1-experiments.md)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ColorAutoencoderConfig(PreTrainedConfig):
         activation (`str`, defaults to `"gelu"`):
             One of `gelu`, `relu`, `silu`, `tanh`.
         normalize_bottleneck (`bool`, defaults to `True`):
-            L2-normalize the latent (site `bottleneck`); RESEARCH §2 found ~10x better reconstruction with it.
+            L2-normalize the latent (site `bottleneck`); the reference work found ~10x better reconstruction with it.
         output_head (`str`, defaults to `"clamp"`):
             `sigmoid`: squash the output into [0, 1]; `clamp`: linear output while training, clamped to [0, 1] in
             eval mode (the M2 choice: no vanishing gradient near the cube's faces).

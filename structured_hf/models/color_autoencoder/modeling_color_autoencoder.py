@@ -1,4 +1,4 @@
-"""The color autoencoder of M1/M2 (RESEARCH §2).
+"""The color autoencoder of M1/M2 (docs/m1-experiments.md, docs/m2-control.md).
 
     colors (B, 3) -> encoder MLP -> (B, K) [site "encoder"] -> L2 norm -> [site "bottleneck"] -> decoder MLP -> (B, 3)
 
