@@ -80,7 +80,11 @@ _DEFAULT_FEATURE = {"red": "redness", "green": "greenness", "blue": "blueness", 
 
 
 SIMILAR_TO = "similar_to"
-_FEATURE_KEYS = {SIMILAR_TO}
+HUE_OF = "hue_of"
+_FEATURE_KEYS = {SIMILAR_TO, HUE_OF}
+# The six hues that have a channel formula, by their fully saturated RGB color.
+_CHANNEL_FEATURES = {(1.0, 0.0, 0.0): "redness", (1.0, 1.0, 0.0): "yellowness", (0.0, 1.0, 0.0): "greenness",
+                     (0.0, 1.0, 1.0): "cyanness", (0.0, 0.0, 1.0): "blueness", (1.0, 0.0, 1.0): "magentaness"}
 
 
 def similar_to(color: str | tuple[float, float, float]) -> Callable[[np.ndarray], np.ndarray]:
@@ -134,8 +138,7 @@ class ColorLabeler:
         feature = spec.get("feature", _DEFAULT_FEATURE.get(name))
         color = None
         if isinstance(feature, Mapping):
-            color = parse_feature_color(feature, f"{field}.feature")
-            feature = SIMILAR_TO
+            feature, color = parse_feature_mapping(feature, f"{field}.feature")
         elif not isinstance(feature, str) or feature not in FEATURES:
             raise StructuredConfigError(f"{field}.feature", f"unknown feature {feature!r}; known: {sorted(FEATURES)} "
                                         "or {similar_to: COLOR} (a color name or an RGB triple)")
@@ -153,18 +156,30 @@ class ColorLabeler:
         return cls(name=name, feature=feature, color=color, **values)
 
 
-def parse_feature_color(spec: Mapping[str, Any], field: str) -> tuple[float, float, float]:
-    """``{similar_to: COLOR}`` -> the RGB color, with errors naming ``field.similar_to``."""
-    unknown = set(spec) - _FEATURE_KEYS
-    if unknown or SIMILAR_TO not in spec:
-        raise StructuredConfigError(field, f"expected {{similar_to: COLOR}}, got keys {sorted(spec)}")
-    return parse_color(spec[SIMILAR_TO], f"{field}.{SIMILAR_TO}")
+def parse_feature_mapping(spec: Mapping[str, Any], field: str) -> tuple[str, tuple[float, float, float] | None]:
+    """``{similar_to: COLOR}`` or ``{hue_of: COLOR}`` -> ``(feature name, color)``; errors name the field.
+
+    ``hue_of`` is "the hue's own feature": the channel formula for the six hues that have one (``{hue_of: red}`` is
+    ``redness``, exactly, so a recipe written for any color reproduces the channel recipes), HSV similarity
+    (``similar_to``) for every other color. Recipes parameterised by ``concept_color`` use it.
+    """
+    if len(spec) != 1 or next(iter(spec)) not in _FEATURE_KEYS:
+        raise StructuredConfigError(field, f"expected {{similar_to: COLOR}} or {{hue_of: COLOR}}, got keys "
+                                           f"{sorted(spec)}")
+    key = next(iter(spec))
+    color = parse_color(spec[key], f"{field}.{key}")
+    if key == HUE_OF and color in _CHANNEL_FEATURES:
+        return _CHANNEL_FEATURES[color], None
+    return SIMILAR_TO, color
 
 
 def feature_function(spec: Any, field: str = "feature") -> Callable[[np.ndarray], np.ndarray]:
-    """A labeler's ``feature`` entry (a name of :data:`FEATURES` or ``{similar_to: COLOR}``) -> its function."""
+    """A labeler's ``feature`` entry (a name of :data:`FEATURES`, ``{similar_to: COLOR}`` or ``{hue_of: COLOR}``)
+    -> its function."""
     if isinstance(spec, Mapping):
-        color = parse_feature_color(spec, field)
+        name, color = parse_feature_mapping(spec, field)
+        if color is None:
+            return FEATURES[name]
         return lambda rgb: hsv_similarity(rgb, color)
     if not isinstance(spec, str) or spec not in FEATURES:
         raise StructuredConfigError(field, f"unknown feature {spec!r}; known: {sorted(FEATURES)} or {{similar_to: "

@@ -46,6 +46,7 @@ from .arguments import (
     parse_regularizers,
     parse_schedules,
 )
+from .concept_color import expand_concept_color
 from .routing import RouteSpec, parse_routes
 from .speclist import used_labels
 from .sweep_spec import parse_sweep, set_path
@@ -139,6 +140,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     raw = copy.deepcopy(dict(raw))
     for key, value in (overrides or {}).items():
         set_path(raw, key, value, key)
+    raw = expand_concept_color(raw)  # concept_color: X and colors relative to X's hue (training/concept_color.py)
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise StructuredConfigError(source, f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
