@@ -31,6 +31,7 @@ from .models import (
     StructuredGPTConfig,
     StructuredGPTForCausalLM,
 )
+from .pretrained import attach_sites
 from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
 from .training import AnchoredTrainer, AnchoredTrainingArguments, load_recipe
 from .version import __version__
@@ -50,3 +51,4 @@ __all__ = [
     "CheckpointError", "NonFiniteLossError", "StructuredConfigError", "check_checkpoint", "load_pretrained",
     "__version__",
 ]
+__all__ += ["attach_sites"]

@@ -42,7 +42,7 @@ def test_shipped_recipe_builds(path, tmp_path):
     train, eval_ds = build_datasets(recipe)
     assert len(train) > 0
     labels = sorted(recipe.data.get("labels") or {})
-    if model_type(recipe) == "structured_gpt":  # labels come from the text labels config's concepts
+    if model_type(recipe) in ("structured_gpt", "pretrained"):  # labels come from the text labels config's concepts
         labels = sorted(LMDataSpec.from_dict(recipe.data).concepts())
     assert sorted(ColumnarDataset(train).label_names) == labels
     for reg in recipe.regularizers:

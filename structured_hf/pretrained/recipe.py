@@ -20,6 +20,7 @@ trainable (and saved with the adapter), untied from the head first, with a warni
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -198,10 +199,19 @@ def build_pretrained_model(spec: PretrainedSpec, regularizers: Sequence[Any] = (
     return peft_model, tokenizer, notes
 
 
+# Tokenizing the whole KJV with offsets takes ~10 s; building the datasets and then the trainer of one recipe (or
+# the anchored run and its plain twin in one process) tokenizes the same text with the same tokenizer: keep the last.
+_BLOCKS_CACHE: dict[str, tuple[datasets.DatasetDict, datasets.DatasetDict]] = {}
+
+
 def build_pretrained_data(data: Mapping[str, Any], tokenizer: Any, progress: bool = False
                           ) -> tuple[datasets.DatasetDict, datasets.DatasetDict]:
     """``(chunks, blocks)``: labelled (filtered) chunks, cut into blocks with the model's tokenizer."""
     spec = LMDataSpec.from_dict({k: v for k, v in data.items() if k in LM_DATA_KEYS})
+    key = json.dumps([dataclasses.asdict(spec), tokenizer.name_or_path, len(tokenizer), tokenizer.bos_token_id,
+                      tokenizer.eos_token_id, tokenizer.pad_token_id], sort_keys=True, default=str)
+    if key in _BLOCKS_CACHE:
+        return _BLOCKS_CACHE[key]
     chunks = filter_chunks(labelled_chunks(spec, progress), spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
         raise StructuredConfigError("data", "the training split is empty (after filtering)")
@@ -209,6 +219,8 @@ def build_pretrained_data(data: Mapping[str, Any], tokenizer: Any, progress: boo
                              scope_mode=spec.scope_mode, scope_window=spec.scope_window)
     blocks = datasets.DatasetDict({s: b.remove_columns([c for c in ("id",) if c in b.column_names])
                                    for s, b in blocks.items()})
+    _BLOCKS_CACHE.clear()
+    _BLOCKS_CACHE[key] = (chunks, blocks)
     return chunks, blocks
 
 
