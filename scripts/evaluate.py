@@ -29,12 +29,13 @@ from pathlib import Path
 from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
-import structured_hf  # noqa: F401  (registers the Auto classes)
+import structured_hf  # (importing registers the Auto classes)
 from structured_hf.checkpoints import check_checkpoint, load_pretrained
 from structured_hf.data.colors import resolve_colors
 from structured_hf.errors import CheckpointError, StructuredConfigError
 from structured_hf.evaluation import evaluate_model
 from structured_hf.interventions import SurgerySpec, parse_spec
+from structured_hf.layouts import supported_model_types
 
 logger = logging.getLogger("evaluate")
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path = resolve_model_path(args.model)
         kind = _model_type(model_path)
         _refuse_output_in_model_folder(args.output_dir, model_path, kind)
-        if kind == "structured_gpt":
+        if kind == "structured_gpt" or kind in supported_model_types():  # (models users bring: pretrained recipes)
             return evaluate_language(args)
         if kind == "structured_color_transformer":
             return evaluate_color_transformer(args)
@@ -206,6 +207,8 @@ def evaluate_language(args: argparse.Namespace) -> int:
 
     folder = pull(args.model)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    if model.config.model_type in supported_model_types():
+        structured_hf.attach_sites(model)  # a fine-tuned pretrained model: its concept map is in config.json
     tokenizer = AutoTokenizer.from_pretrained(folder)
     heldout = Path(args.heldout) if args.heldout else folder / "heldout"
     if not heldout.is_dir():

@@ -197,3 +197,12 @@ def test_posthoc_command_on_a_model_never_anchored(base_folder, capsys):
     assert posthoc.main(["--model", str(base_folder / "base"), "--site", "layers.8.residual_post", "--concept",
                          "violence", "--labels_config", str(labels), "--output_dir", str(out)]) == 2
     assert "past the last block" in capsys.readouterr().err
+
+
+def test_evaluate_script_on_a_fine_tuned_pretrained_folder(base_folder):
+    if not (base_folder / "full" / "config.json").is_file():
+        train(base_folder, "full")
+    out = base_folder / "full-eval"
+    assert load_script("evaluate").main(["--model", str(base_folder / "full"), "--output_dir", str(out)]) == 0
+    report = json.loads((out / "language_evaluation.json").read_text())
+    assert {"baseline", "suppress:violence", "ablate:violence"} <= set(report["loss"])

@@ -89,8 +89,9 @@ def run_pretrained_experiment(recipe: Recipe, run: Any = None, figures: bool = T
     notes = getattr(trainer.model, "structured_notes", None)
     if notes:
         metrics["notes"] = notes
+    chunks = labelled_chunks(LMDataSpec.from_dict({k: v for k, v in recipe.data.items() if k in LM_DATA_KEYS}))
+    chunks["test"].save_to_disk(str(out / "heldout"))  # scripts/evaluate.py --model OUT evaluates on these
     if evaluate:
-        chunks = labelled_chunks(LMDataSpec.from_dict({k: v for k, v in recipe.data.items() if k in LM_DATA_KEYS}))
         report = evaluate_language_model(model.eval(), trainer.processing_class, chunks["test"], prompts=PROMPTS)
         (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
         (out / "language_evaluation.md").write_text(language_markdown(report))
