@@ -84,18 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1,5,20,100", help="N values for the scaling table")
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the single run and the 20-seed batch")
     p.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
-    p.add_argument("--output", default=str(REPO / "benchmarks/batched_seeds.json"))
-    p.add_argument("--_measure_n", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--output", default=str(REPO / "benchmarks/batched_seeds.json"), help="where the JSON goes")
+    p.add_argument("--measure_n", type=int, default=None,
+                   help="measure one N in this process and print its JSON line (the scaling table runs each N in a "
+                        "fresh process this way, so that peak memory is that N's)")
     args = p.parse_args(argv)
     hf_logging.set_verbosity_error()
     config = Path(args.config)
-    if args._measure_n is not None:
-        print(json.dumps(measure_n(config, args._measure_n, args.steps)))
+    if args.measure_n is not None:
+        print(json.dumps(measure_n(config, args.measure_n, args.steps)))
         return 0
 
     scaling = {}
     for n in (int(x) for x in args.sizes.split(",")):
-        cmd = [sys.executable, __file__, "--config", str(config), "--_measure_n", str(n)]
+        cmd = [sys.executable, __file__, "--config", str(config), "--measure_n", str(n)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
