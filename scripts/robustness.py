@@ -132,9 +132,9 @@ def run_colors(args: argparse.Namespace, out: Path) -> rb.BenchmarkResult:
 
 def run_language(args: argparse.Namespace) -> rb.BenchmarkResult:
     """M4: attack trained run folders."""
-    for name in ("reference", "filtered"):
-        if getattr(args, name) is None:
-            raise StructuredConfigError(f"--{name}", "M4 needs the anchored, reference and filtered run folders")
+    if args.reference is None or args.filtered is None:
+        logger.warning("without --reference the undeleted anchored model is the reference, without --filtered there "
+                       "is no ratio to filtering: a diagnosis, not the benchmark")
     d = DEFAULTS["structured_gpt"]
     concept, methods = args.concept or d["concept"], (args.methods or d["methods"]).split(",")
     if "token-filtering" not in methods and args.token_filtered:
@@ -156,13 +156,15 @@ def run_language(args: argparse.Namespace) -> rb.BenchmarkResult:
         raise StructuredConfigError("--anchored", f"{anchored_dir} has no heldout/ test chunks")
     test = datasets.load_from_disk(str(anchored_dir / "heldout"))
     train = labelled_chunks(LMDataSpec.from_dict(load_recipe(anchored_dir / "recipe.yaml").data))["train"]
-    methods_built = rb.language_methods(models["anchored"], models["reference"], models["filtered"], tokenizer, train,
+    methods_built = rb.language_methods(models["anchored"], models.get("reference"), models.get("filtered"), tokenizer,
+                                        train,
                                         concept, methods, models.get("token_filtered"))
     task = rb.language_task(tokenizer, train, test, concept, context_length(models["anchored"]),
                             args.probe_forget, args.probe_retain)
     result = rb.BenchmarkResult("structured_gpt", concept, task.unit, grid)
     result.add(seed, rb.run_benchmark(methods_built, task, grid, progress=not args.no_progress))
     result.extra["models"] = {k: getattr(args, k) for k in ("anchored", "reference", "filtered", "token_filtered")}
+    result.extra["reference_is"] = "unregularized recipe" if args.reference else "anchored model, not deleted"
     return result
 
 

@@ -64,6 +64,8 @@ def test_score_seed_takes_the_worst_setting_and_skips_settings_filtering_cannot_
     assert m["settings"]["a"]["kept_fraction"] == pytest.approx(0.15 / 0.6)
     assert m["worst_kept_gap"] == pytest.approx((0.7 - 0.8) - 0.05)
     assert scores["filtering"]["worst_ratio"] == pytest.approx(1.0)
+    without = rb.score_seed({"reference": ref, "m": meth})  # no filtering model: kept gaps, no ratio
+    assert without["m"]["worst_ratio"] is None and without["m"]["worst_kept_gap"] == m["worst_kept_gap"]
     summary = rb.summarize_seeds([scores, scores])
     assert summary["m"]["ratio_to_filtering"]["per_seed"] == [m["worst_ratio"]] * 2
     assert summary["m"]["ratio_to_filtering"]["min"] == pytest.approx(0.375)
@@ -207,7 +209,7 @@ def test_bad_benchmark_input_names_the_field():
                                                     task.probes), _point())
     assert e.value.field == "attack_set"
     with pytest.raises(StructuredConfigError) as e:
-        rb.run_benchmark({"reference": _color_model()}, task, [_point()], progress=False)
+        rb.run_benchmark({"filtering": _color_model()}, task, [_point()], progress=False)
     assert e.value.field == "methods"
     with pytest.raises(StructuredConfigError) as e:
         rb.run_benchmark({"reference": _color_model(), "filtering": _color_model()}, task, [], progress=False)

@@ -202,9 +202,8 @@ def score_seed(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
     Returns ``{method: {"retain_cost", "initial_forget_gap", "settings": {point: {...}}, "worst_ratio",
     "worst_setting"}}`` for every method but the reference.
     """
-    for name in (reference, filtering):
-        if name not in curves:
-            raise StructuredConfigError("methods", f"the benchmark needs the '{name}' model; got {sorted(curves)}")
+    if reference not in curves:
+        raise StructuredConfigError("methods", f"the benchmark needs the '{reference}' model; got {sorted(curves)}")
     ref = curves[reference]
     out: dict[str, dict[str, Any]] = {}
     for method, per_point in curves.items():
@@ -217,8 +216,8 @@ def score_seed(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
             settings[point] = {"lowest_forget": low["forget"], "retain_at_lowest": low["retain"],
                                "lowest_step": low["step"], "half_recovery_step": half_recovery_step(curve, ref[point]),
                                "kept_gap": kept,
-                               "ratio_to_filtering": ratio_to_filtering(kept, kept_gap(curves[filtering][point],
-                                                                                       ref[point]), eps)}
+                               "ratio_to_filtering": None if filtering not in curves else
+                               ratio_to_filtering(kept, kept_gap(curves[filtering][point], ref[point]), eps)}
         first = next(iter(per_point.values()))
         ref_first = ref[next(iter(per_point))]
         initial_gap = first["forget"][0] - ref_first["forget"][0]
@@ -281,13 +280,13 @@ def run_benchmark(methods: Mapping[str, Method | nn.Module], task: AttackTask, g
                   progress: bool = True, desc: str = "attacks") -> dict[str, Any]:
     """Attack every method at every grid point (one seed); returns ``{"curves", "scores", "attack_seconds"}``.
 
-    ``methods`` must hold the unregularized ``reference`` and document ``filtering`` models.
+    ``methods`` must hold the ``reference`` (the unregularized recipe) and should hold document ``filtering``
+    (without it no ratio to filtering exists and only kept gaps and fractions are reported).
     """
     if not grid:
         raise StructuredConfigError("attack_grid", "the attack grid is empty")
-    for name in (REFERENCE, FILTERING):
-        if name not in methods:
-            raise StructuredConfigError("methods", f"the benchmark needs a '{name}' model; got {sorted(methods)}")
+    if REFERENCE not in methods:
+        raise StructuredConfigError("methods", f"the benchmark needs a '{REFERENCE}' model; got {sorted(methods)}")
     curves: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in methods}
     start = time.perf_counter()
     jobs = [(name, point) for name in methods for point in grid]
@@ -636,18 +635,26 @@ def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: 
                       {"forget": loss(probes["forget"]), "retain": loss(probes["retain"])})
 
 
-def language_methods(anchored: nn.Module, reference: nn.Module, filtered: nn.Module, tokenizer: Any,
+def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered: nn.Module | None, tokenizer: Any,
                      train_chunks: Any, concept: str, methods: Sequence[str], token_filtered: nn.Module | None = None,
                      direction_chunks: int = 512) -> dict[str, Method]:
     """The M4 methods from trained models (the recipes are too slow to train inside a benchmark on a CPU):
     the anchored model's deleted variants, ``post-hoc`` (the reference's mean-difference direction at the anchored
     site over training forget vs retain chunks, projected out of every writer) and ``token-filtering`` (a model whose
-    loss on flagged tokens was masked in training, when given)."""
+    loss on flagged tokens was masked in training, when given).
+
+    Without a ``reference`` the undeleted anchored model stands in for it (a diagnosis: how much of the deletion
+    an attack undoes, measured against the same model attacked before deletion); without ``filtered`` there is no
+    ratio to filtering."""
     methods = check_methods(methods, LANGUAGE_METHODS, "StructuredGPT")
     require_concept(anchored, concept)
     if "token-filtering" in methods and token_filtered is None:
         raise StructuredConfigError("methods", "'token-filtering' needs the token-filtered model (--token_filtered)")
-    out = {REFERENCE: Method(reference), FILTERING: Method(filtered)}
+    if "post-hoc" in methods and reference is None:
+        raise StructuredConfigError("methods", "'post-hoc' needs the unregularized reference model (--reference)")
+    out = {REFERENCE: Method(reference if reference is not None else anchored)}
+    if filtered is not None:
+        out[FILTERING] = Method(filtered)
     out.update(transformer_variants(anchored, concept, methods))
     if "post-hoc" in methods:
         site = ConceptMap.parse(anchored.config.concepts)[concept].site
@@ -657,7 +664,7 @@ def language_methods(anchored: nn.Module, reference: nn.Module, filtered: nn.Mod
         out["post-hoc"] = Method(project_out(reference, direction, site=site, name=f"{concept} (mean difference)"))
     if "token-filtering" in methods:
         out["token-filtering"] = Method(token_filtered)
-    return {k: out[k] for k in [REFERENCE, FILTERING, *methods]}
+    return {k: out[k] for k in [REFERENCE, FILTERING, *methods] if k in out}
 
 
 __all__ = [
