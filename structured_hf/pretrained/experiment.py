@@ -66,13 +66,13 @@ def run_pretrained_experiment(recipe: Recipe, run: Any = None, figures: bool = T
     spec = PretrainedSpec.from_dict(recipe.model)
     out = Path(recipe.output_dir)
     trainer, result, runtime = (train_and_save or _train_and_save)(recipe, [], run)
+    eval_loss = validation_lm_loss(trainer)  # every process: evaluation gathers across them
     if not trainer.is_world_process_zero():
         return {}
     model = trainer.model
     lora = hasattr(model, "peft_config")
     if lora:
         save_adapter_concepts(out, model.get_base_model().config.concepts, spec.source)
-    eval_loss = validation_lm_loss(trainer)
     if lora:
         model = attach_sites(model.merge_and_unload())  # deletion and evaluation edit plain weights
     steps = trainer.state.global_step
