@@ -46,7 +46,7 @@ RECIPE = "configs/pretrained/smollm2-violence.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=["speed", "example"], help="what to measure (see above)")
+    p.add_argument("task", choices=["speed", "example"], metavar="task", help="what to measure: speed or example (see above)")
     p.add_argument("--recipe", default=RECIPE, help="the pretrained recipe to measure")
     p.add_argument("--output", required=True, help="JSON file to write")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per training run")
