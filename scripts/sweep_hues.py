@@ -12,7 +12,10 @@ Per hue and seed set: r² (MSE vs sim³ after pruning the concept for ``delete``
 - ``recon``: the worst named-color MSE before any intervention is <= 2e-3;
 - ``delete``: the concept's own color has MSE >= 0.30 after pruning, every named color whose hue is >= 90° away
   (and every gray) <= 0.005;
-- ``suppress``: every named color on the far side of the concept (x·v <= 0) reconstructs bit-identically.
+- ``suppress``: every named color on the far side of the concept (x·v <= 0) reconstructs bit-identically;
+- ``allow`` ("suppress X but allow its neighbours", with e.g. ``--intervention width=35,b=2,p=0.5``): X's own color
+  has MSE >= 0.25, every fully saturated color within 15° of X's hue (every 2.5°) >= 0.10, every named hue >= 30°
+  away <= 0.005 (the r² column is the suppression's r² vs sim²).
 Design seeds and held-out seeds are reported separately. Writes OUT/hues.json and OUT/hues.md.
 """
 
@@ -26,13 +29,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers.utils import logging as hf_logging
 
-from structured_hf.data.colors import GRAY_NAMES, HUE_NAMES, NAMED_COLORS, hue_of
+from structured_hf.data.colors import GRAY_NAMES, HUE_NAMES, NAMED_COLORS, hue_color, hue_of
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation import build_variants, evaluate_variants
 from structured_hf.evaluation.sweep import parse_seeds
 from structured_hf.evaluation.tables import json_ready
+from structured_hf.interventions import intervene
 from structured_hf.training import load_recipe
 from structured_hf.training.batched import train_batched
 from structured_hf.training.recipe import parse_set_overrides
@@ -42,13 +47,18 @@ RECON_MAX = 2e-3
 DELETED_MIN = 0.30
 FAR_MAX = 0.005
 FAR_DEG = 90.0
+ALLOW_CONCEPT_MIN = 0.25
+ALLOW_NEAR_MIN = 0.10
+ALLOW_NEAR_DEG = 15.0
+ALLOW_FAR_DEG = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="recipe YAML with concept_color")
-    p.add_argument("--mode", choices=("delete", "suppress"), required=True,
-                   help="delete: prune the concept, r² vs sim³; suppress: suppress:<hue>, r² vs sim²")
+    p.add_argument("--mode", choices=("delete", "suppress", "allow"), required=True,
+                   help="delete: prune the concept, r² vs sim³; suppress: suppress:<hue>, r² vs sim²; allow: "
+                        "suppress:<hue> with --intervention options, checked on the hues near and far from X")
     p.add_argument("--intervention", default=None,
                    help="suppression spec options appended to suppress:<hue>, e.g. 'a=0.0,b=1.4,p=0.0'")
     p.add_argument("--hues", default=",".join(HUE_NAMES), help="comma-separated named hues (default: all 12)")
@@ -69,6 +79,9 @@ def _hue_distance(a: str, b: str) -> float:
 def seed_result(model, hue: str, mode: str, options: str | None, grid_size: int) -> dict:
     """Scores and target checks of one trained seed."""
     spec = f"prune:{hue}" if mode == "delete" else f"suppress:{hue}" + (f":{options}" if options else "")
+    if mode == "allow" and not options:
+        raise StructuredConfigError("--intervention", "mode allow needs the suppression's options, e.g. "
+                                    "width=35,b=2,p=0.5")
     result = evaluate_variants(build_variants(model, [spec]), grid_size=grid_size)
     name = next(iter(result["scores"]))
     base = result["named_color_mse"]["baseline"]
@@ -78,10 +91,27 @@ def seed_result(model, hue: str, mode: str, options: str | None, grid_size: int)
         far = [n for n in HUE_NAMES if _hue_distance(n, hue) >= FAR_DEG] + list(GRAY_NAMES)
         row["far_max"] = max(after[n] for n in far)
         row["targets_ok"] = row["concept_mse"] >= DELETED_MIN and row["far_max"] <= FAR_MAX
+    elif mode == "allow":
+        offsets = [d for d in np.arange(-ALLOW_NEAR_DEG, ALLOW_NEAR_DEG + 1e-9, 2.5) if d != 0]
+        near = _hue_mse(model, [hue_of(NAMED_COLORS[hue]) + d for d in offsets], spec)
+        far = [n for n in HUE_NAMES if _hue_distance(n, hue) >= ALLOW_FAR_DEG - 1e-6]
+        row["near_min"] = float(near.min())
+        row["far_max"] = max(after[n] for n in far)
+        row["far_untouched"] = all(after[n] == base[n] for n in far)
+        row["targets_ok"] = (row["concept_mse"] >= ALLOW_CONCEPT_MIN and row["near_min"] >= ALLOW_NEAR_MIN
+                             and row["far_max"] <= FAR_MAX)
     else:
         row["targets_ok"] = bool(result["untouched"][name]["bit_identical"])
     row["recon_ok"] = row["recon_max"] <= RECON_MAX
     return row
+
+
+def _hue_mse(model, hues: list[float], spec: str) -> np.ndarray:
+    """MSE of the fully saturated colors at ``hues`` (degrees) under the intervention ``spec``."""
+    colors = torch.tensor(np.asarray([hue_color(h) for h in hues]), dtype=torch.float32)
+    with torch.no_grad(), intervene(model, spec):
+        out = model(colors=colors).reconstruction
+    return ((out - colors) ** 2).mean(-1).numpy()
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -89,12 +119,15 @@ def summarize(rows: list[dict]) -> dict:
     return {"n": len(rows), "r2_min": float(np.nanmin(r2)), "r2_mean": float(np.nanmean(r2)),
             "r2_max": float(np.nanmax(r2)), "targets_ok": sum(r["targets_ok"] for r in rows),
             "recon_ok": sum(r["recon_ok"] for r in rows),
-            "concept_mse_min": float(min(r["concept_mse"] for r in rows))}
+            "concept_mse_min": float(min(r["concept_mse"] for r in rows)),
+            **({"near_min": float(min(r["near_min"] for r in rows)), "far_max": float(max(r["far_max"] for r in rows)),
+                "far_untouched": sum(r["far_untouched"] for r in rows)} if "near_min" in rows[0] else {})}
 
 
 def markdown(table: dict, mode: str) -> str:
-    target = ("concept >= 0.30 and hues >= 90° away <= 0.005 after pruning" if mode == "delete"
-              else "far side bit-identical")
+    target = {"delete": "concept >= 0.30 and hues >= 90° away <= 0.005 after pruning",
+              "suppress": "far side bit-identical",
+              "allow": "X >= 0.25, within 15° >= 0.10, named hues >= 30° away <= 0.005"}[mode]
     lines = []
     for seed_set in ("design", "heldout"):
         lines += [f"### {seed_set} seeds {table['seeds'][seed_set]}", "",
@@ -102,8 +135,10 @@ def markdown(table: dict, mode: str) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for hue, sets in table["hues"].items():
             s = sets[seed_set]["summary"]
+            extra = (f" near min {s['near_min']:.3f}, far max {s['far_max']:.4f}, far untouched "
+                     f"{s['far_untouched']}/{s['n']}" if "near_min" in s else "")
             lines.append(f"| {hue} | {s['r2_min']:.3f} | {s['r2_mean']:.3f} | {s['r2_max']:.3f} | "
-                         f"{s['targets_ok']}/{s['n']} | {s['recon_ok']}/{s['n']} | {s['concept_mse_min']:.3f} |")
+                         f"{s['targets_ok']}/{s['n']} | {s['recon_ok']}/{s['n']} | {s['concept_mse_min']:.3f}{extra} |")
         lines.append("")
     return "\n".join(lines)
 
