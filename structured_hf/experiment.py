@@ -21,7 +21,9 @@ from .data.colors import HUE_NAMES, NAMED_COLORS, rgb_grid
 from .data.curriculum import CurriculumSampler
 from .evaluation import evaluate_color_model
 from .evaluation.color_tasks import concept_placement, per_operation_errors
+from .evaluation.language import evaluate_language_model, language_markdown
 from .evaluation.structure import color_structure, latent_jitter, loss_excursions, loss_spikes
+from .evaluation.transformer_control import control_evaluation, control_markdown, plot_control_ratios
 from .cards import render_color_model_card, render_color_transformer_card, render_model_card_from_folder
 from .run_folder import RunState, end_run, prepare_output_dir, start_run
 from .training import build_trainer
@@ -219,8 +221,6 @@ def run_color_transformer_experiment(recipe: Recipe, run: RunState | None = None
     }
     _resume_note(run, metrics)
     metrics["test_mse_max"] = max(v["all"] for v in metrics["test_mse"].values())
-    from .evaluation.transformer_control import control_evaluation, control_markdown, plot_control_ratios
-
     # Suppression and deletion of every direction concept, per operation (red-involving vs far-from-red ratios).
     metrics["control"] = control_evaluation(model, splits["test"])
     (out / "control.md").write_text(control_markdown(metrics["control"]))
@@ -289,8 +289,6 @@ def run_structured_gpt_experiment(recipe: Recipe, run: RunState | None = None, f
     }
     _resume_note(run, metrics)
     if evaluate:
-        from .evaluation.language import evaluate_language_model, language_markdown
-
         report = evaluate_language_model(model, tokenizer, chunks["test"], prompts=SAMPLE_PROMPTS)
         (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
         (out / "language_evaluation.md").write_text(language_markdown(report))

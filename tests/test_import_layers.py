@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "structured_hf"
 ROOT = PACKAGE.name
 
@@ -128,13 +126,7 @@ def test_no_import_cycle_inside_the_package():
 
 # Imports inside functions are for optional dependencies (sentence-transformers, vaderSentiment, a transformers
 # pipeline) or heavy ones a code path may never need; an import of our own package inside a function only ever hid
-# a cycle. Listed here: the ones left to move up, each with its reason (an empty list is the goal).
-FUNCTION_LEVEL_ALLOWED: dict[str, str] = {
-    f"{ROOT}.evaluation.relearning": "being edited for issue 20; its imports move up when that lands",
-    f"{ROOT}.experiment": "being edited for issue 20; its imports move up when that lands",
-}
-
-
+# a cycle, and the graph has none to hide.
 def _function_level_package_imports() -> list[str]:
     found = []
     for module, (path, is_package) in MODULES.items():
@@ -148,13 +140,13 @@ def _function_level_package_imports() -> list[str]:
 
 
 def test_no_function_level_imports_of_the_package():
-    left = [where for where in _function_level_package_imports()
-            if where.partition(":")[0] not in FUNCTION_LEVEL_ALLOWED]
-    assert not left, ("imports of structured_hf modules inside functions (move them to the top of the module; the "
-                      f"graph has no cycle to hide): {left}")
+    left = _function_level_package_imports()
+    assert not left, f"imports of structured_hf modules inside functions (move them to the top of the module): {left}"
 
 
-@pytest.mark.parametrize("module", sorted(FUNCTION_LEVEL_ALLOWED))
-def test_allowed_function_level_imports_still_exist(module):
-    """An allow-list entry that is no longer needed is removed, so the list shrinks to nothing."""
-    assert any(w.startswith(f"{module}:") for w in _function_level_package_imports()), module
+def test_function_level_imports_are_seen():
+    """The scan is not blind: a function-level import in a planted module is reported."""
+    source = "def f():\n    from .sites import capture\n    import numpy\n"
+    fn = ast.parse(source).body[0]
+    imports = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [_targets(f"{ROOT}.planted", False, n) for n in imports] == [[f"{ROOT}.sites"], []]

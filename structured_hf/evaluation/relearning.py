@@ -25,11 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers.trainer_callback import PrinterCallback
 
-from ..data.colors import NAMED_COLORS, resolve_colors
+from ..concepts import ConceptMap, ConceptSpec
+from ..data.collators import ColumnarDataset
+from ..data.colors import NAMED_COLORS, resolve_colors, rgb_grid
+from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
+from ..interventions import ablate, heal, project_out, prune
+from ..sites import capture
+from ..training import build_trainer
+from ..training.recipe import build_task_splits, model_config
 from .color_metrics import reconstruct, site_activations
+from .color_tasks import RED_FAR, RED_INVOLVED, example_redness, task_arrays
 from .similarity import hsv_similarity
+from .variants import anchor_color
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +235,6 @@ def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
 
     Returns ``(model in eval mode, train seconds)``. ``quiet`` drops Trainer's per-log-step printing.
     """
-    from transformers.trainer_callback import PrinterCallback
-
-    from ..data.collators import ColumnarDataset
-    from ..training import build_trainer
-
     trainer = build_trainer(recipe)
     if quiet:
         trainer.remove_callback(PrinterCallback)
@@ -263,17 +268,9 @@ def relearning_study(recipe, concept: str = "red", label: str | None = None, att
 
     Returns a JSON-ready dict with one row per attacked model and their curves.
     """
-    from ..data.colors import rgb_grid
-    from ..data.labels import parse_labelers
-    from ..interventions import heal, project_out, prune
-    from ..training.recipe import model_config
-    from .variants import anchor_color
-
     spec = next((c for c in model_config(recipe).concepts if c["name"] == concept), None)
     if spec is None or "direction" not in spec:
         raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
-    from ..concepts import ConceptSpec
-
     anchor = anchor_color(ConceptSpec.from_dict(spec))
     if anchor is None:
         raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to probe")
@@ -341,8 +338,6 @@ def residual_mean_difference(model: nn.Module, arrays: Mapping[str, torch.Tensor
                              site: str) -> np.ndarray:
     """The post-hoc concept direction at a transformer site: E[x | labelled] − E[x | not labelled] over all token
     positions, each token weighted by its example's label probability (the expectation over weak labels)."""
-    from ..sites import capture
-
     was_training = model.training
     model.eval()
     try:
@@ -375,12 +370,6 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
     an operand or the result >= 0.6) with the task loss; the probes are the test split's concept-involving and
     far-from-concept examples (MSE). ``models`` may hold pre-trained ``{"anchored", "unanchored"}`` models.
     """
-    from ..concepts import ConceptMap
-    from ..data.labels import parse_labelers
-    from ..interventions import ablate, project_out
-    from ..training.recipe import build_task_splits, model_config
-    from .color_tasks import RED_FAR, RED_INVOLVED, example_redness, task_arrays
-
     spec = ConceptMap.parse(model_config(recipe).concepts)[concept]
     if spec.direction is None:
         raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
