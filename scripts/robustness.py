@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -104,8 +105,10 @@ def _grid(args: argparse.Namespace, family: str, seed: int) -> list[rb.GridPoint
                           seed=seed)
 
 
-def run_colors(args: argparse.Namespace, out: Path) -> rb.BenchmarkResult:
-    """M2/M3: train every model per seed, then attack them."""
+def run_colors(args: argparse.Namespace, out: Path, write: Callable[[rb.BenchmarkResult], None]
+               ) -> rb.BenchmarkResult:
+    """M2/M3: train every model per seed, then attack them; ``write`` saves the report after every seed (a long
+    sweep stopped early keeps the seeds it finished)."""
     base = load_recipe(args.config, {"output_dir": str(out / "train"), "training.disable_tqdm": True})
     family = model_type(base)
     if family not in ("color_autoencoder", "color_transformer"):
@@ -125,6 +128,7 @@ def run_colors(args: argparse.Namespace, out: Path) -> rb.BenchmarkResult:
         result = result or rb.BenchmarkResult(family, concept, task.unit, grid)
         run = rb.run_benchmark(models, task, grid, progress=not args.no_progress, desc=f"seed {seed}")
         result.add(seed, run, train_s)
+        write(result)
         logger.info("seed %d: worst ratio to filtering %s", seed,
                     {m: s["worst_ratio"] for m, s in run["scores"].items()})
     return result
@@ -178,20 +182,24 @@ def main(argv: list[str] | None = None) -> int:
         design = parse_seeds(args.design_seeds) if args.design_seeds else []
         if (args.config is None) == (args.anchored is None):
             raise StructuredConfigError("config", "give a color recipe YAML (M2/M3) or --anchored (M4), not both")
-        result = run_language(args) if args.anchored else run_colors(args, out)
+
+        def write(result: rb.BenchmarkResult) -> str:
+            report = result.to_dict(wall_time_s=time.perf_counter() - start)
+            report["design_seeds"] = design
+            report["command"] = " ".join(sys.argv)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "robustness.json").write_text(json.dumps(json_ready(report), indent=1))
+            table = rb.robustness_markdown(report)
+            (out / "robustness.md").write_text(table)
+            rb.plot_robustness_curves(report, out / "recovery_curves.png",
+                                      title=f"{report['family']}: '{report['concept']}', seed {report['seeds'][0]}")
+            return table
+
+        result = run_language(args) if args.anchored else run_colors(args, out, write)
     except (StructuredConfigError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = result.to_dict(wall_time_s=time.perf_counter() - start)
-    report["design_seeds"] = design
-    report["command"] = " ".join(sys.argv)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps(json_ready(report), indent=1))
-    table = rb.robustness_markdown(report)
-    (out / "robustness.md").write_text(table)
-    rb.plot_robustness_curves(report, out / "recovery_curves.png",
-                              title=f"{report['family']}: '{report['concept']}', seed {report['seeds'][0]}")
-    logger.info("\n%s", table)
+    logger.info("\n%s", write(result))
     return 0
 
 

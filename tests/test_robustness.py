@@ -7,10 +7,12 @@ import importlib.util
 import math
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 import structured_hf  # noqa: F401
+from structured_hf.data.tokenizer import train_bpe_tokenizer
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation import robustness as rb
 from structured_hf.evaluation.relearning import AttackConfig, attack_loop
@@ -241,3 +243,33 @@ def test_script_rejects_bad_input_before_writing(tmp_path, extra, capsys):
     out = tmp_path / "out"
     assert _script().main([str(M2_RECIPE), "--output_dir", str(out), "--no_progress", *extra]) == 2
     assert not out.exists() and "error:" in capsys.readouterr().err
+
+
+def test_language_task_and_methods_on_a_tiny_gpt():
+    violent = [f"the sword smote the {w} and slew them in battle" for w in ("king", "host", "city", "men")] * 4
+    calm = [f"the {w} went into the field and sowed seed at morning" for w in ("woman", "child", "man", "son")] * 4
+    texts = violent + calm
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300, min_frequency=1, model_max_length=16)
+    probs = [1.0] * len(violent) + [0.0] * len(calm)
+    chunks = datasets.Dataset.from_dict({"text": texts, "prob_violence": probs})
+    torch.manual_seed(0)
+    concepts = [{"name": "violence", "site": "layers.0.residual_post", "direction": [1.0, 1.0] + [0.0] * 14}]
+    make = lambda: StructuredGPTForCausalLM(StructuredGPTConfig(  # noqa: E731
+        vocab_size=len(tokenizer), max_position_embeddings=16, hidden_size=16, num_layers=2, num_heads=2,
+        concepts=concepts)).eval()
+    anchored, reference = make(), make()
+    task = rb.language_task(tokenizer, chunks, chunks, "violence", 16, probe_retain=8)
+    methods = rb.language_methods(anchored, reference, None, tokenizer, chunks, "violence",
+                                  ["anchored+ablate", "anchored+two-sided", "post-hoc"])
+    assert list(methods) == ["reference", "anchored+ablate", "anchored+two-sided", "post-hoc"]
+    grid = rb.attack_grid([1.0e-3], [8], steps=4, retain_lr=1.0e-3, retain_size=8, batch_size=4, eval_every=2)
+    out = rb.run_benchmark(methods, task, grid, progress=False)
+    cell = out["scores"]["anchored+two-sided"]["settings"][grid[0].name]
+    assert cell["ratio_to_filtering"] is None and math.isfinite(cell["kept_gap"])
+    assert out["curves"]["reference"][grid[1].name]["steps"] == [0, 2, 4]
+    with pytest.raises(StructuredConfigError) as e:
+        rb.language_methods(anchored, None, None, tokenizer, chunks, "violence", ["post-hoc"])
+    assert e.value.field == "methods"
+    with pytest.raises(StructuredConfigError) as e:
+        rb.run_attack(anchored, task, rb.attack_grid([1.0e-3], [64], steps=2, retain_lr=None)[0])
+    assert e.value.field == "attack_grid.sizes"  # more forget examples asked than the training split has
