@@ -41,6 +41,7 @@ from structured_hf.evaluation.language import context_length
 from structured_hf.evaluation.sweep import parse_seeds
 from structured_hf.evaluation.tables import json_ready
 from structured_hf.hub import pull
+from structured_hf.interventions import resolve_axes
 from structured_hf.training import load_recipe
 from structured_hf.training.recipe import model_type
 
@@ -164,7 +165,7 @@ def run_language(args: argparse.Namespace) -> rb.BenchmarkResult:
                                         train,
                                         concept, methods, models.get("token_filtered"))
     task = rb.language_task(tokenizer, train, test, concept, context_length(models["anchored"]),
-                            args.probe_forget, args.probe_retain)
+                            args.probe_forget, args.probe_retain, channel=resolve_axes(models["anchored"], concept))
     result = rb.BenchmarkResult("structured_gpt", concept, task.unit, grid)
     result.add(seed, rb.run_benchmark(methods_built, task, grid, progress=not args.no_progress))
     result.extra["models"] = {k: getattr(args, k) for k in ("anchored", "reference", "filtered", "token_filtered")}

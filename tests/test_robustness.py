@@ -258,7 +258,8 @@ def test_language_task_and_methods_on_a_tiny_gpt():
         vocab_size=len(tokenizer), max_position_embeddings=16, hidden_size=16, num_layers=2, num_heads=2,
         concepts=concepts)).eval()
     anchored, reference = make(), make()
-    task = rb.language_task(tokenizer, chunks, chunks, "violence", 16, probe_retain=8)
+    task = rb.language_task(tokenizer, chunks, chunks, "violence", 16, probe_retain=8,
+                            channel=("layers.0.residual_post", [0, 1]))
     methods = rb.language_methods(anchored, reference, None, tokenizer, chunks, "violence",
                                   ["anchored+ablate", "anchored+two-sided", "post-hoc"])
     assert list(methods) == ["reference", "anchored+ablate", "anchored+two-sided", "post-hoc"]
@@ -267,6 +268,9 @@ def test_language_task_and_methods_on_a_tiny_gpt():
     cell = out["scores"]["anchored+two-sided"]["settings"][grid[0].name]
     assert cell["ratio_to_filtering"] is None and math.isfinite(cell["kept_gap"])
     assert out["curves"]["reference"][grid[1].name]["steps"] == [0, 2, 4]
+    # the deleted channel carries exactly nothing before the attack; the undeleted reference does carry something
+    assert out["curves"]["anchored+ablate"][grid[0].name]["channel_rms"][0] == 0.0
+    assert out["curves"]["reference"][grid[0].name]["channel_rms"][0] > 0.0
     with pytest.raises(StructuredConfigError) as e:
         rb.language_methods(anchored, None, None, tokenizer, chunks, "violence", ["post-hoc"])
     assert e.value.field == "methods"

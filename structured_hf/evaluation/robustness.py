@@ -48,6 +48,7 @@ from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
 from ..interventions.surgery import ablate, project_out, prune, resolve_axes
 from ..interventions.two_sided import channel_slices, two_sided_cut
+from ..sites import capture
 from ..training.recipe import build_task_splits, model_config
 from ..visualization.style import save_figure
 from . import language as lm
@@ -128,6 +129,8 @@ class AttackTask:
             ``retain``: unrelated ones).
         batch_loss: ``(attack set, batch size) -> step_loss(model, generator) -> loss``.
         probes: ``{"forget": probe, "retain": probe}``, ``probe(model) -> held-out error``.
+        extra_probes: more curves recorded during every attack (diagnostics, e.g. how much the deleted channel
+            carries again); not scored.
     """
 
     family: str
@@ -135,6 +138,7 @@ class AttackTask:
     sample: Callable[[str, int, int], Any]
     batch_loss: Callable[[Any, int], Callable[[nn.Module, torch.Generator], torch.Tensor]]
     probes: Mapping[str, Callable[[nn.Module], float]]
+    extra_probes: Mapping[str, Callable[[nn.Module], float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.probes) != {"forget", "retain"}:
@@ -156,10 +160,11 @@ def run_attack(method: Method | nn.Module, task: AttackTask, point: GridPoint) -
     data = task.sample(point.data, point.attack.num_samples, point.attack.seed)
     if data is None or len(data) == 0:
         raise StructuredConfigError("attack_set", f"the {point.data} attack set is empty")
-    probes = {"forget": task.probes["forget"], "retain": task.probes["retain"]}  # forget first: attack_loop's concept
+    probes = {"forget": task.probes["forget"], "retain": task.probes["retain"], **task.extra_probes}  # forget first:
+    # attack_loop's concept curve
     out = attack_loop(method.model, task.batch_loss(data, point.attack.batch_size), probes, point.attack,
                       grad_mask=method.grad_mask)
-    return {"steps": list(out["steps"]), "forget": out["curves"]["forget"], "retain": out["curves"]["retain"]}
+    return {"steps": list(out["steps"]), **out["curves"]}
 
 
 # ---- metrics (pure functions of curves) ---------------------------------------------------------------------------
@@ -602,11 +607,33 @@ LANGUAGE_METHODS = ("anchored+ablate", "anchored+two-sided", "anchored+ablate (w
                     "token-filtering", "anchored (not deleted)")
 
 
+def channel_rms(encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0,
+                batch_size: int = 32) -> Callable[[nn.Module], float]:
+    """A probe: the root-mean-square of the residual on ``axes`` at ``site`` over the real tokens of ``encoded``,
+    relative to the RMS of the whole residual there: how much the (deleted) channel carries."""
+    idx = torch.as_tensor(list(axes))
+
+    @torch.no_grad()
+    def probe(m: nn.Module) -> float:
+        on, total, count, width = 0.0, 0.0, 0, 1
+        for ids, labels in lm._batches(encoded, batch_size, pad):
+            with capture(m, [site]) as acts:
+                m(input_ids=ids, use_cache=False)
+            x = acts[site].double()[labels != -100]
+            on += float((x[:, idx] ** 2).sum())
+            total += float((x ** 2).sum())
+            count, width = count + x.shape[0], x.shape[-1]
+        return math.sqrt(on / max(count, 1) / len(idx)) / max(math.sqrt(total / max(count, 1) / width), 1e-12)
+    return probe
+
+
 def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: str, context: int,
-                  probe_forget: int | None = None, probe_retain: int = 256) -> AttackTask:
+                  probe_forget: int | None = None, probe_retain: int = 256,
+                  channel: tuple[str, Sequence[int]] | None = None) -> AttackTask:
     """Forget = training chunks labelled with the concept (p >= 0.5), retain-only = training chunks with every
     concept's p < 0.1; probes: the same two sets of the held-out test chunks (the first ``probe_forget`` /
-    ``probe_retain``), mean next-token loss in nats."""
+    ``probe_retain``), mean next-token loss in nats. With ``channel = (site, axes)`` every attack also records
+    ``channel_rms`` (:func:`channel_rms` over the forget probe): whether the attack reopens the deleted channel."""
     train_sets = lm.heldout_sets(train_chunks, [concept])
     test_sets = lm.heldout_sets(test_chunks, [concept])
     key, pad = f"forget:{concept}", lm.pad_id(tokenizer)
@@ -631,8 +658,9 @@ def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: 
     def loss(encoded: list[list[int]]) -> Callable[[nn.Module], float]:
         return lambda m: lm.mean_token_loss(m, encoded, pad_id=pad)[0]
 
+    extra = {} if channel is None else {"channel_rms": channel_rms(probes["forget"], channel[0], channel[1], pad)}
     return AttackTask("structured_gpt", "nats/token", sample, batch_loss,
-                      {"forget": loss(probes["forget"]), "retain": loss(probes["retain"])})
+                      {"forget": loss(probes["forget"]), "retain": loss(probes["retain"])}, extra)
 
 
 def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered: nn.Module | None, tokenizer: Any,
@@ -669,7 +697,7 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
 
 __all__ = [
     "AttackTask", "BenchmarkResult", "DEFAULT_LRS", "DEFAULT_SIZES", "FILTERING", "GridPoint", "Method", "REFERENCE",
-    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "attack_grid", "check_methods",
+    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "attack_grid", "channel_rms", "check_methods",
     "color_autoencoder_methods", "color_autoencoder_task", "color_transformer_methods", "color_transformer_task",
     "far_samples", "language_methods", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
     "plot_robustness_curves", "ratio_to_filtering", "require_concept", "robustness_markdown", "run_attack",
