@@ -267,6 +267,12 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     weights_at = {t.spec.name: table(t.schedules) for t in terms}
     recon_at = table(recon_schedules)
     full = torch.full((n,), float(batch))
+    # Per-seed logs like the Trainer's (`loss` and `term/<name>`, means over each logging window), for loss curves and
+    # the stability metrics of a sweep summary.
+    logging_steps = int(training.get("logging_steps", 500))
+    histories: list[list[dict[str, float]]] = [[] for _ in range(n)]
+    window: dict[str, torch.Tensor] = {}
+    window_steps = 0
     for step in range(steps):
         idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
         colors = colors_all[idx]  # (N, B, 3)
@@ -301,6 +307,14 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
             bad = int((~torch.isfinite(total)).nonzero()[0])
             name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
             raise NonFiniteLossError(f"{name} (seed {seeds[bad]})", step, float(total[bad]))
+        with torch.no_grad():
+            for name, value in (("loss", total), ("term/reconstruction", recon_loss),
+                                *((f"term/{k}", v) for k, v in term_values.items())):
+                window[name] = window[name] + value.detach() if name in window else value.detach().clone()
+            window_steps += 1
+            if (step + 1) % logging_steps == 0 or step + 1 == steps:
+                _flush_logs(histories, window, window_steps, step + 1)
+                window, window_steps = {}, 0
         optimizer.zero_grad(set_to_none=True)
         total.sum().backward()  # seeds share no parameter: each slice's gradient is its own run's
         if max_norm > 0:
@@ -311,7 +325,16 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     batched.write_back(models)
     for m in models:
         m.eval()
-    return models, {"train_runtime_s": time.perf_counter() - start, "seeds": seeds, "steps": steps}
+    return models, {"train_runtime_s": time.perf_counter() - start, "seeds": seeds, "steps": steps,
+                    "log_history": histories}
+
+
+def _flush_logs(histories: list[list[dict[str, float]]], window: Mapping[str, torch.Tensor], steps: int,
+                global_step: int) -> None:
+    """Append each seed's window means (terms skipped on some steps count 0 there, as in the Trainer's logs)."""
+    means = {name: (value / steps).tolist() for name, value in window.items()}
+    for i, history in enumerate(histories):
+        history.append({"step": global_step, **{name: values[i] for name, values in means.items()}})
 
 
 def _draw_labels(probs: Mapping[str, torch.Tensor], idx: torch.Tensor, labels: Sequence[str],

@@ -36,7 +36,7 @@ from ..data.color_datasets import colors_from_spec
 from ..data.colors import HUE_NAMES
 from ..data.curriculum import Curriculum
 from ..evaluation import evaluate_color_model
-from ..evaluation.structure import color_structure
+from ..evaluation.structure import color_structure, loss_excursions, loss_spikes
 from ..evaluation.tables import json_ready
 from ..run_folder import end_run, prepare_output_dir, start_run
 from ..errors import StructuredConfigError
@@ -296,11 +296,11 @@ def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = log
         log(f"training {len(group)} run(s) as one batch ({recipes[0].training.get('max_steps')} steps) ...")
         models, info = train_batched(recipes)
         wall = info["train_runtime_s"] / len(group)
-        for i, model in zip(group, models):
+        for k, (i, model) in enumerate(zip(group, models), 1):
             run = runs[i]
-            metrics = _batched_run_metrics(run, states[i], model, wall)
+            metrics = _batched_run_metrics(run, states[i], model, wall, info["log_history"][k - 1])
             rows[i] = row = summary_row(run, metrics, wall)
-            log(f"{run.name}: max named MSE {_fmt(row['named_color_mse_max'], 'e')}, hue order "
+            log(f"[{k}/{len(group)}] {run.name}: max named MSE {_fmt(row['named_color_mse_max'], 'e')}, hue order "
                 f"{'ok' if row['hue_order_ok'] else 'LOST'}, leak {_fmt(row['hue_plane_leak_max'], 'f3')}"
                 + (f", lost: {', '.join(row['lost'])}" if row["lost"] else ""))
         log(f"batch of {len(group)}: {info['train_runtime_s']:.1f} s of training")
@@ -308,7 +308,8 @@ def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = log
     return [row for row in rows if row is not None]
 
 
-def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: float) -> dict[str, Any]:
+def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: float,
+                         history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     """Write one batched run's folder and return its metrics (those of a single run, minus the per-step logs)."""
     recipe = run.recipe
     out = Path(recipe.output_dir)
@@ -319,9 +320,13 @@ def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: f
     metrics = evaluate_color_model(model)
     metrics["hue_mse_max"] = max(metrics["named_color_mse"][name] for name in HUE_NAMES)
     metrics["structure"] = color_structure(model, site="bottleneck", plane=plane, data_colors=train_colors)
+    metrics["stability"] = {"loss_spikes": loss_spikes(history, []),
+                            "reconstruction_spikes": loss_spikes(history, [], key="term/reconstruction"),
+                            "reconstruction_excursions": loss_excursions(history, key="term/reconstruction")}
     metrics.update(train_runtime_s=train_runtime, train_steps=int(recipe.training.get("max_steps", 0)),
                    batched=True)
     model.save_pretrained(out)
+    (out / "log_history.json").write_text(json.dumps(list(history), indent=1))
     (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=1))
     end_run(out, "finished")
     return metrics
