@@ -47,13 +47,14 @@ from .arguments import (
     parse_schedules,
 )
 from .concept_color import expand_concept_color
+from .distill import DistillationTrainer, DistillSpec, load_teacher
 from .routing import RouteSpec, parse_routes
 from .speclist import used_labels
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
-             "description", "sweep"}
+             "description", "sweep", "distill"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 # model.type -> (config class, model class); new model families register here, with their data builders below.
 MODEL_TYPES: dict[str, tuple[type, type]] = {
@@ -84,11 +85,14 @@ class Recipe:
     # Many runs of this recipe (variants, regularizer subsets, seeds): see `structured_hf.training.sweep`. Training the
     # recipe itself ignores it; `scripts/sweep.py` expands it.
     sweep: dict[str, Any] | None = None
+    # Train this model to match a teacher's outputs (training/distill.py): {teacher: PATH, temperature: T}.
+    distill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if out["sweep"] is None:
-            del out["sweep"]  # a plain recipe (and every run of a sweep) dumps without the key
+        for key in ("sweep", "distill"):
+            if out[key] is None:
+                del out[key]  # a plain recipe (and every run of a sweep) dumps without the key
         return out
 
     def to_yaml(self) -> str:
@@ -172,6 +176,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         output_dir=str(raw.get("output_dir", "outputs/run")),
         description=str(raw.get("description", "")),
         sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
+        distill=None if raw.get("distill") is None else dict(DistillSpec.from_dict(raw["distill"]).__dict__),
     )
     validate_recipe(recipe)
     if "training.learning_rate" in (overrides or {}):
@@ -484,5 +489,10 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
         labels = sorted((recipe.data.get("labels") or {}).keys())
         trainer_kwargs.setdefault("data_collator", ColorTaskCollator(labels))
         trainer_kwargs.setdefault("eval_data_collator", ColorTaskCollator(labels))
+    if recipe.distill is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
+        spec = DistillSpec.from_dict(recipe.distill)
+        return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                   curriculum=curriculum, teacher=load_teacher(spec), temperature=spec.temperature,
+                                   **trainer_kwargs)
     return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            curriculum=curriculum, **trainer_kwargs)
