@@ -171,6 +171,9 @@ def test_missing_file(tmp_path):
         (_replace("  max_steps: 2\n", "  max_steps: 2\n  seed: 3\n"), r"training\.seed: set 'seed' at the top level"),
         (_replace("train: {grid: rgb, size: 3}", "trian: {grid: rgb, size: 3}"), r"data: unknown keys \['trian'\]"),
         (_replace("seed: 0", "seed: zero"), r"seed: expected an integer"),
+        # Data grids are checked when the recipe is loaded (they used to fail only when the trainer was built).
+        (_replace("train: {grid: rgb, size: 3}", "train: {grid: rgb, sise: 3}"), r"data\.train: unknown keys \['sise'\]"),
+        (_replace("eval: {grid: named}", "eval: {grid: hsl}"), r"data\.eval\.grid: expected one of"),
     ],
 )
 def test_recipe_errors_at_load(tmp_path, text, pattern):
@@ -190,8 +193,6 @@ def test_recipe_errors_at_load(tmp_path, text, pattern):
         (_replace("loss: subspace, concept: hue", "loss: subspace, concept: red"),
          r"regularizers\[1\] \('hue-plane'\)\.concept: loss 'subspace' needs a concept with axes"),
         (_replace("eval_labels:\n    red: [red]", "eval_labels:\n    reed: [red]"), r"data\.eval_labels\.reed: unknown label"),
-        (_replace("train: {grid: rgb, size: 3}", "train: {grid: rgb, sise: 3}"), r"data\.train: unknown keys \['sise'\]"),
-        (_replace("eval: {grid: named}", "eval: {grid: hsl}"), r"data\.eval\.grid: expected one of"),
         (_replace("eval_labels:\n    red: [red]", "eval_labels:\n    red: [blurple]"),
          r"data\.eval_labels\.red\[0\]: unknown color 'blurple'"),
     ],

@@ -286,9 +286,9 @@ def test_kill_9_then_resume_is_bit_identical(finished_run, tmp_path, point, at):
 
 # ---- 4. bad settings fail when the recipe is loaded, before anything is written ------------------------------------
 BAD_SETTINGS = [
-    ("regularizers.separate.params.power", "1e2", "regularizers[2].params.power", "write 1.0e+2"),
-    ("regularizers.separate.params.power", -1.0, "regularizers[2].params.power", "> 0"),
-    ("regularizers.plane.params.relative", "yes", "regularizers[1].params.relative", "true or false"),
+    ("regularizers.separate.params.power", "1e2", "regularizers[2] ('separate').params.power", "write 1.0e+2"),
+    ("regularizers.separate.params.power", -1.0, "regularizers[2] ('separate').params.power", "> 0"),
+    ("regularizers.plane.params.relative", "yes", "regularizers[1] ('plane').params.relative", "true or false"),
     ("regularizers.anchor-red.weight", -0.1, "regularizers[0].weight", ">= 0"),
     ("schedules.learning_rate", {"keys": [[0, 1.0e-2], [4, -1.0e-3]]}, "schedules.learning_rate.keys[1]", ">= 0"),
     ("training.learning_rate", -0.1, "training.learning_rate", "> 0"),

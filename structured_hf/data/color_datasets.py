@@ -100,8 +100,10 @@ _MAX_AXIS = 256
 
 
 def _positive_int(value: Any, field: str, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise StructuredConfigError(field, f"expected an integer >= {low}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructuredConfigError(field, f"expected a positive integer, got {value!r}")
+    if value < low:
+        raise StructuredConfigError(field, f"needs {field.rsplit('.', 1)[-1]} >= {low}, got {value}")
     if high is not None and value > high:
         raise StructuredConfigError(field, f"expected an integer <= {high}, got {value}")
     return value

@@ -72,7 +72,9 @@ class RegularizerSpec:
         params = entry.get("params") or {}
         if not isinstance(params, Mapping):
             raise StructuredConfigError(f"{field_name}.params", f"expected a mapping, got {params!r}")
-        check_loss_params(f"{field_name}.params", loss, params)
+        # Named like the trainer's binding errors: "regularizers[2] ('separate').params".
+        check_loss_params(f"{field_name} ('{entry.get('name') or (f'{loss}:{concept}' if concept else loss)}').params",
+                          loss, params)
         negate = isinstance(label, str) and label.startswith("not:")
         if negate:
             label = label[len("not:"):].strip()
