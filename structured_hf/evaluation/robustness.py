@@ -25,8 +25,10 @@ report are one code path (:func:`~structured_hf.evaluation.relearning.attack_loo
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -447,7 +449,22 @@ def transformer_variants(anchored: nn.Module, concept: str, wanted: Sequence[str
 
 # ---- M2: the color autoencoder -------------------------------------------------------------------------------------
 COLOR_AUTOENCODER_METHODS = ("anchored+prune", "anchored+ablate", "anchored+two-sided", "post-hoc",
-                             "anchored (not deleted)")
+                             "anchored (not deleted)", "distilled (deleted teacher)", "distilled (undeleted teacher)",
+                             "distilled (filtered teacher)")
+# A distilled student starts from another seed than the recipe's (whose initial weights the teachers share): students
+# that share a teacher's initialization inherit what it still knows (Cloud et al. 2025).
+STUDENT_SEED_OFFSET = 10_000
+
+
+def distil_student(recipe: Any, teacher: nn.Module) -> tuple[nn.Module, float]:
+    """A fresh model of ``recipe`` (seed + :data:`STUDENT_SEED_OFFSET`) trained on the teacher's outputs only, through
+    the recipe's ``distill`` path (:mod:`structured_hf.training.distill`); returns ``(student, train seconds)``."""
+    with tempfile.TemporaryDirectory() as folder:
+        teacher.save_pretrained(folder)
+        student = copy.deepcopy(recipe)
+        student.seed = recipe.seed + STUDENT_SEED_OFFSET
+        student.distill = {"teacher": folder, "temperature": 1.0}
+        return train_recipe(student)
 
 
 def far_samples(anchor: Any, num: int, min_similarity: float, seed: int) -> np.ndarray:
@@ -509,8 +526,13 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
     reference, t_r = train_recipe(unanchored_recipe(recipe))
     filtered, t_f = train_recipe(unanchored_recipe(recipe), keep=lambda c: ~near(c))
     out = {REFERENCE: Method(reference), FILTERING: Method(filtered)}
+    teachers = {"distilled (deleted teacher)": lambda: prune(anchored, concept),
+                "distilled (undeleted teacher)": lambda: anchored, "distilled (filtered teacher)": lambda: filtered}
     for name in methods:
-        if name == "anchored+prune":
+        if name in teachers:  # the student: the unregularized recipe, fresh, on every training color, teacher's outputs
+            student, t_s = distil_student(unanchored_recipe(recipe), teachers[name]())
+            out[name], t_a = Method(student), t_a + t_s
+        elif name == "anchored+prune":
             out[name] = Method(prune(anchored, concept))
         elif name == "anchored+ablate":
             out[name] = Method(ablate(anchored, concept))
@@ -697,7 +719,7 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
 
 __all__ = [
     "AttackTask", "BenchmarkResult", "DEFAULT_LRS", "DEFAULT_SIZES", "FILTERING", "GridPoint", "Method", "REFERENCE",
-    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "attack_grid", "channel_rms", "check_methods",
+    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "attack_grid", "channel_rms", "check_methods", "distil_student",
     "color_autoencoder_methods", "color_autoencoder_task", "color_transformer_methods", "color_transformer_task",
     "far_samples", "language_methods", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
     "plot_robustness_curves", "ratio_to_filtering", "require_concept", "robustness_markdown", "run_attack",
