@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1,5,20,100", help="N values for the scaling table")
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the single run and the 20-seed batch")
     p.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
+    p.add_argument("--scaling_steps", type=int, default=None,
+                   help="max_steps of the scaling table's runs (default: --steps); the ratio always uses --steps")
     p.add_argument("--output", default=str(REPO / "benchmarks/batched_seeds.json"), help="where the JSON goes")
     p.add_argument("--measure_n", type=int, default=None,
                    help="measure one N in this process and print its JSON line (the scaling table runs each N in a "
@@ -96,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     scaling = {}
+    scaling_steps = args.scaling_steps or args.steps
     for n in (int(x) for x in args.sizes.split(",")):
         cmd = [sys.executable, __file__, "--config", str(config), "--measure_n", str(n)]
-        if args.steps:
-            cmd += ["--steps", str(args.steps)]
+        if scaling_steps:
+            cmd += ["--steps", str(scaling_steps)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         scaling[n] = {**json.loads(out), "batch_tensor_bytes": peak_memory_estimate(n, _recipes(config, [0],
-                                                                                                   args.steps)[0])}
+                                                                                                   scaling_steps)[0])}
         print(f"N = {n}: train {scaling[n]['train_s']:.1f} s, peak RSS {scaling[n]['peak_rss_mib']:.0f} MiB",
               flush=True)
 
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "config": str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config),
         "steps": args.steps or load_recipe(config).training.get("max_steps"),
+        "scaling_steps": scaling_steps or load_recipe(config).training.get("max_steps"),
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.processor() or platform.machine(),
