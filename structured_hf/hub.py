@@ -10,7 +10,7 @@ model families plug in their card renderer; its names are still importable from 
     model = AutoModel.from_pretrained(pull("me/color-ae"))   # or AutoModel.from_pretrained("me/color-ae")
 
 Tokens are never taken from recipes or written anywhere: pass ``token=`` or let `huggingface_hub` find it, and
-every file is checked for the token before it is uploaded.
+every file is checked before it is uploaded for the token and for anything shaped like a Hub token.
 """
 
 from __future__ import annotations
