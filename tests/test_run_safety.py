@@ -220,7 +220,7 @@ sys.path.insert(0, {scripts!r})
 point, at = sys.argv[1], int(sys.argv[2])
 import transformers.trainer as T
 from transformers.trainer_callback import CallbackHandler
-import structured_hf.training.trainer as ours
+import structured_hf.training.guards as ours
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

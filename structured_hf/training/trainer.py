@@ -15,63 +15,46 @@ Weak labels are drawn per optimizer step from a generator seeded by (seed, step)
 step's global batch: resumed runs draw the labels of uninterrupted ones, and 2 processes x 32 or 4 x 16 accumulated
 draw those of one process with 64 (tests/test_reliability.py checks both loss curves).
 
+The pieces live next to this file: label drawing in `label_draws.py`, regularizer binding in `binding.py`, the
+non-finite guards and checkpoint markers in `guards.py`, and the fast path in `fast_path.py`.
+
 Speed. For the 263-parameter color model a step is about a millisecond, so per-step bookkeeping counts: in the plain
-runtime (see `_is_plain_runtime`) a few Trainer methods are replaced by equivalent lean versions, and terms with no
-labelled sample in the window are not computed. None of this changes a number: the default recipe's metrics and
+runtime (`fast_path.PlainRuntimeMixin`) a few Trainer methods are replaced by equivalent lean versions, and terms with
+no labelled sample in the window are not computed. None of this changes a number: the default recipe's metrics and
 logs are bit-identical (scripts/benchmark.py measures the speed against a hand-written loop).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
 import torch
-from accelerate.optimizer import AcceleratedOptimizer
-from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.training_args import OptimizerNames
-from transformers.utils import is_sagemaker_mp_enabled
 
-from ..concepts import ConceptMap, ConceptSpec
+from ..concepts import ConceptMap
 from ..data.collators import ColumnarDataset, WeakLabelCollator, scope_labels
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.samplers import EpochWeightedSampler
-from ..errors import NonFiniteGradientError, NonFiniteLossError, NonFiniteWeightsError, StructuredConfigError
-from ..interventions.suppression import concept_axes
-from ..losses import LOSSES, check_loss_params, selective_mean
-from ..run_folder import write_checkpoint_marker
+from ..errors import StructuredConfigError
+from ..losses import selective_mean
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
-from .arguments import AnchoredTrainingArguments, RegularizerSpec
+from .arguments import AnchoredTrainingArguments
+from .binding import _bind_regularizers, _BoundRegularizer  # noqa: F401  (re-exported for callers)
 from .callbacks import ScheduleCallback
+from .fast_path import PlainRuntimeMixin
+from .guards import FiniteGuardMixin, check_finite_parameters  # noqa: F401  (check_finite_parameters: re-export)
+from .label_draws import batch_size_of, draw_window_labels, label_generator, window_counts
 from .routing import bind_routes, gradient_routes
-from .speclist import bind_concept, bind_site, check_label, used_labels
+from .speclist import used_labels
 
 _SAMPLES = "__samples__"
 
 
-@dataclass(frozen=True)
-class _BoundRegularizer:
-    """A regularizer spec resolved against the model: its concept object, site and loss function."""
-
-    spec: RegularizerSpec
-    concept: ConceptSpec | None
-    site: str
-    readout: Callable[[torch.Tensor], torch.Tensor] | None = None  # losses that read past the site (LossInfo)
-
-    def per_sample(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.readout is not None:
-            return LOSSES[self.spec.loss].fn(rows, self.concept, readout=self.readout, **self.spec.params)
-        return LOSSES[self.spec.loss].fn(rows, self.concept, **self.spec.params)
-
-
-class AnchoredTrainer(Trainer):
+class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
     """Trainer for concept-anchored models.
 
     Args:
@@ -184,72 +167,21 @@ class AnchoredTrainer(Trainer):
         self._window = self._window_totals(batch_samples, device)
         return batch_samples, num_items_in_batch
 
-    def _label_generator(self) -> torch.Generator:
-        """RNG for the weak labels of one optimizer step, a pure function of (seed, step).
-
-        Labels are not drawn from torch's global RNG: Trainer collates the first batch after a resume *before* it
-        restores the global RNG state, and accelerate prefetches batches, so global-RNG draws would shift by one
-        batch on resume. Seeding from the step makes resumed and uninterrupted runs draw identical labels.
-        """
-        key = (self.args.seed * 1_000_003 + self.state.global_step) * 4099
-        return torch.Generator().manual_seed(key % (2**63 - 1))
-
     def _draw_window_labels(self, batches: list[dict[str, Any]]) -> None:
-        """Replace the label probabilities of every micro-batch of the window by fresh Bernoulli labels.
-
-        The draws are made for the positions of the samples in the step's *global* batch, so that one process with
-        batch 64, two processes with batch 32 and one process accumulating 4 x 16 give every sample the same label.
-        Accelerate deals the micro-batches of ``b`` samples round-robin over the ``P`` processes, so micro-batch
-        ``k`` of process ``p`` holds positions ``(k·P + p)·b`` onwards. One generator per step draws, label after
-        label (sorted by name), one uniform per position of the whole window (``torch.bernoulli`` consumes exactly one
-        per element, whatever its probability); every process draws all ``b·K·P`` positions, with the other
-        processes' probabilities at 0, so that its generator is at the same place for the next label, and keeps its
-        own slices. Labels are drawn on the CPU, with a CPU generator, and moved to the batch's device.
-        """
-        labelled = [(k, b["concept_labels"]) for k, b in enumerate(batches) if "concept_labels" in b]
-        if not labelled:
-            return
-        generator = self._label_generator()
-        world = self.accelerator.num_processes
-        if world == 1 and len(batches) == 1:  # one process, no accumulation: the positions are the batch itself
-            labels = labelled[0][1]
-            for name in sorted(labels):  # the collator's order: sorted label names
-                p = labels[name]
-                labels[name] = (torch.bernoulli(p, generator=generator) if p.device.type == "cpu"
-                                else torch.bernoulli(p.cpu(), generator=generator).to(p.device))
-            return
-        rank, size = self.accelerator.process_index, self._train_batch_size
-        offsets = [(k * world + rank) * size for k, _ in labelled]
-        for name in sorted(labelled[0][1]):
-            probs = [labels[name] for _, labels in labelled]
-            length = max([size * len(batches) * world] + [o + p.shape[0] for o, p in zip(offsets, probs)])
-            padded = torch.zeros(length, dtype=probs[0].dtype)
-            for offset, p in zip(offsets, probs):
-                padded[offset:offset + p.shape[0]] = p.cpu()
-            drawn = torch.bernoulli(padded, generator=generator)
-            for offset, p, (_, labels) in zip(offsets, probs, labelled):
-                labels[name] = drawn[offset:offset + p.shape[0]].to(p.device)
+        draw_window_labels(batches, label_generator(self.args.seed, self.state.global_step),
+                           self.accelerator.num_processes, self.accelerator.process_index, self._train_batch_size)
 
     def _window_totals(self, batches: list[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
-        """Samples and label sums over the accumulation window, summed over processes.
-
-        Also adds this process's label counts to the logging totals (labels are 0/1, so Python float sums are exact).
-        """
-        names = [_SAMPLES] + self._label_names()
-        counts = [0.0] * len(names)
-        for batch in batches:
-            counts[0] += _batch_size(batch)
-            for i, name in enumerate(names[1:], start=1):
-                counts[i] += float(batch["concept_labels"][name].sum())
+        """Samples and label sums over the accumulation window, summed over processes; also adds this process's
+        label counts to the logging totals (labels are 0/1, so Python float sums are exact)."""
+        names = [_SAMPLES] + self._label_list
+        counts = window_counts(batches, self._label_list)
         for name, count in zip(names[1:], counts[1:]):
             self._label_sums[name] = self._label_sums.get(name, 0.0) + count
         if self.accelerator.num_processes > 1:
             reduced = self.accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=device), reduction="sum")
             counts = reduced.cpu().tolist()
         return dict(zip(names, counts))
-
-    def _label_names(self) -> list[str]:
-        return self._label_list
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -273,7 +205,7 @@ class AnchoredTrainer(Trainer):
                 outputs = model(**inputs)
         if outputs.get("loss") is None:
             raise StructuredConfigError("inputs", "the model returned no loss; batches must contain `labels`")
-        n_local = _batch_size(inputs)
+        n_local = batch_size_of(inputs)
         training = model.training and self._window is not None
         if training:
             totals = self._window
@@ -359,15 +291,6 @@ class AnchoredTrainer(Trainer):
             zero = self._zeros[key] = torch.zeros((), dtype=like.dtype, device=like.device)
         return zero
 
-    def _check_finite(self, terms: Mapping[str, torch.Tensor], total: torch.Tensor | None = None) -> None:
-        # Weights are finite and every term in `total` has a non-zero weight (0 * inf is NaN too), so a non-finite
-        # term always makes the total non-finite: one scalar check per step, the per-term search only on failure.
-        if total is not None and math.isfinite(total.item()):
-            return
-        for name, value in terms.items():
-            if not math.isfinite(float(value.detach())):
-                raise NonFiniteLossError(name, self.state.global_step, float(value.detach()))
-
     @torch.no_grad()
     def _accumulate(self, terms: Mapping[str, torch.Tensor]) -> None:
         """Running per-term sums for the logs (label counts are added in `_window_totals`)."""
@@ -390,140 +313,6 @@ class AnchoredTrainer(Trainer):
                 return super().train(*args, **kwargs)
             finally:
                 self._run_acts = None
-
-    # ---- per-step overhead -------------------------------------------------------------------------------------
-    # For a 263-parameter model the step itself takes about a millisecond, so Trainer's per-step bookkeeping matters.
-    # The overrides below do the same work as Trainer's own methods in the plain runtime (one process or DDP, no
-    # DeepSpeed/FSDP/SageMaker/XLA/context parallelism, no fp16 gradient scaler, no LOMO): they skip per-step
-    # re-checks of that configuration, a walk over all modules, and accelerate's generic dispatch. Anything else
-    # goes through Trainer unchanged.
-    def _is_plain_runtime(self) -> bool:
-        if self._plain_runtime is None:
-            acc = self.accelerator
-            parallelism = getattr(acc, "parallelism_config", None)
-            self._plain_runtime = (
-                acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-                and getattr(acc, "scaler", None) is None
-                and not is_sagemaker_mp_enabled()
-                and not self.is_deepspeed_enabled
-                and not self.is_fsdp_enabled
-                and not getattr(self, "is_distributed_loading_by_transformers", False)
-                and (parallelism is None or not getattr(parallelism, "cp_enabled", False))
-                and self.args.optim not in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
-                and self.args.n_gpu <= 1
-                and self.args.torch_empty_cache_steps is None
-            )
-        return self._plain_runtime
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """Trainer's `training_step` for the plain runtime: forward, our (already GA-scaled) loss, backward."""
-        if not self._is_plain_runtime():
-            return super().training_step(model, inputs, num_items_in_batch)
-        if not model.training:  # Trainer calls model.train() on every step: a walk over all modules
-            model.train()
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):  # schedule-free optimizers
-            self.optimizer.train()
-        if inputs and self.args.device.type == "cpu" and _all_on_cpu(inputs):
-            inputs = dict(inputs)  # what `_prepare_inputs` returns on a CPU run: a copy, every `.to("cpu")` a no-op
-        else:
-            inputs = self._prepare_inputs(inputs)
-        with self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        del inputs
-        # loss_is_scaled_for_ga: compute_loss normalises by the window totals, so no division here. Trainer gives
-        # accelerate 1 accumulation step, so its backward() would divide by 1 (an op and a backward node): skip it.
-        if self.accelerator.gradient_accumulation_steps == 1:
-            loss.backward()
-        else:
-            self.accelerator.backward(loss)
-        return loss.detach()
-
-    def _clip_grad_norm(self, model):
-        """In the plain runtime accelerate's `clip_grad_norm_` ends in exactly this call (no DTensor, no scaler)."""
-        if not self._is_plain_runtime():
-            return super()._clip_grad_norm(model)
-        if self._clip_params is None:
-            params = list(model.parameters())
-            if any(type(p.grad).__name__ == "DTensor" or type(p.data).__name__ == "DTensor" for p in params):
-                self._plain_runtime = False
-                return super()._clip_grad_norm(model)
-            self._clip_params = params
-        return torch.nn.utils.clip_grad_norm_(self._clip_params, self.args.max_grad_norm)
-
-    def _unwrap_optimizer(self) -> None:
-        """Step the torch optimizer itself rather than accelerate's wrapper, in the plain runtime.
-
-        Trainer creates the scheduler right after `accelerator.prepare`, so this runs at that point. There
-        `AcceleratedOptimizer.step` only forwards to the wrapped optimizer (Trainer steps on gradient-sync steps only;
-        no scaler, no XLA), but first looks the LOMO package up through the import system, twice per step: about as
-        long as the Adam update of a small model. Trainer unwraps the same way for SageMaker fp16.
-        """
-        optimizer = self.optimizer
-        if (isinstance(optimizer, AcceleratedOptimizer) and optimizer.scaler is None and self._is_plain_runtime()
-                and not callable(getattr(optimizer.optimizer, "train", None))):
-            self.optimizer = optimizer.optimizer
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        if grad_norm is None and self.args.max_grad_norm <= 0 and self._is_plain_runtime():
-            # Trainer measures the norm anyway (clipping at inf); same call as accelerate's, minus the dispatch.
-            grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), float("inf"))
-        grad_norm = super()._get_grad_norm(model, grad_norm)
-        # Trainer calls this on every optimizer step, right before `optimizer.step()`: a finite loss can still have
-        # an overflowing gradient (a huge weight or learning rate), and one such step writes NaN into every weight.
-        if self.args.check_finite and not math.isfinite(float(grad_norm)):
-            self._raise_non_finite_gradient(float(grad_norm))
-        return grad_norm
-
-    def _raise_non_finite_gradient(self, grad_norm: float) -> None:
-        """Name the term(s) whose own gradient is non-finite: recompute the last micro-batch's terms and take each
-        weighted term's gradient separately (only on failure, so it costs nothing in a healthy run)."""
-        norms: dict[str, float] = {}
-        blamed: list[str] = []
-        inputs = self._last_train_inputs
-        if inputs is not None:
-            model = self.model
-            collected: dict[str, tuple[float, torch.Tensor]] = {}
-            self._collect_terms = collected
-            try:
-                model.zero_grad(set_to_none=True)
-                self.compute_loss(model, dict(inputs))
-            except NonFiniteLossError:
-                pass  # the terms collected so far still say which gradient overflows
-            finally:
-                self._collect_terms = None
-            params = [p for p in model.parameters() if p.requires_grad]
-            for name, (weight, value) in collected.items():
-                if not value.requires_grad:
-                    continue
-                grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
-                squares = sum(float(g.double().square().sum()) for g in grads if g is not None)
-                norms[name] = math.sqrt(squares) if squares >= 0 else squares  # NaN stays NaN
-                if not math.isfinite(norms[name]):
-                    blamed.append(name)
-        raise NonFiniteGradientError(blamed, self.state.global_step, grad_norm, norms)
-
-    # ---- saving: never non-finite weights, every checkpoint marked complete last -------------------------------
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's `save_model`, refusing (before any file is written) a model with NaN/inf weights."""
-        check_finite_parameters(self.model, output_dir or self.args.output_dir)
-        super().save_model(output_dir, _internal_call)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Trainer's checkpoint, then its marker (``structured_checkpoint.json``), written after every other file:
-        a checkpoint without the marker was interrupted while saving and is never resumed from (run_folder.py)."""
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            write_checkpoint_marker(folder, {**self.run_identity, "global_step": self.state.global_step})
-
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        """Trainer's estimate (6 · inputs · parameters), with the parameter count taken once instead of every step."""
-        main_input = getattr(self.model, "main_input_name", "input_ids")
-        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
-            return 0
-        if self._num_params is None:
-            self._num_params = self.model.num_parameters(exclude_embeddings=True)
-        return 6 * inputs[main_input].numel() * self._num_params
 
     # ---- schedules and logging ----------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -568,70 +357,5 @@ class AnchoredTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _all_on_cpu(batch: Mapping[str, Any]) -> bool:
-    """Every tensor of a (nested) dict batch is on the CPU (lists and tuples: not checked, answer False)."""
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            if value.device.type != "cpu":
-                return False
-        elif isinstance(value, Mapping):
-            if not _all_on_cpu(value):
-                return False
-        elif isinstance(value, (list, tuple)):
-            return False
-    return True
-
-
-def _batch_size(batch: Mapping[str, Any]) -> int:
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            return value.shape[0]
-    raise StructuredConfigError("batch", "contains no tensor to take a batch size from")
-
-
-def check_finite_parameters(model: torch.nn.Module, destination: str) -> None:
-    """Raise :class:`NonFiniteWeightsError` naming the first parameter or buffer with NaN/inf values."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    for name, tensor in tensors:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteWeightsError(destination, name, int((~torch.isfinite(tensor)).sum()))
-
-
 def _columnar(dataset: Any) -> Any:
     return ColumnarDataset(dataset) if isinstance(dataset, datasets.Dataset) else dataset
-
-
-def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims: Mapping[str, int],
-                       known_labels: Any, model: torch.nn.Module | None = None) -> list[_BoundRegularizer]:
-    """Resolve each spec's concept and site against the model, with errors naming the spec."""
-    bound = []
-    for i, spec in enumerate(specs):
-        field = f"regularizers[{i}] ('{spec.name}')"
-        concept = None
-        if spec.concept is not None:
-            concept = bind_concept(field, spec.concept, concepts)
-            needed = LOSSES[spec.loss].concept_kind
-            if concept.kind != needed:
-                raise StructuredConfigError(f"{field}.concept",
-                                            f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
-        site = bind_site(field, spec.site, concept, dims)
-        check_label(field, spec.label, known_labels)
-        _check_params(f"{field}.params", spec.loss, spec.params)
-        readout = None
-        if LOSSES[spec.loss].needs_readout:
-            if model is None or not hasattr(model, "deletion_readout"):
-                raise StructuredConfigError(f"{field}.loss", f"loss '{spec.loss}' reads the model past the site; "
-                                            f"{type(model).__name__} has no deletion_readout (the color autoencoder "
-                                            "has)")
-            if not spec.label:
-                raise StructuredConfigError(f"{field}.label", f"loss '{spec.loss}' needs a label: it sets what "
-                                            "deletion does to the labelled samples, not to all of them")
-            readout = model.deletion_readout(site, concept_axes(concept))
-        bound.append(_BoundRegularizer(spec, concept, site, readout))
-    return bound
-
-
-def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
-    """Parameter names, types and ranges (:func:`~structured_hf.losses.check_loss_params`), checked again at
-    construction for specs built in Python rather than loaded from a recipe."""
-    check_loss_params(field, loss, params)

@@ -1,0 +1,68 @@
+"""Regularizer specs bound to a model: each spec's concept, site and loss resolved once, with errors that name the
+spec (``regularizers[2] ('separate').site: unknown site ...``) before training starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..concepts import ConceptMap, ConceptSpec
+from ..errors import StructuredConfigError
+from ..interventions.suppression import concept_axes
+from ..losses import LOSSES, check_loss_params
+from .arguments import RegularizerSpec
+from .speclist import bind_concept, bind_site, check_label
+
+
+@dataclass(frozen=True)
+class _BoundRegularizer:
+    """A regularizer spec resolved against the model: its concept object, site and loss function."""
+
+    spec: RegularizerSpec
+    concept: ConceptSpec | None
+    site: str
+    readout: Callable[[torch.Tensor], torch.Tensor] | None = None  # losses that read past the site (LossInfo)
+
+    def per_sample(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.readout is not None:
+            return LOSSES[self.spec.loss].fn(rows, self.concept, readout=self.readout, **self.spec.params)
+        return LOSSES[self.spec.loss].fn(rows, self.concept, **self.spec.params)
+
+
+def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims: Mapping[str, int],
+                       known_labels: Any, model: torch.nn.Module | None = None) -> list[_BoundRegularizer]:
+    """Resolve each spec's concept and site against the model, with errors naming the spec."""
+    bound = []
+    for i, spec in enumerate(specs):
+        field = f"regularizers[{i}] ('{spec.name}')"
+        concept = None
+        if spec.concept is not None:
+            concept = bind_concept(field, spec.concept, concepts)
+            needed = LOSSES[spec.loss].concept_kind
+            if concept.kind != needed:
+                raise StructuredConfigError(f"{field}.concept",
+                                            f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
+        site = bind_site(field, spec.site, concept, dims)
+        check_label(field, spec.label, known_labels)
+        _check_params(f"{field}.params", spec.loss, spec.params)
+        readout = None
+        if LOSSES[spec.loss].needs_readout:
+            if model is None or not hasattr(model, "deletion_readout"):
+                raise StructuredConfigError(f"{field}.loss", f"loss '{spec.loss}' reads the model past the site; "
+                                            f"{type(model).__name__} has no deletion_readout (the color autoencoder "
+                                            "has)")
+            if not spec.label:
+                raise StructuredConfigError(f"{field}.label", f"loss '{spec.loss}' needs a label: it sets what "
+                                            "deletion does to the labelled samples, not to all of them")
+            readout = model.deletion_readout(site, concept_axes(concept))
+        bound.append(_BoundRegularizer(spec, concept, site, readout))
+    return bound
+
+
+def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
+    """Parameter names, types and ranges (:func:`~structured_hf.losses.check_loss_params`), checked again at
+    construction for specs built in Python rather than loaded from a recipe."""
+    check_loss_params(field, loss, params)
