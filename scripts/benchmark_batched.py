@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        # Other processes share these cores: the load average says how busy the machine was while this ran.
+        "load_average_1_5_15_min_at_end": list(os.getloadavg()),
         "scaling": scaling,
         "side_by_side": {"single": singles, "batched_20": batches},
         "ratio_20_seed_sweep_over_single_run": med(batches, "sweep_s") / med(singles, "sweep_s"),

@@ -199,6 +199,9 @@ def _terms(recipes: Sequence[Recipe], concepts: ConceptMap) -> list[_Term]:
         site = spec.site or (concept.site if concept is not None else "bottleneck")
         if site not in _SITES:
             raise StructuredConfigError(f"{field}.site", f"expected one of {list(_SITES)}, got {site!r}")
+        target = spec.params.get("target")
+        if LOSSES[spec.loss].needs_readout and target is not None and target != UNCHANGED:
+            resolve_colors([target], f"{field}.params.target")
         terms.append(_Term(spec, concept, site, [specs[k].weight for specs in per_recipe]))
     return terms
 
@@ -255,6 +258,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
                          for r in recipes])  # (N, per_epoch)
     colors_all = data.columns["colors"].float()
     probs_all = label_probabilities(data.columns, labels)
+    probs_table = torch.stack([probs_all[name] for name in labels]) if labels else torch.empty(0)  # (L, items)
 
     params = [batched.params[name] for name in batched.names]
     optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(float(training.get("adam_beta1", 0.9)),
@@ -276,7 +280,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     for step in range(steps):
         idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
         colors = colors_all[idx]  # (N, B, 3)
-        drawn = _draw_labels(probs_all, idx, labels, seeds, step)
+        drawn = _draw_labels(probs_table, idx, labels, seeds, step)
         lr = base_lr * (lr_schedule(step) / base_lr) if lr_schedule is not None else base_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -300,9 +304,13 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
                 continue  # as in the trainer: a zero weight or no labelled sample skips the term
             per_sample = _per_sample(t, acts[t.site], readouts.get(t.spec.name), idx)  # (N, B)
             summed = (per_sample * lab).sum(-1) if lab is not None else per_sample.sum(-1)
-            value = torch.where(active, summed / count.clamp_min(1.0), torch.zeros_like(summed))
+            if bool(active.all()):  # the common case: no masking ops in the graph
+                value = summed / count
+                total = total + w * value
+            else:
+                value = torch.where(active, summed / count.clamp_min(1.0), torch.zeros_like(summed))
+                total = total + torch.where(active, w * value, torch.zeros_like(value))
             term_values[t.spec.name] = value
-            total = total + torch.where(active, w * value, torch.zeros_like(value))
         if check_finite and not bool(torch.isfinite(total).all()):
             bad = int((~torch.isfinite(total)).nonzero()[0])
             name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
@@ -337,17 +345,23 @@ def _flush_logs(histories: list[list[dict[str, float]]], window: Mapping[str, to
         history.append({"step": global_step, **{name: values[i] for name, values in means.items()}})
 
 
-def _draw_labels(probs: Mapping[str, torch.Tensor], idx: torch.Tensor, labels: Sequence[str],
-                 seeds: Sequence[int], step: int) -> dict[str, torch.Tensor]:
-    """Each seed's Bernoulli labels for this step, drawn as its single run draws them (one generator per (seed,
-    step), labels in sorted order, one uniform per batch position)."""
-    out = {name: torch.empty(idx.shape) for name in labels}
+def _draw_labels(probs: torch.Tensor, idx: torch.Tensor, labels: Sequence[str], seeds: Sequence[int],
+                 step: int) -> dict[str, torch.Tensor]:
+    """Each seed's Bernoulli labels for this step, drawn as its single run draws them: one generator per (seed, step),
+    labels in sorted order, one uniform per batch position. ``probs`` is ``(labels, items)``.
+
+    One ``bernoulli`` call per seed on its ``(labels, B)`` probabilities consumes the generator exactly as the
+    trainer's one call per label does (label after label, position after position): the same draws, 7x fewer calls.
+    """
+    if not labels:
+        return {}
+    drawn = torch.empty(len(labels), *idx.shape)  # (L, N, B)
+    batch = probs[:, idx]  # (L, N, B)
     for i, seed in enumerate(seeds):
         key = (seed * 1_000_003 + step) * 4099  # AnchoredTrainer._label_generator
         generator = torch.Generator().manual_seed(key % (2**63 - 1))
-        for name in labels:
-            out[name][i] = torch.bernoulli(probs[name][idx[i]], generator=generator)
-    return out
+        drawn[:, i] = torch.bernoulli(batch[:, i].contiguous(), generator=generator)
+    return {name: drawn[k] for k, name in enumerate(labels)}
 
 
 def _per_sample(term: _Term, x: torch.Tensor, readout: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -357,8 +371,6 @@ def _per_sample(term: _Term, x: torch.Tensor, readout: Any, idx: torch.Tensor) -
     if term.spec.loss == "angular_repulsion":
         return _angular_repulsion(x, idx, **params)
     if info.needs_readout:
-        if "target" in params and params["target"] != UNCHANGED:
-            resolve_colors([params["target"]], f"regularizers.{term.spec.name}.params.target")
         return info.fn(x, term.concept, readout=readout, **params)
     if info.batch_coupled:
         # Pairs within one seed's batch only: the loss is written for (B, D); map it over the seed dimension.
