@@ -34,7 +34,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 import structured_hf  # noqa: F401  (registers the Auto classes)
+from structured_hf.data.label_calibration import load_calibration_set
 from structured_hf.data.lm_data import LMDataSpec, labelled_chunks
+from structured_hf.data.text_labelers import LabelingPipeline
+from structured_hf.data.text_pipeline import load_label_config
 from structured_hf.errors import CheckpointError, StructuredConfigError
 from structured_hf.evaluation import robustness as rb
 from structured_hf.evaluation.language import context_length
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_every", type=int, help="probe every N attack steps (default per family)")
     p.add_argument("--probe_forget", type=int, default=None, help="M4: held-out forget chunks probed (default all)")
     p.add_argument("--probe_retain", type=int, default=256, help="M4: held-out retain chunks probed")
+    p.add_argument("--absorption", action="store_true",
+                   help="M4 only: instead of attacking, measure absorption on the hand-labelled calibration passages "
+                        "(writes OUT/absorption.json)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--output_dir", required=True)
     return p.parse_args(argv)
@@ -133,6 +139,26 @@ def run_colors(args: argparse.Namespace, out: Path, write: Callable[[rb.Benchmar
         logger.info("seed %d: worst ratio to filtering %s", seed,
                     {m: s["worst_ratio"] for m, s in run["scores"].items()})
     return result
+
+
+def run_absorption(args: argparse.Namespace, out: Path) -> dict:
+    """M4: residual share on the concept's axes and deletion's loss increase for hand-labelled passages the weak
+    labeller caught or missed."""
+    anchored_dir = pull(args.anchored)
+    tokenizer = AutoTokenizer.from_pretrained(anchored_dir)
+    models = {name: AutoModelForCausalLM.from_pretrained(pull(getattr(args, name))).eval()
+              for name in ("anchored", "reference", "filtered") if getattr(args, name)}
+    concept = args.concept or DEFAULTS["structured_gpt"]["concept"]
+    spec = LMDataSpec.from_dict(load_recipe(anchored_dir / "recipe.yaml").data)
+    config = load_label_config(spec.labels_config)
+    rows = load_calibration_set(concepts=[concept])
+    texts = [r["text"] for r in rows]
+    pipeline = LabelingPipeline.from_config(config, only=list(spec.labelers) if spec.labelers else None)
+    weak = pipeline.label(texts, progress=False)[f"prob_{concept}"]
+    report = rb.absorption_report(models["anchored"], concept, tokenizer, texts, [r[concept] for r in rows], weak,
+                                  models.get("reference"), models.get("filtered"))
+    report["labelers"] = list(spec.labelers or [])
+    return report
 
 
 def run_language(args: argparse.Namespace) -> rb.BenchmarkResult:
@@ -196,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                                       title=f"{report['family']}: '{report['concept']}', seed {report['seeds'][0]}")
             return table
 
+        if args.absorption:
+            if not args.anchored:
+                raise StructuredConfigError("--absorption", "needs the M4 run folders (--anchored)")
+            report = run_absorption(args, out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "absorption.json").write_text(json.dumps(json_ready(report), indent=1))
+            logger.info("%s", json.dumps(json_ready(report), indent=1))
+            return 0
         result = run_language(args) if args.anchored else run_colors(args, out, write)
     except (StructuredConfigError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

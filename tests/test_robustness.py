@@ -271,6 +271,14 @@ def test_language_task_and_methods_on_a_tiny_gpt():
     # the deleted channel carries exactly nothing before the attack; the undeleted reference does carry something
     assert out["curves"]["anchored+ablate"][grid[0].name]["channel_rms"][0] == 0.0
     assert out["curves"]["reference"][grid[0].name]["channel_rms"][0] > 0.0
+    report = rb.absorption_report(anchored, "violence", tokenizer, texts[:4] + texts[-4:], [1] * 4 + [0] * 4,
+                                  [0.9, 0.9, 0.1, 0.1] + [0.0] * 4, reference=reference, filtered=reference)
+    groups = report["groups"]
+    assert [g["passages"] for g in groups.values()] == [2, 2, 4]
+    assert all(0.0 < g["axis_share"] < 1.0 and g["filtering_loss_increase"] == 0.0 for g in groups.values())
+    with pytest.raises(StructuredConfigError) as e:
+        rb.absorption_report(anchored, "violence", tokenizer, texts[:2], [1], [0.9, 0.9])
+    assert e.value.field == "texts"
     with pytest.raises(StructuredConfigError) as e:
         rb.language_methods(anchored, None, None, tokenizer, chunks, "violence", ["post-hoc"])
     assert e.value.field == "methods"

@@ -717,9 +717,61 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
     return {k: out[k] for k in [REFERENCE, FILTERING, *methods] if k in out}
 
 
+# ---- absorption: does the anchored direction take in what the weak labeller missed? -----------------------------
+@torch.no_grad()
+def axis_share(model: nn.Module, encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0,
+               batch_size: int = 32) -> float:
+    """Share of the residual's energy at ``site`` that lies on ``axes`` (Σ x_axes² / Σ x² over the real tokens);
+    a direction that ignores the text would hold about ``len(axes) / width`` of it."""
+    idx = torch.as_tensor(list(axes))
+    on, total = 0.0, 0.0
+    model.eval()
+    for ids, labels in lm._batches(encoded, batch_size, pad):
+        with capture(model, [site]) as acts:
+            model(input_ids=ids, use_cache=False)
+        x = acts[site].double()[labels != -100]
+        on, total = on + float((x[:, idx] ** 2).sum()), total + float((x ** 2).sum())
+    return on / max(total, 1e-300)
+
+
+def absorption_report(anchored: nn.Module, concept: str, tokenizer: Any, texts: Sequence[str],
+                      human: Sequence[int], weak_prob: Sequence[float], reference: nn.Module | None = None,
+                      filtered: nn.Module | None = None, threshold: float = 0.5) -> dict[str, Any]:
+    """For hand-labelled passages, split into the concept's passages the weak labeller caught (p >= ``threshold``),
+    those it missed, and the passages without the concept: the share of the anchored model's residual on the
+    concept's axes at its site, and how much deletion (``ablate``) raises each group's loss; with ``reference`` and
+    ``filtered`` also how much document filtering raises it (filtering only removed what the labeller caught)."""
+    human, weak = np.asarray(human, dtype=int), np.asarray(weak_prob, dtype=np.float64)
+    if len(human) != len(texts) or len(weak) != len(texts):
+        raise StructuredConfigError("texts", "texts, human labels and weak probabilities must have one entry each")
+    require_concept(anchored, concept)
+    site, axes = resolve_axes(anchored, concept)
+    deleted = ablate(anchored, concept)
+    pad, context = lm.pad_id(tokenizer), lm.context_length(anchored)
+    groups = {"labelled (caught by the weak labeller)": (human == 1) & (weak >= threshold),
+              "missed by the weak labeller": (human == 1) & (weak < threshold),
+              "without the concept": human == 0}
+    out: dict[str, Any] = {"concept": concept, "site": site, "axes": list(axes),
+                           "chance_share": len(axes) / anchored.config.hidden_size, "groups": {}}
+    for name, mask in groups.items():
+        chosen = [t for t, keep in zip(texts, mask) if keep]
+        if not chosen:
+            out["groups"][name] = {"passages": 0}
+            continue
+        enc = lm.encode(tokenizer, chosen, context)
+        base = lm.mean_token_loss(anchored, enc, pad_id=pad)[0]
+        row = {"passages": len(chosen), "axis_share": axis_share(anchored, enc, site, axes, pad),
+               "ablate_loss_increase": lm.mean_token_loss(deleted, enc, pad_id=pad)[0] - base}
+        if reference is not None and filtered is not None:
+            row["filtering_loss_increase"] = (lm.mean_token_loss(filtered, enc, pad_id=pad)[0]
+                                              - lm.mean_token_loss(reference, enc, pad_id=pad)[0])
+        out["groups"][name] = row
+    return out
+
+
 __all__ = [
     "AttackTask", "BenchmarkResult", "DEFAULT_LRS", "DEFAULT_SIZES", "FILTERING", "GridPoint", "Method", "REFERENCE",
-    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "attack_grid", "channel_rms", "check_methods", "distil_student",
+    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "absorption_report", "attack_grid", "axis_share", "channel_rms", "check_methods", "distil_student",
     "color_autoencoder_methods", "color_autoencoder_task", "color_transformer_methods", "color_transformer_task",
     "far_samples", "language_methods", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
     "plot_robustness_curves", "ratio_to_filtering", "require_concept", "robustness_markdown", "run_attack",
