@@ -206,3 +206,29 @@ def test_evaluate_script_on_a_fine_tuned_pretrained_folder(base_folder):
     assert load_script("evaluate").main(["--model", str(base_folder / "full"), "--output_dir", str(out)]) == 0
     report = json.loads((out / "language_evaluation.json").read_text())
     assert {"baseline", "suppress:violence", "ablate:violence"} <= set(report["loss"])
+
+
+def test_lora_on_chosen_blocks_and_bfloat16(base_folder):
+    model, _, _ = build_pretrained_model(PretrainedSpec(
+        source=str(base_folder / "base"), dtype="bfloat16", trainable_blocks=(1,),
+        concepts=({"name": "v", "site": SITE, "axes": [0]},), peft={"r": 2, "target_modules": ["q_proj", "o_proj"]}))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    x = torch.randint(0, 100, (2, 10))
+    with structured_hf.capture(model, [SITE, "layers.1.attn.q"]) as acts:  # sites work through the adapter
+        out = model(input_ids=x, labels=x)
+    assert torch.isfinite(out.loss) and acts[SITE].dtype == torch.bfloat16
+    # The q site reads the adapted projection (attach_sites ran again after wrapping): with a non-zero LoRA update
+    # it differs from the same input with the adapter disabled.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        with structured_hf.capture(model, ["layers.1.attn.q"]) as adapted:
+            model(input_ids=x)
+        with model.disable_adapter(), structured_hf.capture(model, ["layers.1.attn.q"]) as plain:
+            model(input_ids=x)
+    assert not torch.equal(adapted["layers.1.attn.q"], plain["layers.1.attn.q"])
+    with pytest.raises(StructuredConfigError, match="model.dtype"):
+        PretrainedSpec.from_dict({"pretrained": "x", "dtype": "float8"})
