@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="M4 only: instead of attacking, measure absorption on the hand-labelled calibration passages "
                         "(writes OUT/absorption.json)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True,
+                   help="where robustness.json, robustness.md and recovery_curves.png (or absorption.json) go")
     return p.parse_args(argv)
 
 
