@@ -26,16 +26,13 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
-import structured_hf  # (importing registers the Auto classes)
-from structured_hf.checkpoints import check_checkpoint, load_pretrained
+from structured_hf.checkpoints import check_checkpoint
 from structured_hf.data.colors import resolve_colors
 from structured_hf.errors import CheckpointError, StructuredConfigError
-from structured_hf.evaluation import evaluate_model
-from structured_hf.interventions import SurgerySpec, parse_spec
-from structured_hf.layouts import supported_model_types
+from structured_hf.families import variant_specs
+from structured_hf.registry import FAMILIES, Family, family_for_model_type
 
 logger = logging.getLogger("evaluate")
 
@@ -69,16 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def variant_specs(args: argparse.Namespace) -> list:
-    specs = [parse_spec(s) for s in args.intervention]
-    specs += [SurgerySpec("ablate", concept=c) for c in args.ablate]
-    specs += [SurgerySpec("prune", concept=c) for c in args.prune]
-    if args.heal_steps:
-        specs += [SurgerySpec(s.kind, concept=s.concept, axes=s.axes, site=s.site, heal_steps=args.heal_steps)
-                  for s in list(specs) if isinstance(s, SurgerySpec) and not s.heal_steps]
-    return specs
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -88,26 +75,21 @@ def main(argv: list[str] | None = None) -> int:
             raise StructuredConfigError("--grid_size", f"expected an integer >= 2, got {args.grid_size}")
         if args.heal_steps < 0:
             raise StructuredConfigError("--heal_steps", f"expected a non-negative integer, got {args.heal_steps}")
-        specs = variant_specs(args)
+        variant_specs(args)  # malformed specs fail before any model is read
         if args.anchor is not None:
             resolve_colors([args.anchor], "--anchor")  # an unknown color fails even when no variant would use it
         model_path = resolve_model_path(args.model)
         kind = _model_type(model_path)
-        _refuse_output_in_model_folder(args.output_dir, model_path, kind)
-        if kind == "structured_gpt" or kind in supported_model_types():  # (models users bring: pretrained recipes)
-            return evaluate_language(args)
-        if kind == "structured_color_transformer":
-            return evaluate_color_transformer(args)
-        model = load_pretrained(model_path)
-        result = evaluate_model(model, specs, args.output_dir, grid_size=args.grid_size, anchor=args.anchor,
-                                figures=not args.no_figures, title=f"Evaluation of {args.model}",
-                                save_variants=args.save_variants)
+        family = family_for_model_type(kind)
+        if family is None or family.evaluate is None:
+            known = sorted(t for f in FAMILIES.values() if f.evaluate is not None for t in f.model_types)
+            raise StructuredConfigError("--model", f"{args.model} is a '{kind}' model; scripts/evaluate.py evaluates "
+                                        f"{known} and the architectures of structured_hf.layouts")
+        _refuse_output_in_model_folder(args.output_dir, model_path, family)
+        return family.evaluate(model_path, args)
     except (StructuredConfigError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for name, score in result["scores"].items():
-        logger.info("%-28s r² = %.4f", name, score)
-    return 0
 
 
 def resolve_model_path(model: str) -> str:
@@ -143,95 +125,15 @@ def _model_type(model: str) -> str | None:
     return kind
 
 
-def _refuse_output_in_model_folder(output_dir: str, model: str, kind: str | None) -> None:
+def _refuse_output_in_model_folder(output_dir: str, model: str, family: Family) -> None:
     """Color evaluations write figures with the training run's names (latents.png, control_ratios.png), which the
     model card shows: evaluating into the model folder would replace them. (A StructuredGPT evaluation into its own
     folder is supported: it re-renders the card with the new table.)"""
     local = Path(model)
-    if kind != "structured_gpt" and local.is_dir() and Path(output_dir).resolve() == local.resolve():
+    if not family.extras.get("evaluates_into_model_folder") and local.is_dir() and Path(output_dir).resolve() == local.resolve():
         raise StructuredConfigError("--output_dir", f"is the model folder {model}; the evaluation's figures would "
                                     "replace the training run's ones that its model card shows. Use a sub-folder, "
                                     f"e.g. --output_dir {Path(model) / 'eval'}")
-
-
-def evaluate_color_transformer(args: argparse.Namespace) -> int:
-    """The control evaluation of a color-operation transformer (M3): per-operation MSE on red-involving vs far
-    examples of the test split (rebuilt from the folder's recipe.yaml), for the baseline, suppress/ablate of every
-    direction concept, and each --intervention spec; writes control.json, control.md and control_ratios.png."""
-    import json
-
-    from structured_hf.evaluation.tables import json_ready
-    from structured_hf.evaluation.transformer_control import (
-        control_evaluation,
-        control_markdown,
-        control_variants,
-        plot_control_ratios,
-    )
-    from structured_hf.hub import pull
-    from structured_hf.interventions import ablate
-    from structured_hf.training import load_recipe
-    from structured_hf.training.recipe import build_task_splits
-
-    folder = pull(args.model)
-    if not (folder / "recipe.yaml").is_file():
-        raise StructuredConfigError("--model", f"{folder} has no recipe.yaml to rebuild the color-task test split from")
-    model = AutoModel.from_pretrained(folder).eval()
-    variants = control_variants(model)
-    variants += [(spec, model, [spec]) for spec in args.intervention]
-    have = {v[0] for v in variants}
-    variants += [(f"ablate:{c}", ablate(model, c), []) for c in args.ablate if f"ablate:{c}" not in have]
-    if args.prune:
-        raise StructuredConfigError("--prune", "residual-stream sites cannot be pruned (see "
-                                    "structured_hf.interventions.residual); use --ablate")
-    report = control_evaluation(model, build_task_splits(load_recipe(folder / "recipe.yaml"))["test"],
-                                variants=variants)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "control.json").write_text(json.dumps(json_ready(report), indent=2))
-    (out / "control.md").write_text(control_markdown(report))
-    if not args.no_figures:
-        plot_control_ratios(report, out / "control_ratios.png", title=f"Control of {args.model}")
-    logger.info("\n%s", control_markdown(report))
-    return 0
-
-
-def evaluate_language(args: argparse.Namespace) -> int:
-    """The surprisal evaluation of a StructuredGPT (see the module docstring)."""
-    import json
-
-    import datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from structured_hf.evaluation.language import evaluate_language_model, language_markdown
-    from structured_hf.hub import pull, render_model_card_from_folder
-
-    folder = pull(args.model)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    if model.config.model_type in supported_model_types():
-        structured_hf.attach_sites(model)  # a fine-tuned pretrained model: its concept map is in config.json
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    heldout = Path(args.heldout) if args.heldout else folder / "heldout"
-    if not heldout.is_dir():
-        raise StructuredConfigError("--heldout", f"no held-out chunks at {heldout}; pass --heldout DIR (a saved "
-                                    "datasets folder with text and prob_<concept> columns)")
-    surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
-    if surgery:
-        flag = "--prune" if any(s.kind == "prune" for s in surgery) else "--ablate"
-        raise StructuredConfigError(flag, "StructuredGPT evaluation always includes ablate:<concept> for every "
-                                    "anchored concept; --prune does not apply to residual sites")
-    test = datasets.load_from_disk(str(heldout))
-    extra = [(spec, model, [spec]) for spec in args.intervention]
-    report = evaluate_language_model(model, tokenizer, test, extra_variants=extra, prompts=args.prompt)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "language_evaluation.json").write_text(json.dumps(report, indent=2))
-    (out / "language_evaluation.md").write_text(language_markdown(report))
-    logger.info("\n%s", language_markdown(report))
-    if out.resolve() == Path(folder).resolve():
-        card = render_model_card_from_folder(folder, str(folder))
-        if card is not None:
-            card.save(out / "README.md")
-    return 0
 
 
 if __name__ == "__main__":

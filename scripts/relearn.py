@@ -41,7 +41,7 @@ from structured_hf.evaluation.relearning import (
 )
 from structured_hf.evaluation.tables import json_ready
 from structured_hf.training import load_recipe
-from structured_hf.training.recipe import model_type
+from structured_hf.training.recipe import family_of
 
 logger = logging.getLogger("relearn")
 
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None:
             overrides["seed"] = args.seed
         recipe = load_recipe(args.config, overrides)
-        transformer = model_type(recipe) == "color_transformer"
+        # The color-operation task has its own attack and study (per-operation errors); the family says so.
+        transformer = family_of(recipe).extras.get("relearning_task") == "color_operations"
         lr = args.lr if args.lr is not None else (float(recipe.training.get("learning_rate", 1.0e-3)) if transformer
                                                  else 1.0e-2)
         threshold = args.threshold if args.threshold is not None else (5.0e-3 if transformer else 1.0e-2)

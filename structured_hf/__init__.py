@@ -35,6 +35,7 @@ from .pretrained import attach_sites
 from .sites import ActivationSite, capture, get_sites, rewrite, site_dims
 from .training import AnchoredTrainer, AnchoredTrainingArguments, load_recipe
 from .version import __version__
+from . import families  # noqa: E402,F401  (registers every model family: structured_hf.registry)
 
 __all__ = [
     # models (registered with the Auto classes on import)

@@ -19,7 +19,8 @@ from structured_hf.evaluation.language import (
     lm_relearning_attack,
     mean_difference_direction,
 )
-from structured_hf.experiment import run_experiment, run_structured_gpt_experiment
+from structured_hf.experiment import run_experiment
+from structured_hf.families.structured_gpt import run as run_structured_gpt_experiment
 from structured_hf.training.recipe import build_lm_datasets, build_trainer, parse_recipe
 
 VIOLENT = ["the soldiers drew the sword and slew the enemy in battle", "they fought a battle and many were slain",

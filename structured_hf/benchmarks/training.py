@@ -51,7 +51,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from transformers.utils import logging as hf_logging
 
+import structured_hf
 from structured_hf.concepts import ConceptMap
+from structured_hf.data.collators import ColumnarDataset, LMBlockCollator
+from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
+from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments
+from structured_hf.visualization.style import save_figure
 from structured_hf.models.structured_gpt.convert import to_gpt2
 from structured_hf.training import build_trainer, load_recipe
 from structured_hf.training.arguments import parse_regularizers, parse_schedules
@@ -371,9 +376,6 @@ def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir
     """
     from transformers import Trainer, TrainingArguments
 
-    from structured_hf.data.collators import ColumnarDataset, LMBlockCollator
-    from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
-    from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments
 
     if train_dataset is None:
         train_dataset = lm_blocks(max(256, steps * size["batch"]), size["block_size"], size["vocab_size"])
@@ -661,7 +663,6 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
             lines2 = twin.get_legend_handles_labels()
             ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
             ax.set_title(f"{name}: cost vs {key}")
-    from structured_hf.visualization.style import save_figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, title="Training cost vs batch size and width (CPU; peak = tensor memory, dispatch-mode count)")
@@ -699,8 +700,6 @@ def bench_interventions(args: argparse.Namespace) -> dict[str, Any]:
     at any batch up to thousands, so even a few extra ops show up; the GPT is the size where the comparison means
     what a user would see.
     """
-    import structured_hf
-    from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
 
     recipe = _recipe(args.config, tempfile.mkdtemp(prefix="bench_iv_"))
     set_seed(recipe.seed)

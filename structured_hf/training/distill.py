@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel
 
 from ..errors import CheckpointError, StructuredConfigError
+from ..registry import family_for_model_type
 from .trainer import AnchoredTrainer
 
 DISTILL_KEYS = {"teacher", "temperature"}
@@ -73,14 +74,14 @@ class DistillSpec:
 
 
 def load_teacher(spec: DistillSpec) -> nn.Module:
-    """The teacher in eval mode with gradients off (a causal LM for ``structured_gpt``, the base model otherwise)."""
+    """The teacher in eval mode with gradients off, loaded with its family's model class (the registry's)."""
     path = Path(spec.teacher)
     if not (path / "config.json").is_file():
         raise StructuredConfigError("distill.teacher", f"no model folder at {spec.teacher!r} (config.json missing)")
     try:
         config = AutoConfig.from_pretrained(path)
-        auto = AutoModelForCausalLM if config.model_type == "structured_gpt" else AutoModel
-        teacher = auto.from_pretrained(path)
+        family = family_for_model_type(config.model_type)  # its model class: a causal LM for structured_gpt
+        teacher = (family.model_class if family is not None else AutoModel).from_pretrained(path)
     except (OSError, ValueError) as e:
         raise CheckpointError(spec.teacher, f"distill.teacher: cannot load the teacher: {e}") from None
     return teacher.eval().requires_grad_(False)

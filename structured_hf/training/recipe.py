@@ -24,48 +24,30 @@ from typing import Any
 
 import datasets
 import yaml
-from transformers import PreTrainedConfig, set_seed
+from transformers import set_seed
 
-from ..data.collators import LMBlockCollator
-from ..data.color_datasets import build_color_dataset, colors_from_spec
-from ..data.color_tasks import ColorTaskCollator, build_color_task_splits
-from ..data.colors import resolve_colors
+from ..data.color_tasks import build_color_task_splits
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..data.lm_data import LMDataSpec, build_lm_data
 from ..errors import StructuredConfigError, yaml_float_hint
-from ..models.color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
-from ..models.color_transformer import ColorTransformerConfig, ColorTransformerModel
-from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
-from ..pretrained.recipe import (PretrainedCausalLM, build_pretrained_parts, pretrained_config, pretrained_datasets,
-                                 validate_pretrained_recipe)
+from ..registry import MODEL_TYPES, Family, get_family  # noqa: F401  (MODEL_TYPES: re-exported)
+from ..models.structured_gpt import StructuredGPTConfig
 from .arguments import (
     AnchoredTrainingArguments,
-    RegularizerSpec,
     parse_reactive,
     parse_regularizers,
     parse_schedules,
 )
 from .concept_color import expand_concept_color
 from .distill import DistillationTrainer, DistillSpec, load_teacher
-from .routing import RouteSpec, parse_routes
-from .speclist import used_labels
+from .routing import parse_routes
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
              "description", "sweep", "distill"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
-# model.type -> (config class, model class); new model families register here, with their data builders below.
-MODEL_TYPES: dict[str, tuple[type, type]] = {
-    "color_autoencoder": (ColorAutoencoderConfig, ColorAutoencoderModel),
-    "color_transformer": (ColorTransformerConfig, ColorTransformerModel),
-    "structured_gpt": (StructuredGPTConfig, StructuredGPTForCausalLM),
-    "pretrained": (PreTrainedConfig, PretrainedCausalLM),  # models users bring: structured_hf/pretrained/recipe.py
-}
-# Set from the tokenizer trained on the recipe's data, never written in a structured_gpt recipe.
-_TOKENIZER_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
-_TASK_KEYS = {"operations", "grid_size", "pair_grid_size", "test_fraction", "validation_fraction", "seed"}
 
 
 @dataclass
@@ -203,62 +185,25 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def validate_recipe(recipe: Recipe) -> None:
-    """Parse every part once, so that errors surface before any work starts."""
-    if model_type(recipe) != "pretrained":  # (a pretrained model's config may be on the Hub: not loaded here)
+    """Parse every part once, so that errors surface before any work starts: the parts every recipe has here, the
+    model and data sections by the recipe's family (:mod:`structured_hf.registry`)."""
+    family = family_of(recipe)
+    if family.config_at_load:
         model_config(recipe)
     regularizers = parse_regularizers(recipe.regularizers)
     routes = parse_routes(recipe.routes)
     parse_schedules(recipe.schedules)
     parse_reactive(recipe.reactive)
-    if model_type(recipe) == "pretrained":
-        validate_pretrained_recipe(recipe.model, recipe.data, regularizers, routes)
-        _check_training_fields(recipe.training)
-        return
-    if model_type(recipe) == "structured_gpt":
-        _validate_lm_recipe(recipe, regularizers, routes)
-        _check_training_fields(recipe.training)
-        return
-    unknown = set(recipe.data) - _DATA_KEYS
-    if unknown:
-        raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
-    if model_type(recipe) == "color_transformer":
-        task = recipe.data.get("task")
-        if not isinstance(task, Mapping):
-            raise StructuredConfigError("data.task", f"a color_transformer recipe needs a task mapping, got {task!r}")
-        unknown = set(task) - _TASK_KEYS
-        if unknown:
-            raise StructuredConfigError("data.task", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TASK_KEYS)}")
-    elif "train" not in recipe.data:
-        raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
-    else:
-        for split in ("train", "eval"):  # grid sizes and listed colors, checked now rather than when data is built
-            if recipe.data.get(split) is not None:
-                colors_from_spec(recipe.data[split], f"data.{split}")
-    parse_labelers(recipe.data.get("labels"))
-    Curriculum.from_dict(recipe.data.get("curriculum"))
+    if family.validate is not None:
+        family.validate(recipe, regularizers, routes)
     _check_training_fields(recipe.training)
 
 
-def _validate_lm_recipe(recipe: Recipe, regularizers: list[RegularizerSpec], routes: list[RouteSpec]) -> None:
-    spec = LMDataSpec.from_dict(recipe.data)
-    for key in _TOKENIZER_FIELDS:
-        if key in recipe.model:
-            raise StructuredConfigError(f"model.{key}", "is taken from the tokenizer trained on the data; set "
-                                        "data.tokenizer.vocab_size instead")
-    context = recipe.model.get("max_position_embeddings", StructuredGPTConfig.max_position_embeddings)
-    if isinstance(context, int) and context < spec.block_size:
-        raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
-                                    f"max_position_embeddings {context}")
-    concepts = spec.concepts()
-    for kind, entries in (("regularizers", regularizers), ("routes", routes)):
-        for i, entry in enumerate(entries):
-            if entry.label is not None and entry.label not in concepts:
-                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
-                                            f"has concepts {concepts}")
-    for c in spec.filter_concepts:
-        if c not in concepts:
-            raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "
-                                        f"{concepts}")
+def check_data_keys(recipe: Recipe) -> None:
+    """The ``data`` keys of the color families."""
+    unknown = set(recipe.data) - _DATA_KEYS
+    if unknown:
+        raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
 
 
 def _check_learning_rate(training: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
@@ -358,19 +303,24 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
 
 
 def model_type(recipe: Recipe) -> str:
+    """The recipe's family name (``model.type``; a ``model.pretrained`` source implies ``pretrained``)."""
     kind = recipe.model.get("type", "pretrained" if "pretrained" in recipe.model else "color_autoencoder")
-    if not isinstance(kind, str) or kind not in MODEL_TYPES:  # a list or mapping here is unhashable, not just unknown
-        raise StructuredConfigError("model.type", f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
-    return kind
+    return get_family(kind).name
+
+
+def family_of(recipe: Recipe) -> Family:
+    """The registered family of a recipe (clear error for an unknown ``model.type``)."""
+    return get_family(model_type(recipe))
 
 
 def model_config(recipe: Recipe):
     """The model config the recipe describes (validated, including the concept map)."""
-    kind = model_type(recipe)
-    if kind == "pretrained":
-        return pretrained_config(recipe.model)
+    family = family_of(recipe)
+    kind = family.name
+    if family.make_config is not None:
+        return family.make_config(recipe)
     spec = {k: v for k, v in recipe.model.items() if k != "type"}
-    config_cls, _ = MODEL_TYPES[kind]
+    config_cls = family.config_class
     allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
     unknown = set(spec) - allowed
     if unknown:
@@ -396,33 +346,8 @@ def build_task_splits(recipe: Recipe) -> datasets.DatasetDict:
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Train (and eval) datasets with label-probability columns."""
-    if model_type(recipe) == "pretrained":
-        return pretrained_datasets(recipe.model, recipe.data)
-    if model_type(recipe) == "structured_gpt":
-        _, _, blocks = build_lm_datasets(recipe)
-        return tuple(_without_ids(blocks[s]) for s in ("train", "validation"))
-    if model_type(recipe) == "color_transformer":
-        splits = build_task_splits(recipe)
-        return splits["train"], splits["validation"]
-    labelers = parse_labelers(recipe.data.get("labels"))
-    colors, weights = colors_from_spec(recipe.data["train"], "data.train")
-    train = build_color_dataset(colors, labelers, sample_weights=weights)
-    eval_ds = None
-    if recipe.data.get("eval") is not None:
-        eval_colors, _ = colors_from_spec(recipe.data["eval"], "data.eval")
-        exact = recipe.data.get("eval_labels") or {}
-        if not isinstance(exact, Mapping):
-            raise StructuredConfigError("data.eval_labels", f"expected label -> list of colors, got {exact!r}")
-        exact_rgb = {}
-        for name, listed in exact.items():
-            if name not in labelers:
-                raise StructuredConfigError(f"data.eval_labels.{name}", f"unknown label; data.labels has {sorted(labelers)}")
-            if not isinstance(listed, Sequence) or isinstance(listed, str):
-                raise StructuredConfigError(f"data.eval_labels.{name}", f"expected a list of colors, got {listed!r}")
-            exact_rgb[name] = resolve_colors(listed, f"data.eval_labels.{name}")
-        eval_ds = build_color_dataset(eval_colors, labelers, exact_labels=exact_rgb)
-    return train, eval_ds
+    """Train (and eval) datasets with label-probability columns, built by the recipe's family."""
+    return family_of(recipe).datasets(recipe)
 
 
 def build_lm_datasets(recipe: Recipe, progress: bool = False):
@@ -430,7 +355,7 @@ def build_lm_datasets(recipe: Recipe, progress: bool = False):
     return build_lm_data(LMDataSpec.from_dict(recipe.data), progress=progress)
 
 
-def _without_ids(blocks: datasets.Dataset) -> datasets.Dataset:
+def without_ids(blocks: datasets.Dataset) -> datasets.Dataset:
     """LM blocks without the (string) chunk ids, which the tensor-backed training dataset cannot hold."""
     return blocks.remove_columns([c for c in ("id",) if c in blocks.column_names])
 
@@ -453,27 +378,7 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     model and ``AutoTokenizer.from_pretrained(output_dir)`` works.
     """
     set_seed(recipe.seed)
-    if model_type(recipe) == "pretrained":
-        regularizers = parse_regularizers(recipe.regularizers)
-        model, train_ds, eval_ds, extra = build_pretrained_parts(
-            recipe.model, recipe.data, regularizers, used_labels(regularizers, parse_routes(recipe.routes)))
-        for key, value in extra.items():
-            trainer_kwargs.setdefault(key, value)
-    elif model_type(recipe) == "structured_gpt":
-        _, tokenizer, blocks = lm_data if lm_data is not None else build_lm_datasets(recipe)
-        config = lm_model_config(recipe, tokenizer)
-        set_seed(recipe.seed)  # the data build must not change the initial weights
-        model = StructuredGPTForCausalLM(config)
-        train_ds, eval_ds = _without_ids(blocks["train"]), _without_ids(blocks["validation"])
-        labels = used_labels(parse_regularizers(recipe.regularizers), parse_routes(recipe.routes))
-        trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
-        trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
-        trainer_kwargs.setdefault("processing_class", tokenizer)
-    else:
-        config = model_config(recipe)
-        _, model_cls = MODEL_TYPES[model_type(recipe)]
-        model = model_cls(config)
-        train_ds, eval_ds = build_datasets(recipe)
+    model, train_ds, eval_ds = family_of(recipe).build(recipe, trainer_kwargs, lm_data)
     training = dict(recipe.training)
     try:
         args = AnchoredTrainingArguments(
@@ -485,10 +390,6 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
-    if model_type(recipe) == "color_transformer":
-        labels = sorted((recipe.data.get("labels") or {}).keys())
-        trainer_kwargs.setdefault("data_collator", ColorTaskCollator(labels))
-        trainer_kwargs.setdefault("eval_data_collator", ColorTaskCollator(labels))
     if recipe.distill is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
         spec = DistillSpec.from_dict(recipe.distill)
         return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
