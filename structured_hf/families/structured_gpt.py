@@ -30,7 +30,7 @@ from ..run_folder import RunState, prepare_output_dir
 from ..training.arguments import RegularizerSpec, parse_regularizers
 from ..training.recipe import Recipe, build_lm_datasets, lm_model_config, without_ids
 from ..training.routing import RouteSpec, parse_routes
-from ..training.speclist import used_labels
+from ..training.speclist import check_spec_labels, used_labels
 from ..visualization import plot_training_curves
 from .common import variant_specs
 
@@ -52,11 +52,7 @@ def validate(recipe: Recipe, regularizers: list[RegularizerSpec], routes: list[R
         raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
                                     f"max_position_embeddings {context}")
     concepts = spec.concepts()
-    for kind, entries in (("regularizers", regularizers), ("routes", routes)):
-        for i, entry in enumerate(entries):
-            if entry.label is not None and entry.label not in concepts:
-                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
-                                            f"has concepts {concepts}")
+    check_spec_labels(concepts, regularizers, routes)
     for c in spec.filter_concepts:
         if c not in concepts:
             raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "

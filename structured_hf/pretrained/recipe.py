@@ -38,6 +38,7 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions.surgery import register_surgery_adapter
 from ..layouts import get_path, layout_for
+from ..training.speclist import check_spec_labels
 from .loading import check_trainable, dtype_of, load_causal_lm, resolve_pretrained
 from .sites import attach_sites
 from .surgery import pretrained_surgery_point
@@ -101,11 +102,7 @@ def validate_pretrained_data(data: Mapping[str, Any], regularizers: Sequence[Any
         raise StructuredConfigError("data.tokenizer", "a pretrained model uses its own tokenizer; remove this key")
     spec = LMDataSpec.from_dict({k: v for k, v in data.items() if k in LM_DATA_KEYS})
     concepts = spec.concepts()
-    for kind, entries in (("regularizers", regularizers), ("routes", routes)):
-        for i, entry in enumerate(entries):
-            if entry.label is not None and entry.label not in concepts:
-                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
-                                            f"has concepts {concepts}")
+    check_spec_labels(concepts, regularizers, routes)
     return spec
 
 

@@ -67,3 +67,12 @@ def check_label(field_name: str, label: str | None, known_labels: Any) -> None:
 def used_labels(regularizers: Any, routes: Any) -> list[str]:
     """The labels a run draws: those of its regularizers and routes (specs with a ``.label``), sorted."""
     return sorted({r.label for r in regularizers if r.label} | {r.label for r in routes})
+
+
+def check_spec_labels(known: Any, regularizers: Any, routes: Any) -> None:
+    """Every label a regularizer or route selects by must be one of ``known`` (the data's label names)."""
+    for kind, entries in (("regularizers", regularizers), ("routes", routes)):
+        for i, entry in enumerate(entries):
+            if entry.label is not None and entry.label not in known:
+                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
+                                            f"has concepts {known}")
