@@ -109,6 +109,9 @@ def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, anima
     out = Path(recipe.output_dir)
     chunks, tokenizer, blocks = build_lm_datasets(recipe, progress=False)
     trainer, result, train_runtime = train_and_save(recipe, [], run, lm_data=(chunks, tokenizer, blocks))
+    # Every process: Trainer.evaluate gathers across processes, so rank 0 alone would wait forever under a
+    # multi-process launch.
+    eval_loss, eval_objective = _validation_lm_loss(trainer)
     if not trainer.is_world_process_zero():
         return {}
     chunks["test"].save_to_disk(str(out / "heldout"))
@@ -117,7 +120,6 @@ def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, anima
     steps = trainer.state.global_step
     tokens = steps * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps \
         * trainer.args.world_size * block_size
-    eval_loss, eval_objective = _validation_lm_loss(trainer)
     metrics: dict[str, Any] = {
         "eval_loss": eval_loss,
         "eval_perplexity": float(np.exp(eval_loss)),
