@@ -424,6 +424,18 @@ def test_evaluate_misleading_messages_are_fixed(color_model_dir, tmp_path, capsy
     assert message in err and "unknown concept '-1'" not in err
 
 
+def test_evaluate_prune_on_a_gpt_names_prune(tmp_path, capsys):
+    from structured_hf import StructuredGPTConfig, StructuredGPTForCausalLM
+
+    folder = tmp_path / "gpt"
+    config = StructuredGPTConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, max_position_embeddings=16,
+                                 concepts=[{"name": "violence", "site": "layers.0.residual_post", "axes": [0]}])
+    StructuredGPTForCausalLM(config).save_pretrained(folder)
+    assert _evaluate("--model", str(folder), "--output_dir", str(tmp_path / "e"), "--prune", "violence") == 2
+    err = capsys.readouterr().err
+    assert "error: --prune:" in err and "--ablate:" not in err
+
+
 def test_label_text_errors_before_labelling(tmp_path, capsys):
     label = _script("label_text")
     latin = tmp_path / "latin.txt"

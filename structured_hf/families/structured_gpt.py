@@ -152,6 +152,11 @@ def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, anima
 
 def evaluate(model_path: str, args: argparse.Namespace) -> int:
     """The surprisal evaluation of a StructuredGPT (see the module docstring)."""
+    surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
+    if surgery:  # before anything is loaded
+        flag = "--prune" if any(s.kind == "prune" for s in surgery) else "--ablate"
+        raise StructuredConfigError(flag, "StructuredGPT evaluation always includes ablate:<concept> for every "
+                                    "anchored concept; --prune does not apply to residual sites")
     folder = pull(model_path)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     if model.config.model_type in supported_model_types():
@@ -161,11 +166,6 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     if not heldout.is_dir():
         raise StructuredConfigError("--heldout", f"no held-out chunks at {heldout}; pass --heldout DIR (a saved "
                                     "datasets folder with text and prob_<concept> columns)")
-    surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
-    if surgery:
-        flag = "--prune" if any(s.kind == "prune" for s in surgery) else "--ablate"
-        raise StructuredConfigError(flag, "StructuredGPT evaluation always includes ablate:<concept> for every "
-                                    "anchored concept; --prune does not apply to residual sites")
     test = datasets.load_from_disk(str(heldout))
     extra = [(spec, model, [spec]) for spec in args.intervention]
     report = evaluate_language_model(model, tokenizer, test, extra_variants=extra, prompts=args.prompt)
