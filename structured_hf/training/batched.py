@@ -40,6 +40,7 @@ from ..data.colors import resolve_colors
 from ..data.collators import ColumnarDataset, label_probabilities
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
+from ..registry import FAMILIES, get_family
 from ..interventions.suppression import concept_axes
 from ..losses import LOSSES
 from ..losses.regularizers import UNCHANGED
@@ -48,7 +49,9 @@ from .arguments import RegularizerSpec, parse_regularizers, parse_schedules
 from .recipe import MODEL_TYPES, Recipe, build_datasets, model_config, model_type
 
 # Families whose models this module can batch (model.type values). A family joins by giving a batched forward.
-BATCHED_FAMILIES: tuple[str, ...] = ("color_autoencoder",)
+def batched_families() -> list[str]:
+    """The families that registered ``batched_seeds=True`` (structured_hf.registry)."""
+    return sorted(name for name, family in FAMILIES.items() if family.batched_seeds)
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh,
 }
@@ -151,8 +154,8 @@ def check_batchable(recipes: Sequence[Recipe]) -> None:
         raise StructuredConfigError("seeds", "a batched sweep needs at least one seed (N >= 1), got 0")
     first = recipes[0]
     kind = model_type(first)
-    if kind not in BATCHED_FAMILIES:
-        raise StructuredConfigError("model.type", f"batched seed training supports {list(BATCHED_FAMILIES)}, not "
+    if not get_family(kind).batched_seeds:
+        raise StructuredConfigError("model.type", f"batched seed training supports {batched_families()}, not "
                                     f"{kind!r}; run this sweep with --sequential")
     for key, why in (("routes", "gradient routing"), ("reactive", "reactive rules")):
         if getattr(first, key):
@@ -423,4 +426,4 @@ def peak_memory_estimate(n: int, recipe: Recipe) -> int:
     return int(4 * count * n * 4)  # params, grads, exp_avg, exp_avg_sq in float32
 
 
-__all__ = ["BATCHED_FAMILIES", "BatchedColorAutoencoder", "check_batchable", "train_batched"]
+__all__ = ["BatchedColorAutoencoder", "batched_families", "check_batchable", "train_batched"]
