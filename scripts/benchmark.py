@@ -9,11 +9,13 @@ The benchmark code lives in :mod:`structured_hf.benchmarks.training` (its docstr
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from structured_hf.benchmarks.training import *  # noqa: F401,F403  (the names tests and notebooks use)
 from structured_hf.benchmarks.training import main
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library reports progress and tables by logging
     main()
     sys.exit(0)

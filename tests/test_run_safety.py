@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import logging
 import signal
@@ -489,6 +490,7 @@ def test_mutated_shipped_recipe_trains_or_fails_before_writing(tmp_path):
                                       float("nan"), float("inf")]),
                      st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-10, 10))
     outcomes = {"trained": 0, "refused": 0, "stopped": 0}
+    folders = itertools.count()  # a fresh folder for every call, replays of a failing example included
 
     @settings(max_examples=40, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -499,7 +501,7 @@ def test_mutated_shipped_recipe_trains_or_fails_before_writing(tmp_path):
         for part in path[:-1]:
             node = node[part]
         node[path[-1]] = value
-        out = tmp_path / f"run-{sum(outcomes.values())}"
+        out = tmp_path / f"run-{next(folders)}"
         raw["output_dir"] = str(out)
         raw.setdefault("training", {}).update(max_steps=2, disable_tqdm=True, save_strategy="no")
         try:

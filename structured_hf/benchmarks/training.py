@@ -30,6 +30,7 @@ interpreter and allocator caches, which a CPU process cannot attribute to one ru
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import math
 import os
@@ -62,6 +63,7 @@ from structured_hf.training import build_trainer, load_recipe
 from structured_hf.training.arguments import parse_regularizers, parse_schedules
 from structured_hf.training.recipe import MODEL_TYPES, Recipe, build_datasets, model_config
 
+logger = logging.getLogger(__name__)
 # The shipped recipes are read from the working directory's configs/ (a clone of the repository), else from the
 # source tree this module sits in (an editable install).
 REPO = Path.cwd() if (Path.cwd() / "configs").is_dir() else Path(__file__).resolve().parents[2]
@@ -295,9 +297,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         t, h = result["trainer"], result["hand"]
         whole.append({"trainer_train_s": t["train_s"], "trainer_build_s": t["build_s"], "hand_loop_s": h.loop_s,
                       "hand_setup_s": h.setup_s, "ratio": (steps / t["train_s"]) / (steps / h.loop_s)})
-        print(f"  repeat {r}: interleaved trainer {row['trainer_steps_per_s']:.0f} steps/s, hand "
+        logger.info(f"  repeat {r}: interleaved trainer {row['trainer_steps_per_s']:.0f} steps/s, hand "
               f"{row['hand_steps_per_s']:.0f} steps/s, ratio {row['ratio']:.3f}; whole runs: trainer "
-              f"{t['train_s']:.2f} s, hand {h.loop_s:.2f} s, ratio {whole[-1]['ratio']:.3f}", flush=True)
+              f"{t['train_s']:.2f} s, hand {h.loop_s:.2f} s, ratio {whole[-1]['ratio']:.3f}")
     out = {
         "recipe": str(args.config), "steps": steps, "batch_size": recipe.training["per_device_train_batch_size"],
         "repeats": args.repeats, "warmup_steps_excluded": warmup,
@@ -444,8 +446,7 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 if r == 0:
                     logs[variant] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
                 del trainer
-            print(f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS),
-                  flush=True)
+            logger.info(f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS))
         ratios = {v: [a / b for a, b in zip(rates[v], rates["gpt2"])] for v in GPT_OURS}
         out[size_name] = {
             "size": size, "tokens_per_step": tokens_per_step, "steps": steps, "warmup_steps_excluded": warmup,
@@ -602,11 +603,11 @@ def bench_scaling(args: argparse.Namespace) -> dict[str, Any]:
         points: dict[tuple[int, int], dict[str, Any]] = {}
         for batch in batches:
             points[(batch, case.default_width)] = _measure_point(case, batch, case.default_width, budget)
-            print(f"  {case.name} batch {batch}: {_fmt_row(points[(batch, case.default_width)])}", flush=True)
+            logger.info(f"  {case.name} batch {batch}: {_fmt_row(points[(batch, case.default_width)])}")
         for width in widths:
             if (case.default_batch, width) not in points:
                 points[(case.default_batch, width)] = _measure_point(case, case.default_batch, width, budget)
-            print(f"  {case.name} {case.width_name} {width}: {_fmt_row(points[(case.default_batch, width)])}", flush=True)
+            logger.info(f"  {case.name} {case.width_name} {width}: {_fmt_row(points[(case.default_batch, width)])}")
         out[case.name] = {
             "vs_batch": [points[(b, case.default_width)] for b in batches],
             "vs_width": [points[(case.default_batch, w)] for w in widths],
@@ -730,8 +731,8 @@ def bench_interventions(args: argparse.Namespace) -> dict[str, Any]:
                 plain, hooked = _time_hooks(model, inputs, make, blocks, n)
                 rows.append({"model": model_name, "batch": batch, "intervention": name, "plain_us": 1e6 * plain,
                              "hooked_us": 1e6 * hooked, "ratio": hooked / plain, "forwards_timed": blocks * n})
-                print(f"  {model_name} batch {batch:5d} {name:19s}: plain {rows[-1]['plain_us']:9.1f} us, with "
-                      f"hooks {rows[-1]['hooked_us']:9.1f} us, ratio {rows[-1]['ratio']:.2f}", flush=True)
+                logger.info(f"  {model_name} batch {batch:5d} {name:19s}: plain {rows[-1]['plain_us']:9.1f} us, with "
+                      f"hooks {rows[-1]['hooked_us']:9.1f} us, ratio {rows[-1]['ratio']:.2f}")
     return {"rows": rows, "target_ratio": 1.2,
             "models": {"color_autoencoder": "default recipe config, random init (263 parameters)",
                        "structured_gpt": f"size {size} (the largest of --gpt_sizes), random init, "
@@ -800,8 +801,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     tp = results["sections"].get("throughput")
     if tp and "ratio" in tp:
-        print("\n| measure | median | min | max |")
-        print("|---|---|---|---|")
+        logger.info("\n| measure | median | min | max |")
+        logger.info("|---|---|---|---|")
         for key, label in (("trainer_steps_per_s", "AnchoredTrainer steps/s (interleaved)"),
                            ("hand_loop_steps_per_s", "hand loop steps/s (interleaved)"),
                            ("ratio", "ratio trainer/hand (target >= 0.8)"), ("ratio_whole_runs", "ratio, whole runs"),
@@ -809,15 +810,15 @@ def print_table(results: dict[str, Any]) -> None:
                            ("trainer_full_run_build_s", "Trainer build (model, data, Trainer) s"),
                            ("hand_loop_full_run_s", f"hand loop, {tp['steps']} steps, s")):
             s = tp[key]
-            print(f"| {label} | {s['median']:.3g} | {s['min']:.3g} | {s['max']:.3g} |")
+            logger.info(f"| {label} | {s['median']:.3g} | {s['min']:.3g} | {s['max']:.3g} |")
     sc = results["sections"].get("scaling")
     if sc:
         for name, res in sc.items():
             if not isinstance(res, dict) or "vs_batch" not in res:
                 continue
             wkey = next(k for k in res["fixed"] if k != "batch")
-            print(f"\n{name}: | batch | {wkey} | trainer ms/step | hand ms/step | peak tensor MiB |")
-            print("|---|---|---|---|---|")
+            logger.info(f"\n{name}: | batch | {wkey} | trainer ms/step | hand ms/step | peak tensor MiB |")
+            logger.info("|---|---|---|---|---|")
             seen = set()
             for row in res["vs_batch"] + res["vs_width"]:
                 key = (row["batch"], row[wkey])
@@ -825,12 +826,12 @@ def print_table(results: dict[str, Any]) -> None:
                     continue
                 seen.add(key)
                 hand = f"{row['hand_ms_per_step']:.3g}" if "hand_ms_per_step" in row else "-"
-                print(f"| {row['batch']} | {row[wkey]} | {row['trainer_ms_per_step']:.3g} | {hand} | {row['peak_tensor_mib']:.3g} |")
+                logger.info(f"| {row['batch']} | {row[wkey]} | {row['trainer_ms_per_step']:.3g} | {hand} | {row['peak_tensor_mib']:.3g} |")
     gpt = results["sections"].get("gpt_throughput")
     if gpt and "ratio_target" in gpt:
-        print("\n| GPT size | anchored tok/s | routed tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) "
+        logger.info("\n| GPT size | anchored tok/s | routed tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) "
               "| routed/GPT-2 | plain/GPT-2 |")
-        print("|---|---|---|---|---|---|---|---|")
+        logger.info("|---|---|---|---|---|---|---|---|")
         for name, res in gpt.items():
             if not isinstance(res, dict) or "tokens_per_s" not in res:
                 continue
@@ -839,17 +840,17 @@ def print_table(results: dict[str, Any]) -> None:
                      f"V={size['vocab_size']} T={size['block_size']} B={size['batch']}")
             spans = " | ".join(f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}]" for q in
                                (res[f"ratio_{v}_over_gpt2"] for v in GPT_OURS))
-            print(f"| {label} | " + " | ".join(f"{tps[v]['median']:.0f}" for v in GPT_VARIANTS) + f" | {spans} |")
+            logger.info(f"| {label} | " + " | ".join(f"{tps[v]['median']:.0f}" for v in GPT_VARIANTS) + f" | {spans} |")
     iv = results["sections"].get("intervention_overhead")
     if iv and "rows" in iv:
-        print("\n| model | batch | intervention | plain us/forward | with hooks | ratio (target <= 1.2) |")
-        print("|---|---|---|---|---|---|")
+        logger.info("\n| model | batch | intervention | plain us/forward | with hooks | ratio (target <= 1.2) |")
+        logger.info("|---|---|---|---|---|---|")
         for row in iv["rows"]:
-            print(f"| {row.get('model', '')} | {row['batch']} | {row['intervention']} | {row['plain_us']:.1f} | "
+            logger.info(f"| {row.get('model', '')} | {row['batch']} | {row['intervention']} | {row['plain_us']:.1f} | "
                   f"{row['hooked_us']:.1f} | {row['ratio']:.2f} |")
     pending = [f"{k}: {v['pending']}" for k, v in results["sections"].items() if isinstance(v, dict) and "pending" in v]
     if pending:
-        print("\npending: " + "; ".join(pending))
+        logger.info("\npending: " + "; ".join(pending))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -888,7 +889,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if section.pending or section.run is None:
             results["sections"][name] = {"description": section.description, "pending": section.pending}
             continue
-        print(f"[{name}] {section.description}", flush=True)
+        logger.info(f"[{name}] {section.description}")
         start = time.perf_counter()
         results["sections"][name] = {"description": section.description, **section.run(args),
                                      "section_wall_s": time.perf_counter() - start}
@@ -897,7 +898,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(results, indent=2, default=_json_default))
     print_table(results)
-    print(f"\nwrote {out / 'benchmark.json'}")
+    logger.info(f"\nwrote {out / 'benchmark.json'}")
     return results
 
 
