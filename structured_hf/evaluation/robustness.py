@@ -375,7 +375,9 @@ def plot_robustness_curves(result: Mapping[str, Any], path: Any, title: str = ""
     points = [p["name"] for p in result["attack_grid"]]
     cols = min(4, len(points))
     rows = math.ceil(len(points) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    legend_in = 0.8  # inches under the panels for the legend (two rows of entries)
+    height = 2.9 * rows + legend_in
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False)
     for ax, point in zip(axes.flat, points):
         for name, per_point in curves.items():
             c = per_point[point]
@@ -388,7 +390,7 @@ def plot_robustness_curves(result: Mapping[str, Any], path: Any, title: str = ""
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1 - 0.35 / height))
     return save_figure(fig, path, dpi=110, title=title, tight=False)
 
 
