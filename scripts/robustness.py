@@ -113,14 +113,18 @@ def _grid(args: argparse.Namespace, family: str, seed: int) -> list[rb.GridPoint
                           seed=seed)
 
 
+# The color families' methods (the models each trains per seed); M4 runs take trained folders instead.
+METHOD_BUILDERS = {"color_autoencoder": rb.color_autoencoder_methods, "color_transformer": rb.color_transformer_methods}
+
+
 def run_colors(args: argparse.Namespace, out: Path, write: Callable[[rb.BenchmarkResult], None]
                ) -> rb.BenchmarkResult:
     """M2/M3: train every model per seed, then attack them; ``write`` saves the report after every seed (a long
     sweep stopped early keeps the seeds it finished)."""
     base = load_recipe(args.config, {"output_dir": str(out / "train"), "training.disable_tqdm": True})
     family = model_type(base)
-    if family not in ("color_autoencoder", "color_transformer"):
-        raise StructuredConfigError("config", f"expected a color_autoencoder or color_transformer recipe, got "
+    if family not in METHOD_BUILDERS:
+        raise StructuredConfigError("config", f"expected a recipe of {sorted(METHOD_BUILDERS)}, got "
                                     f"{family!r} (M4 runs take --anchored/--reference/--filtered folders)")
     d = DEFAULTS[family]
     concept, methods = args.concept or d["concept"], (args.methods or d["methods"]).split(",")
@@ -130,8 +134,7 @@ def run_colors(args: argparse.Namespace, out: Path, write: Callable[[rb.Benchmar
     for seed in seeds:
         recipe = load_recipe(args.config, {"output_dir": str(out / "train"), "training.disable_tqdm": True,
                                            "seed": seed})
-        build = rb.color_autoencoder_methods if family == "color_autoencoder" else rb.color_transformer_methods
-        models, task, train_s = build(recipe, concept, methods)
+        models, task, train_s = METHOD_BUILDERS[family](recipe, concept, methods)
         grid = _grid(args, family, seed)
         result = result or rb.BenchmarkResult(family, concept, task.unit, grid)
         run = rb.run_benchmark(models, task, grid, progress=not args.no_progress, desc=f"seed {seed}")
