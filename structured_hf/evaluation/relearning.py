@@ -251,6 +251,19 @@ def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
     return trainer.model.eval(), time.perf_counter() - start
 
 
+def recipe_concept_anchor(recipe, concept: str) -> str | tuple[float, ...]:
+    """The color a direction concept of the recipe's model is about (its first prototype): what relearning attacks
+    train on and probe around. Errors name the concept."""
+    spec = next((c for c in model_config(recipe).concepts if c["name"] == concept), None)
+    if spec is None or "direction" not in spec:
+        raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
+    anchor = anchor_color(ConceptSpec.from_dict(spec))
+    if anchor is None:
+        raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to attack and probe "
+                                               "around")
+    return anchor
+
+
 def relearning_study(recipe, concept: str = "red", label: str | None = None, attack: AttackConfig = AttackConfig(),
                      heal_steps: int = 0, heal_kwargs: Mapping[str, Any] | None = None,
                      heal_modes: Sequence[str] = ("encoder", "all"),
@@ -268,12 +281,7 @@ def relearning_study(recipe, concept: str = "red", label: str | None = None, att
 
     Returns a JSON-ready dict with one row per attacked model and their curves.
     """
-    spec = next((c for c in model_config(recipe).concepts if c["name"] == concept), None)
-    if spec is None or "direction" not in spec:
-        raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
-    anchor = anchor_color(ConceptSpec.from_dict(spec))
-    if anchor is None:
-        raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to probe")
+    anchor = recipe_concept_anchor(recipe, concept)
     label = label or concept
     labelers = parse_labelers(recipe.data.get("labels"))
     if label not in labelers:

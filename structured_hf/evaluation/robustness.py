@@ -61,12 +61,12 @@ from .relearning import (
     attack_loop,
     concept_samples,
     mean_difference_direction,
+    recipe_concept_anchor,
     residual_mean_difference,
     train_recipe,
     unanchored_recipe,
 )
 from .similarity import hsv_similarity
-from .variants import anchor_color
 
 logger = logging.getLogger(__name__)
 
@@ -511,12 +511,7 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
     (``post-hoc``: the twin with the label-weighted mean-difference direction projected out of the bottleneck).
     Returns ``(methods, task, training seconds)``."""
     methods = check_methods(methods, COLOR_AUTOENCODER_METHODS, "the color autoencoder")
-    spec = next((c for c in model_config(recipe).concepts if c["name"] == concept), None)
-    if spec is None or "direction" not in spec:
-        raise StructuredConfigError("concept", f"the recipe's model has no direction concept '{concept}'")
-    anchor = anchor_color(ConceptSpec.from_dict(spec))
-    if anchor is None:
-        raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to attack around")
+    anchor = recipe_concept_anchor(recipe, concept)
     label = label or concept
     labelers = parse_labelers(recipe.data.get("labels"))
     if "post-hoc" in methods and label not in labelers:
