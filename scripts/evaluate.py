@@ -26,6 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
+from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from structured_hf.checkpoints import check_checkpoint
@@ -113,8 +114,6 @@ def resolve_model_path(model: str) -> str:
 def _model_type(model: str) -> str | None:
     """The checkpoint's ``model_type`` (reads config.json, locally or from the Hub); a model without a concept map
     (a plain transformers model) is refused with what it lacks."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model)
     kind = getattr(config, "model_type", None)
     if getattr(config, "concepts", None) is None:

@@ -82,7 +82,9 @@ def check_writable_output(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise StructuredConfigError("--output_dir", f"{out} is not empty; choose a new folder (a labelled dataset "
                                                     "written over another would mix the two)")
-    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    probe = next(p for p in (out, *out.parents) if p.exists())  # the folder that would hold the new one
+    if not probe.is_dir():
+        raise StructuredConfigError("--output_dir", f"cannot write to {out} ({probe} is a file, not a folder)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise StructuredConfigError("--output_dir", f"cannot write to {out} ({probe} is not writable)")
 

@@ -31,7 +31,7 @@ def train_and_save(recipe: Recipe, callbacks: list, run: RunState, **build_kwarg
     """
     out = Path(recipe.output_dir)
     trainer = build_trainer(recipe, callbacks=callbacks, **build_kwargs)
-    trainer.run_identity = {"run_id": run.run_id, "recipe_fingerprint": run.fingerprint}
+    trainer.run_identity = run.identity()
     if trainer.is_world_process_zero():
         start_run(out, run, recipe.to_dict(), recipe.to_yaml())
     start = time.perf_counter()

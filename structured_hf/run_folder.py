@@ -142,8 +142,9 @@ class RunState:
     resumed_step: int = 0
     clear: bool = False  # an overwrite: `start_run` empties the folder first
 
-    def marker(self, step: int) -> dict[str, Any]:
-        return {"run_id": self.run_id, "recipe_fingerprint": self.fingerprint, "global_step": step}
+    def identity(self) -> dict[str, Any]:
+        """What each checkpoint marker records (the trainer adds the global step)."""
+        return {"run_id": self.run_id, "recipe_fingerprint": self.fingerprint}
 
 
 def write_checkpoint_marker(checkpoint: str | Path, identity: Mapping[str, Any]) -> None:

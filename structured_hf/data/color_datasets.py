@@ -53,12 +53,11 @@ def build_color_dataset(
     return datasets.Dataset.from_dict({k: v.tolist() for k, v in data.items()}, features=features)
 
 
-def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tuple[np.ndarray, np.ndarray | None]:
-    """A data spec from a recipe -> (RGB colors, sampling weights or None).
+def check_color_spec(spec: Any, field: str = "data.train") -> tuple[str, tuple]:
+    """Validate a data spec without building it (a recipe is checked when loaded; its data is built later).
 
-    Specs: ``{grid: rgb, size: 8}``; ``{grid: hsv, hues: 36, saturations: 10, values: 10}``;
-    ``{colors: [red, [0.5, 0.5, 0.5], ...]}``; ``{grid: named}`` (the 17 test colors).
-    ``include_named: true`` appends the 17 named colors.
+    Returns ``(grid, arguments)``: ``("rgb", (size,))``, ``("hsv", (hues, saturations, values))``, ``("named", ())``
+    or ``("colors", (rgb array,))``.
     """
     if not isinstance(spec, Mapping):
         raise StructuredConfigError(field, f"expected a mapping such as {{grid: rgb, size: 8}}, got {spec!r}")
@@ -66,24 +65,40 @@ def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tupl
     if unknown:
         raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_GRID_KEYS)}")
     grid = spec.get("grid", "colors" if "colors" in spec else None)
+    if grid == "rgb":
+        return grid, (_positive_int(spec.get("size", 8), f"{field}.size", low=2, high=_MAX_AXIS),)
+    if grid == "hsv":
+        return grid, tuple(_positive_int(spec.get(key, default), f"{field}.{key}", high=_MAX_AXIS)
+                           for key, default in (("hues", 36), ("saturations", 10), ("values", 10)))
+    if grid == "named":
+        return grid, ()
+    if grid == "colors":
+        listed = spec.get("colors")
+        if not isinstance(listed, Sequence) or isinstance(listed, str) or not listed:
+            raise StructuredConfigError(f"{field}.colors", f"expected a non-empty list of colors, got {listed!r}")
+        return grid, (resolve_colors(listed, f"{field}.colors"),)
+    raise StructuredConfigError(f"{field}.grid", f"expected one of rgb, hsv, named, colors; got {grid!r}")
+
+
+def colors_from_spec(spec: Mapping[str, Any], field: str = "data.train") -> tuple[np.ndarray, np.ndarray | None]:
+    """A data spec from a recipe -> (RGB colors, sampling weights or None).
+
+    Specs: ``{grid: rgb, size: 8}``; ``{grid: hsv, hues: 36, saturations: 10, values: 10}``;
+    ``{colors: [red, [0.5, 0.5, 0.5], ...]}``; ``{grid: named}`` (the 17 test colors).
+    ``include_named: true`` appends the 17 named colors.
+    """
+    grid, arguments = check_color_spec(spec, field)
     weights = None
     if grid == "rgb":
-        colors = rgb_grid(_positive_int(spec.get("size", 8), f"{field}.size", low=2, high=_MAX_AXIS))
+        colors = rgb_grid(*arguments)
     elif grid == "hsv":
-        n_h = _positive_int(spec.get("hues", 36), f"{field}.hues", high=_MAX_AXIS)
-        n_s = _positive_int(spec.get("saturations", 10), f"{field}.saturations", high=_MAX_AXIS)
-        n_v = _positive_int(spec.get("values", 10), f"{field}.values", high=_MAX_AXIS)
+        n_h, n_s, n_v = arguments
         hsv = hsv_grid(n_h, n_s, n_v)
         colors, weights = to_rgb(hsv), hsv_sampling_weights(hsv, n_h, n_s)
     elif grid == "named":
         colors = np.asarray(list(NAMED_COLORS.values()))
-    elif grid == "colors":
-        listed = spec.get("colors")
-        if not isinstance(listed, Sequence) or isinstance(listed, str) or not listed:
-            raise StructuredConfigError(f"{field}.colors", f"expected a non-empty list of colors, got {listed!r}")
-        colors = resolve_colors(listed, f"{field}.colors")
     else:
-        raise StructuredConfigError(f"{field}.grid", f"expected one of rgb, hsv, named, colors; got {grid!r}")
+        colors = arguments[0]
     if spec.get("include_named", False):
         named = np.asarray(list(NAMED_COLORS.values()))
         colors = np.concatenate([colors, named])

@@ -16,7 +16,7 @@ import torch
 from ..cards.color_autoencoder import render_color_model_card, render_from_folder
 from ..checkpoints import load_pretrained
 from ..concepts import ConceptMap
-from ..data.color_datasets import build_color_dataset, colors_from_spec
+from ..data.color_datasets import build_color_dataset, check_color_spec, colors_from_spec
 from ..data.colors import HUE_NAMES, NAMED_COLORS, resolve_colors, rgb_grid
 from ..data.curriculum import Curriculum, CurriculumSampler
 from ..data.labels import parse_labelers
@@ -48,7 +48,7 @@ def validate(recipe: Recipe, regularizers: list, routes: list) -> None:
         raise StructuredConfigError("data.train", "is required (e.g. {grid: rgb, size: 8})")
     for split in ("train", "eval"):  # grid sizes and listed colors, checked now rather than when data is built
         if recipe.data.get(split) is not None:
-            colors_from_spec(recipe.data[split], f"data.{split}")
+            check_color_spec(recipe.data[split], f"data.{split}")
     parse_labelers(recipe.data.get("labels"))
     Curriculum.from_dict(recipe.data.get("curriculum"))
 

@@ -43,7 +43,7 @@ from ..losses import selective_mean
 from ..schedules import Schedule
 from ..sites import capture_modules, resolve_sites, site_dims
 from .arguments import AnchoredTrainingArguments
-from .binding import _bind_regularizers, _BoundRegularizer  # noqa: F401  (re-exported for callers)
+from .binding import _bind_regularizers
 from .callbacks import ScheduleCallback
 from .fast_path import PlainRuntimeMixin
 from .guards import FiniteGuardMixin, check_finite_parameters  # noqa: F401  (check_finite_parameters: re-export)
