@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import StructuredConfigError
+from .validation import check_keys
 
 _KNOWN_KEYS = {"name", "site", "direction", "axes", "prototypes", "description"}
 
@@ -89,9 +90,7 @@ class ConceptSpec:
             return entry
         if not isinstance(entry, Mapping):
             raise StructuredConfigError(field, f"expected a mapping with keys name/site/direction|axes, got {entry!r}")
-        unknown = set(entry) - _KNOWN_KEYS
-        if unknown:
-            raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
+        check_keys(field, entry, _KNOWN_KEYS)
         name, site = entry.get("name"), entry.get("site")
         if not isinstance(name, str) or not name:
             raise StructuredConfigError(f"{field}.name", f"expected a non-empty string, got {name!r}")

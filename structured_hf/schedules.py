@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StructuredConfigError, yaml_float_hint
+from .validation import check_keys
 
 INTERPOLATIONS = ("step", "linear", "log", "smooth")
 
@@ -107,9 +108,7 @@ def parse_schedule(spec: Any, field: str) -> Schedule:
         return spec
     if not isinstance(spec, Mapping):
         return Schedule.constant(_number(spec, field))
-    unknown = set(spec) - {"interpolation", "keys"}
-    if unknown:
-        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: interpolation, keys")
+    check_keys(field, spec, {"interpolation", "keys"})
     interpolation = spec.get("interpolation", "linear")
     if interpolation not in INTERPOLATIONS:
         raise StructuredConfigError(f"{field}.interpolation", f"expected one of {INTERPOLATIONS}, got {interpolation!r}")

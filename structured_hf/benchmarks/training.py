@@ -60,7 +60,6 @@ from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments
 from structured_hf.visualization.style import save_figure
 from structured_hf.models.structured_gpt.convert import to_gpt2
 from structured_hf.training import build_trainer, load_recipe
-from structured_hf.training.arguments import parse_regularizers, parse_schedules
 from structured_hf.training.recipe import MODEL_TYPES, Recipe, build_datasets, model_config
 
 logger = logging.getLogger(__name__)
@@ -137,13 +136,13 @@ class HandLoop:
     def __init__(self, recipe: Recipe):
         t0 = time.perf_counter()
         tr = recipe.training
-        specs = parse_regularizers(recipe.regularizers)
+        specs = recipe.specs.regularizers
         kinds = sorted(s.loss for s in specs)
         if kinds != ["angular_anchor", "angular_repulsion", "subspace"]:
             raise ValueError(f"the hand loop mirrors the default recipe's three regularizers, got {kinds}")
         by_loss = {s.loss: s for s in specs}
         self.anchor, self.plane, self.sep = by_loss["angular_anchor"], by_loss["subspace"], by_loss["angular_repulsion"]
-        self.lr_schedule = parse_schedules(recipe.schedules)["learning_rate"]
+        self.lr_schedule = recipe.specs.schedules["learning_rate"]
         self.batch, self.base_lr, self.seed = tr["per_device_train_batch_size"], tr["learning_rate"], recipe.seed
         self.max_steps = tr["max_steps"]
         self.max_grad_norm = tr.get("max_grad_norm", 1.0)

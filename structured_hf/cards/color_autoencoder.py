@@ -13,6 +13,7 @@ from ..concepts import ConceptMap
 from ..data.labels import parse_labelers
 from ..training.recipe import Recipe
 from .common import (
+    regularizer_row,
     default_optim,
     device_text,
     figure_files,
@@ -81,13 +82,7 @@ def render_color_model_card(
         }
         for c in concepts
     ]
-    reg_rows = []
-    for r in recipe.regularizers:
-        concept = r.get("concept")
-        site = r.get("site") or (concepts[concept].site if concept in concepts else "-")
-        reg_rows.append({"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": concept or "-",
-                         "label": r.get("label") or "all samples", "site": site,
-                         "weight": schedule_text(r.get("weight", 1.0))})
+    reg_rows = [regularizer_row(r, concepts, "all samples") for r in recipe.specs.regularizers]
     labels = [
         {"name": label, "formula": f"{fmt(float(lab.scale))} · {lab.feature}^{fmt(float(lab.power))}"}
         for label, lab in parse_labelers(recipe.data.get("labels")).items()
@@ -130,7 +125,7 @@ def render_color_model_card(
         eval_data=data_text(recipe.data.get("eval")) if recipe.data.get("eval") else None,
         labels=labels,
         regularizers=reg_rows,
-        schedules={k: schedule_text(v) for k, v in recipe.schedules.items()},
+        schedules={k: schedule_text(v) for k, v in recipe.specs.schedules.items()},
         mse_max=fmt(metrics["named_color_mse_max"]),
         mse_mean=fmt(metrics["named_color_mse_mean"]),
         eval_loss=fmt(metrics["eval_loss"]) if "eval_loss" in metrics else None,

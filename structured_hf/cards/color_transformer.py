@@ -12,6 +12,7 @@ from ..concepts import ConceptMap
 from ..data.labels import parse_labelers
 from ..training.recipe import Recipe
 from .common import (
+    regularizer_row,
     default_optim,
     device_text,
     figure_files,
@@ -63,10 +64,7 @@ def render_color_transformer_card(
     concept_rows = [{"name": c.name, "site": c.site, "place": place_text(c) if c.direction is None or
                      len(c.direction) <= 8 else f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)",
                      "description": c.description or "-", "measured": measured(c)} for c in concepts]
-    reg_rows = [{"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": r.get("concept") or "-",
-                 "label": r.get("label") or "all examples",
-                 "site": r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-"),
-                 "weight": schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
+    reg_rows = [regularizer_row(r, concepts, "all examples") for r in recipe.specs.regularizers]
     labels = [{"name": label, "formula": f"{fmt(float(lab.scale))} · (max {lab.feature} of operands and "
                f"result)^{fmt(float(lab.power))}"} for label, lab in parse_labelers(recipe.data.get("labels")).items()]
     test = metrics.get("test_mse", {})
@@ -111,7 +109,7 @@ def render_color_transformer_card(
         train_data=(f"every operand combination of a {task.get('grid_size', 10)}³ RGB grid (unary operations) and "
                     f"unordered pairs of a {task.get('pair_grid_size', 6)}³ grid (mix), minus held-out combinations; "
                     "each operation equally likely per draw"),
-        labels=labels, regularizers=reg_rows, schedules={k: schedule_text(v) for k, v in recipe.schedules.items()},
+        labels=labels, regularizers=reg_rows, schedules={k: schedule_text(v) for k, v in recipe.specs.schedules.items()},
         per_op=per_op, placement=rows, has_tracking="concept_tracking.png" in figures,
         has_control_figure="control_ratios.png" in figures, control=control_rows, operations_list=operations,
         red_target=fmt(control.get("targets", {}).get("red_ratio_min", 10.0)),

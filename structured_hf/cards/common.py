@@ -17,8 +17,10 @@ import yaml
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..shared_files import files_to_push
-from ..training.arguments import AnchoredTrainingArguments
+from ..schedules import Schedule
+from ..training.arguments import AnchoredTrainingArguments, RegularizerSpec
 from ..training.recipe import Recipe, parse_recipe
+from ..training.routing import RouteSpec
 from ..training.schedules import parse_schedule
 from ..version import __version__
 
@@ -54,7 +56,7 @@ def fmt(x: Any) -> str:
 
 def schedule_text(spec: Any) -> str:
     """A regularizer weight or schedule as one line: ``0.1``, or ``linear (0: 0, 500: 0.1)``."""
-    schedule = parse_schedule(spec, "weight")
+    schedule = spec if isinstance(spec, Schedule) else parse_schedule(spec, "weight")
     if len(schedule.steps) == 1:
         return fmt(schedule.values[0])
     keys = ", ".join(f"{int(s)}: {fmt(v)}" for s, v in zip(schedule.steps, schedule.values))
@@ -90,7 +92,19 @@ def device_text(metrics: Mapping[str, Any]) -> str:
 
 def recipe_concepts(recipe: Recipe, concepts: ConceptMap | None) -> ConceptMap:
     """The concept map to print: the model's own (``concepts``) when given, else the recipe's."""
-    return concepts if concepts is not None else ConceptMap.parse(recipe.model.get("concepts"))
+    return concepts if concepts is not None else recipe.specs.concepts
+
+
+def spec_site(spec: RegularizerSpec | RouteSpec, concepts: ConceptMap) -> str:
+    """A regularizer's or route's site: its own, else its concept's."""
+    return spec.site or (concepts[spec.concept].site if spec.concept in concepts else "-")
+
+
+def regularizer_row(spec: RegularizerSpec, concepts: ConceptMap, everyone: str) -> dict[str, str]:
+    """A regularizer as a card table row (``everyone``: how the card calls an unlabelled term's samples)."""
+    label = spec.to_dict().get("label") or everyone  # the label as written, "not:red" included
+    return {"name": spec.name, "loss": spec.loss, "concept": spec.concept or "-", "label": label,
+            "site": spec_site(spec, concepts), "weight": schedule_text(spec.weight)}
 
 
 def saved_concepts(folder: Path) -> ConceptMap:

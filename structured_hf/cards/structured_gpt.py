@@ -13,6 +13,8 @@ from ..concepts import ConceptMap
 from ..evaluation.language import language_markdown
 from ..training.recipe import Recipe
 from .common import (
+    spec_site,
+    regularizer_row,
     default_optim,
     device_text,
     figure_files,
@@ -71,14 +73,9 @@ def render_structured_gpt_card(
 
     concept_rows = [{"name": c.name, "site": c.site, "place": place_text(c), "description": c.description or "-",
                      "measured": measured(c) if c.direction is not None else "-"} for c in concepts]
-    def site_of(r: Mapping[str, Any]) -> str:  # a regularizer's or route's site: its own, else its concept's
-        return r.get("site") or (concepts[r["concept"]].site if r.get("concept") in concepts else "-")
-
-    reg_rows = [{"name": r.get("name") or r["loss"], "loss": r["loss"], "concept": r.get("concept") or "-",
-                 "label": r.get("label") or "all chunks", "site": site_of(r),
-                 "weight": schedule_text(r.get("weight", 1.0))} for r in recipe.regularizers]
-    route_rows = [{"name": r.get("name") or f"route:{r['concept']}", "concept": r["concept"], "label": r["label"],
-                   "site": site_of(r), "weight": schedule_text(r.get("weight", 1.0))} for r in recipe.routes]
+    reg_rows = [regularizer_row(r, concepts, "all chunks") for r in recipe.specs.regularizers]
+    route_rows = [{"name": r.name, "concept": r.concept, "label": r.label, "site": spec_site(r, concepts),
+                   "weight": schedule_text(r.weight)} for r in recipe.specs.routes]
     text = data.get("text") or {}
     source = text.get("labelled") or (text.get("labels_config") if isinstance(text.get("labels_config"), str)
                                       else "an inline labels config")
@@ -115,7 +112,7 @@ def render_structured_gpt_card(
         labelers=", ".join(f"`{x}`" for x in text.get("labelers") or ["every labeler of the labels config"]),
         token_scope=token_scope_text(data.get("token_scope")),
         regularizers=reg_rows, routes=route_rows,
-        schedules={k: schedule_text(v) for k, v in recipe.schedules.items()},
+        schedules={k: schedule_text(v) for k, v in recipe.specs.schedules.items()},
         has_curves="training_curves.png" in figures,
         evaluation=language_markdown(evaluation) if evaluation else "Not evaluated (run `scripts/evaluate.py`).",
         comparison=comparison,

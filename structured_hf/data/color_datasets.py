@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from .colors import NAMED_COLORS, hsv_grid, hsv_sampling_weights, resolve_colors, rgb_grid, to_rgb
 from .labels import ColorLabeler
 
@@ -61,9 +62,7 @@ def check_color_spec(spec: Any, field: str = "data.train") -> tuple[str, tuple]:
     """
     if not isinstance(spec, Mapping):
         raise StructuredConfigError(field, f"expected a mapping such as {{grid: rgb, size: 8}}, got {spec!r}")
-    unknown = set(spec) - _GRID_KEYS
-    if unknown:
-        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_GRID_KEYS)}")
+    check_keys(field, spec, _GRID_KEYS)
     grid = spec.get("grid", "colors" if "colors" in spec else None)
     if grid == "rgb":
         return grid, (_positive_int(spec.get("size", 8), f"{field}.size", low=2, high=_MAX_AXIS),)

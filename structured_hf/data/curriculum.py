@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from ..schedules import Schedule, parse_schedule, parse_step
 from .colors import to_hsv
 
@@ -74,17 +75,13 @@ class Curriculum:
             return None
         if not isinstance(spec, Mapping):
             raise StructuredConfigError(field, f"expected a mapping with phases and/or vibrancy_min, got {spec!r}")
-        unknown = set(spec) - {"phases", "vibrancy_min"}
-        if unknown:
-            raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: phases, vibrancy_min")
+        check_keys(field, spec, {"phases", "vibrancy_min"})
         phases: list[DataPhase] = []
         for i, entry in enumerate(spec.get("phases") or []):
             pf = f"{field}.phases[{i}]"
             if not isinstance(entry, Mapping):
                 raise StructuredConfigError(pf, f"expected a mapping, got {entry!r}")
-            bad = set(entry) - _PHASE_KEYS
-            if bad:
-                raise StructuredConfigError(pf, f"unknown keys {sorted(bad)}; allowed: {sorted(_PHASE_KEYS)}")
+            check_keys(pf, entry, _PHASE_KEYS)
             start = parse_step(entry.get("start", 0), phases[-1].start if phases else None, f"{pf}.start")
             if phases and start <= phases[-1].start:
                 raise StructuredConfigError(f"{pf}.start", f"phases must start in order, got {start} after {phases[-1].start}")

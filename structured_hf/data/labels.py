@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from .colors import hsv_similarity, parse_color, to_hsv
 
 
@@ -132,9 +133,7 @@ class ColorLabeler:
     def from_dict(cls, name: str, spec: Mapping[str, Any], field: str) -> ColorLabeler:
         if not isinstance(spec, Mapping):
             raise StructuredConfigError(field, f"expected a mapping with feature/scale/power, got {spec!r}")
-        unknown = set(spec) - {"feature", "scale", "power"}
-        if unknown:
-            raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: feature, scale, power")
+        check_keys(field, spec, {"feature", "scale", "power"})
         feature = spec.get("feature", _DEFAULT_FEATURE.get(name))
         color = None
         if isinstance(feature, Mapping):

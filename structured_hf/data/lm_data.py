@@ -43,6 +43,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from .color_datasets import PROB_PREFIX
 from .text_labelers import KeywordLabeler, build_labeler
 from .text_pipeline import build_labelled_dataset, load_label_config
@@ -76,10 +77,7 @@ class LMDataSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LMDataSpec:
-        unknown = set(data) - LM_DATA_KEYS
-        if unknown:
-            raise StructuredConfigError("data", f"unknown keys {sorted(unknown)} for a structured_gpt recipe; "
-                                        f"allowed: {sorted(LM_DATA_KEYS)}")
+        check_keys("data", data, LM_DATA_KEYS, context="for a structured_gpt recipe")
         text = _mapping(data.get("text"), "data.text", _TEXT_KEYS)
         tok = _mapping(data.get("tokenizer"), "data.tokenizer", _TOKENIZER_KEYS)
         filt = _mapping(data.get("filter"), "data.filter", _FILTER_KEYS)
@@ -157,9 +155,7 @@ def _mapping(value: Any, field_name: str, allowed: set[str]) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise StructuredConfigError(field_name, f"expected a mapping, got {value!r}")
-    unknown = set(value) - allowed
-    if unknown:
-        raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    check_keys(field_name, value, allowed)
     return dict(value)
 
 

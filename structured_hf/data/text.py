@@ -34,6 +34,7 @@ from typing import Any
 import datasets
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -391,9 +392,7 @@ def build_text_dataset(
 def _checked(spec: Mapping[str, Any] | None, cls: type, field_name: str) -> dict[str, Any]:
     spec = dict(spec or {})
     allowed = set(cls.__dataclass_fields__)
-    unknown = set(spec) - allowed
-    if unknown:
-        raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
+    check_keys(field_name, spec, allowed)
     return spec
 
 

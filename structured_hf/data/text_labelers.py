@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from .text import SENTENCE_END
 
 logger = logging.getLogger(__name__)
@@ -692,9 +693,7 @@ def _calibrations(spec: Any, concepts: Sequence[str], field: str) -> Calibration
 
 
 def _reject_unknown(spec: Mapping[str, Any], allowed: set[str], field: str) -> None:
-    unknown = set(spec) - allowed
-    if unknown:
-        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
+    check_keys(field, spec, allowed)
 
 
 __all__ = [

@@ -25,7 +25,7 @@ report are one code path (:func:`~structured_hf.evaluation.relearning.attack_loo
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import math
 import tempfile
@@ -463,9 +463,8 @@ def distil_student(recipe: Any, teacher: nn.Module) -> tuple[nn.Module, float]:
     the recipe's ``distill`` path (:mod:`structured_hf.training.distill`); returns ``(student, train seconds)``."""
     with tempfile.TemporaryDirectory() as folder:
         teacher.save_pretrained(folder)
-        student = copy.deepcopy(recipe)
-        student.seed = recipe.seed + STUDENT_SEED_OFFSET
-        student.distill = {"teacher": folder, "temperature": 1.0}
+        student = dataclasses.replace(recipe, seed=recipe.seed + STUDENT_SEED_OFFSET,
+                                      distill={"teacher": folder, "temperature": 1.0})
         return train_recipe(student)
 
 

@@ -146,7 +146,7 @@ def run(recipe: Recipe, run: RunState, figures: bool = True,
         plot_color_model_latents(model, out / "latents.png", title=f"{out.name}: latent space (bottleneck)")
         plot_training_curves(history, out / "training_curves.png", title=out.name)
         schedules = dict(trainer.schedule_callback.schedules)
-        schedules["learning_rate"] = trainer.args.parameter_schedules.get("learning_rate")
+        schedules["learning_rate"] = trainer.args.schedules.get("learning_rate")
         if trainer.curriculum is not None and trainer.curriculum.vibrancy_min is not None:
             schedules["data: vibrancy_min"] = trainer.curriculum.vibrancy_min
         schedules = {k: v for k, v in schedules.items() if v is not None and not (k == "reconstruction" and v.is_constant)}

@@ -17,6 +17,7 @@ from ..data.color_tasks import ColorTaskCollator
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from ..evaluation.color_tasks import concept_placement, per_operation_errors
 from ..evaluation.tables import json_ready
 from ..evaluation.transformer_control import (
@@ -44,9 +45,7 @@ def validate(recipe: Recipe, regularizers: list, routes: list) -> None:
     task = recipe.data.get("task")
     if not isinstance(task, Mapping):
         raise StructuredConfigError("data.task", f"a color_transformer recipe needs a task mapping, got {task!r}")
-    unknown = set(task) - _TASK_KEYS
-    if unknown:
-        raise StructuredConfigError("data.task", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TASK_KEYS)}")
+    check_keys("data.task", task, _TASK_KEYS)
     parse_labelers(recipe.data.get("labels"))
     Curriculum.from_dict(recipe.data.get("curriculum"))
 

@@ -19,9 +19,7 @@ from ..pretrained.recipe import (
     validate_pretrained_recipe,
 )
 from ..registry import Family, register_family
-from ..training.arguments import parse_regularizers
 from ..training.recipe import Recipe
-from ..training.routing import parse_routes
 from ..training.speclist import used_labels
 from .structured_gpt import evaluate as evaluate_language
 
@@ -31,9 +29,9 @@ def validate(recipe: Recipe, regularizers: list, routes: list) -> None:
 
 
 def build(recipe: Recipe, trainer_kwargs: dict[str, Any], prepared: Any = None):
-    regularizers = parse_regularizers(recipe.regularizers)
+    regularizers = list(recipe.specs.regularizers)
     model, train_ds, eval_ds, extra = build_pretrained_parts(
-        recipe.model, recipe.data, regularizers, used_labels(regularizers, parse_routes(recipe.routes)))
+        recipe.model, recipe.data, regularizers, used_labels(regularizers, recipe.specs.routes))
     for key, value in extra.items():
         trainer_kwargs.setdefault(key, value)
     return model, train_ds, eval_ds

@@ -27,9 +27,9 @@ from ..models.structured_gpt import StructuredGPTConfig, StructuredGPTForCausalL
 from ..pretrained import attach_sites
 from ..registry import Family, register_family
 from ..run_folder import RunState, prepare_output_dir
-from ..training.arguments import RegularizerSpec, parse_regularizers
+from ..training.arguments import RegularizerSpec
 from ..training.recipe import Recipe, build_lm_datasets, lm_model_config, without_ids
-from ..training.routing import RouteSpec, parse_routes
+from ..training.routing import RouteSpec
 from ..training.speclist import check_spec_labels, used_labels
 from ..visualization import plot_training_curves
 from .common import variant_specs
@@ -72,7 +72,7 @@ def build(recipe: Recipe, trainer_kwargs: dict[str, Any], prepared: Any = None):
     set_seed(recipe.seed)  # the data build must not change the initial weights
     model = StructuredGPTForCausalLM(config)
     train_ds, eval_ds = without_ids(blocks["train"]), without_ids(blocks["validation"])
-    labels = used_labels(parse_regularizers(recipe.regularizers), parse_routes(recipe.routes))
+    labels = used_labels(recipe.specs.regularizers, recipe.specs.routes)
     trainer_kwargs.setdefault("data_collator", LMBlockCollator(labels))
     trainer_kwargs.setdefault("eval_data_collator", LMBlockCollator(labels))
     trainer_kwargs.setdefault("processing_class", tokenizer)

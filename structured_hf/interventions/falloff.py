@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 
 
 def _number(value: Any, field_name: str, low: float | None = None, high: float | None = None) -> float:
@@ -227,10 +228,7 @@ def _from_dict(registry: dict[str, type], spec: Any, field_name: str, default: s
         raise StructuredConfigError(f"{field_name}.type", f"unknown type {kind!r}; known: {sorted(registry)}")
     cls = registry[kind]
     allowed = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise StructuredConfigError(field_name,
-                                    f"unknown keys {sorted(unknown)} for {kind}; allowed: {sorted(allowed)}")
+    check_keys(field_name, spec, allowed, context=f"for {kind}")
     return cls(**spec)
 
 

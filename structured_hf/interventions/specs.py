@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from .falloff import BezierMapper, BoundedPowerFalloff, LinearMapper, falloff_from_dict, mapper_from_dict
 
 INTERVENTION_KINDS = ("suppress", "repel", "axes")
@@ -158,10 +159,7 @@ class InterventionSpec:
             return entry
         if not isinstance(entry, Mapping):
             raise StructuredConfigError(field_name, f"expected a mapping with kind/concept|vector|axes, got {entry!r}")
-        allowed = {"kind", "concept", "site", "vector", "axes", "falloff", "mapper"}
-        unknown = set(entry) - allowed
-        if unknown:
-            raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(field_name, entry, {"kind", "concept", "site", "vector", "axes", "falloff", "mapper"})
         try:
             return cls(**dict(entry))
         except StructuredConfigError as e:
@@ -236,10 +234,7 @@ class SurgerySpec:
             return entry
         if not isinstance(entry, Mapping):
             raise StructuredConfigError(field_name, f"expected a mapping with kind/concept|axes, got {entry!r}")
-        allowed = {"kind", "concept", "axes", "site", "heal_steps"}
-        unknown = set(entry) - allowed
-        if unknown:
-            raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(field_name, entry, {"kind", "concept", "axes", "site", "heal_steps"})
         try:
             return cls(**dict(entry))
         except StructuredConfigError as e:

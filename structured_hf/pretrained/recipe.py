@@ -36,6 +36,7 @@ from ..data.lm_data import LM_DATA_KEYS, LMDataSpec, filter_chunks, labelled_chu
 from ..data.tokenizer import tokenize_blocks
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 from ..interventions.surgery import register_surgery_adapter
 from ..layouts import get_path, layout_for
 from ..training.speclist import check_spec_labels
@@ -64,13 +65,10 @@ class PretrainedSpec:
 
     @classmethod
     def from_dict(cls, model: Mapping[str, Any]) -> PretrainedSpec:
-        unknown = set(model) - PRETRAINED_KEYS
         if model.get("type", "pretrained") != "pretrained":
             raise StructuredConfigError("model.type", f"a model with `pretrained:` is type 'pretrained', got "
                                         f"{model.get('type')!r}")
-        if unknown:
-            raise StructuredConfigError("model", f"unknown keys {sorted(unknown)} for a pretrained model; allowed: "
-                                        f"{sorted(PRETRAINED_KEYS)}")
+        check_keys("model", model, PRETRAINED_KEYS, context="for a pretrained model")
         source = model.get("pretrained")
         if not isinstance(source, str) or not source:
             raise StructuredConfigError("model.pretrained", f"expected a folder, .gguf file or Hub id, got {source!r}")
@@ -86,11 +84,7 @@ class PretrainedSpec:
             raise StructuredConfigError("model.concepts", f"expected a list of concepts, got {concepts!r}")
         peft = model.get("peft")
         if peft is not None:
-            if not isinstance(peft, Mapping):
-                raise StructuredConfigError("model.peft", f"expected a mapping of LoraConfig fields, got {peft!r}")
-            bad = set(peft) - PEFT_KEYS
-            if bad:
-                raise StructuredConfigError("model.peft", f"unknown keys {sorted(bad)}; allowed: {sorted(PEFT_KEYS)}")
+            check_keys("model.peft", peft, PEFT_KEYS, "LoraConfig fields")
         return cls(source=source, dtype=dtype, trainable_blocks=None if blocks is None else tuple(blocks),
                    concepts=tuple(dict(c) for c in concepts), peft=None if peft is None else dict(peft))
 

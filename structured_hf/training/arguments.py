@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 from ..errors import StructuredConfigError
 from ..losses import LOSSES, check_loss_params
 from ..schedules import Schedule, parse_schedule
-from .routing import parse_routes
+from .routing import RouteSpec, parse_routes
 from .speclist import check_entry, parse_spec_list
 from .transitions import ReactiveRule
 
@@ -90,6 +90,22 @@ class RegularizerSpec:
         return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params),
                    positions=None if positions is None else tuple(positions), negate_label=negate)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form :meth:`from_dict` reads back to an equal spec (defaults left out)."""
+        out: dict[str, Any] = {"name": self.name, "loss": self.loss}
+        if self.concept is not None:
+            out["concept"] = self.concept
+        if self.label is not None:
+            out["label"] = f"not:{self.label}" if self.negate_label else self.label
+        if self.site is not None:
+            out["site"] = self.site
+        out["weight"] = self.weight.to_dict()
+        if self.params:
+            out["params"] = dict(self.params)
+        if self.positions is not None:
+            out["positions"] = list(self.positions)
+        return out
+
 
 def parse_regularizers(entries: Any, field_name: str = "regularizers") -> list[RegularizerSpec]:
     return parse_spec_list(entries, field_name, RegularizerSpec.from_dict, "regularizer")
@@ -107,6 +123,9 @@ def parse_schedules(spec: Any, field_name: str = "schedules") -> dict[str, Sched
                 f"{field_name}.{key}",
                 f"unknown parameter; schedulable: {list(SCHEDULABLE)} (regularizer weights go in their `weight`)",
             )
+        if isinstance(value, Schedule):  # parsed already (a recipe's specs)
+            out[key] = value
+            continue
         out[key] = parse_schedule(value, f"{field_name}.{key}")
         check_non_negative(out[key], f"{field_name}.{key}")
     return out
@@ -126,7 +145,8 @@ def parse_reactive(entries: Any, field_name: str = "reactive") -> list[ReactiveR
         return []
     if not isinstance(entries, (list, tuple)):
         raise StructuredConfigError(field_name, f"expected a list of rules, got {type(entries).__name__}")
-    return [ReactiveRule.from_dict(e, f"{field_name}[{i}]") for i, e in enumerate(entries)]
+    return [e if isinstance(e, ReactiveRule) else ReactiveRule.from_dict(e, f"{field_name}[{i}]")
+            for i, e in enumerate(entries)]
 
 
 @dataclass
@@ -134,15 +154,16 @@ class AnchoredTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the anchoring recipe.
 
     Args:
-        regularizers: list of regularizer specs (see :class:`RegularizerSpec`), as dicts.
-        schedules: ``{parameter: schedule}`` for ``learning_rate`` and ``reconstruction`` (the task-loss weight).
-        reactive: reactive rules (see :class:`~structured_hf.training.transitions.ReactiveRule`), as dicts: when a
+        regularizers: regularizer specs (:class:`RegularizerSpec`, or their dicts); typed specs after construction.
+        schedules: ``{parameter: schedule}`` for ``learning_rate`` and ``reconstruction`` (the task-loss weight), as
+            :class:`~structured_hf.schedules.Schedule` or YAML values.
+        reactive: reactive rules (:class:`~structured_hf.training.transitions.ReactiveRule`, or their dicts): when a
             logged metric crosses a threshold, a regularizer weight (or ``reconstruction``) moves smoothly to a target.
         sample_with_replacement: draw training samples with replacement (weighted by a ``sample_weight`` column if
             the dataset has one), as the color experiments do.
         check_finite: stop with an error naming the term as soon as any loss term is NaN/inf.
-        routes: gradient routes (see :class:`~structured_hf.training.routing.RouteSpec`), as dicts: labelled samples
-            learn upstream of a site only through a concept's reserved axes.
+        routes: gradient routes (:class:`~structured_hf.training.routing.RouteSpec`, or their dicts): labelled
+            samples learn upstream of a site only through a concept's reserved axes.
     """
 
     regularizers: list = field(default_factory=list)
@@ -164,19 +185,36 @@ class AnchoredTrainingArguments(TrainingArguments):
             # each believing it is rank 0 and writing the same output folder. Ask for the CPU (gloo) instead.
             self.use_cpu = True
         super().__post_init__()
-        # Parsed forms live outside the dataclass fields so `to_dict()`/`to_json_string()` keep the plain recipe.
-        self.regularizer_specs = parse_regularizers(self.regularizers)
-        self.parameter_schedules = parse_schedules(self.schedules)
-        self.reactive_rules = parse_reactive(self.reactive)
-        self.route_specs = parse_routes(self.routes)
-        clash = {r.name for r in self.route_specs} & {r.name for r in self.regularizer_specs}
-        if clash:
-            raise StructuredConfigError("routes", f"names {sorted(clash)} are taken by regularizers; set `name`")
-        known = {r.name for r in self.regularizer_specs} | {"reconstruction"}
-        for i, rule in enumerate(self.reactive_rules):
-            if rule.parameter not in known:
-                raise StructuredConfigError(f"reactive[{i}].parameter",
-                                            f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}")
+        # The fields hold typed specs from here on. A recipe passes the specs it parsed at load (they pass through
+        # unchanged); dicts written by hand are parsed here, once.
+        self.regularizers = parse_regularizers(self.regularizers)
+        self.schedules = parse_schedules(self.schedules)
+        self.reactive = parse_reactive(self.reactive)
+        self.routes = parse_routes(self.routes)
+        check_spec_names(self.regularizers, self.routes, self.reactive)
+
+    def to_dict(self) -> dict[str, Any]:
+        """TrainingArguments' dict (logged by integrations, printed by ``str(args)``) with the specs in YAML form."""
+        out = super().to_dict()
+        out["regularizers"] = [r.to_dict() for r in self.regularizers]
+        out["routes"] = [r.to_dict() for r in self.routes]
+        out["schedules"] = {k: v.to_dict() for k, v in self.schedules.items()}
+        out["reactive"] = [r.to_dict() for r in self.reactive]
+        return out
+
+
+def check_spec_names(regularizers: Sequence[RegularizerSpec], routes: Sequence[RouteSpec],
+                     reactive: Sequence[ReactiveRule]) -> None:
+    """Routes and regularizers share one namespace (schedules and logs address both by name), and a reactive rule
+    can only move a parameter that exists."""
+    clash = {r.name for r in routes} & {r.name for r in regularizers}
+    if clash:
+        raise StructuredConfigError("routes", f"names {sorted(clash)} are taken by regularizers; set `name`")
+    known = {r.name for r in regularizers} | {"reconstruction"}
+    for i, rule in enumerate(reactive):
+        if rule.parameter not in known:
+            raise StructuredConfigError(f"reactive[{i}].parameter",
+                                        f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}")
 
 
 def _multi_process_launch_without_accelerator() -> bool:

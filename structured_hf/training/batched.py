@@ -45,7 +45,7 @@ from ..interventions.suppression import concept_axes
 from ..losses import LOSSES
 from ..losses.regularizers import UNCHANGED
 from ..schedules import Schedule
-from .arguments import RegularizerSpec, parse_regularizers, parse_schedules
+from .arguments import RegularizerSpec
 from .recipe import MODEL_TYPES, Recipe, build_datasets, model_config, model_type
 
 # Families whose models this module can batch (model.type values). A family joins by giving a batched forward.
@@ -192,7 +192,7 @@ def check_batchable(recipes: Sequence[Recipe]) -> None:
 
 
 def _terms(recipes: Sequence[Recipe], concepts: ConceptMap) -> list[_Term]:
-    per_recipe = [parse_regularizers(r.regularizers) for r in recipes]
+    per_recipe = [r.specs.regularizers for r in recipes]
     terms = []
     for k, spec in enumerate(per_recipe[0]):
         field = f"regularizers[{k}] ('{spec.name}')"
@@ -246,8 +246,8 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     steps = int(training["max_steps"])
     batch = int(training.get("per_device_train_batch_size", 8))
     base_lr = float(training.get("learning_rate", 5e-5))
-    lr_schedule = parse_schedules(first.schedules).get("learning_rate")
-    recon_schedules = [parse_schedules(r.schedules).get("reconstruction", Schedule.constant(1.0)) for r in recipes]
+    lr_schedule = first.specs.schedules.get("learning_rate")
+    recon_schedules = [r.specs.schedules.get("reconstruction", Schedule.constant(1.0)) for r in recipes]
     max_norm = float(training.get("max_grad_norm", 1.0))
     check_finite = bool(training.get("check_finite", True))
 

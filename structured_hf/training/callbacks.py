@@ -32,7 +32,7 @@ class ScheduleCallback(TrainerCallback):
                  rules: Sequence[ReactiveRule] = ()):
         self.schedules = dict(schedules)
         self.values = values
-        self.rules = list(rules)
+        self.rules = [rule.fresh() for rule in rules]
         self.overrides: dict[str, SmoothParameter] = {}
         self.events: list[dict[str, float | str]] = []
         self._update(0)

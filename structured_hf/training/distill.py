@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel
 
 from ..errors import CheckpointError, StructuredConfigError
+from ..validation import check_keys
 from ..registry import family_for_model_type
 from .trainer import AnchoredTrainer
 
@@ -59,11 +60,7 @@ class DistillSpec:
 
     @classmethod
     def from_dict(cls, raw: Any) -> DistillSpec:
-        if not isinstance(raw, Mapping):
-            raise StructuredConfigError("distill", f"expected a mapping {{teacher: PATH}}, got {raw!r}")
-        unknown = set(raw) - DISTILL_KEYS
-        if unknown:
-            raise StructuredConfigError("distill", f"unknown keys {sorted(unknown)}; allowed: {sorted(DISTILL_KEYS)}")
+        check_keys("distill", raw, DISTILL_KEYS, "teacher: PATH[, temperature: T]")
         teacher = raw.get("teacher")
         if not isinstance(teacher, str) or not teacher:
             raise StructuredConfigError("distill.teacher", f"expected the teacher model's folder, got {teacher!r}")

@@ -31,17 +31,23 @@ from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..data.lm_data import LMDataSpec, build_lm_data
 from ..errors import StructuredConfigError, yaml_float_hint
+from ..validation import check_keys
 from ..registry import MODEL_TYPES, Family, get_family  # noqa: F401  (MODEL_TYPES: re-exported)
 from ..models.structured_gpt import StructuredGPTConfig
+from ..concepts import ConceptMap
+from ..schedules import Schedule
 from .arguments import (
     AnchoredTrainingArguments,
+    RegularizerSpec,
+    check_spec_names,
     parse_reactive,
     parse_regularizers,
     parse_schedules,
 )
 from .concept_color import expand_concept_color
 from .distill import DistillationTrainer, DistillSpec, load_teacher
-from .routing import parse_routes
+from .routing import RouteSpec, parse_routes
+from .transitions import ReactiveRule
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
@@ -50,9 +56,39 @@ _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "re
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 
 
-@dataclass
+@dataclass(frozen=True)
+class RecipeSpecs:
+    """The typed form of a recipe's anchoring sections, parsed once when the recipe is made.
+
+    Everything downstream (training arguments, trainer, batched sweeps, model cards) reads these; the YAML dicts of
+    :class:`Recipe` are kept only to save the recipe as it was written (``recipe.yaml``) and to derive sweep variants.
+    """
+
+    regularizers: tuple[RegularizerSpec, ...]
+    routes: tuple[RouteSpec, ...]
+    schedules: Mapping[str, Schedule]
+    reactive: tuple[ReactiveRule, ...]
+    concepts: ConceptMap  # the recipe's ``model.concepts`` (checked against the model's sites when it is built)
+    distill: DistillSpec | None
+
+    @classmethod
+    def parse(cls, recipe: Recipe) -> RecipeSpecs:
+        regularizers = tuple(parse_regularizers(recipe.regularizers))
+        routes = tuple(parse_routes(recipe.routes))
+        reactive = tuple(parse_reactive(recipe.reactive))
+        check_spec_names(regularizers, routes, reactive)
+        return cls(regularizers=regularizers, routes=routes, schedules=parse_schedules(recipe.schedules),
+                   reactive=reactive, concepts=ConceptMap.parse(recipe.model.get("concepts"), "model.concepts"),
+                   distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill))
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """A parsed experiment file (plain data; :func:`build_trainer` turns it into objects)."""
+    """A parsed experiment file: the sections as written (``to_yaml`` saves them) and their typed form, ``specs``.
+
+    Frozen, because ``specs`` is parsed from the sections once: derive a changed recipe with
+    ``dataclasses.replace(recipe, regularizers=[...])``, which parses (and validates) the new one.
+    """
 
     model: dict[str, Any]
     data: dict[str, Any]
@@ -69,9 +105,13 @@ class Recipe:
     sweep: dict[str, Any] | None = None
     # Train this model to match a teacher's outputs (training/distill.py): {teacher: PATH, temperature: T}.
     distill: dict[str, Any] | None = None
+    specs: RecipeSpecs = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "specs", RecipeSpecs.parse(self))
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
         for key in ("sweep", "distill"):
             if out[key] is None:
                 del out[key]  # a plain recipe (and every run of a sweep) dumps without the key
@@ -127,9 +167,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key, value in (overrides or {}).items():
         set_path(raw, key, value, key)
     raw = expand_concept_color(raw)  # concept_color: X and colors relative to X's hue (training/concept_color.py)
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise StructuredConfigError(source, f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    check_keys(source, raw, _TOP_KEYS, what="top-level keys")
     for key in ("model", "data"):
         if not isinstance(raw.get(key), Mapping):
             raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
@@ -158,11 +196,11 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         output_dir=str(raw.get("output_dir", "outputs/run")),
         description=str(raw.get("description", "")),
         sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
-        distill=None if raw.get("distill") is None else dict(DistillSpec.from_dict(raw["distill"]).__dict__),
+        distill=None if raw.get("distill") is None else copy.deepcopy(raw["distill"]),
     )
     validate_recipe(recipe)
     if "training.learning_rate" in (overrides or {}):
-        _check_learning_rate(recipe.training, parse_schedules(recipe.schedules))
+        _check_learning_rate(recipe.training, recipe.specs.schedules)
     if recipe.sweep is not None:
         parse_sweep(recipe.sweep, {k: v for k, v in raw.items() if k != "sweep"}, parse_run=parse_recipe)
     return recipe
@@ -185,25 +223,19 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def validate_recipe(recipe: Recipe) -> None:
-    """Parse every part once, so that errors surface before any work starts: the parts every recipe has here, the
-    model and data sections by the recipe's family (:mod:`structured_hf.registry`)."""
+    """Check what parsing the specs (:class:`RecipeSpecs`) does not: the model and data sections, by the recipe's
+    family (:mod:`structured_hf.registry`), and the training arguments, so that errors surface before any work."""
     family = family_of(recipe)
     if family.config_at_load:
         model_config(recipe)
-    regularizers = parse_regularizers(recipe.regularizers)
-    routes = parse_routes(recipe.routes)
-    parse_schedules(recipe.schedules)
-    parse_reactive(recipe.reactive)
     if family.validate is not None:
-        family.validate(recipe, regularizers, routes)
+        family.validate(recipe, list(recipe.specs.regularizers), list(recipe.specs.routes))
     _check_training_fields(recipe.training)
 
 
 def check_data_keys(recipe: Recipe) -> None:
     """The ``data`` keys of the color families."""
-    unknown = set(recipe.data) - _DATA_KEYS
-    if unknown:
-        raise StructuredConfigError("data", f"unknown keys {sorted(unknown)}; allowed: {sorted(_DATA_KEYS)}")
+    check_keys("data", recipe.data, _DATA_KEYS)
 
 
 def _check_learning_rate(training: Mapping[str, Any], schedules: Mapping[str, Any]) -> None:
@@ -322,9 +354,7 @@ def model_config(recipe: Recipe):
     spec = {k: v for k, v in recipe.model.items() if k != "type"}
     config_cls = family.config_class
     allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise StructuredConfigError("model", f"unknown keys {sorted(unknown)} for {kind}; allowed: {sorted(allowed)}")
+    check_keys("model", spec, allowed, context=f"for {kind}")
     try:
         return config_cls(**spec)
     except StructuredConfigError:
@@ -382,16 +412,17 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     training = dict(recipe.training)
     try:
         args = AnchoredTrainingArguments(
-            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=recipe.regularizers, routes=recipe.routes,
-            schedules=recipe.schedules, reactive=recipe.reactive, **training,
+            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=list(recipe.specs.regularizers),
+            routes=list(recipe.specs.routes), schedules=dict(recipe.specs.schedules),
+            reactive=list(recipe.specs.reactive), **training,
         )
     except StructuredConfigError:
         raise
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
-    if recipe.distill is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
-        spec = DistillSpec.from_dict(recipe.distill)
+    spec = recipe.specs.distill
+    if spec is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
         return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                    curriculum=curriculum, teacher=load_teacher(spec), temperature=spec.temperature,
                                    **trainer_kwargs)

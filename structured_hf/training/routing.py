@@ -83,6 +83,14 @@ class RouteSpec:
         name = entry.get("name") or f"route:{entry['concept']}" + (f"@{site}" if site else "")
         return cls(name=str(name), concept=entry["concept"], label=entry["label"], site=site, weight=weight)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form :meth:`from_dict` reads back to an equal spec."""
+        out: dict[str, Any] = {"name": self.name, "concept": self.concept, "label": self.label}
+        if self.site is not None:
+            out["site"] = self.site
+        out["weight"] = self.weight.to_dict()
+        return out
+
 
 def parse_routes(entries: Any, field_name: str = "routes") -> list[RouteSpec]:
     return parse_spec_list(entries, field_name, RouteSpec.from_dict, "route")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 
 T = TypeVar("T")
 
@@ -31,11 +32,7 @@ def parse_spec_list(entries: Any, field_name: str, from_dict: Callable[[Any, str
 
 def check_entry(entry: Any, field_name: str, allowed: set[str], expected: str) -> None:
     """An entry of such a list must be a mapping with only ``allowed`` keys (``expected`` describes it)."""
-    if not isinstance(entry, Mapping):
-        raise StructuredConfigError(field_name, f"expected a mapping with {expected}, got {entry!r}")
-    unknown = set(entry) - allowed
-    if unknown:
-        raise StructuredConfigError(field_name, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    check_keys(field_name, entry, allowed, expected)
 
 
 def bind_concept(field_name: str, name: str, concepts: ConceptMap) -> ConceptSpec:

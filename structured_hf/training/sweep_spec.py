@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 
 _SWEEP_KEYS = {"seeds", "regularizer_subsets", "variants", "figures"}
 _VARIANT_KEYS = {"name", "set"}
@@ -100,9 +101,7 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", 
     if not isinstance(spec, Mapping):
         raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, "
                                            f"got {spec!r}")
-    unknown = set(spec) - _SWEEP_KEYS
-    if unknown:
-        raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}")
+    check_keys(field, spec, _SWEEP_KEYS)
     seeds = spec.get("seeds")
     if seeds is not None:
         if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
@@ -139,9 +138,7 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", 
         vf = f"{field}.variants[{i}]"
         if not isinstance(entry, Mapping):
             raise StructuredConfigError(vf, f"expected a mapping {{name, set}}, got {entry!r}")
-        bad = set(entry) - _VARIANT_KEYS
-        if bad:
-            raise StructuredConfigError(vf, f"unknown keys {sorted(bad)}; allowed: {sorted(_VARIANT_KEYS)}")
+        check_keys(vf, entry, _VARIANT_KEYS)
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise StructuredConfigError(f"{vf}.name", "expected a name of letters, digits and ._+- "

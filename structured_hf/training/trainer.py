@@ -91,9 +91,9 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         dims = site_dims(model)
         concepts = ConceptMap.parse(getattr(model.config, "concepts", None)).validate(dims)
         known_labels = getattr(train_dataset, "label_names", None)
-        self.bound_regularizers = _bind_regularizers(args.regularizer_specs, concepts, dims, known_labels, model)
-        self.bound_routes = bind_routes(args.route_specs, concepts, dims, known_labels)
-        label_names = used_labels(args.regularizer_specs, args.route_specs)
+        self.bound_regularizers = _bind_regularizers(args.regularizers, concepts, dims, known_labels, model)
+        self.bound_routes = bind_routes(args.routes, concepts, dims, known_labels)
+        label_names = used_labels(args.regularizers, args.routes)
         if data_collator is None:
             # Probabilities pass through the collator; the trainer draws the labels (see `_label_generator`).
             data_collator = WeakLabelCollator(label_names, sample=False)
@@ -107,8 +107,8 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         self.hparams: dict[str, float] = {}
         schedules = {r.spec.name: r.spec.weight for r in self.bound_regularizers}
         schedules.update({r.spec.name: r.spec.weight for r in self.bound_routes})
-        schedules["reconstruction"] = args.parameter_schedules.get("reconstruction", Schedule.constant(1.0))
-        self.schedule_callback = ScheduleCallback(schedules, self.hparams, args.reactive_rules)
+        schedules["reconstruction"] = args.schedules.get("reconstruction", Schedule.constant(1.0))
+        self.schedule_callback = ScheduleCallback(schedules, self.hparams, args.reactive)
         self.add_callback(self.schedule_callback)
         self._window: dict[str, float] | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
@@ -318,7 +318,7 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if optimizer is None and self.lr_scheduler is None:
             self._unwrap_optimizer()
-        lr = self.args.parameter_schedules.get("learning_rate")
+        lr = self.args.schedules.get("learning_rate")
         if lr is None:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:

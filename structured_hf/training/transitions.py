@@ -8,12 +8,15 @@ A :class:`ReactiveRule` watches a logged metric and, when it crosses a threshold
 
 from __future__ import annotations
 
+import dataclasses
+
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StructuredConfigError
+from ..validation import check_keys
 
 
 def quintic_coefficients(x0: float, v0: float, a0: float, x1: float, duration: float) -> tuple[float, ...]:
@@ -111,12 +114,7 @@ class ReactiveRule:
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], field: str) -> ReactiveRule:
-        if not isinstance(entry, Mapping):
-            raise StructuredConfigError(field, f"expected a mapping, got {entry!r}")
-        allowed = {"metric", "op", "threshold", "parameter", "target", "duration", "once"}
-        unknown = set(entry) - allowed
-        if unknown:
-            raise StructuredConfigError(field, f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(field, entry, {"metric", "op", "threshold", "parameter", "target", "duration", "once"})
         for key in ("metric", "parameter"):
             if not isinstance(entry.get(key), str):
                 raise StructuredConfigError(f"{field}.{key}", f"expected a name, got {entry.get(key)!r}")
@@ -132,6 +130,16 @@ class ReactiveRule:
             raise StructuredConfigError(f"{field}.duration", f"expected a positive number of steps, got {numbers['duration']}")
         return cls(metric=entry["metric"], op=entry["op"], parameter=entry["parameter"],
                    once=bool(entry.get("once", True)), **numbers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form :meth:`from_dict` reads back (without the firing state)."""
+        return {"metric": self.metric, "op": self.op, "threshold": self.threshold, "parameter": self.parameter,
+                "target": self.target, "duration": self.duration, "once": self.once}
+
+    def fresh(self) -> ReactiveRule:
+        """This rule, not yet fired: a recipe's rules are shared by every trainer built from it, so each trainer
+        fires its own copies."""
+        return dataclasses.replace(self, fired_at=None, _armed=True)
 
     def check(self, logs: Mapping[str, float]) -> bool:
         """True when the rule should fire now (and records it)."""

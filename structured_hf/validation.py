@@ -1,0 +1,72 @@
+"""Field checks shared by every parser of user input (recipes, concept maps, labelers, interventions, schedules).
+
+One mechanism instead of hand-written checks per parser: each helper takes the dotted field path it is checking and
+raises :class:`~structured_hf.errors.StructuredConfigError` naming that path, the offending value and what was
+expected. Parsers call them and keep only the checks that are specific to their meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import StructuredConfigError, yaml_float_hint
+
+
+def check_mapping(field: str, value: Any, expected: str = "a mapping") -> Mapping[str, Any]:
+    """``value`` itself, which must be a mapping (``expected`` describes it in the error: "a mapping with ...")."""
+    if not isinstance(value, Mapping):
+        raise StructuredConfigError(field, f"expected {expected}, got {value!r}")
+    return value
+
+
+def check_keys(field: str, entry: Any, allowed: Iterable[str], expected: str | None = None,
+               context: str = "", what: str = "keys") -> Mapping[str, Any]:
+    """``entry``, which must be a mapping whose keys are all in ``allowed``.
+
+    Args:
+        field: dotted path of the mapping, e.g. ``"regularizers[2]"``.
+        entry: the parsed YAML value.
+        allowed: the keys the mapping may have.
+        expected: how the mapping is described when it is not one (default: "a mapping").
+        context: appended to "unknown keys [...]" (e.g. "for a pretrained model"), for parsers whose allowed keys
+            depend on a kind.
+        what: what the keys are called in the error ("top-level keys").
+    """
+    allowed = set(allowed)
+    check_mapping(field, entry, f"a mapping with {expected}" if expected else "a mapping")
+    unknown = set(entry) - allowed
+    if unknown:
+        where = f" {context}" if context else ""
+        raise StructuredConfigError(field, f"unknown {what} {sorted(unknown, key=str)}{where}; allowed: {sorted(allowed)}")
+    return entry
+
+
+def check_number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> float | int:
+    """``value`` as a finite number in the given range (an ``int`` when ``integer``).
+
+    Booleans are refused although Python counts them as integers: ``true`` in YAML is never a step count or a weight.
+    A string that looks like a number gets the YAML spelling that reads as one (PyYAML wants ``1.0e-3``).
+    """
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise StructuredConfigError(field, f"expected {kind}, got {value!r}{yaml_float_hint(value)}")
+    if not math.isfinite(value):
+        raise StructuredConfigError(field, f"expected a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise StructuredConfigError(field, f"expected {kind} {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise StructuredConfigError(field, f"expected {kind} {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_name(field: str, value: Any, what: str = "a name") -> str:
+    """``value``, which must be a non-empty string (a concept, label, site or loss name)."""
+    if not isinstance(value, str) or not value:
+        raise StructuredConfigError(field, f"expected {what}, got {value!r}")
+    return value
+
+
+__all__ = ["check_keys", "check_mapping", "check_name", "check_number"]
