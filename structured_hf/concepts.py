@@ -164,8 +164,8 @@ def _parse_axes(value: Any, field: str) -> tuple[int, ...]:
 class ConceptMap(Sequence[ConceptSpec]):
     """An ordered, name-addressable list of concepts.
 
-    ``ConceptMap.parse(config.concepts)`` is the one way to read a model's map; ``concept_map["red"]`` raises an
-    error listing the known names when the concept does not exist.
+    ``ConceptMap.of(model)`` is the one way to read a model's map (``model.concept_map`` on structured_hf models
+    calls it); ``concept_map["red"]`` raises an error listing the known names when the concept does not exist.
     """
 
     def __init__(self, concepts: Iterable[ConceptSpec] = ()):
@@ -183,6 +183,17 @@ class ConceptMap(Sequence[ConceptSpec]):
         if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
             raise StructuredConfigError(field, f"expected a list of concept entries, got {type(entries).__name__}")
         return cls(ConceptSpec.from_dict(e, f"{field}[{i}]") for i, e in enumerate(entries))
+
+    @classmethod
+    def of(cls, model_or_config: Any) -> ConceptMap:
+        """The concept map of a model or of its config: structured_hf's models and pretrained models with attached
+        sites alike (their ``config.concepts``, which surgery keeps current); empty when the config has none.
+
+        Read the map through this at the moment it is needed rather than keeping one: surgery rewrites the
+        config's list, and a kept map would go stale.
+        """
+        config = getattr(model_or_config, "config", model_or_config)
+        return cls.parse(getattr(config, "concepts", None), "config.concepts")
 
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, str):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from structured_hf import ColorAutoencoderConfig, ConceptMap, StructuredConfigError, site_dims
+from structured_hf import ColorAutoencoderConfig, ColorAutoencoderModel, ConceptMap, StructuredConfigError, site_dims
 from structured_hf.data import ColumnarDataset
 from structured_hf.training import (
     MODEL_TYPES,
     AnchoredTrainer,
+    AnchoredTrainingArguments,
     build_datasets,
     build_trainer,
     load_recipe,
@@ -19,7 +22,11 @@ from structured_hf.training import (
     parse_recipe,
 )
 from structured_hf.data.lm_data import LMDataSpec
+from structured_hf.training.arguments import RegularizerSpec
 from structured_hf.training.recipe import model_type
+from structured_hf.training.routing import RouteSpec
+from structured_hf.training.transitions import ReactiveRule
+from structured_hf.validation import check_keys, check_number
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # labels*.yaml are weak-labelling configs for scripts/label_text.py, not recipes (tests/test_text_data.py loads them).
@@ -224,3 +231,70 @@ def test_null_output_dir_is_not_the_string_none(tmp_path):
         assert "output_dir" in str(e)
         return
     assert recipe.output_dir != "None"
+
+
+# ---- parse once, typed ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipes_specs_round_trip_through_their_yaml_form(path):
+    """The typed specs a recipe holds write back (``to_dict``) to YAML that parses to equal specs: training arguments
+    log this form, so what a log shows is what ran."""
+    specs = load_recipe(path).specs
+    for i, spec in enumerate(specs.regularizers):
+        assert RegularizerSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict())), f"r[{i}]") == spec
+    for i, spec in enumerate(specs.routes):
+        assert RouteSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict())), f"r[{i}]") == spec
+    for i, rule in enumerate(specs.reactive):
+        assert ReactiveRule.from_dict(rule.to_dict(), f"reactive[{i}]") == rule
+
+
+def test_a_recipe_is_parsed_once_and_a_derived_recipe_is_parsed_again(tmp_path):
+    recipe = load_recipe(CONFIGS / "color_autoencoder/default.yaml", {"output_dir": str(tmp_path)})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.regularizers = []  # type: ignore[misc]  (specs would go stale)
+    fewer = dataclasses.replace(recipe, regularizers=recipe.regularizers[:1])
+    assert [s.name for s in fewer.specs.regularizers] == [recipe.regularizers[0]["name"]]
+    with pytest.raises(StructuredConfigError, match=r"regularizers\[0\]\.loss: unknown loss 'nope'"):
+        dataclasses.replace(recipe, regularizers=[{"loss": "nope"}])
+    args = AnchoredTrainingArguments(output_dir=str(tmp_path), regularizers=list(recipe.specs.regularizers),
+                                     schedules=dict(recipe.specs.schedules), reactive=list(recipe.specs.reactive))
+    assert all(a is b for a, b in zip(args.regularizers, recipe.specs.regularizers))  # passed through, not re-parsed
+    logged = json.loads(args.to_json_string())
+    assert logged["regularizers"] == [s.to_dict() for s in recipe.specs.regularizers]
+
+
+def test_concept_map_of_reads_any_config_and_never_goes_stale():
+    config = ColorAutoencoderConfig(bottleneck_dim=4, concepts=[{"name": "red", "site": "bottleneck",
+                                                                 "direction": [1.0, 0.0, 0.0, 0.0]}])
+    model = ColorAutoencoderModel(config)
+    assert ConceptMap.of(model).names == model.concept_map.names == ["red"]
+    model.config.concepts = []  # as surgery does when it drops a concept
+    assert model.concept_map.names == [] and ConceptMap.of(model.config).names == []
+
+    class PlainConfig:  # a pretrained model's config: no concepts attribute until sites are attached
+        pass
+
+    assert ConceptMap.of(PlainConfig()).names == []
+    PlainConfig.concepts = [{"name": "x", "site": "layers.0.residual_post", "axes": [0]}]
+    assert ConceptMap.of(PlainConfig()).names == ["x"]
+
+
+@pytest.mark.parametrize("value, kwargs, message", [
+    (True, {}, "expected a number, got True"),
+    ("1e-3", {}, "write 1.0e-3"),
+    (float("nan"), {}, "expected a finite number"),
+    (0.0, {"low": 0.0, "low_open": True}, "expected a number > 0.0, got 0.0"),
+    (2, {"high": 1}, "expected a number <= 1, got 2"),
+    (1.5, {"integer": True}, "expected an integer, got 1.5"),
+])
+def test_check_number_names_the_field_and_what_was_expected(value, kwargs, message):
+    with pytest.raises(StructuredConfigError, match=r"^a\.b: ") as e:
+        check_number("a.b", value, **kwargs)
+    assert message in str(e.value)
+
+
+def test_check_keys_lists_unknown_and_allowed_keys():
+    assert check_keys("x", {"a": 1}, {"a", "b"}) == {"a": 1}
+    with pytest.raises(StructuredConfigError, match=r"^x: unknown keys \['c'\] for a kind; allowed: \['a', 'b'\]$"):
+        check_keys("x", {"a": 1, "c": 2}, {"a", "b"}, context="for a kind")
+    with pytest.raises(StructuredConfigError, match=r"^x: expected a mapping with a/b, got \[1\]$"):
+        check_keys("x", [1], {"a", "b"}, "a/b")

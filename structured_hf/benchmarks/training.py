@@ -156,7 +156,7 @@ class HandLoop:
         self.colors = cols["colors"]
         # The trainer draws every label a regularizer uses, in sorted name order, from one generator per step.
         self.probs = {name: cols[f"prob_{name}"] for name in sorted({self.anchor.label, self.plane.label})}
-        concepts = ConceptMap.parse(config.concepts)
+        concepts = ConceptMap.of(config)
         direction = torch.tensor(concepts[self.anchor.concept].direction)
         self.direction = direction / direction.norm()
         axes = concepts[self.plane.concept].axes

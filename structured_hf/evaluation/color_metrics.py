@@ -57,7 +57,7 @@ def concept_metrics(model: torch.nn.Module, concept: ConceptSpec) -> dict[str, A
 def evaluate_color_model(model: torch.nn.Module) -> dict[str, Any]:
     """The metrics of `metrics.json`: named-color MSE and per-concept placement."""
     mse = named_color_mse(model)
-    concepts = ConceptMap.parse(model.config.concepts)
+    concepts = ConceptMap.of(model)
     return {
         "named_color_mse": mse,
         "named_color_mse_max": max(mse.values()),

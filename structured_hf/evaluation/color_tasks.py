@@ -74,7 +74,7 @@ def concept_placement(model: torch.nn.Module, dataset: datasets.Dataset, sites: 
     arrays = {k: v[:limit] for k, v in task_arrays(dataset).items()}
     red = example_redness(arrays)
     involved, far = red >= RED_INVOLVED, red < RED_FAR
-    concepts = [c for c in ConceptMap.parse(model.config.concepts) if c.direction is not None]
+    concepts = [c for c in ConceptMap.of(model) if c.direction is not None]
     sites = list(sites or [f"layers.{i}.residual_post" for i in range(model.config.num_layers)])
     own = [c.site for c in concepts if c.site not in sites]  # e.g. a concept anchored in QK space
     was_training = model.training

@@ -50,7 +50,7 @@ RETAIN_THRESHOLD = 0.1
 
 def anchored_concepts(model: nn.Module, chunks: datasets.Dataset | None = None) -> list[str]:
     """Direction concepts of the model's concept map (that the data has labels for, when ``chunks`` is given)."""
-    concepts = ConceptMap.parse(getattr(model.config, "concepts", None))
+    concepts = ConceptMap.of(model)
     names = [c.name for c in concepts if c.direction is not None]
     if chunks is not None:
         names = [n for n in names if PROB_PREFIX + n in chunks.column_names]
@@ -144,7 +144,7 @@ def concept_cosines(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequen
                     batch_size: int = 32, pad_id: int = 0, limit: int = 256) -> dict[str, float]:
     """Mean cosine of the residual at the concept's site with its direction, over the real tokens of each set
     (the first ``limit`` texts): how far the anchoring put the concept where the map says."""
-    spec = ConceptMap.parse(model.config.concepts)[concept]
+    spec = ConceptMap.of(model)[concept]
     if spec.direction is None:
         raise StructuredConfigError("concept", f"'{concept}' has no direction")
     v = torch.tensor(spec.direction, dtype=torch.float32)
@@ -167,7 +167,7 @@ def concept_cosines(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequen
 
 def _zero_axes_spec(model: nn.Module, concept: str) -> str:
     """The axis-aligned suppression of a direction concept: zero its nonzero axes at its site (inference time)."""
-    spec = ConceptMap.parse(model.config.concepts)[concept]
+    spec = ConceptMap.of(model)[concept]
     return f"axes:{','.join(map(str, concept_axes(spec)))}@{spec.site}"
 
 
@@ -349,7 +349,7 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
     on its first ``probe_retain_chunks`` chunks during the attack, to keep it affordable). The post-hoc direction
     uses the first ``direction_chunks`` training chunks of each set.
     """
-    site = ConceptMap.parse(anchored.config.concepts)[concept].site
+    site = ConceptMap.of(anchored)[concept].site
     sets = heldout_sets(test_chunks, [concept])
     length, pad = context_length(anchored), pad_id(tokenizer)
     encoded = {name: encode(tokenizer, texts, length) for name, texts in sets.items()}

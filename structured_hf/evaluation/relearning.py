@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.trainer_callback import PrinterCallback
 
-from ..concepts import ConceptMap, ConceptSpec
+from ..concepts import ConceptSpec
 from ..data.collators import ColumnarDataset
 from ..data.colors import NAMED_COLORS, resolve_colors, rgb_grid
 from ..data.labels import parse_labelers
@@ -378,7 +378,7 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
     an operand or the result >= 0.6) with the task loss; the probes are the test split's concept-involving and
     far-from-concept examples (MSE). ``models`` may hold pre-trained ``{"anchored", "unanchored"}`` models.
     """
-    spec = ConceptMap.parse(model_config(recipe).concepts)[concept]
+    spec = recipe.specs.concepts[concept]
     if spec.direction is None:
         raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
     label = label or concept

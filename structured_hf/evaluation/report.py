@@ -47,7 +47,7 @@ def draw_figures(variants: Sequence[Variant], result: dict[str, Any], out_dir: P
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     colors = np.concatenate([rgb_grid(8), hues])
     rows = [{"name": v.name, "latents": v.latents(colors, "bottleneck"),
-             "concepts": ConceptMap.parse(v.model.config.concepts)} for v in variants]
+             "concepts": ConceptMap.of(v.model)} for v in variants]
     paths.append(plot_variants_latents(rows, colors, out_dir / "latents.png", highlight_names=HUE_NAMES,
                                        title="latents at 'bottleneck' as the decoder sees them"))
     return paths

@@ -304,7 +304,7 @@ def run_benchmark(methods: Mapping[str, Method | nn.Module], task: AttackTask, g
 
 def require_concept(model: nn.Module, concept: str, what: str = "anchored model") -> None:
     """Fail naming the concept when ``model``'s concept map lacks it."""
-    names = [c.name for c in ConceptMap.parse(getattr(model.config, "concepts", None))]
+    names = [c.name for c in ConceptMap.of(model)]
     if concept not in names:
         raise StructuredConfigError("concept", f"the {what} has no concept '{concept}' in its concept map; it has "
                                     f"{names}")
@@ -703,7 +703,7 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
         out[FILTERING] = Method(filtered)
     out.update(transformer_variants(anchored, concept, methods))
     if "post-hoc" in methods:
-        site = ConceptMap.parse(anchored.config.concepts)[concept].site
+        site = ConceptMap.of(anchored)[concept].site
         sets = lm.heldout_sets(train_chunks, [concept])
         direction = lm.mean_difference_direction(reference, tokenizer, sets[f"forget:{concept}"][:direction_chunks],
                                                  sets["retain"][:direction_chunks], site)

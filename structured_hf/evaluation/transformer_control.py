@@ -38,7 +38,7 @@ FAR_RATIO_TARGET = 1.5
 
 def control_variants(model: torch.nn.Module, concepts: Sequence[str] | None = None) -> list[tuple[str, Any, list]]:
     """``(name, model, intervention specs)`` for the baseline and, per direction concept, suppression and deletion."""
-    cmap = ConceptMap.parse(model.config.concepts)
+    cmap = ConceptMap.of(model)
     names = list(concepts) if concepts is not None else [c.name for c in cmap if c.direction is not None]
     variants: list[tuple[str, Any, list]] = [("baseline", model, [])]
     for name in names:

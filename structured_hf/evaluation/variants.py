@@ -122,7 +122,7 @@ def default_score(model: nn.Module, spec: InterventionSpec | SurgerySpec,
     """
     concept = None
     if spec.concept is not None:
-        concept = ConceptMap.parse(model.config.concepts)[spec.concept]
+        concept = ConceptMap.of(model)[spec.concept]
     is_axes = (concept is not None and concept.axes is not None) or (concept is None and spec.axes is not None
                                                                        and anchor is None)
     if is_axes:

@@ -114,7 +114,7 @@ def run(recipe: Recipe, run: RunState, figures: bool = True,
         return {}
 
     model = trainer.model
-    concepts = ConceptMap.parse(model.config.concepts)
+    concepts = ConceptMap.of(model)
     history = trainer.state.log_history
     boundaries = [start for start, _ in trainer.curriculum.boundaries()] if trainer.curriculum else []
     metrics = evaluate_color_model(model)

@@ -183,7 +183,7 @@ def concept_axes(concept: ConceptSpec, tol: float = 1e-6) -> tuple[int, ...]:
 def default_site(model: nn.Module) -> str:
     """The site an intervention without a concept or site addresses: the one site of all concepts, else
     ``bottleneck``."""
-    concepts = ConceptMap.parse(getattr(model.config, "concepts", None))
+    concepts = ConceptMap.of(model)
     sites = {c.site for c in concepts}
     if len(sites) == 1:
         return sites.pop()
@@ -213,7 +213,7 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
     dims = site_dims(model)
     concept = None
     if spec.concept is not None:
-        concept = ConceptMap.parse(getattr(model.config, "concepts", None))[spec.concept]
+        concept = ConceptMap.of(model)[spec.concept]
     site = spec.site or (concept.site if concept is not None else default_site(model))
     if site not in dims:
         raise StructuredConfigError("intervention.site", f"unknown site '{site}'; the model has {sorted(dims)}")

@@ -112,7 +112,7 @@ def resolve_axes(model: nn.Module, concept: str | None = None, axes: Sequence[in
         raise StructuredConfigError("surgery", "give exactly one of a concept name or explicit axes")
     dims = site_dims(model)
     if concept is not None:
-        spec = ConceptMap.parse(getattr(model.config, "concepts", None))[concept]
+        spec = ConceptMap.of(model)[concept]
         site = site or spec.site
         axes = concept_axes(spec)
     site = site or ("bottleneck" if "bottleneck" in dims else None)
@@ -193,7 +193,7 @@ def ablate(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] 
     site, axes = resolve_axes(model, concept, axes, site)
     point = surgery_point(model, site)
     width = point.site_width
-    entries, dropped, modified = remap_concepts(ConceptMap.parse(model.config.concepts), point.sites, axes, width,
+    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width,
                                                 shrink=False)
     new = copy.deepcopy(model)
     changes = point.prepare(new) if point.prepare is not None else {}
@@ -220,7 +220,7 @@ def prune(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] |
         raise StructuredConfigError("surgery.site", point.prune_error)
     width = point.producer.out_features
     keep = torch.tensor([i for i in range(width) if i not in set(axes)], dtype=torch.long)
-    entries, dropped, modified = remap_concepts(ConceptMap.parse(model.config.concepts), point.sites, axes, width,
+    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width,
                                                 shrink=True)
     config = _new_config(model, **{point.width_attr: len(keep)}, concepts=entries, surgery=_record(model, {
         "op": "prune", "site": site, "axes": list(axes), "concept": concept, "removed_concepts": dropped,

@@ -25,7 +25,9 @@ class StructuredPreTrainedModel(PreTrainedModel):
 
     @property
     def concept_map(self) -> ConceptMap:
-        return ConceptMap.parse(self.config.concepts)
+        """Where this model's concepts live (parsed from ``config.concepts`` on each access, so never stale after
+        surgery); the same as :meth:`ConceptMap.of`, which also reads pretrained models with attached sites."""
+        return ConceptMap.of(self)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):

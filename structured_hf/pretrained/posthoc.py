@@ -66,7 +66,7 @@ def posthoc_direction(model: nn.Module, tokenizer: Any, train_chunks: datasets.D
 def posthoc_concept(model: nn.Module, concept: str, site: str, direction: torch.Tensor) -> None:
     """Record the post-hoc direction as a concept of the model's map (so ``suppress(model, concept)`` works and the
     map travels with a saved copy)."""
-    others = [c.to_dict() for c in ConceptMap.parse(getattr(model.config, "concepts", None)) if c.name != concept]
+    others = [c.to_dict() for c in ConceptMap.of(model) if c.name != concept]
     set_concepts(model, others + [{"name": concept, "site": site, "direction": direction.tolist(),
                                    "description": "post-hoc mean-difference direction (never anchored)"}])
 

@@ -231,7 +231,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     data = ColumnarDataset(train_ds)
     batched = BatchedColorAutoencoder(models)
     n = batched.n
-    concepts = ConceptMap.parse(config.concepts)
+    concepts = ConceptMap.of(config)
     terms = _terms(recipes, concepts)
     labels = sorted({t.spec.label for t in terms if t.spec.label})
     for t in terms:

@@ -314,7 +314,7 @@ def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: f
     recipe = run.recipe
     out = Path(recipe.output_dir)
     start_run(out, state, recipe.to_dict(), recipe.to_yaml())
-    concepts = ConceptMap.parse(model.config.concepts)
+    concepts = ConceptMap.of(model)
     plane = next((tuple(c.axes) for c in concepts if c.axes is not None and len(c.axes) == 2), (0, 1))
     train_colors, _ = colors_from_spec(recipe.data["train"], "data.train")
     metrics = evaluate_color_model(model)

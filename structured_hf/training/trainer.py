@@ -89,7 +89,7 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         train_dataset = _columnar(train_dataset)
         eval_dataset = _columnar(eval_dataset)
         dims = site_dims(model)
-        concepts = ConceptMap.parse(getattr(model.config, "concepts", None)).validate(dims)
+        concepts = ConceptMap.of(model).validate(dims)
         known_labels = getattr(train_dataset, "label_names", None)
         self.bound_regularizers = _bind_regularizers(args.regularizers, concepts, dims, known_labels, model)
         self.bound_routes = bind_routes(args.routes, concepts, dims, known_labels)

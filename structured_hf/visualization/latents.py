@@ -77,6 +77,6 @@ def plot_color_model_latents(model, path: str | Path, site: str = "bottleneck", 
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     latents = site_activations(model, np.concatenate([colors, hues]), site)
     highlight = dict(zip(HUE_NAMES, latents[len(colors):]))
-    concepts = ConceptMap.parse(model.config.concepts)
+    concepts = ConceptMap.of(model)
     return plot_latent_pairs(latents, np.concatenate([colors, hues]), path, concepts=concepts,
                              highlight=highlight, title=title or f"latent space at site '{site}'")
