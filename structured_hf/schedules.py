@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StructuredConfigError, yaml_float_hint
-from .validation import check_keys
+from .errors import StructuredConfigError
+from .validation import check_keys, check_number
 
 INTERPOLATIONS = ("step", "linear", "log", "smooth")
 
@@ -80,12 +80,7 @@ class Schedule:
 
 
 def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StructuredConfigError(field, f"expected a number, got {value!r} ({type(value).__name__})"
-                                           f"{yaml_float_hint(value)}")
-    if not math.isfinite(value):
-        raise StructuredConfigError(field, f"expected a finite number, got {value!r}")
-    return float(value)
+    return float(check_number(field, value))
 
 
 def parse_step(value: Any, previous: float | None, field: str) -> float:

@@ -45,20 +45,31 @@ def check_keys(field: str, entry: Any, allowed: Iterable[str], expected: str | N
 
 def check_number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, integer: bool = False) -> float | int:
-    """``value`` as a finite number in the given range (an ``int`` when ``integer``).
+    """``value`` itself, which must be a finite number in the given range (an ``int`` when ``integer``).
 
     Booleans are refused although Python counts them as integers: ``true`` in YAML is never a step count or a weight.
-    A string that looks like a number gets the YAML spelling that reads as one (PyYAML wants ``1.0e-3``).
+    A string that looks like a number gets the YAML spelling that reads as one (PyYAML wants ``1.0e-3``). Messages:
+    ``expected a number, got '1e-3' (str) (YAML reads ...)``, ``expected a number, got -0.1 (allowed: > 0.0)``,
+    ``expected a positive integer, got 0 (allowed: >= 1)``, ``expected a non-negative number, got -1 (allowed: >= 0)``.
     """
-    kind = "an integer" if integer else "a number"
+    positive_int = integer and low == 1 and not low_open and high is None
+    kind = "a positive integer" if positive_int else "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise StructuredConfigError(field, f"expected {kind}, got {value!r}{yaml_float_hint(value)}")
+        raise StructuredConfigError(field, f"expected {kind}, got {value!r} ({type(value).__name__})"
+                                           f"{yaml_float_hint(value)}")
     if not math.isfinite(value):
         raise StructuredConfigError(field, f"expected a finite number, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise StructuredConfigError(field, f"expected {kind} {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise StructuredConfigError(field, f"expected {kind} {'<' if high_open else '<='} {high}, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
+        noun = "integer" if integer else "number"
+        named = (f"a non-negative {noun}" if low == 0 and not low_open and high is None
+                 else f"a positive {noun}" if low == 0 and low_open and high is None
+                 else f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                 if low is not None and high is not None else kind)
+        raise StructuredConfigError(field, f"expected {named}, got {value} (allowed: {' and '.join(bounds)})")
     return value
 
 

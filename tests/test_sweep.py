@@ -3,7 +3,7 @@ table, the sweep script end to end, and one real claim of the M1 recipes (repuls
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import math
 from pathlib import Path
@@ -266,9 +266,9 @@ def test_repulsion_opens_the_hue_wheel_in_ex13(tmp_path):
                        {"training.max_steps": 300, "training.logging_steps": 100, "output_dir": str(tmp_path)})
     orders = {}
     for label, keep in (("with", None), ("without", ["unit", "planar"])):
-        recipe = base
+        recipe = copy.deepcopy(base)
         if keep:
-            recipe = dataclasses.replace(base, regularizers=[r for r in base.regularizers if r["name"] in keep])
+            recipe.regularizers = [r for r in recipe.regularizers if r["name"] in keep]
         trainer = build_trainer(recipe)
         trainer.train()
         orders[label] = color_structure(trainer.model, "bottleneck")["hue_order"]

@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 from .colors import NAMED_COLORS, hsv_grid, hsv_sampling_weights, resolve_colors, rgb_grid, to_rgb
 from .labels import ColorLabeler
 
@@ -114,8 +114,7 @@ _MAX_AXIS = 256
 
 
 def _positive_int(value: Any, field: str, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StructuredConfigError(field, f"expected a positive integer, got {value!r}")
+    check_number(field, value, low=1, integer=True)
     if value < low:
         raise StructuredConfigError(field, f"needs {field.rsplit('.', 1)[-1]} >= {low}, got {value}")
     if high is not None and value > high:

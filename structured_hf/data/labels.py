@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 from .colors import hsv_similarity, parse_color, to_hsv
 
 
@@ -143,15 +143,7 @@ class ColorLabeler:
                                         "or {similar_to: COLOR} (a color name or an RGB triple)")
         values = {}
         for key, default in (("scale", 1.0), ("power", 1.0)):
-            value = spec.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise StructuredConfigError(
-                    f"{field}.{key}",
-                    f"expected a number, got {value!r} ({type(value).__name__}); write YAML floats as 1.0e-2",
-                )
-            if value < 0:
-                raise StructuredConfigError(f"{field}.{key}", f"expected a non-negative number, got {value}")
-            values[key] = float(value)
+            values[key] = float(check_number(f"{field}.{key}", spec.get(key, default), low=0))
         return cls(name=name, feature=feature, color=color, **values)
 
 

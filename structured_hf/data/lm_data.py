@@ -43,7 +43,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 from .color_datasets import PROB_PREFIX
 from .text_labelers import KeywordLabeler, build_labeler
 from .text_pipeline import build_labelled_dataset, load_label_config
@@ -162,9 +162,7 @@ def _mapping(value: Any, field_name: str, allowed: set[str]) -> dict[str, Any]:
 def _positive_int(value: Any, field_name: str, optional: bool = False) -> int | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StructuredConfigError(field_name, f"expected a positive integer, got {value!r}")
-    return value
+    return check_number(field_name, value, low=1, integer=True)
 
 
 # Labelling the whole default corpus takes ~20 s; the anchored run, its baselines and the comparison of one process

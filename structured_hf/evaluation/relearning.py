@@ -16,6 +16,7 @@ All three are trained with the same budget (the recipe's schedule and step count
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -223,9 +224,8 @@ def mean_difference_direction(model: nn.Module, colors: np.ndarray, label_probab
 
 def unanchored_recipe(recipe):
     """The same recipe with every concept regularizer removed (concept-free terms such as repulsion stay)."""
-    out = copy.deepcopy(recipe)
-    out.regularizers = [r for r in out.regularizers if r.get("concept") is None]
-    return out
+    return dataclasses.replace(recipe, regularizers=[copy.deepcopy(r) for r in recipe.regularizers
+                                                     if r.get("concept") is None])
 
 
 def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,

@@ -14,19 +14,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 
 
 def _number(value: Any, field_name: str, low: float | None = None, high: float | None = None) -> float:
     """A finite float within [low, high], or an error naming the field (YAML/CLI values arrive untyped)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StructuredConfigError(field_name, f"expected a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise StructuredConfigError(field_name, f"expected a finite number, got {value}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise StructuredConfigError(field_name, f"expected a value in [{low}, {high}], got {value}")
-    return value
+    return float(check_number(field_name, value, low=low, high=high))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ Reduction over the batch (plain or label-weighted) is done once, in :mod:`.reduc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 
 from ..concepts import ConceptSpec
 from ..data.colors import resolve_colors
-from ..errors import StructuredConfigError, yaml_float_hint
+from ..errors import StructuredConfigError
+from ..validation import check_number
 
 # Guards cos() and 1/d² against zero-length activations; small enough not to bias unit-norm latents.
 _EPS = 1e-8
@@ -217,15 +217,10 @@ class Param:
             if value != UNCHANGED:
                 resolve_colors([value], field)
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StructuredConfigError(field, f"expected a number, got {value!r} ({type(value).__name__})"
-                                               f"{yaml_float_hint(value)}")
-        if not math.isfinite(value):
-            raise StructuredConfigError(field, f"expected a finite number, got {value}")
-        if self.positive and value <= 0:
-            raise StructuredConfigError(field, f"expected a number > 0, got {value}")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise StructuredConfigError(field, f"expected a number in [{self.low}, {self.high}], got {value}")
+        if self.positive:
+            check_number(field, value, low=0, low_open=True, high=self.high)
+        else:
+            check_number(field, value, low=self.low, high=self.high)
 
 
 @dataclass(frozen=True)

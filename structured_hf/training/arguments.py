@@ -14,6 +14,7 @@ from ..errors import StructuredConfigError
 from ..losses import LOSSES, check_loss_params
 from ..schedules import Schedule, parse_schedule
 from .routing import RouteSpec, parse_routes
+from ..validation import check_name
 from .speclist import check_entry, parse_spec_list
 from .transitions import ReactiveRule
 
@@ -85,6 +86,7 @@ class RegularizerSpec:
                                       or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)):
             raise StructuredConfigError(f"{field_name}.positions", f"expected a list of token positions, got {positions!r}")
         name = entry.get("name") or (f"{loss}:{concept}" if concept else loss)
+        check_name(f"{field_name}.name", name)
         weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
         check_non_negative(weight, f"{field_name}.weight")
         return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params),

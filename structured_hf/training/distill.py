@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel
 
 from ..errors import CheckpointError, StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 from ..registry import family_for_model_type
 from .trainer import AnchoredTrainer
 
@@ -65,8 +65,7 @@ class DistillSpec:
         if not isinstance(teacher, str) or not teacher:
             raise StructuredConfigError("distill.teacher", f"expected the teacher model's folder, got {teacher!r}")
         temperature = raw.get("temperature", 1.0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise StructuredConfigError("distill.temperature", f"expected a number > 0, got {temperature!r}")
+        check_number("distill.temperature", temperature, low=0, low_open=True)
         return cls(teacher, float(temperature))
 
 

@@ -30,8 +30,8 @@ from ..data.color_tasks import build_color_task_splits
 from ..data.curriculum import Curriculum
 from ..data.labels import parse_labelers
 from ..data.lm_data import LMDataSpec, build_lm_data
-from ..errors import StructuredConfigError, yaml_float_hint
-from ..validation import check_keys
+from ..errors import StructuredConfigError
+from ..validation import check_keys, check_number
 from ..registry import MODEL_TYPES, Family, get_family  # noqa: F401  (MODEL_TYPES: re-exported)
 from ..models.structured_gpt import StructuredGPTConfig
 from ..concepts import ConceptMap
@@ -82,12 +82,12 @@ class RecipeSpecs:
                    distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recipe:
     """A parsed experiment file: the sections as written (``to_yaml`` saves them) and their typed form, ``specs``.
 
-    Frozen, because ``specs`` is parsed from the sections once: derive a changed recipe with
-    ``dataclasses.replace(recipe, regularizers=[...])``, which parses (and validates) the new one.
+    ``specs`` is parsed when the recipe is made (so errors surface at load) and kept; it is parsed again only if
+    the sections it comes from were changed since (``recipe.regularizers.append(...)`` is fine).
     """
 
     model: dict[str, Any]
@@ -105,10 +105,19 @@ class Recipe:
     sweep: dict[str, Any] | None = None
     # Train this model to match a teacher's outputs (training/distill.py): {teacher: PATH, temperature: T}.
     distill: dict[str, Any] | None = None
-    specs: RecipeSpecs = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "specs", RecipeSpecs.parse(self))
+        self._parsed: tuple[tuple, RecipeSpecs] | None = None
+        self.specs  # noqa: B018 - parse now, so that a bad section fails when the recipe is made
+
+    @property
+    def specs(self) -> RecipeSpecs:
+        """The typed sections (:class:`RecipeSpecs`), parsed once per version of the sections."""
+        sections = (self.regularizers, self.routes, self.schedules, self.reactive, self.model.get("concepts"),
+                    self.distill)
+        if self._parsed is None or self._parsed[0] != sections:
+            self._parsed = (copy.deepcopy(sections), RecipeSpecs.parse(self))
+        return self._parsed[1]
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
@@ -179,9 +188,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key in ("output_dir", "description"):
         if key in raw and not isinstance(raw[key], str):
             raise StructuredConfigError(key, f"expected a string, got {raw[key]!r}")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise StructuredConfigError("seed", f"expected an integer, got {seed!r}")
+    seed = check_number("seed", raw.get("seed", 0), integer=True)
     if not 0 <= seed < 2**32:  # numpy's and torch's seeding both take [0, 2^32)
         raise StructuredConfigError("seed", f"expected an integer in [0, 2^32 - 1], got {seed}")
     recipe = Recipe(
@@ -246,10 +253,8 @@ def _check_learning_rate(training: Mapping[str, Any], schedules: Mapping[str, An
     if schedule is None or "learning_rate" not in training:
         return
     peak = max(schedule.values)
-    value = training["learning_rate"]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return  # the type check of _check_training_fields reports it
-    _check_range("learning_rate", value)
+    low, high, low_open = _TRAINING_RANGES["learning_rate"]
+    value = check_number("training.learning_rate", training["learning_rate"], low=low, high=high, low_open=low_open)
     if not math.isclose(value, peak, rel_tol=1e-9):
         raise StructuredConfigError(
             "training.learning_rate", f"is {value}, but schedules.learning_rate sets the rate at every step (peak "
@@ -283,14 +288,6 @@ _TRAINING_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 MAX_BATCH_SIZE = 2**20
 
 
-def _check_range(key: str, value: float) -> None:
-    low, high, exclusive = _TRAINING_RANGES[key]
-    if low is not None and (value <= low if exclusive else value < low):
-        raise StructuredConfigError(f"training.{key}", f"expected a value {'>' if exclusive else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise StructuredConfigError(f"training.{key}", f"expected a value <= {high}, got {value}")
-
-
 def _check_training_fields(training: Mapping[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(AnchoredTrainingArguments)}
     reserved = {"regularizers", "routes", "schedules", "reactive", "seed", "output_dir"}
@@ -308,21 +305,13 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
         if key not in fields:
             raise StructuredConfigError(f"training.{key}", "unknown TrainingArguments field")
         default = fields[key].default
-        if isinstance(default, float) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise StructuredConfigError(
-                    f"training.{key}", f"expected a number, got {value!r} ({type(value).__name__}){yaml_float_hint(value)}")
-            if not math.isfinite(value):
-                raise StructuredConfigError(f"training.{key}", f"expected a finite number, got {value}")
-        if isinstance(default, int) and not isinstance(default, bool) and key != "max_steps":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise StructuredConfigError(f"training.{key}", f"expected an integer, got {value!r}")
-        if key in _TRAINING_RANGES and value is not None and isinstance(value, (int, float)) \
-                and not isinstance(value, bool):
-            _check_range(key, value)
-    max_steps = training.get("max_steps", -1)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
-        raise StructuredConfigError("training.max_steps", f"expected an integer, got {max_steps!r}")
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and key != "max_steps" and (value is not None or key in _TRAINING_RANGES):
+            # A float field takes an int too (1 means 1.0); an int field takes only ints.
+            low, high, low_open = _TRAINING_RANGES.get(key, (None, None, False))
+            check_number(f"training.{key}", value, low=low, high=high, low_open=low_open,
+                         integer=isinstance(default, int))
+    max_steps = check_number("training.max_steps", training.get("max_steps", -1), integer=True)
     if max_steps != -1 and max_steps < 1:
         raise StructuredConfigError("training.max_steps", f"expected at least 1 (or -1 to train num_train_epochs), got "
                                     f"{max_steps}: 0 would save an untrained model as a finished run")

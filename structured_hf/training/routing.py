@@ -40,6 +40,7 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..interventions.suppression import concept_axes
 from ..schedules import Schedule, parse_schedule
+from ..validation import check_name
 from .speclist import bind_concept, bind_site, check_entry, check_label, parse_spec_list
 
 _ROUTE_KEYS = {"name", "concept", "label", "site", "weight"}
@@ -81,7 +82,8 @@ class RouteSpec:
             raise StructuredConfigError(f"{field_name}.site", f"expected a site name, got {site!r}")
         weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
         name = entry.get("name") or f"route:{entry['concept']}" + (f"@{site}" if site else "")
-        return cls(name=str(name), concept=entry["concept"], label=entry["label"], site=site, weight=weight)
+        check_name(f"{field_name}.name", name)
+        return cls(name=name, concept=entry["concept"], label=entry["label"], site=site, weight=weight)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form :meth:`from_dict` reads back to an equal spec."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_keys, check_number
 
 
 def quintic_coefficients(x0: float, v0: float, a0: float, x1: float, duration: float) -> tuple[float, ...]:
@@ -120,14 +120,9 @@ class ReactiveRule:
                 raise StructuredConfigError(f"{field}.{key}", f"expected a name, got {entry.get(key)!r}")
         if entry.get("op") not in _OPS:
             raise StructuredConfigError(f"{field}.op", f"expected one of {list(_OPS)}, got {entry.get('op')!r}")
-        numbers = {}
-        for key, default in (("threshold", None), ("target", None), ("duration", 100.0)):
-            value = entry.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise StructuredConfigError(f"{field}.{key}", f"expected a number, got {value!r} (write floats as 1.0e-2)")
-            numbers[key] = float(value)
-        if numbers["duration"] <= 0:
-            raise StructuredConfigError(f"{field}.duration", f"expected a positive number of steps, got {numbers['duration']}")
+        numbers = {key: float(check_number(f"{field}.{key}", entry.get(key))) for key in ("threshold", "target")}
+        numbers["duration"] = float(check_number(f"{field}.duration", entry.get("duration", 100.0), low=0,
+                                                 low_open=True))
         return cls(metric=entry["metric"], op=entry["op"], parameter=entry["parameter"],
                    once=bool(entry.get("once", True)), **numbers)
 

@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 from ...concepts import ConceptMap
 from ...errors import StructuredConfigError
+from ...validation import check_number
 
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 OUTPUT_HEADS = ("sigmoid", "clamp")
@@ -56,8 +57,7 @@ class ColorAutoencoderConfig(PreTrainedConfig):
         """Clear errors for impossible shapes; called by `@strict` on init and on every assignment check."""
         for name in ("bottleneck_dim", "hidden_dim", "num_layers"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise StructuredConfigError(f"model.{name}", f"expected a positive integer, got {value!r}")
+            check_number(f"model.{name}", value, low=1, integer=True)
         if self.activation not in ACTIVATIONS:
             raise StructuredConfigError("model.activation", f"expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.output_head not in OUTPUT_HEADS:

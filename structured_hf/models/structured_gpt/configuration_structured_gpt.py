@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 from ...concepts import ConceptMap
 from ...errors import StructuredConfigError
+from ...validation import check_number
 from ..layers import transformer_site_dims
 
 NORMS = ("pre", "hypersphere")
@@ -68,8 +69,7 @@ class StructuredGPTConfig(PreTrainedConfig):
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_layers", "num_heads",
                      "intermediate_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise StructuredConfigError(f"model.{name}", f"expected a positive integer, got {value!r}")
+            check_number(f"model.{name}", value, low=1, integer=True)
         if self.hidden_size % self.num_heads:
             raise StructuredConfigError("model.num_heads", f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}")
         if self.norm not in NORMS:
