@@ -133,3 +133,30 @@ def test_scope_labels_turns_chunk_labels_into_token_labels():
     assert labels["deception"].tolist() == [1.0, 1.0]  # no scope: still one label per chunk
     scope_labels(labels, scope)  # idempotent: already token-level labels are left alone
     assert labels["violence"].shape == (2, 3)
+
+
+def test_token_level_filtering_masks_only_the_flagged_tokens_loss(tmp_path):
+    """``data.filter.level: token`` keeps every chunk and every input token; the loss is masked exactly on the scoped
+    tokens of chunks at or above the threshold, in the training split only."""
+    scope = {"labeler": "keywords", "mode": "window", "window": 2}
+    plain = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": scope}))
+    token = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": scope, "data.filter": {
+        "concepts": ["violence"], "threshold": 0.5, "level": "token"}}))
+    _, _, before = build_lm_datasets(plain)
+    _, _, after = build_lm_datasets(token)
+    b, a = before["train"].with_format("numpy"), after["train"].with_format("numpy")
+    assert np.array_equal(np.asarray(b["input_ids"]), np.asarray(a["input_ids"]))  # nothing dropped: context kept
+    labels_b, labels_a = np.asarray(b["labels"]), np.asarray(a["labels"])
+    flagged = (np.asarray(b["prob_violence"]) >= 0.5)[:, None] & (np.asarray(b["scope_violence"]) > 0)
+    assert flagged.any() and (~flagged & (labels_b != -100)).any()
+    assert (labels_a[flagged] == -100).all()
+    assert np.array_equal(labels_a[~flagged], labels_b[~flagged])
+    for split in ("validation", "test"):  # held-out text is never filtered
+        assert np.array_equal(np.asarray(before[split]["labels"]), np.asarray(after[split]["labels"]))
+
+
+def test_token_level_filtering_errors_name_the_field(tmp_path):
+    with pytest.raises(StructuredConfigError, match=r"data\.filter\.level: token-level filtering .* data\.token_scope"):
+        parse_recipe(tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["violence"], "level": "token"}}))
+    with pytest.raises(StructuredConfigError, match=r"data\.filter\.level: expected one of \['document', 'token'\]"):
+        parse_recipe(tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["violence"], "level": "sentence"}}))

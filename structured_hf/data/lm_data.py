@@ -11,6 +11,7 @@
       tokenizer: {vocab_size: 4096, min_frequency: 2}
       block_size: 128
       filter: {concepts: [violence], threshold: 0.5}        # optional: drop training chunks with prob >= threshold
+                                                            # (level: token masks only their scoped tokens' loss)
       token_scope: {labeler: keywords, mode: after}         # optional: a chunk's label reaches only the tokens
                                                             # from its first keyword match on (or `window: N` after each)
 
@@ -22,7 +23,10 @@ spans of a keyword labeler of the labels config (:meth:`KeywordLabeler.spans`), 
 chunk's drawn label by it (the label is still drawn once per chunk, from the chunk's combined probability).
 
 ``filter`` is the data-filtering baseline of M4: the same recipe trained on a corpus without the (weakly) labelled
-chunks. Validation and test splits are never filtered, so every run is evaluated on the same held-out text.
+chunks. Validation and test splits are never filtered, so every run is evaluated on the same held-out text. With
+``level: token`` the flagged chunks stay in the corpus and only the loss on their flagged tokens is masked (the
+tokens stay as context for the tokens after them): a flagged token is one in the ``token_scope`` of a chunk whose
+probability is >= the threshold, so token-level filtering needs ``token_scope``.
 
 The tokenizer is trained on the training split only (before filtering). Everything here is deterministic given the config,
 so two runs of one recipe see byte-identical blocks.
@@ -47,14 +51,15 @@ from ..validation import check_keys, check_number
 from .color_datasets import PROB_PREFIX
 from .text_labelers import KeywordLabeler, build_labeler
 from .text_pipeline import build_labelled_dataset, load_label_config
-from .tokenizer import SCOPE_MODES, SpanFinder, tokenize_blocks, train_bpe_tokenizer
+from .tokenizer import IGNORE_INDEX, SCOPE_MODES, SCOPE_PREFIX, SpanFinder, tokenize_blocks, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
 LM_DATA_KEYS = {"text", "tokenizer", "block_size", "filter", "token_scope"}
 _TEXT_KEYS = {"labels_config", "labelers", "labelled", "max_chunks"}
 _TOKENIZER_KEYS = {"vocab_size", "min_frequency"}
-_FILTER_KEYS = {"concepts", "threshold"}
+_FILTER_KEYS = {"concepts", "threshold", "level"}
+FILTER_LEVELS = ("document", "token")
 _SCOPE_KEYS = {"labeler", "mode", "window"}
 
 
@@ -71,6 +76,7 @@ class LMDataSpec:
     block_size: int = 128
     filter_concepts: tuple[str, ...] = ()
     filter_threshold: float = 0.5
+    filter_level: str = "document"
     scope_labeler: str | None = None
     scope_mode: str = "after"
     scope_window: int = 32
@@ -107,6 +113,13 @@ class LMDataSpec:
         threshold = filt.get("threshold", 0.5)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
             raise StructuredConfigError("data.filter.threshold", f"expected a probability in (0, 1], got {threshold!r}")
+        level = filt.get("level", "document")
+        if level not in FILTER_LEVELS:
+            raise StructuredConfigError("data.filter.level", f"expected one of {list(FILTER_LEVELS)}, got {level!r}")
+        if level == "token" and not scope:
+            raise StructuredConfigError("data.filter.level", "token-level filtering masks the loss on the tokens a "
+                                        "keyword labeler flags: set data.token_scope (e.g. {labeler: keywords, mode: "
+                                        "window, window: 8}) to say which tokens those are")
         spec = cls(
             labels_config=dict(labels_config) if isinstance(labels_config, Mapping) else labels_config,
             labelers=None if labelers is None else tuple(labelers),
@@ -117,6 +130,7 @@ class LMDataSpec:
             block_size=_positive_int(data.get("block_size", 128), "data.block_size"),
             filter_concepts=tuple(concepts),
             filter_threshold=float(threshold),
+            filter_level=level,
             scope_labeler=scope.get("labeler"),
             scope_mode=scope.get("mode", "after"),
             scope_window=_positive_int(scope.get("window", 32), "data.token_scope.window"),
@@ -223,12 +237,39 @@ def build_lm_data(spec: LMDataSpec, progress: bool = False
     # anchored run's vocabulary and per-token losses of the two compare directly (and BPE training is deterministic).
     tokenizer = train_bpe_tokenizer(chunks["train"]["text"], vocab_size=spec.vocab_size,
                                     min_frequency=spec.min_frequency, model_max_length=spec.block_size)
-    chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
+    if spec.filter_level == "document":
+        chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
         raise StructuredConfigError("data", "the training split is empty (after filtering)")
     blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size, scope_spans=spec.scope_spans(),
                              scope_mode=spec.scope_mode, scope_window=spec.scope_window)
+    if spec.filter_level == "token":
+        blocks = datasets.DatasetDict({**blocks, "train": mask_flagged_tokens(blocks["train"], spec.filter_concepts,
+                                                                              spec.filter_threshold)})
     return chunks, tokenizer, blocks
 
 
-__all__ = ["LM_DATA_KEYS", "LMDataSpec", "build_lm_data", "filter_chunks", "labelled_chunks"]
+def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], threshold: float) -> datasets.Dataset:
+    """Token-level filtering: ``labels`` -100 (no loss) on the tokens in a ``concepts`` scope of blocks whose chunk
+    probability is >= ``threshold``; the tokens stay in ``input_ids``, so later tokens still read them."""
+    names = set(blocks.column_names)
+    for c in concepts:
+        if PROB_PREFIX + c not in names or SCOPE_PREFIX + c not in names:
+            raise StructuredConfigError("data.filter.concepts", f"no token scope for '{c}': the token_scope labeler "
+                                        f"flags {sorted(n[len(SCOPE_PREFIX):] for n in names if n.startswith(SCOPE_PREFIX))}")
+    table = blocks.with_format("numpy")
+    labels = np.asarray(table["labels"]).copy()
+    flagged = np.zeros(labels.shape, dtype=bool)
+    for c in concepts:
+        chunk_flagged = np.asarray(table[PROB_PREFIX + c], dtype=np.float64) >= threshold
+        flagged |= chunk_flagged[:, None] & (np.asarray(table[SCOPE_PREFIX + c]) > 0)
+    real = labels != IGNORE_INDEX
+    labels[flagged] = IGNORE_INDEX
+    logger.info("token-level filter: masked the loss on %d of %d training tokens (%s >= %.2f, in scope)",
+                int((flagged & real).sum()), int(real.sum()), list(concepts), threshold)
+    return blocks.remove_columns("labels").add_column("labels", labels.tolist(),
+                                                      feature=blocks.features["labels"])
+
+
+__all__ = ["FILTER_LEVELS", "LM_DATA_KEYS", "LMDataSpec", "build_lm_data", "filter_chunks", "labelled_chunks",
+           "mask_flagged_tokens"]
