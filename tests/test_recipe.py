@@ -304,3 +304,12 @@ def test_check_keys_lists_unknown_and_allowed_keys():
         check_keys("x", {"a": 1, "c": 2}, {"a", "b"}, context="for a kind")
     with pytest.raises(StructuredConfigError, match=r"^x: expected a mapping with a/b, got \[1\]$"):
         check_keys("x", [1], {"a", "b"}, "a/b")
+
+
+def test_the_old_parsed_spec_names_of_training_arguments_still_work_with_a_warning(tmp_path):
+    args = AnchoredTrainingArguments(output_dir=str(tmp_path), regularizers=[{"loss": "unitarity", "site": "bottleneck"}],
+                                     schedules={"reconstruction": 0.5})
+    with pytest.warns(FutureWarning, match="regularizer_specs is deprecated"):
+        assert args.regularizer_specs == args.regularizers
+    with pytest.warns(FutureWarning, match="parameter_schedules is deprecated"):
+        assert args.parameter_schedules["reconstruction"](0) == 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +196,12 @@ class AnchoredTrainingArguments(TrainingArguments):
         self.routes = parse_routes(self.routes)
         check_spec_names(self.regularizers, self.routes, self.reactive)
 
+    # Before the fields held typed specs, the parsed forms had names of their own; kept one release, with a warning.
+    regularizer_specs = property(lambda self: _renamed(self, "regularizer_specs", "regularizers"))
+    route_specs = property(lambda self: _renamed(self, "route_specs", "routes"))
+    parameter_schedules = property(lambda self: _renamed(self, "parameter_schedules", "schedules"))
+    reactive_rules = property(lambda self: _renamed(self, "reactive_rules", "reactive"))
+
     def to_dict(self) -> dict[str, Any]:
         """TrainingArguments' dict (logged by integrations, printed by ``str(args)``) with the specs in YAML form."""
         out = super().to_dict()
@@ -203,6 +210,12 @@ class AnchoredTrainingArguments(TrainingArguments):
         out["schedules"] = {k: v.to_dict() for k, v in self.schedules.items()}
         out["reactive"] = [r.to_dict() for r in self.reactive]
         return out
+
+
+def _renamed(args: AnchoredTrainingArguments, old: str, new: str) -> Any:
+    warnings.warn(f"AnchoredTrainingArguments.{old} is deprecated: the `{new}` field holds the parsed specs now",
+                  FutureWarning, stacklevel=3)
+    return getattr(args, new)
 
 
 def check_spec_names(regularizers: Sequence[RegularizerSpec], routes: Sequence[RouteSpec],
