@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers import set_seed
 
 from ..concepts import ConceptMap, ConceptSpec
@@ -299,81 +300,83 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     weights_py = {name: table.tolist() for name, table in weights_at.items()}
     label_index = {name: k for k, name in enumerate(labels)}
     generator, uniforms = torch.Generator(), torch.empty(n, len(labels), batch)  # reused by every step's draws
-    for step in range(steps):
-        idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
-        colors = colors_all[idx]  # (N, B, 3)
-        drawn = _draw_labels(probs_table, idx, seeds, step, generator, uniforms) if labels else None  # (L, N, B)
-        counts = drawn.sum(-1) if labels else None  # (L, N): labelled samples per label and seed
-        counts_py = counts.tolist() if labels else []
-        lr = base_lr * (lr_schedule(step) / base_lr) if lr_schedule is not None else base_lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        z, latents = batched.encode(colors)
-        acts = {"encoder": z, "bottleneck": latents}
-        recon = batched.decode(latents)
-        recon_loss = (recon - colors).square().mean(dim=(1, 2))  # (N,)
-        total = recon_loss * recon_at[step]
-        term_values = {}
-        for t in terms:
-            # Which seeds compute the term this step, decided in Python (no tensor ops for the common cases).
-            w_py = weights_py[t.spec.name][step]
-            if t.spec.label:
-                k = label_index[t.spec.label]
-                c_py = [batch - c for c in counts_py[k]] if t.spec.negate_label else counts_py[k]
-            else:
-                c_py = [batch] * n
-            active_py = [w != 0.0 and c > 0 for w, c in zip(w_py, c_py)]
-            if not any(active_py):
-                continue  # as in the trainer: a zero weight or no labelled sample skips the term
-            w = weights_at[t.spec.name][step]
-            if t.spec.label:
-                lab = drawn[label_index[t.spec.label]]
-                count = counts[label_index[t.spec.label]]
-                if t.spec.negate_label:
-                    lab, count = 1.0 - lab, batch - count
-                x = acts[t.site]
-                if t.spec.name in per_row and max(c_py) < batch:
-                    # A readout term decodes every sample it sees; unlabelled samples count 0, so decode only each
-                    # seed's labelled ones (padded to the largest count): the same sum of the same products.
-                    rows = lab.argsort(dim=1, descending=True, stable=True)[:, :int(max(c_py))]  # (N, M)
-                    x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-                    lab = lab.gather(1, rows)
-                per_sample = _per_sample(t, x, readouts.get(t.spec.name), idx)  # (N, B) or (N, M)
-                summed = (per_sample * lab).sum(-1)
-            else:
-                per_sample = _per_sample(t, acts[t.site], readouts.get(t.spec.name), idx)  # (N, B)
-                summed, count = per_sample.sum(-1), float(batch)
-            if all(active_py):  # the common case: no masking ops in the graph
-                value = summed / count
+    # One marker per run (no per-step cost): profiles (structured_hf/benchmarks/batched.py) tell setup from steps.
+    with record_function("batched training loop"):
+        for step in range(steps):
+            idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
+            colors = colors_all[idx]  # (N, B, 3)
+            drawn = _draw_labels(probs_table, idx, seeds, step, generator, uniforms) if labels else None  # (L, N, B)
+            counts = drawn.sum(-1) if labels else None  # (L, N): labelled samples per label and seed
+            counts_py = counts.tolist() if labels else []
+            lr = base_lr * (lr_schedule(step) / base_lr) if lr_schedule is not None else base_lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            z, latents = batched.encode(colors)
+            acts = {"encoder": z, "bottleneck": latents}
+            recon = batched.decode(latents)
+            recon_loss = (recon - colors).square().mean(dim=(1, 2))  # (N,)
+            total = recon_loss * recon_at[step]
+            term_values = {}
+            for t in terms:
+                # Which seeds compute the term this step, decided in Python (no tensor ops for the common cases).
+                w_py = weights_py[t.spec.name][step]
+                if t.spec.label:
+                    k = label_index[t.spec.label]
+                    c_py = [batch - c for c in counts_py[k]] if t.spec.negate_label else counts_py[k]
+                else:
+                    c_py = [batch] * n
+                active_py = [w != 0.0 and c > 0 for w, c in zip(w_py, c_py)]
+                if not any(active_py):
+                    continue  # as in the trainer: a zero weight or no labelled sample skips the term
+                w = weights_at[t.spec.name][step]
+                if t.spec.label:
+                    lab = drawn[label_index[t.spec.label]]
+                    count = counts[label_index[t.spec.label]]
+                    if t.spec.negate_label:
+                        lab, count = 1.0 - lab, batch - count
+                    x = acts[t.site]
+                    if t.spec.name in per_row and max(c_py) < batch:
+                        # A readout term decodes every sample it sees; unlabelled samples count 0, so decode only each
+                        # seed's labelled ones (padded to the largest count): the same sum of the same products.
+                        rows = lab.argsort(dim=1, descending=True, stable=True)[:, :int(max(c_py))]  # (N, M)
+                        x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                        lab = lab.gather(1, rows)
+                    per_sample = _per_sample(t, x, readouts.get(t.spec.name), idx)  # (N, B) or (N, M)
+                    summed = (per_sample * lab).sum(-1)
+                else:
+                    per_sample = _per_sample(t, acts[t.site], readouts.get(t.spec.name), idx)  # (N, B)
+                    summed, count = per_sample.sum(-1), float(batch)
+                if all(active_py):  # the common case: no masking ops in the graph
+                    value = summed / count
+                else:
+                    # A skipped seed's value is exactly 0 (the Trainer skips the term) and has no gradient; weights are
+                    # finite, so w * 0 adds nothing to its total and no second `where` is needed.
+                    count = count.clamp_min(1.0) if torch.is_tensor(count) else count
+                    value = torch.where(torch.tensor(active_py), summed / count, 0.0)
                 total = total + w * value
-            else:
-                active = torch.tensor(active_py)
-                count = count if torch.is_tensor(count) else torch.full((n,), count)
-                value = torch.where(active, summed / count.clamp_min(1.0), torch.zeros_like(summed))
-                total = total + torch.where(active, w * value, torch.zeros_like(value))
-            term_values[t.spec.name] = value
-        if check_finite and not bool(torch.isfinite(total).all()):
-            bad = int((~torch.isfinite(total)).nonzero()[0])
-            name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
-            raise NonFiniteLossError(f"{name} (seed {seeds[bad]})", step, float(total[bad]))
-        with torch.no_grad():  # one stacked add per step; terms skipped this step add 0, as in the Trainer's logs
-            logged = [total, recon_loss] + [term_values.get(name, zeros) for name in term_names]
-            window_sum = torch.stack(logged) if window_sum is None else window_sum + torch.stack(logged)
-            window_steps += 1
-            if (step + 1) % logging_steps == 0 or step + 1 == steps:
-                _flush_logs(histories, dict(zip(log_names, window_sum)), window_steps, step + 1)
-                window_sum, window_steps = None, 0
-        batched.flat_grad.zero_()
-        with warnings.catch_warnings():
-            # A parameter over columns of the (N, P) buffer is not dense, so torch's "gradient layout contract" (warned
-            # about once per process) prefers a contiguous gradient; ours is a strided view on purpose (see the class).
-            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-            total.sum().backward()  # seeds share no parameter: each slice's gradient is its own run's
-        if max_norm > 0:
-            _clip_per_seed(batched.flat_grad, max_norm)
-        optimizer.step()
-        if progress is not None:
-            progress(step + 1, steps)
+                term_values[t.spec.name] = value
+            if check_finite and not bool(torch.isfinite(total).all()):
+                bad = int((~torch.isfinite(total)).nonzero()[0])
+                name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
+                raise NonFiniteLossError(f"{name} (seed {seeds[bad]})", step, float(total[bad]))
+            with torch.no_grad():  # one stacked add per step; terms skipped this step add 0, as in the Trainer's logs
+                logged = [total, recon_loss] + [term_values.get(name, zeros) for name in term_names]
+                window_sum = torch.stack(logged) if window_sum is None else window_sum + torch.stack(logged)
+                window_steps += 1
+                if (step + 1) % logging_steps == 0 or step + 1 == steps:
+                    _flush_logs(histories, dict(zip(log_names, window_sum)), window_steps, step + 1)
+                    window_sum, window_steps = None, 0
+            batched.flat_grad.zero_()
+            with warnings.catch_warnings():
+                # A parameter over columns of the (N, P) buffer is not dense, so torch's "gradient layout contract" (warned
+                # about once per process) prefers a contiguous gradient; ours is a strided view on purpose (see the class).
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                total.sum().backward()  # seeds share no parameter: each slice's gradient is its own run's
+            if max_norm > 0:
+                _clip_per_seed(batched.flat_grad, max_norm)
+            optimizer.step()
+            if progress is not None:
+                progress(step + 1, steps)
     batched.write_back(models)
     for m in models:
         m.eval()
