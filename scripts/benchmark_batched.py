@@ -15,5 +15,6 @@ import sys
 from structured_hf.benchmarks.batched import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library reports progress by logging
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("structured_hf.benchmarks").setLevel(logging.INFO)  # progress; not every evaluation's log lines
     sys.exit(main())
