@@ -204,7 +204,8 @@ def test_benchmark_writes_the_ratio_scaling_and_profile(tmp_path):
     assert {"label draws", "model forward", "loss angular_repulsion", "backward (all autograd nodes)",
             "optimizer step"} <= set(profile["phases_us_per_step"])
     assert sum(profile["phases_us_per_step"].values()) == pytest.approx(profile["loop_us_per_step"])
-    assert "Trainer compute_loss (forward, label draws, losses)" in result["profile"]["single"]["phases_us_per_step"]
+    assert {"Trainer compute_loss (forward, losses)", "label draws"} <= set(
+        result["profile"]["single"]["phases_us_per_step"])
     assert benchmark.train_batched is train_batched  # the profile restored the helpers it wrapped
 
 

@@ -198,7 +198,8 @@ def _phases() -> Iterator[None]:
         (batched_module, "_clip_per_seed", lambda *a: "gradient clipping"),
         (model, "encode", forward_label),
         (model, "decode", lambda *a: None if in_loss[0] else "model forward"),
-        (AnchoredTrainer, "compute_loss", lambda *a: "Trainer compute_loss (forward, label draws, losses)"),
+        (AnchoredTrainer, "compute_loss", lambda *a: "Trainer compute_loss (forward, losses)"),
+        (AnchoredTrainer, "_draw_window_labels", lambda *a: "label draws"),
         (relearning_module, "build_trainer", lambda *a: "setup"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
