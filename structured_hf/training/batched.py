@@ -3,7 +3,8 @@
 The color autoencoder has a few hundred parameters, so one training step is per-step overhead (Python, dispatch,
 Trainer bookkeeping), not arithmetic. Training N seeds one after the other pays that overhead N times; here every
 weight tensor gets a leading seed dimension, ``(N, out, in)``, every linear layer is one batched matrix product and
-every regularizer one call on ``(N, B, D)`` activations, so a step costs about the same for 1 or 20 seeds.
+every regularizer one call on ``(N, B, D)`` activations, so a 20-seed step costs about three 1-seed steps (profile:
+docs/benchmarks.md).
 
 Each seed keeps everything its single :class:`~structured_hf.training.AnchoredTrainer` run has:
 
@@ -15,9 +16,11 @@ Each seed keeps everything its single :class:`~structured_hf.training.AnchoredTr
   rate schedule must be the same for the batch (one optimizer steps all seeds; an error says so otherwise);
 - gradient clipping per seed (``max_grad_norm`` over that seed's parameters only) and the same AdamW update.
 
-What differs is rounding only: a batched matrix product may sum in another order than the single one, and training
-amplifies 1-ulp differences over 1500 steps. tests/test_batched_sweep.py checks a seed against its single run over
-the first 40 steps (weights within 1e-5), and docs/colors.md compares 20-seed score distributions of both.
+What differs is rounding only: a batched matrix product may sum in another order than the single one, the angular
+repulsion computes its power by repeated squaring and leaves out pair terms below 2^-100 (:class:`_PairPower`: on a
+CPU, subnormal floats made ``pow(x, 100)`` a quarter of a 20-seed step), and training amplifies 1-ulp differences
+over 1500 steps. tests/test_batched_sweep.py checks a seed against its single run over the first 40 steps (weights
+within 1e-5), and docs/colors.md compares 20-seed score distributions of both.
 
 Recipes that need more than this (curricula, gradient routing, reactive rules, gradient accumulation, other model
 families) raise :class:`~structured_hf.errors.StructuredConfigError` naming the field: run them with
