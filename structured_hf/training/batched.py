@@ -458,11 +458,11 @@ def _distinct_pairs(idx: torch.Tensor) -> torch.Tensor:
     return (ids.unsqueeze(1) - ids.unsqueeze(2)).square_().clamp_(max=1.0)  # integer gaps: 0 or >= 1
 
 
-# Pair terms below 2^-100 (about 7.9e-31) are left out of the repulsion sum. Why: at p = 100 about 40% of a batch's
-# pairs (cosine similarity below about 0.42) have ((1 + cos)/2)^p below float32's smallest normal number (2^-126),
-# and x86 CPUs compute on such subnormal floats up to 100x slower: `pow(x, 100)` and its backward were about half of
-# a 20-seed step. A dropped pair changes a row's sum by less than 2^-100 and its gradient by less than p * 2^-100 / c,
-# which rounds away next to any term of ordinary size (float32 keeps 24 bits).
+# Pair terms below 2^-100 (about 7.9e-31) are left out of the repulsion sum. Why: at p = 100, once the latents have
+# spread, 15-30% of a batch's pairs (cosine below about -0.17) have ((1 + cos)/2)^p below float32's smallest normal
+# number (2^-126), and x86 CPUs compute on such subnormal floats up to 100x slower: `pow(x, 100)` and its backward were
+# about a quarter of a 20-seed step. A dropped pair changes a row's sum by less than 2^-100 and its gradient by less
+# than p * 2^-100 / c, which rounds away next to any term of ordinary size (float32 keeps 24 bits).
 _PAIR_FLOOR_LOG2 = -100.0
 
 
