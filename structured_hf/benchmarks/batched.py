@@ -62,7 +62,7 @@ SWEEP_SEEDS = 20
 
 
 def seed_recipes(config: Path, seeds: list[int], steps: int | None = None) -> list[Recipe]:
-    """One recipe per seed (``max_steps`` overridden when ``steps`` is given; nothing is written to disk)."""
+    """One recipe per seed (``max_steps`` overridden when ``steps`` is given), output folders under the temp dir."""
     over: dict[str, Any] = {"training.disable_tqdm": True}
     if steps:
         over["training.max_steps"] = steps
@@ -77,6 +77,7 @@ def evaluate_like_sweep(model: torch.nn.Module) -> None:
 
 
 def _clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds now."""
     return time.perf_counter(), time.process_time()
 
 
