@@ -12,8 +12,11 @@ from transformers.trainer_callback import PrinterCallback
 
 from conftest import load_script
 from structured_hf import StructuredConfigError
+from structured_hf.benchmarks import batched as benchmark
+from structured_hf.losses.regularizers import angular_repulsion
 from structured_hf.training import build_trainer, load_recipe
-from structured_hf.training.batched import check_batchable, train_batched
+from structured_hf.training.batched import _angular_repulsion, _draw_labels, check_batchable, train_batched
+from structured_hf.training.label_draws import draw_window_labels, label_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DELETION = REPO / "configs/color_autoencoder/ex2.11.2-delete-red-deletion-target.yaml"
@@ -118,3 +121,98 @@ def test_sweep_seeds_script_batched_by_default_and_errors(tmp_path, capsys):
     assert code == 2
     assert "training.gradient_accumulation_steps" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def _latents_with_duplicates(n: int, b: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, B, D) latents of colors ``idx`` (N, B) drawn with replacement from 40 items: repeats are duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(40, d, generator=g, dtype=torch.float32)
+    idx = torch.randint(0, 40, (n, b), generator=g)
+    return table[idx].clone().requires_grad_(True), idx
+
+
+@pytest.mark.parametrize("power", [100.0, 3.0, 2.5])
+def test_batched_repulsion_equals_the_loss_per_seed(power):
+    """The batched repulsion (for integer powers: no subnormals, c^(p-1) by squaring, fused backward) gives each seed
+    the value and gradient of losses.angular_repulsion on its own batch, duplicates and self excluded, within float32
+    rounding (measured 3e-6 relative at p = 100); the non-integer power goes through pow itself."""
+    x, idx = _latents_with_duplicates(4, 32, 5, seed=0)
+    weights = torch.rand(4, 32, generator=torch.Generator().manual_seed(1))
+    batched = _angular_repulsion(x, idx, power=power)
+    (g_batched,) = torch.autograd.grad((batched * weights).sum(), x)
+    single = torch.stack([angular_repulsion(x[i], power=power) for i in range(4)])
+    (g_single,) = torch.autograd.grad((single * weights).sum(), x)
+    assert batched.shape == (4, 32)
+    assert torch.allclose(batched, single, rtol=2e-5, atol=1e-30)
+    assert torch.allclose(g_batched, g_single, rtol=2e-5, atol=1e-6 * float(g_single.abs().max()))
+    assert float(single.detach().min()) > 0.0 and float(g_single.abs().max()) > 0.0  # not trivially zero
+
+
+def test_batched_repulsion_drops_only_pairs_below_2_pow_minus_100():
+    """Pairs of unit vectors, one pair per seed: at (1 + cos)/2 = 0.51 the term 0.51^100 (5.6e-30) is above the floor
+    2^-100 (7.9e-31) and kept exactly as the loss computes it; at 0.40 the loss's term is 1.6e-40 (a subnormal float)
+    and the batched one is 0: the only difference is the documented one, smaller than 2^-100."""
+    c = torch.tensor([0.51, 0.40])
+    angles = torch.stack([torch.zeros(2), torch.acos(2 * c - 1)], dim=1)  # (seeds, 2): cos(angle) = 2c - 1
+    x = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    idx = torch.tensor([[0, 1], [0, 1]])
+    batched = _angular_repulsion(x, idx, power=100.0)
+    single = torch.stack([angular_repulsion(x[i], power=100.0) for i in range(2)])
+    assert 2.0 ** -100 < float(single[0, 0]) < 1e-28
+    assert torch.allclose(batched[0], single[0], rtol=2e-5, atol=0.0)
+    assert 0.0 < float(single[1, 0]) < 2.0 ** -100 and float(batched[1].abs().max()) == 0.0
+
+
+def test_batched_label_draws_equal_the_trainers_bernoulli_draws():
+    """`_draw_labels` (one generator reused, `rand < p`) gives the labels the trainer's draw_window_labels gives each
+    seed at each step (one `torch.bernoulli` per label on the (seed, step) generator), bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(3, 50, generator=g) ** 3  # (labels, items), many small probabilities
+    probs[0, :5] = 0.0
+    probs[1, :5] = 1.0
+    seeds, batch = [0, 7, 1000], 64
+    idx = torch.randint(0, 50, (len(seeds), batch), generator=g)
+    for step in (0, 1, 1500):
+        drawn = _draw_labels(probs, idx, seeds, step, torch.Generator(), torch.empty(len(seeds), 3, batch))
+        for i, seed in enumerate(seeds):
+            labels = {name: probs[k, idx[i]].clone() for k, name in enumerate(["a", "b", "c"])}
+            draw_window_labels([{"concept_labels": labels}], label_generator(seed, step), 1, 0, batch)
+            expected = torch.stack([labels[name] for name in ["a", "b", "c"]])
+            assert torch.equal(drawn[:, i], expected), (seed, step)
+    assert 0 < float(drawn.mean()) < 1
+
+
+def test_benchmark_writes_the_ratio_scaling_and_profile(tmp_path):
+    """The benchmark (structured_hf/benchmarks/batched.py) on a few steps: the JSON holds the side-by-side runs and
+    their median ratio, a scaling row per N from its own subprocess, and a profile whose phases sum to the loop."""
+    out = tmp_path / "batched.json"
+    args = benchmark.parse_args(["--steps", "6", "--scaling_steps", "4", "--sizes", "2", "--repeats", "1",
+                                 "--profile_steps", "4", "--output", str(out)])
+    result = benchmark.run(args)
+    assert json.loads(out.read_text())["ratio_20_seed_sweep_over_single_run"] == result[
+        "ratio_20_seed_sweep_over_single_run"]
+    side = result["side_by_side"]
+    assert len(side["single"]) == len(side["batched_20"]) == 1
+    assert result["ratio_20_seed_sweep_over_single_run"] == pytest.approx(
+        side["batched_20"][0]["sweep_s"] / side["single"][0]["sweep_s"])
+    assert result["target_met"] == (result["ratio_20_seed_sweep_over_single_run"] <= 3.0)
+    row = result["scaling"][2]
+    assert row["train_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_training_mib"] > 0
+    assert row["batch_tensor_bytes"] == 2 * benchmark.peak_memory_estimate(1, benchmark.seed_recipes(
+        benchmark.DEFAULT_CONFIG, [0], 4)[0])
+    profile = result["profile"]["batched_20"]
+    assert {"label draws", "model forward", "loss angular_repulsion", "backward (all autograd nodes)",
+            "optimizer step"} <= set(profile["phases_us_per_step"])
+    assert sum(profile["phases_us_per_step"].values()) == pytest.approx(profile["loop_us_per_step"])
+    assert {"Trainer compute_loss (forward, losses)", "label draws"} <= set(
+        result["profile"]["single"]["phases_us_per_step"])
+    assert benchmark.train_batched is train_batched  # the profile restored the helpers it wrapped
+
+
+@pytest.mark.parametrize("argv, message", [(["--sizes", "0,5"], "--sizes"), (["--sizes", "a"], "--sizes"),
+                                            (["--repeats", "0"], "--repeats")])
+def test_benchmark_bad_arguments_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

@@ -34,10 +34,12 @@ class EpochWeightedSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def indices(self) -> torch.Tensor:
+        """This epoch's ``(num_samples,)`` indices as one tensor (what :meth:`__iter__` yields one by one)."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.weights is None:
-            idx = torch.randint(self.num_items, (self.num_samples,), generator=g)
-        else:
-            idx = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        return iter(idx.tolist())
+            return torch.randint(self.num_items, (self.num_samples,), generator=g)
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())

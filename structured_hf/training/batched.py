@@ -3,7 +3,8 @@
 The color autoencoder has a few hundred parameters, so one training step is per-step overhead (Python, dispatch,
 Trainer bookkeeping), not arithmetic. Training N seeds one after the other pays that overhead N times; here every
 weight tensor gets a leading seed dimension, ``(N, out, in)``, every linear layer is one batched matrix product and
-every regularizer one call on ``(N, B, D)`` activations, so a step costs about the same for 1 or 20 seeds.
+every regularizer one call on ``(N, B, D)`` activations, so a 20-seed step costs about three 1-seed steps (profile:
+docs/benchmarks.md).
 
 Each seed keeps everything its single :class:`~structured_hf.training.AnchoredTrainer` run has:
 
@@ -15,9 +16,11 @@ Each seed keeps everything its single :class:`~structured_hf.training.AnchoredTr
   rate schedule must be the same for the batch (one optimizer steps all seeds; an error says so otherwise);
 - gradient clipping per seed (``max_grad_norm`` over that seed's parameters only) and the same AdamW update.
 
-What differs is rounding only: a batched matrix product may sum in another order than the single one, and training
-amplifies 1-ulp differences over 1500 steps. tests/test_batched_sweep.py checks a seed against its single run over
-the first 40 steps (weights within 1e-5), and docs/colors.md compares 20-seed score distributions of both.
+What differs is rounding only: a batched matrix product may sum in another order than the single one, the angular
+repulsion computes its power by repeated squaring and leaves out pair terms below 2^-100 (:class:`_PairPower`: on a
+CPU, subnormal floats made ``pow(x, 100)`` a quarter of a 20-seed step), and training amplifies 1-ulp differences
+over 1500 steps. tests/test_batched_sweep.py checks a seed against its single run over the first 40 steps (weights
+within 1e-5), and docs/colors.md compares 20-seed score distributions of both.
 
 Recipes that need more than this (curricula, gradient routing, reactive rules, gradient accumulation, other model
 families) raise :class:`~structured_hf.errors.StructuredConfigError` naming the field: run them with
@@ -27,12 +30,14 @@ families) raise :class:`~structured_hf.errors.StructuredConfigError` naming the 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers import set_seed
 
 from ..concepts import ConceptMap, ConceptSpec
@@ -70,6 +75,11 @@ _USED_TRAINING = {"max_steps", "per_device_train_batch_size", "learning_rate", "
 class BatchedColorAutoencoder:
     """N color autoencoders of one architecture as stacked tensors (``(N, ...)`` per parameter).
 
+    Every parameter ``(N, *shape)`` is a leaf tensor over columns of one ``(N, P)`` buffer, :attr:`flat` (row ``i``:
+    seed ``i``'s P weights), and its gradient a view of the same columns of :attr:`flat_grad`. Why: the optimizer
+    steps one tensor instead of one per parameter (AdamW is elementwise, so the update is the same), and clipping each
+    seed's gradient norm is one norm over rows and one product (instead of about 20 small operations per step).
+
     Args:
         models: N :class:`~structured_hf.models.color_autoencoder.ColorAutoencoderModel` of the same config; their
             weights are copied (the models are not changed until :meth:`write_back`).
@@ -80,12 +90,21 @@ class BatchedColorAutoencoder:
             raise StructuredConfigError("seeds", "expected at least one seed, got none")
         self.config = models[0].config
         self.names = [name for name, _ in models[0].named_parameters()]
-        self.params: dict[str, torch.Tensor] = {}
-        for name in self.names:
-            stacked = torch.stack([dict(m.named_parameters())[name].detach() for m in models]).clone()
-            self.params[name] = stacked.requires_grad_(True)
-        self.act = _ACTIVATIONS[self.config.activation]
         self.n = len(models)
+        stacked = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+                   for name in self.names}
+        self.flat = torch.cat([t.flatten(1) for t in stacked.values()], dim=1)  # (N, P), a copy
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.flat.grad = self.flat_grad
+        self.params: dict[str, torch.Tensor] = {}
+        offset = 0
+        for name, t in stacked.items():
+            columns = slice(offset, offset + t[0].numel())
+            # A leaf over the buffer's memory, and a gradient that backward adds into in place.
+            self.params[name] = self.flat[:, columns].view(t.shape).detach().requires_grad_(True)
+            self.params[name].grad = self.flat_grad[:, columns].view(t.shape)
+            offset += t[0].numel()
+        self.act = _ACTIVATIONS[self.config.activation]
 
     def _linear(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         # (N, B, in) @ (N, in, out) + (N, 1, out): one batched product for all seeds.
@@ -234,6 +253,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     concepts = ConceptMap.of(config)
     terms = _terms(recipes, concepts)
     labels = sorted({t.spec.label for t in terms if t.spec.label})
+    terms_by_name = {t.spec.name: t for t in terms}
     for t in terms:
         if t.spec.label and t.spec.label not in data.label_names:
             raise StructuredConfigError(f"regularizers.{t.spec.name}.label", f"unknown label '{t.spec.label}'; "
@@ -242,6 +262,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     for t in terms:
         if LOSSES[t.spec.loss].needs_readout:
             readouts[t.spec.name] = batched.readout(t.site, concept_axes(t.concept))
+    per_row = {name for name in readouts if not LOSSES[terms_by_name[name].spec.loss].batch_coupled}
     training = first.training
     steps = int(training["max_steps"])
     batch = int(training.get("per_device_train_batch_size", 8))
@@ -257,22 +278,19 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
         raise StructuredConfigError("training.sample_with_replacement", "batched seed training samples with "
                                     "replacement (the M2 recipes do); set it to true or use --sequential")
     per_epoch = max(len(data), steps * batch)
-    order = torch.stack([torch.as_tensor(list(EpochWeightedSampler(weights, len(data), per_epoch, seed=r.seed)))
+    order = torch.stack([EpochWeightedSampler(weights, len(data), per_epoch, seed=r.seed).indices()
                          for r in recipes])  # (N, per_epoch)
     colors_all = data.columns["colors"].float()
     probs_all = label_probabilities(data.columns, labels)
     probs_table = torch.stack([probs_all[name] for name in labels]) if labels else torch.empty(0)  # (L, items)
 
-    params = [batched.params[name] for name in batched.names]
-    optimizer = torch.optim.AdamW(params, lr=base_lr, betas=(float(training.get("adam_beta1", 0.9)),
+    optimizer = torch.optim.AdamW([batched.flat], lr=base_lr, betas=(float(training.get("adam_beta1", 0.9)),
                                   float(training.get("adam_beta2", 0.999))), eps=float(training.get("adam_epsilon",
                                   1e-8)), weight_decay=float(training.get("weight_decay", 0.0)),
                                   fused=training.get("optim", "adamw_torch_fused") == "adamw_torch_fused")
     seeds = [r.seed for r in recipes]
-    # Every weight of every seed at every step, evaluated once: (steps, N) per term (schedules are Python curves).
-    table = lambda schedules: torch.tensor([[s(step) for s in schedules] for step in range(steps)])  # noqa: E731
-    weights_at = {t.spec.name: table(t.schedules) for t in terms}
-    recon_at = table(recon_schedules)
+    weights_at = {t.spec.name: _schedule_table(t.schedules, steps) for t in terms}  # (steps, N) each
+    recon_at = _schedule_table(recon_schedules, steps)
     # Per-seed logs like the Trainer's (`loss` and `term/<name>`, means over each logging window), for loss curves and
     # the stability metrics of a sweep summary.
     logging_steps = int(training.get("logging_steps", 500))
@@ -284,69 +302,84 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     window_steps = 0
     weights_py = {name: table.tolist() for name, table in weights_at.items()}
     label_index = {name: k for k, name in enumerate(labels)}
-    for step in range(steps):
-        idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
-        colors = colors_all[idx]  # (N, B, 3)
-        drawn = _draw_labels(probs_table, idx, labels, seeds, step)  # (L, N, B)
-        counts = drawn.sum(-1) if labels else None  # (L, N): labelled samples per label and seed
-        counts_py = counts.tolist() if labels else []
-        lr = base_lr * (lr_schedule(step) / base_lr) if lr_schedule is not None else base_lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        z, latents = batched.encode(colors)
-        acts = {"encoder": z, "bottleneck": latents}
-        recon = batched.decode(latents)
-        recon_loss = (recon - colors).square().mean(dim=(1, 2))  # (N,)
-        total = recon_loss * recon_at[step]
-        term_values = {}
-        for t in terms:
-            # Which seeds compute the term this step, decided in Python (no tensor ops for the common cases).
-            w_py = weights_py[t.spec.name][step]
-            if t.spec.label:
-                k = label_index[t.spec.label]
-                c_py = [batch - c for c in counts_py[k]] if t.spec.negate_label else counts_py[k]
-            else:
-                c_py = [batch] * n
-            active_py = [w != 0.0 and c > 0 for w, c in zip(w_py, c_py)]
-            if not any(active_py):
-                continue  # as in the trainer: a zero weight or no labelled sample skips the term
-            per_sample = _per_sample(t, acts[t.site], readouts.get(t.spec.name), idx)  # (N, B)
-            w = weights_at[t.spec.name][step]
-            if t.spec.label:
-                lab = drawn[label_index[t.spec.label]]
-                count = counts[label_index[t.spec.label]]
-                if t.spec.negate_label:
-                    lab, count = 1.0 - lab, batch - count
-                summed = (per_sample * lab).sum(-1)
-            else:
-                summed, count = per_sample.sum(-1), float(batch)
-            if all(active_py):  # the common case: no masking ops in the graph
-                value = summed / count
+    generator, uniforms = torch.Generator(), torch.empty(n, len(labels), batch)  # reused by every step's draws
+    # One marker per run (no per-step cost): profiles (structured_hf/benchmarks/batched.py) tell setup from steps.
+    with record_function("batched training loop"):
+        for step in range(steps):
+            idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
+            colors = colors_all[idx]  # (N, B, 3)
+            drawn = _draw_labels(probs_table, idx, seeds, step, generator, uniforms) if labels else None  # (L, N, B)
+            counts = drawn.sum(-1) if labels else None  # (L, N): labelled samples per label and seed
+            counts_py = counts.tolist() if labels else []
+            lr = base_lr * (lr_schedule(step) / base_lr) if lr_schedule is not None else base_lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            z, latents = batched.encode(colors)
+            acts = {"encoder": z, "bottleneck": latents}
+            recon = batched.decode(latents)
+            recon_loss = (recon - colors).square().mean(dim=(1, 2))  # (N,)
+            total = recon_loss * recon_at[step]
+            term_values = {}
+            for t in terms:
+                # Which seeds compute the term this step, decided in Python (no tensor ops for the common cases).
+                w_py = weights_py[t.spec.name][step]
+                if t.spec.label:
+                    k = label_index[t.spec.label]
+                    c_py = [batch - c for c in counts_py[k]] if t.spec.negate_label else counts_py[k]
+                else:
+                    c_py = [batch] * n
+                active_py = [w != 0.0 and c > 0 for w, c in zip(w_py, c_py)]
+                if not any(active_py):
+                    continue  # as in the trainer: a zero weight or no labelled sample skips the term
+                w = weights_at[t.spec.name][step]
+                if t.spec.label:
+                    lab = drawn[label_index[t.spec.label]]
+                    count = counts[label_index[t.spec.label]]
+                    if t.spec.negate_label:
+                        lab, count = 1.0 - lab, batch - count
+                    x = acts[t.site]
+                    if t.spec.name in per_row and max(c_py) < batch:
+                        # A readout term decodes every sample it sees; unlabelled samples count 0, so decode only each
+                        # seed's labelled ones (padded to the largest count): the same sum of the same products.
+                        rows = lab.argsort(dim=1, descending=True, stable=True)[:, :int(max(c_py))]  # (N, M)
+                        x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                        lab = lab.gather(1, rows)
+                    per_sample = _per_sample(t, x, readouts.get(t.spec.name), idx)  # (N, B) or (N, M)
+                    summed = (per_sample * lab).sum(-1)
+                else:
+                    per_sample = _per_sample(t, acts[t.site], readouts.get(t.spec.name), idx)  # (N, B)
+                    summed, count = per_sample.sum(-1), float(batch)
+                if all(active_py):  # the common case: no masking ops in the graph
+                    value = summed / count
+                else:
+                    # A skipped seed's value is exactly 0 (the Trainer skips the term) and has no gradient; weights are
+                    # finite, so w * 0 adds nothing to its total and no second `where` is needed.
+                    count = count.clamp_min(1.0) if torch.is_tensor(count) else count
+                    value = torch.where(torch.tensor(active_py), summed / count, 0.0)
                 total = total + w * value
-            else:
-                active = torch.tensor(active_py)
-                count = count if torch.is_tensor(count) else torch.full((n,), count)
-                value = torch.where(active, summed / count.clamp_min(1.0), torch.zeros_like(summed))
-                total = total + torch.where(active, w * value, torch.zeros_like(value))
-            term_values[t.spec.name] = value
-        if check_finite and not bool(torch.isfinite(total).all()):
-            bad = int((~torch.isfinite(total)).nonzero()[0])
-            name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
-            raise NonFiniteLossError(f"{name} (seed {seeds[bad]})", step, float(total[bad]))
-        with torch.no_grad():  # one stacked add per step; terms skipped this step add 0, as in the Trainer's logs
-            logged = [total, recon_loss] + [term_values.get(name, zeros) for name in term_names]
-            window_sum = torch.stack(logged) if window_sum is None else window_sum + torch.stack(logged)
-            window_steps += 1
-            if (step + 1) % logging_steps == 0 or step + 1 == steps:
-                _flush_logs(histories, dict(zip(log_names, window_sum)), window_steps, step + 1)
-                window_sum, window_steps = None, 0
-        optimizer.zero_grad(set_to_none=True)
-        total.sum().backward()  # seeds share no parameter: each slice's gradient is its own run's
-        if max_norm > 0:
-            _clip_per_seed(params, max_norm)
-        optimizer.step()
-        if progress is not None:
-            progress(step + 1, steps)
+                term_values[t.spec.name] = value
+            if check_finite and not bool(torch.isfinite(total).all()):
+                bad = int((~torch.isfinite(total)).nonzero()[0])
+                name = next((k for k, v in term_values.items() if not bool(torch.isfinite(v[bad]))), "reconstruction")
+                raise NonFiniteLossError(f"{name} (seed {seeds[bad]})", step, float(total[bad]))
+            with torch.no_grad():  # one stacked add per step; terms skipped this step add 0, as in the Trainer's logs
+                logged = [total, recon_loss] + [term_values.get(name, zeros) for name in term_names]
+                window_sum = torch.stack(logged) if window_sum is None else window_sum + torch.stack(logged)
+                window_steps += 1
+                if (step + 1) % logging_steps == 0 or step + 1 == steps:
+                    _flush_logs(histories, dict(zip(log_names, window_sum)), window_steps, step + 1)
+                    window_sum, window_steps = None, 0
+            batched.flat_grad.zero_()
+            with warnings.catch_warnings():
+                # A parameter over columns of the (N, P) buffer is not dense, so torch's "gradient layout contract" (warned
+                # about once per process) prefers a contiguous gradient; ours is a strided view on purpose (see the class).
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                total.sum().backward()  # seeds share no parameter: each slice's gradient is its own run's
+            if max_norm > 0:
+                _clip_per_seed(batched.flat_grad, max_norm)
+            optimizer.step()
+            if progress is not None:
+                progress(step + 1, steps)
     batched.write_back(models)
     for m in models:
         m.eval()
@@ -362,23 +395,29 @@ def _flush_logs(histories: list[list[dict[str, float]]], window: Mapping[str, to
         history.append({"step": global_step, **{name: values[i] for name, values in means.items()}})
 
 
-def _draw_labels(probs: torch.Tensor, idx: torch.Tensor, labels: Sequence[str], seeds: Sequence[int],
-                 step: int) -> torch.Tensor:
+def _draw_labels(probs: torch.Tensor, idx: torch.Tensor, seeds: Sequence[int], step: int,
+                 generator: torch.Generator, uniforms: torch.Tensor) -> torch.Tensor:
     """Each seed's Bernoulli labels for this step, drawn as its single run draws them: one generator per (seed, step),
-    labels in sorted order, one uniform per batch position. ``probs`` is ``(labels, items)``; returns ``(labels, N, B)``.
+    labels in sorted order, one uniform per batch position. ``probs`` is ``(labels, items)``, ``uniforms`` an
+    ``(N, labels, B)`` buffer; returns ``(labels, N, B)``.
 
-    One ``bernoulli`` call per seed on its ``(labels, B)`` probabilities consumes the generator exactly as the
-    trainer's one call per label does (label after label, position after position): the same draws, 7x fewer calls.
+    The trainer calls ``torch.bernoulli(p, generator)`` once per label; on the CPU that is ``uniform < p`` with one
+    float32 uniform per element, label after label, position after position (tests/test_batched_sweep.py checks the
+    equality), so one ``rand`` per seed into a reused buffer and one comparison for the whole batch give the same
+    draws with one generator object instead of one per seed and step.
     """
-    drawn = torch.empty(len(labels), *idx.shape)  # (L, N, B)
-    if not labels:
-        return drawn
-    batch = probs[:, idx]  # (L, N, B)
     for i, seed in enumerate(seeds):
         key = (seed * 1_000_003 + step) * 4099  # AnchoredTrainer._label_generator
-        generator = torch.Generator().manual_seed(key % (2**63 - 1))
-        drawn[:, i] = torch.bernoulli(batch[:, i].contiguous(), generator=generator)
-    return drawn
+        generator.manual_seed(key % (2**63 - 1))
+        torch.rand(uniforms.shape[1:], generator=generator, out=uniforms[i])
+    return (uniforms.transpose(0, 1) < probs[:, idx]).float()
+
+
+def _schedule_table(schedules: Sequence[Schedule], steps: int) -> torch.Tensor:
+    """``(steps, N)``: seed ``i``'s schedule at every step. Seeds of one recipe share their schedules, so each distinct
+    schedule (a frozen dataclass) is evaluated once, not once per seed (20 x 11 x 1500 Python calls at N = 20)."""
+    curves = {s: [s(step) for step in range(steps)] for s in dict.fromkeys(schedules)}
+    return torch.tensor([curves[s] for s in schedules]).T.contiguous()
 
 
 def _per_sample(term: _Term, x: torch.Tensor, readout: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -400,22 +439,81 @@ def _angular_repulsion(x: torch.Tensor, idx: torch.Tensor, power: float = 100.0)
 
     The loss leaves out exact duplicates (``x_j == x_i`` on every coordinate): within one seed's batch those are the
     repeats of one training color (the encoder is deterministic), so they are found by comparing the ``(N, B)``
-    color indices instead of ``(N, B, B, D)`` activations, a fifth of a step's time at N = 20.
+    color indices instead of ``(N, B, B, D)`` activations.
+
+    For an integer power >= 2 the pair terms go through :class:`_PairPower` (same value and gradient, computed
+    without subnormal floats; see there); any other power uses the loss's own ``pow``.
     """
     u = F.normalize(x, dim=-1, eps=1e-8)
+    if float(power).is_integer() and power >= 2:
+        # float mask: comparisons that return bool tensors are several times slower than float products on CPU
+        return _PairPower.apply(u, _distinct_pairs(idx), int(power))
     sim = ((1.0 + u @ u.transpose(1, 2)) / 2.0).clamp(0.0, 1.0).pow(power)  # (N, B, B)
     return (sim * (idx.unsqueeze(1) != idx.unsqueeze(2))).sum(-1)
 
 
+def _distinct_pairs(idx: torch.Tensor) -> torch.Tensor:
+    """``(N, B, B)`` float mask, 1 where batch positions i and j hold different colors (``idx``: ``(N, B)``)."""
+    ids = idx.to(torch.float32)  # exact below 2^24 items
+    return (ids.unsqueeze(1) - ids.unsqueeze(2)).square_().clamp_(max=1.0)  # integer gaps: 0 or >= 1
+
+
+# Pair terms below 2^-100 (about 7.9e-31) are left out of the repulsion sum. Why: at p = 100, once the latents have
+# spread, 15-30% of a batch's pairs (cosine below about -0.17) have ((1 + cos)/2)^p below float32's smallest normal
+# number (2^-126), and x86 CPUs compute on such subnormal floats up to 100x slower: `pow(x, 100)` and its backward were
+# about a quarter of a 20-seed step. A dropped pair changes a row's sum by less than 2^-100 and its gradient by less
+# than p * 2^-100 / c, which rounds away next to any term of ordinary size (float32 keeps 24 bits).
+_PAIR_FLOOR_LOG2 = -100.0
+
+
+class _PairPower(torch.autograd.Function):
+    """``Σ_j distinct_ij * clamp((1 + u_i·u_j)/2, 0, 1)^p`` per row of ``(N, B, D)`` unit vectors ``u``.
+
+    The same value and gradient as the autograd graph of :func:`~structured_hf.losses.angular_repulsion` (clamp,
+    pow, mask, sum), computed in one pass each way:
+
+    - pairs whose term is at most ``2^-100`` are zero (see ``_PAIR_FLOOR_LOG2``), so that no subnormal float forms;
+    - ``c^(p-1)`` by repeated squaring (a handful of products instead of ``pow``'s exp/log: a few ulps apart, about
+      3e-6 relative at p = 100), kept for the backward pass: ``dL/du_i = Σ_j (G_ij + G_ji) u_j`` with
+      ``G_ij = g_i p c_ij^(p-1) / 2``, zero where the clamp at 1 is active (as clamp's own gradient is).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, distinct: torch.Tensor, power: int) -> torch.Tensor:
+        half = u.new_full((1, 1, 1), 0.5)
+        raw = torch.baddbmm(half, u, u.transpose(1, 2), alpha=0.5)  # (1 + u_i·u_j) / 2, (N, B, B)
+        floor = 2.0 ** (_PAIR_FLOOR_LOG2 / power)  # c > floor  <=>  c^p > 2^-100: every c^k, k <= p, is normal
+        c = F.threshold(raw, floor, 0.0).clamp_(max=1.0).mul_(distinct)
+        below = _int_pow(c, power - 1)  # c^(p-1)
+        ctx.save_for_backward(u, below, raw)
+        ctx.power = power
+        return (below * c).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        u, below, raw = ctx.saved_tensors
+        g = below.masked_fill(raw > 1.0, 0.0).mul_(grad.unsqueeze(-1) * (ctx.power / 2.0))  # dL/d(u_i·u_j)
+        return torch.baddbmm(g @ u, g.transpose(1, 2), u), None, None
+
+
+def _int_pow(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x^k`` for an integer ``k >= 1`` by repeated squaring (``x^99 = x^64 x^32 x^2 x``)."""
+    result: torch.Tensor | None = None
+    square = x
+    while True:
+        if k & 1:
+            result = square if result is None else result * square
+        k >>= 1
+        if not k:
+            return result
+        square = square * square
+
+
 @torch.no_grad()
-def _clip_per_seed(params: Sequence[torch.Tensor], max_norm: float) -> None:
-    """``clip_grad_norm_`` applied to each seed's parameters separately (the norm of one run's gradient)."""
-    norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in params if p.grad is not None], dim=1)  # (N, P)
-    total = norms.norm(dim=1)  # (N,)
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(coef.view(-1, *([1] * (p.grad.ndim - 1))))
+def _clip_per_seed(flat_grad: torch.Tensor, max_norm: float) -> None:
+    """``clip_grad_norm_`` applied to each seed's parameters separately: row ``i`` of the ``(N, P)`` gradient buffer
+    is seed ``i``'s whole gradient (its norm equals the norm of per-parameter norms, up to rounding)."""
+    flat_grad.mul_((max_norm / (flat_grad.norm(dim=1) + 1e-6)).clamp_(max=1.0).unsqueeze(1))
 
 
 def peak_memory_estimate(n: int, recipe: Recipe) -> int:
