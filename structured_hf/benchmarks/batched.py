@@ -281,7 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling_steps", type=int, default=300, help="max_steps of the scaling table's runs")
     p.add_argument("--profile_steps", type=int, default=300, help="max_steps of the profiled runs (0: no profile)")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "batched_seeds.json"), help="where the JSON goes")
-    p.add_argument("--measure_n", type=int, default=None, help=argparse.SUPPRESS)  # one scaling row (subprocess)
+    p.add_argument("--measure_n", type=int, default=None, metavar="N",
+                   help="internal: measure one scaling row for N seeds and print it as JSON (the benchmark runs each "
+                        "N in a fresh subprocess this way)")
     p.add_argument("--measure_output", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1:
