@@ -284,7 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--measure_n", type=int, default=None, metavar="N",
                    help="internal: measure one scaling row for N seeds and print it as JSON (the benchmark runs each "
                         "N in a fresh subprocess this way)")
-    p.add_argument("--measure_output", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--measure_output", default=None, metavar="FILE",
+                   help="internal, with --measure_n: write the scaling row to this JSON file")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
