@@ -41,12 +41,14 @@ from .arguments import (
 )
 from .concept_color import expand_concept_color
 from .distill import DistillationTrainer, DistillSpec, load_teacher
+from .isolation import IsolatedTrainer, IsolationSpec, check_isolation_label
 from .routing import parse_routes
+from .speclist import used_labels
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
-             "description", "sweep", "distill"}
+             "description", "sweep", "distill", "isolation"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 
 
@@ -69,10 +71,12 @@ class Recipe:
     sweep: dict[str, Any] | None = None
     # Train this model to match a teacher's outputs (training/distill.py): {teacher: PATH, temperature: T}.
     distill: dict[str, Any] | None = None
+    # Full-depth isolation of one concept (training/isolation.py): {concept, label, hidden_units, ...}.
+    isolation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for key in ("sweep", "distill"):
+        for key in ("sweep", "distill", "isolation"):
             if out[key] is None:
                 del out[key]  # a plain recipe (and every run of a sweep) dumps without the key
         return out
@@ -159,6 +163,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         description=str(raw.get("description", "")),
         sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
         distill=None if raw.get("distill") is None else dict(DistillSpec.from_dict(raw["distill"]).__dict__),
+        isolation=None if raw.get("isolation") is None else IsolationSpec.from_dict(raw["isolation"]).to_dict(),
     )
     validate_recipe(recipe)
     if "training.learning_rate" in (overrides or {}):
@@ -197,6 +202,11 @@ def validate_recipe(recipe: Recipe) -> None:
     if family.validate is not None:
         family.validate(recipe, regularizers, routes)
     _check_training_fields(recipe.training)
+    if recipe.isolation is not None:
+        if recipe.distill is not None:
+            raise StructuredConfigError("isolation", "a distilled student has no concept samples to isolate; drop "
+                                        "`isolation` or `distill`")
+        check_isolation_label(IsolationSpec.from_dict(recipe.isolation), used_labels(regularizers, routes))
 
 
 def check_data_keys(recipe: Recipe) -> None:
@@ -390,6 +400,9 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
+    if recipe.isolation is not None:  # the concept's samples train only its dedicated units (training/isolation.py)
+        return IsolatedTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               curriculum=curriculum, isolation=recipe.isolation, **trainer_kwargs)
     if recipe.distill is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
         spec = DistillSpec.from_dict(recipe.distill)
         return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
