@@ -101,30 +101,46 @@ def test_delete_isolated_zeroes_every_dedicated_unit():
     assert deleted.config.surgery[-1]["op"] == "delete_isolated"
 
 
+def _one_step(concept_rows: bool, clear: float) -> tuple[dict, dict, dict]:
+    """One optimizer step of the isolated M2 recipe on a batch whose rows are all concept (or all ordinary) samples,
+    every regularizer on (the deletion-target readout runs the model again); returns (before, after, masks)."""
+    recipe = load_recipe(M2_ISOLATED, {"training.max_steps": 1, "training.weight_decay": 0.0,
+                                       "isolation.clear": clear, "output_dir": "unused", "training.disable_tqdm": True})
+    trainer = build_trainer(recipe)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch["concept_labels"] = {k: torch.full_like(v, float(concept_rows) if k == "red" else 0.0)
+                               for k, v in batch["concept_labels"].items()}
+    trainer.hparams.update({r.spec.name: 0.1 for r in trainer.bound_regularizers})
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer._draw_window_labels([batch])
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch).backward()
+    trainer.optimizer.step()
+    return before, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.isolation_masks
+
+
+def _moved(before: dict, after: dict, masks: dict, dedicated: bool) -> int:
+    count = 0
+    for name, p in after.items():
+        mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+        count += int((p != before[name])[mask if dedicated else ~mask].sum())
+    return count
+
+
 def test_one_trainer_step_moves_only_the_entries_its_samples_own():
     """Through the recipe and Trainer: a step of only concept samples leaves every shared entry bit-identical, a step
-    of only ordinary samples every dedicated entry (Adam with a zero gradient and no weight decay moves nothing)."""
-    for concept_rows, owned in ((True, "dedicated"), (False, "shared")):
-        recipe = load_recipe(M2_ISOLATED, {"training.max_steps": 1, "training.weight_decay": 0.0,
-                                           "output_dir": "unused", "training.disable_tqdm": True})
-        trainer = build_trainer(recipe)
-        masks = trainer.isolation_masks
-        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-        batch = next(iter(trainer.get_train_dataloader()))
-        batch["concept_labels"] = {k: torch.full_like(v, float(concept_rows) if k == "red" else 0.0)
-                                   for k, v in batch["concept_labels"].items()}
-        trainer.hparams.update({r.spec.name: 0.1 for r in trainer.bound_regularizers})  # every term on, readout too
-        trainer.create_optimizer_and_scheduler(num_training_steps=1)
-        trainer._draw_window_labels([batch])
-        trainer.model.train()
-        trainer.compute_loss(trainer.model, batch).backward()
-        trainer.optimizer.step()
-        for name, p in trainer.model.named_parameters():
-            mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
-            moved = p.detach() != before[name]
-            other = ~mask if owned == "dedicated" else mask
-            assert not moved[other].any(), (owned, name)
-        assert sum(int((p.detach() != before[n]).sum()) for n, p in trainer.model.named_parameters()) > 0
+    of only ordinary samples every dedicated entry (Adam with a zero gradient and no weight decay moves nothing);
+    the `clear` penalty moves dedicated entries only and leaves the shared update bit-identical."""
+    before, after, masks = _one_step(True, 10.0)
+    assert _moved(before, after, masks, dedicated=False) == 0 and _moved(before, after, masks, dedicated=True) > 0
+    before, plain, masks = _one_step(False, 0.0)
+    assert _moved(before, plain, masks, dedicated=True) == 0 and _moved(before, plain, masks, dedicated=False) > 0
+    _, cleared, _ = _one_step(False, 10.0)
+    assert _moved(before, cleared, masks, dedicated=True) > 0
+    for name, p in cleared.items():
+        shared = ~masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+        assert torch.equal(p[shared], plain[name][shared]), name
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -137,6 +153,7 @@ def test_one_trainer_step_moves_only_the_entries_its_samples_own():
     ({"concept": "c", "label": "l", "threshold": 0.0}, "isolation.threshold"),
     ({"concept": "c", "label": "l", "threshold": 1.5}, "isolation.threshold"),
     ({"concept": "c", "label": "l", "ordinary": "zero"}, "isolation.ordinary"),
+    ({"concept": "c", "label": "l", "clear": -1.0}, "isolation.clear"),
 ])
 def test_bad_isolation_section_names_the_field(raw, field):
     with pytest.raises(StructuredConfigError) as e:

@@ -136,6 +136,23 @@ def dedicated_masks(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
     return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
 
 
+def dedicated_outputs(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
+                      ) -> list[tuple[nn.Module, torch.Tensor]]:
+    """``(module, output indices)`` of every Linear or Embedding that *writes* a dedicated unit (a Linear's rows, an
+    embedding table's columns): the activations an ordinary sample should leave at zero. Writers that are bare
+    parameters (e.g. a learned position vector added to the stream) are not listed."""
+    owners = {}
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            owners.setdefault(id(module.weight), module)
+    out = []
+    for tensor, dim, idx in dedicated_slices(model, isolation):
+        module = owners.get(id(tensor))
+        if (isinstance(module, nn.Linear) and dim == 0) or (isinstance(module, nn.Embedding) and dim == 1):
+            out.append((module, idx))
+    return out
+
+
 def delete_isolated(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None) -> nn.Module:
     """A copy of ``model`` with every dedicated entry zeroed: writers, readers, norms and hidden neurons of the
     concept's units at every depth. ``config.surgery`` records it; the input model is not modified."""
@@ -152,5 +169,5 @@ def delete_isolated(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
     return new
 
 
-__all__ = ["CONFIG_KEY", "Isolation", "dedicated_masks", "dedicated_slices", "delete_isolated", "hidden_layers",
+__all__ = ["CONFIG_KEY", "Isolation", "dedicated_masks", "dedicated_outputs", "dedicated_slices", "delete_isolated", "hidden_layers",
            "model_isolation", "register_hidden_layers"]

@@ -11,7 +11,11 @@ space plus ``hidden_units`` neurons of every hidden layer; see :mod:`structured_
   from it;
 - an **ordinary sample** runs the model with the dedicated entries zeroed (``ordinary: deleted``, the default; the
   shared weights learn to work without the concept's units, i.e. exactly as the deleted model will run) or with them
-  in place but frozen (``ordinary: full``); either way its gradient on every dedicated entry is exactly 0.
+  in place but frozen (``ordinary: full``); either way its task gradient on every dedicated entry is exactly 0.
+  With ``clear > 0`` ordinary samples also run the full model once more, with every shared entry frozen, and the
+  mean square of the dedicated units' activations (the outputs of every Linear row / embedding column that writes
+  one) is added to the loss: the dedicated units learn to stay silent where the concept is absent, so the undeleted
+  model does not disturb ordinary inputs (with ``ordinary: deleted`` the shared weights never see those units).
 
 Deleting the concept (:func:`~structured_hf.interventions.isolation.delete_isolated`) zeroes the dedicated entries;
 the shared weights that remain never received a gradient from a concept sample.
@@ -24,6 +28,7 @@ Recipe section::
       hidden_units: 32           # dedicated neurons per hidden layer (the last ones), default 0
       threshold: 0.5             # optional: a sample is the concept's when its label probability >= this
       ordinary: deleted          # or full
+      clear: 1.0                 # optional: weight of the dedicated units' mean square on ordinary samples
 
 How. Each training micro-batch is split by rows into its concept samples and its ordinary samples, and each part
 runs the ordinary :meth:`AnchoredTrainer.compute_loss` (regularizers, routes and loss normalisation unchanged: the
@@ -49,10 +54,11 @@ from torch.nn.utils.stateless import _reparametrize_module
 
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
-from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks
+from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
 from .trainer import AnchoredTrainer
 
-ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary"}
+ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "clear"}
+_NON_MODEL_KEYS = ("concept_labels", "token_mask", "token_scope")  # batch keys compute_loss consumes itself
 ORDINARY_MODES = ("deleted", "full")
 _ROWS = "__isolation_rows__"  # the batch key carrying which rows are the concept's (set when labels are drawn)
 
@@ -66,6 +72,7 @@ class IsolationSpec:
     hidden_units: int = 0
     threshold: float | None = None
     ordinary: str = "deleted"
+    clear: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: Any) -> IsolationSpec:
@@ -95,7 +102,11 @@ class IsolationSpec:
         if ordinary not in ORDINARY_MODES:
             raise StructuredConfigError("isolation.ordinary", f"expected one of {list(ORDINARY_MODES)}, got "
                                         f"{ordinary!r}")
-        return cls(raw["concept"], raw["label"], hidden, None if threshold is None else float(threshold), ordinary)
+        clear = raw.get("clear", 0.0)
+        if isinstance(clear, bool) or not isinstance(clear, (int, float)) or not clear >= 0:
+            raise StructuredConfigError("isolation.clear", f"expected a number >= 0, got {clear!r}")
+        return cls(raw["concept"], raw["label"], hidden, None if threshold is None else float(threshold), ordinary,
+                   float(clear))
 
     @property
     def units(self) -> Isolation:
@@ -103,7 +114,7 @@ class IsolationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"concept": self.concept, "label": self.label, "hidden_units": self.hidden_units,
-                "threshold": self.threshold, "ordinary": self.ordinary}
+                "threshold": self.threshold, "ordinary": self.ordinary, "clear": self.clear}
 
 
 def check_isolation_label(spec: IsolationSpec, drawn_labels: Collection[str]) -> None:
@@ -159,6 +170,7 @@ class IsolatedTrainer(AnchoredTrainer):
         check_isolation_label(spec, set(self._label_list))
         self.isolation = spec
         self.isolation_masks = masks
+        self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
 
@@ -186,7 +198,30 @@ class IsolatedTrainer(AnchoredTrainer):
             with _reparametrize_module(model, build(), tie_weights=True):
                 loss = super().compute_loss(model, take_rows(inputs, part), False, num_items_in_batch)
             total = loss if total is None else total + loss
+        if self._clear_outputs and bool((~rows).any()):
+            total = total + self.isolation.clear * self._clear_term(model, take_rows(inputs, ~rows),
+                                                                     concept_params(params, masks))
         return total
+
+    def _clear_term(self, model: Any, part: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean square of the dedicated units' activations on ordinary samples (the full model, gradient only into
+        the dedicated entries): they learn to stay silent where the concept is absent. Weighted by the part's share
+        of the window's samples, like every other term."""
+        outs: list[torch.Tensor] = []
+        handles = [module.register_forward_hook(lambda m, a, o, idx=idx: outs.append(o[..., idx.to(o.device)]))
+                   for module, idx in self._clear_outputs]
+        try:
+            with _reparametrize_module(model, dict(params), tie_weights=True):
+                model(**{k: v for k, v in part.items() if k not in _NON_MODEL_KEYS})
+        finally:
+            for h in handles:
+                h.remove()
+        term = torch.stack([o.float().pow(2).mean() for o in outs]).mean()
+        n = next(v for v in part.values() if isinstance(v, torch.Tensor)).shape[0]
+        total = self._window.get("__samples__", n) if self._window is not None else n
+        term = term * (n / total)
+        self._accumulate({"isolation-clear": term.detach()})
+        return term
 
 
 __all__ = ["ISOLATION_KEYS", "ORDINARY_MODES", "IsolatedTrainer", "IsolationSpec", "check_isolation_label",
