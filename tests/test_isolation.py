@@ -17,7 +17,7 @@ from structured_hf.models import ColorAutoencoderConfig, ColorAutoencoderModel, 
     StructuredGPTForCausalLM
 from structured_hf.sites import capture
 from structured_hf.training import load_recipe
-from structured_hf.training.isolation import IsolationSpec, concept_params, ordinary_params
+from structured_hf.training.isolation import IsolationSpec, _has_targets, concept_params, ordinary_params
 from structured_hf.training.recipe import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +182,11 @@ def test_model_without_hidden_layers_or_isolation_names_the_field():
     with pytest.raises(StructuredConfigError) as e:
         dedicated_masks(model, Isolation("red", hidden_units=8))
     assert e.value.field == "isolation.hidden_units"
+
+
+def test_a_part_without_targets_is_skipped_not_nan():
+    """A causal LM's part made of near-empty blocks has no token to predict (mean over nothing = NaN): skipped."""
+    labels = torch.tensor([[5, -100, -100], [5, 6, 7]])
+    assert not _has_targets({"labels": labels}, torch.tensor([True, False]))
+    assert _has_targets({"labels": labels}, torch.tensor([False, True]))
+    assert _has_targets({"labels": torch.zeros(2, 3)}, torch.tensor([True, False]))  # regression targets: always

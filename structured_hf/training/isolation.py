@@ -151,6 +151,16 @@ def take_rows(inputs: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     return {k: take(v) for k, v in inputs.items()}
 
 
+def _has_targets(inputs: Mapping[str, Any], rows: torch.Tensor) -> bool:
+    """Whether the rows hold anything to predict. A causal LM's token labels (integers, -100 on padding, position t
+    predicted from t-1) can leave a part of one or two near-empty chunks with no target at all, whose mean token loss
+    is 0/0: such a part is skipped (its rows contribute nothing, as they would to the whole batch's mean)."""
+    labels = inputs.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim < 2:
+        return True
+    return bool((labels[rows.to(labels.device)][:, 1:] != -100).any())
+
+
 class IsolatedTrainer(AnchoredTrainer):
     """:class:`AnchoredTrainer` with full-depth isolation of one concept (module docstring)."""
 
@@ -193,11 +203,13 @@ class IsolatedTrainer(AnchoredTrainer):
         total = None
         for part, build in ((rows, lambda: concept_params(params, masks)),
                             (~rows, lambda: ordinary_params(params, masks, self.isolation.ordinary))):
-            if not bool(part.any()):
+            if not bool(part.any()) or not _has_targets(inputs, part):
                 continue
             with _reparametrize_module(model, build(), tie_weights=True):
                 loss = super().compute_loss(model, take_rows(inputs, part), False, num_items_in_batch)
             total = loss if total is None else total + loss
+        if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
+            total = sum(p.sum() * 0.0 for p in params.values())
         if self._clear_outputs and bool((~rows).any()):
             total = total + self.isolation.clear * self._clear_term(model, take_rows(inputs, ~rows),
                                                                      concept_params(params, masks))
