@@ -48,7 +48,7 @@ from ..concepts import ConceptMap, ConceptSpec
 from ..data.colors import rgb_grid
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
-from ..interventions.isolation import delete_isolated
+from ..interventions.isolation import dedicated_slices, delete_isolated
 from ..interventions.surgery import ablate, project_out, prune, resolve_axes
 from ..interventions.two_sided import channel_slices, two_sided_cut
 from ..sites import capture
@@ -451,18 +451,24 @@ def transformer_variants(anchored: nn.Module, concept: str, wanted: Sequence[str
 
 
 # ---- full-depth isolation (training/isolation.py), shared by every family ----------------------------------------
-ISOLATED_METHODS = ("isolated+delete", "isolated (not deleted)")
+ISOLATED_METHODS = ("isolated+delete", "isolated+delete (dedicated frozen)", "isolated (not deleted)")
 
 
 def isolated_variants(isolated: nn.Module, wanted: Sequence[str]) -> dict[str, Method]:
-    """``isolated+delete`` (every dedicated entry of the model's isolated concept zeroed) and ``isolated (not
-    deleted)``, from a model trained with an ``isolation:`` recipe section (its config records the units)."""
+    """``isolated+delete`` (every dedicated entry of the model's isolated concept zeroed), ``isolated+delete
+    (dedicated frozen)`` (a diagnostic: attacked with the zeroed entries frozen, so whatever comes back lives in the
+    shared weights) and ``isolated (not deleted)``, from a model trained with an ``isolation:`` recipe section (its
+    config records the units)."""
     if not getattr(isolated.config, "isolation", None):
         raise StructuredConfigError("methods", "the isolated methods need a model trained with an `isolation:` "
                                     "recipe section; this one records none")
     out: dict[str, Method] = {}
+    deleted = delete_isolated(isolated)
     if "isolated+delete" in wanted:
-        out["isolated+delete"] = Method(delete_isolated(isolated))
+        out["isolated+delete"] = Method(deleted)
+    if "isolated+delete (dedicated frozen)" in wanted:
+        out["isolated+delete (dedicated frozen)"] = Method(deleted, grad_mask=dedicated_slices,
+                                                           note="attacked with every dedicated entry frozen at 0")
     if "isolated (not deleted)" in wanted:
         out["isolated (not deleted)"] = Method(isolated)
     return out
