@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 import structured_hf  # noqa: F401
 from structured_hf.errors import StructuredConfigError
+from structured_hf.evaluation import robustness as rb
 from structured_hf.interventions.isolation import Isolation, dedicated_masks, delete_isolated
 from structured_hf.models import ColorAutoencoderConfig, ColorAutoencoderModel, StructuredGPTConfig, \
     StructuredGPTForCausalLM
@@ -190,3 +191,20 @@ def test_a_part_without_targets_is_skipped_not_nan():
     assert not _has_targets({"labels": labels}, torch.tensor([True, False]))
     assert _has_targets({"labels": labels}, torch.tensor([False, True]))
     assert _has_targets({"labels": torch.zeros(2, 3)}, torch.tensor([True, False]))  # regression targets: always
+
+
+def test_benchmark_isolated_methods_need_an_isolated_recipe_or_model():
+    plain = load_recipe(ROOT / "configs/color_autoencoder/ex2.11.2-delete-red-deletion-target.yaml")
+    with pytest.raises(StructuredConfigError) as e:
+        rb.split_isolated(plain, ["isolated+delete"])
+    assert e.value.field == "methods"
+    anchored, isolated = rb.split_isolated(load_recipe(M2_ISOLATED), ["anchored+prune", "isolated+delete"])
+    assert anchored.isolation is None and isolated.isolation["hidden_units"] == 8
+    with pytest.raises(StructuredConfigError) as e:
+        rb.isolated_variants(_gpt(), ["isolated+delete"])
+    assert e.value.field == "methods"
+    model = _gpt()
+    model.config.isolation = {"concept": "violence", "hidden_units": 4}
+    methods = rb.isolated_variants(model, list(rb.ISOLATED_METHODS))
+    frozen = methods["isolated+delete (dedicated frozen)"]
+    assert sum(int(t.index_select(d, i).numel()) for t, d, i in frozen.grad_mask(frozen.model)) > 0
