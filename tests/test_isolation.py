@@ -208,3 +208,6 @@ def test_benchmark_isolated_methods_need_an_isolated_recipe_or_model():
     methods = rb.isolated_variants(model, list(rb.ISOLATED_METHODS))
     frozen = methods["isolated+delete (dedicated frozen)"]
     assert sum(int(t.index_select(d, i).numel()) for t, d, i in frozen.grad_mask(frozen.model)) > 0
+    built = rb.language_methods(model, None, None, None, None, "violence", ["isolated+delete"])  # the M4 path
+    assert list(built) == [rb.REFERENCE, "isolated+delete"]
+    assert built["isolated+delete"].model.config.surgery[-1]["op"] == "delete_isolated"
