@@ -206,7 +206,9 @@ def validate_recipe(recipe: Recipe) -> None:
         if recipe.distill is not None:
             raise StructuredConfigError("isolation", "a distilled student has no concept samples to isolate; drop "
                                         "`isolation` or `distill`")
-        check_isolation_label(IsolationSpec.from_dict(recipe.isolation), used_labels(regularizers, routes))
+        # the labels the run will draw: those of its regularizers and routes
+        drawn = used_labels(parse_regularizers(recipe.regularizers), parse_routes(recipe.routes))
+        check_isolation_label(IsolationSpec.from_dict(recipe.isolation), drawn)
 
 
 def check_data_keys(recipe: Recipe) -> None:
