@@ -48,6 +48,7 @@ from ..concepts import ConceptMap, ConceptSpec
 from ..data.colors import rgb_grid
 from ..data.labels import parse_labelers
 from ..errors import StructuredConfigError
+from ..interventions.isolation import dedicated_slices, delete_isolated
 from ..interventions.surgery import ablate, project_out, prune, resolve_axes
 from ..interventions.two_sided import channel_slices, two_sided_cut
 from ..sites import capture
@@ -449,10 +450,44 @@ def transformer_variants(anchored: nn.Module, concept: str, wanted: Sequence[str
     return out
 
 
+# ---- full-depth isolation (training/isolation.py), shared by every family ----------------------------------------
+ISOLATED_METHODS = ("isolated+delete", "isolated+delete (dedicated frozen)", "isolated (not deleted)")
+
+
+def isolated_variants(isolated: nn.Module, wanted: Sequence[str]) -> dict[str, Method]:
+    """``isolated+delete`` (every dedicated entry of the model's isolated concept zeroed), ``isolated+delete
+    (dedicated frozen)`` (a diagnostic: attacked with the zeroed entries frozen, so whatever comes back lives in the
+    shared weights) and ``isolated (not deleted)``, from a model trained with an ``isolation:`` recipe section (its
+    config records the units)."""
+    if not getattr(isolated.config, "isolation", None):
+        raise StructuredConfigError("methods", "the isolated methods need a model trained with an `isolation:` "
+                                    "recipe section; this one records none")
+    out: dict[str, Method] = {}
+    deleted = delete_isolated(isolated)
+    if "isolated+delete" in wanted:
+        out["isolated+delete"] = Method(deleted)
+    if "isolated+delete (dedicated frozen)" in wanted:
+        out["isolated+delete (dedicated frozen)"] = Method(deleted, grad_mask=dedicated_slices,
+                                                           note="attacked with every dedicated entry frozen at 0")
+    if "isolated (not deleted)" in wanted:
+        out["isolated (not deleted)"] = Method(isolated)
+    return out
+
+
+def split_isolated(recipe: Any, methods: Sequence[str]) -> tuple[Any, Any | None]:
+    """``(the recipe without isolation, the isolated recipe or None)``: the anchored and the isolated model are trained
+    from the same recipe file, the anchored one without its ``isolation:`` section."""
+    wants = any(m in ISOLATED_METHODS for m in methods)
+    if wants and getattr(recipe, "isolation", None) is None:
+        raise StructuredConfigError("methods", "'isolated+delete' / 'isolated (not deleted)' need a recipe with an "
+                                    "`isolation:` section (e.g. configs/color_autoencoder/ex2.11.2-isolated.yaml)")
+    return dataclasses.replace(recipe, isolation=None), (recipe if wants else None)
+
+
 # ---- M2: the color autoencoder -------------------------------------------------------------------------------------
 COLOR_AUTOENCODER_METHODS = ("anchored+prune", "anchored+ablate", "anchored+two-sided", "post-hoc",
                              "anchored (not deleted)", "distilled (deleted teacher)", "distilled (undeleted teacher)",
-                             "distilled (filtered teacher)")
+                             "distilled (filtered teacher)", *ISOLATED_METHODS)
 # A distilled student starts from another seed than the recipe's (whose initial weights the teachers share): students
 # that share a teacher's initialization inherit what it still knows (Cloud et al. 2025).
 STUDENT_SEED_OFFSET = 10_000
@@ -517,11 +552,18 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
         raise StructuredConfigError("label", f"no weak label '{label}' for the post-hoc direction; have "
                                     f"{sorted(labelers)}")
     near = lambda c: hsv_similarity(c, anchor) >= min_similarity  # noqa: E731
-    anchored, t_a = train_recipe(recipe)
-    require_concept(anchored, concept)
+    recipe, isolated_recipe = split_isolated(recipe, methods)
+    anchored, t_a = (None, 0.0)
+    if any(m not in ISOLATED_METHODS for m in methods):
+        anchored, t_a = train_recipe(recipe)
+        require_concept(anchored, concept)
     reference, t_r = train_recipe(unanchored_recipe(recipe))
     filtered, t_f = train_recipe(unanchored_recipe(recipe), keep=lambda c: ~near(c))
     out = {REFERENCE: Method(reference), FILTERING: Method(filtered)}
+    if isolated_recipe is not None:
+        isolated, t_i = train_recipe(isolated_recipe)
+        out.update(isolated_variants(isolated, methods))
+        t_a += t_i
     teachers = {"distilled (deleted teacher)": lambda: prune(anchored, concept),
                 "distilled (undeleted teacher)": lambda: anchored, "distilled (filtered teacher)": lambda: filtered}
     for name in methods:
@@ -538,14 +580,14 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
             grid = rgb_grid(8)
             direction = mean_difference_direction(reference, grid, labelers[label](grid))
             out[name] = Method(project_out(reference, direction, name=f"{concept} (mean difference)"))
-        else:
+        elif name == "anchored (not deleted)":
             out[name] = Method(anchored)
-    return out, color_autoencoder_task(anchor, min_similarity), t_a + t_r + t_f
+    return {k: out[k] for k in [REFERENCE, FILTERING, *methods]}, color_autoencoder_task(anchor, min_similarity), t_a + t_r + t_f
 
 
 # ---- M3: the color-operation transformer ---------------------------------------------------------------------------
 COLOR_TRANSFORMER_METHODS = ("anchored+ablate", "anchored+two-sided", "anchored+ablate (writers frozen)", "post-hoc",
-                             "anchored (not deleted)")
+                             "anchored (not deleted)", *ISOLATED_METHODS)
 
 
 class _Rows(dict):
@@ -605,13 +647,21 @@ def color_transformer_methods(recipe: Any, concept: str, methods: Sequence[str],
     label = label or concept
     if "post-hoc" in methods and f"prob_{label}" not in splits["train"].column_names:
         raise StructuredConfigError("label", f"no weak label '{label}' for the post-hoc direction")
-    anchored, t_a = train_recipe(recipe)
-    require_concept(anchored, concept)
+    recipe, isolated_recipe = split_isolated(recipe, methods)
+    anchored, t_a = (None, 0.0)
+    if any(m not in ISOLATED_METHODS and m != "post-hoc" for m in methods):
+        anchored, t_a = train_recipe(recipe)
+        require_concept(anchored, concept)
     reference, t_r = train_recipe(unanchored_recipe(recipe))
     filtered, t_f = train_recipe(unanchored_recipe(recipe),
                                  keep_rows=lambda ds: example_redness(task_arrays(ds)) < RED_INVOLVED)
     out = {REFERENCE: Method(reference), FILTERING: Method(filtered)}
-    out.update(transformer_variants(anchored, concept, methods))
+    if anchored is not None:
+        out.update(transformer_variants(anchored, concept, methods))
+    if isolated_recipe is not None:
+        isolated, t_i = train_recipe(isolated_recipe)
+        out.update(isolated_variants(isolated, methods))
+        t_a += t_i
     if "post-hoc" in methods:
         site = ConceptSpec.from_dict(spec).site
         p = np.asarray(splits["train"][f"prob_{label}"], dtype=np.float64)
@@ -622,7 +672,7 @@ def color_transformer_methods(recipe: Any, concept: str, methods: Sequence[str],
 
 # ---- M4: StructuredGPT on text -------------------------------------------------------------------------------------
 LANGUAGE_METHODS = ("anchored+ablate", "anchored+two-sided", "anchored+ablate (writers frozen)", "post-hoc",
-                    "token-filtering", "anchored (not deleted)")
+                    "token-filtering", "anchored (not deleted)", *ISOLATED_METHODS)
 
 
 def channel_rms(encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0,
@@ -702,6 +752,8 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
     if filtered is not None:
         out[FILTERING] = Method(filtered)
     out.update(transformer_variants(anchored, concept, methods))
+    if any(m in ISOLATED_METHODS for m in methods):  # the anchored folder is a model trained with `isolation:`
+        out.update(isolated_variants(anchored, methods))
     if "post-hoc" in methods:
         site = ConceptMap.of(anchored)[concept].site
         sets = lm.heldout_sets(train_chunks, [concept])
@@ -767,9 +819,9 @@ def absorption_report(anchored: nn.Module, concept: str, tokenizer: Any, texts: 
 
 __all__ = [
     "AttackTask", "BenchmarkResult", "DEFAULT_LRS", "DEFAULT_SIZES", "FILTERING", "GridPoint", "Method", "REFERENCE",
-    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "absorption_report", "attack_grid", "axis_share", "channel_rms", "check_methods", "distil_student",
+    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "ISOLATED_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "absorption_report", "attack_grid", "axis_share", "channel_rms", "check_methods", "distil_student",
     "color_autoencoder_methods", "color_autoencoder_task", "color_transformer_methods", "color_transformer_task",
-    "far_samples", "language_methods", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
+    "far_samples", "isolated_variants", "language_methods", "split_isolated", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
     "plot_robustness_curves", "ratio_to_filtering", "require_concept", "robustness_markdown", "run_attack",
     "run_benchmark", "score_seed", "summarize_seeds",
 ]

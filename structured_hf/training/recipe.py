@@ -46,13 +46,15 @@ from .arguments import (
 )
 from .concept_color import expand_concept_color
 from .distill import DistillationTrainer, DistillSpec, load_teacher
+from .isolation import IsolatedTrainer, IsolationSpec, check_isolation_label
 from .routing import RouteSpec, parse_routes
 from .transitions import ReactiveRule
+from .speclist import used_labels
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
 _TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
-             "description", "sweep", "distill"}
+             "description", "sweep", "distill", "isolation"}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 
 
@@ -70,6 +72,7 @@ class RecipeSpecs:
     reactive: tuple[ReactiveRule, ...]
     concepts: ConceptMap  # the recipe's ``model.concepts`` (checked against the model's sites when it is built)
     distill: DistillSpec | None
+    isolation: IsolationSpec | None
 
     @classmethod
     def parse(cls, recipe: Recipe) -> RecipeSpecs:
@@ -79,7 +82,8 @@ class RecipeSpecs:
         check_spec_names(regularizers, routes, reactive)
         return cls(regularizers=regularizers, routes=routes, schedules=parse_schedules(recipe.schedules),
                    reactive=reactive, concepts=ConceptMap.parse(recipe.model.get("concepts"), "model.concepts"),
-                   distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill))
+                   distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill),
+                   isolation=None if recipe.isolation is None else IsolationSpec.from_dict(recipe.isolation))
 
 
 @dataclass
@@ -105,6 +109,8 @@ class Recipe:
     sweep: dict[str, Any] | None = None
     # Train this model to match a teacher's outputs (training/distill.py): {teacher: PATH, temperature: T}.
     distill: dict[str, Any] | None = None
+    # Full-depth isolation of one concept (training/isolation.py): {concept, label, hidden_units, ...}.
+    isolation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._parsed: tuple[tuple, RecipeSpecs] | None = None
@@ -114,14 +120,14 @@ class Recipe:
     def specs(self) -> RecipeSpecs:
         """The typed sections (:class:`RecipeSpecs`), parsed once per version of the sections."""
         sections = (self.regularizers, self.routes, self.schedules, self.reactive, self.model.get("concepts"),
-                    self.distill)
+                    self.distill, self.isolation)
         if self._parsed is None or self._parsed[0] != sections:
             self._parsed = (copy.deepcopy(sections), RecipeSpecs.parse(self))
         return self._parsed[1]
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
-        for key in ("sweep", "distill"):
+        for key in ("sweep", "distill", "isolation"):
             if out[key] is None:
                 del out[key]  # a plain recipe (and every run of a sweep) dumps without the key
         return out
@@ -204,6 +210,7 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
         description=str(raw.get("description", "")),
         sweep=None if raw.get("sweep") is None else copy.deepcopy(raw["sweep"]),
         distill=None if raw.get("distill") is None else copy.deepcopy(raw["distill"]),
+        isolation=None if raw.get("isolation") is None else copy.deepcopy(raw["isolation"]),
     )
     validate_recipe(recipe)
     if "training.learning_rate" in (overrides or {}):
@@ -238,6 +245,13 @@ def validate_recipe(recipe: Recipe) -> None:
     if family.validate is not None:
         family.validate(recipe, list(recipe.specs.regularizers), list(recipe.specs.routes))
     _check_training_fields(recipe.training)
+    isolation = recipe.specs.isolation
+    if isolation is not None:
+        if recipe.distill is not None:
+            raise StructuredConfigError("isolation", "a distilled student has no concept samples to isolate; drop "
+                                        "`isolation` or `distill`")
+        # the labels the run will draw: those of its regularizers and routes
+        check_isolation_label(isolation, used_labels(recipe.specs.regularizers, recipe.specs.routes))
 
 
 def check_data_keys(recipe: Recipe) -> None:
@@ -410,6 +424,9 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
+    if recipe.specs.isolation is not None:  # the concept's samples train only its dedicated units (training/isolation.py)
+        return IsolatedTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               curriculum=curriculum, isolation=recipe.specs.isolation, **trainer_kwargs)
     spec = recipe.specs.distill
     if spec is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
         return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

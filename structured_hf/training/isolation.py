@@ -1,0 +1,229 @@
+"""Full-depth isolation: a concept's samples train only its dedicated units; every other sample trains the rest.
+
+Gradient routing (:mod:`.routing`) keeps labelled samples' gradient out of the weights *upstream* of the anchored
+site. Everything downstream still learns the concept at full strength, and that is what a fine-tuning attack
+reactivates after ``ablate`` (docs/robustness.md). Isolation is selective gradient masking at every depth (as in
+SGTM, Shilov et al. 2025): the concept gets dedicated units everywhere (its axes at every depth of its activation
+space plus ``hidden_units`` neurons of every hidden layer; see :mod:`structured_hf.interventions.isolation`), and
+
+- a **concept sample** (drawn label 1, or label probability >= ``threshold``) runs the full model, but its gradient
+  reaches only the dedicated entries: every shared parameter (tied embeddings, norms and head included) gets exactly 0
+  from it;
+- an **ordinary sample** runs the model with the dedicated entries zeroed (``ordinary: deleted``, the default; the
+  shared weights learn to work without the concept's units, i.e. exactly as the deleted model will run) or with them
+  in place but frozen (``ordinary: full``); either way its task gradient on every dedicated entry is exactly 0.
+  With ``clear > 0`` ordinary samples also run the full model once more, with every shared entry frozen, and the
+  mean square of the dedicated units' activations (the outputs of every Linear row / embedding column that writes
+  one) is added to the loss: the dedicated units learn to stay silent where the concept is absent, so the undeleted
+  model does not disturb ordinary inputs (with ``ordinary: deleted`` the shared weights never see those units).
+
+Deleting the concept (:func:`~structured_hf.interventions.isolation.delete_isolated`) zeroes the dedicated entries;
+the shared weights that remain never received a gradient from a concept sample.
+
+Recipe section::
+
+    isolation:
+      concept: violence-axis     # its axes are the dedicated residual axes (at every depth)
+      label: violence            # the weak label that marks the concept's samples (drawn per step)
+      hidden_units: 32           # dedicated neurons per hidden layer (the last ones), default 0
+      threshold: 0.5             # optional: a sample is the concept's when its label probability >= this
+      ordinary: deleted          # or full
+      clear: 1.0                 # optional: weight of the dedicated units' mean square on ordinary samples
+
+How. Each training micro-batch is split by rows into its concept samples and its ordinary samples, and each part
+runs the ordinary :meth:`AnchoredTrainer.compute_loss` (regularizers, routes and loss normalisation unchanged: the
+parts' losses add up to the batch's) with the model's parameters substituted (``torch.func.functional_call``'s
+mechanism, held for the whole loss so that regularizers that run the model again see the same substitution):
+``where(mask, W, W.detach())`` for concept samples (same values, gradient only on the dedicated entries), ``W`` with
+the dedicated entries zeroed (``deleted``) or detached (``full``) for ordinary ones. For language models the split is
+by chunk: a chunk whose label is drawn counts as the concept's with all of its tokens, and the model's own mean token
+loss of each part is weighted by its share of samples (equal-length chunks make this the batch's mean). Evaluation
+runs the plain model. One process only (the substituted forward bypasses DDP's hooks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+# functional_call's own machinery, as a context: the substitution must also cover regularizers that run the model
+# again after its forward (e.g. deletion_target's pruned readout), which a single functional_call would not.
+from torch.nn.utils.stateless import _reparametrize_module
+
+from ..concepts import ConceptMap
+from ..errors import StructuredConfigError
+from ..validation import check_keys, check_name, check_number
+from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
+from .trainer import AnchoredTrainer
+
+ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "clear"}
+_NON_MODEL_KEYS = ("concept_labels", "token_mask", "token_scope")  # batch keys compute_loss consumes itself
+ORDINARY_MODES = ("deleted", "full")
+_ROWS = "__isolation_rows__"  # the batch key carrying which rows are the concept's (set when labels are drawn)
+
+
+@dataclass(frozen=True)
+class IsolationSpec:
+    """The ``isolation:`` section of a recipe (see the module docstring)."""
+
+    concept: str
+    label: str
+    hidden_units: int = 0
+    threshold: float | None = None
+    ordinary: str = "deleted"
+    clear: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> IsolationSpec:
+        if isinstance(raw, IsolationSpec):
+            return raw
+        check_keys("isolation", raw, ISOLATION_KEYS, "concept: ..., label: ...")
+        for key in ("concept", "label"):
+            check_name(f"isolation.{key}", raw.get(key))
+        if raw["label"].startswith("not:"):
+            raise StructuredConfigError("isolation.label", "isolation follows the samples *with* a label; got "
+                                        f"{raw['label']!r}")
+        hidden = check_number("isolation.hidden_units", raw.get("hidden_units", 0), low=0, integer=True)
+        threshold = raw.get("threshold")
+        if threshold is not None:
+            check_number("isolation.threshold", threshold, low=0, low_open=True, high=1)
+        ordinary = raw.get("ordinary", "deleted")
+        if ordinary not in ORDINARY_MODES:
+            raise StructuredConfigError("isolation.ordinary", f"expected one of {list(ORDINARY_MODES)}, got "
+                                        f"{ordinary!r}")
+        clear = check_number("isolation.clear", raw.get("clear", 0.0), low=0)
+        return cls(raw["concept"], raw["label"], hidden, None if threshold is None else float(threshold), ordinary,
+                   float(clear))
+
+    @property
+    def units(self) -> Isolation:
+        return Isolation(self.concept, self.hidden_units)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"concept": self.concept, "label": self.label, "hidden_units": self.hidden_units,
+                "threshold": self.threshold, "ordinary": self.ordinary, "clear": self.clear}
+
+
+def check_isolation_label(spec: IsolationSpec, drawn_labels: Collection[str]) -> None:
+    """The isolation label must be one the recipe draws (a regularizer's or a route's)."""
+    if spec.label not in drawn_labels:
+        raise StructuredConfigError("isolation.label", f"'{spec.label}' is not drawn by this recipe (drawn: "
+                                    f"{sorted(drawn_labels)}); use it in a regularizer or route as well")
+
+
+def concept_params(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameters for a concept sample: same values, gradient only on the dedicated entries."""
+    return {n: torch.where(masks[n], p, p.detach()) if n in masks else p.detach() for n, p in params.items()}
+
+
+def ordinary_params(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                    mode: str = "deleted") -> dict[str, torch.Tensor]:
+    """Parameters for an ordinary sample: dedicated entries zeroed (``deleted``) or frozen (``full``)."""
+    if mode == "deleted":
+        return {n: params[n].masked_fill(m, 0.0) for n, m in masks.items()}
+    return {n: torch.where(m, params[n].detach(), params[n]) for n, m in masks.items()}
+
+
+def take_rows(inputs: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    """The batch restricted to ``rows`` (a boolean ``(B,)``): every tensor (and dict of tensors) indexed by row."""
+    n = rows.shape[0]
+
+    def take(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n:
+            return v[rows.to(v.device)]
+        if isinstance(v, Mapping):
+            return {k: take(x) for k, x in v.items()}
+        return v
+
+    return {k: take(v) for k, v in inputs.items()}
+
+
+def _has_targets(inputs: Mapping[str, Any], rows: torch.Tensor) -> bool:
+    """Whether the rows hold anything to predict. A causal LM's token labels (integers, -100 on padding, position t
+    predicted from t-1) can leave a part of one or two near-empty chunks with no target at all, whose mean token loss
+    is 0/0: such a part is skipped (its rows contribute nothing, as they would to the whole batch's mean)."""
+    labels = inputs.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim < 2:
+        return True
+    return bool((labels[rows.to(labels.device)][:, 1:] != -100).any())
+
+
+class IsolatedTrainer(AnchoredTrainer):
+    """:class:`AnchoredTrainer` with full-depth isolation of one concept (module docstring)."""
+
+    def __init__(self, model: Any, args: Any, *rest: Any, isolation: IsolationSpec | Mapping[str, Any],
+                 **kwargs: Any):
+        spec = IsolationSpec.from_dict(isolation)
+        # Checked before Trainer starts (it creates the output folder): the concept and the units must exist.
+        concepts = ConceptMap.of(model)
+        if spec.concept not in concepts:
+            raise StructuredConfigError("isolation.concept", f"the model has no concept '{spec.concept}'; it has "
+                                        f"{sorted(concepts.names)}")
+        masks = dedicated_masks(model, spec.units)
+        super().__init__(model, args, *rest, **kwargs)
+        if self.accelerator.num_processes > 1:
+            raise StructuredConfigError("isolation", "full-depth isolation runs in one process (its substituted "
+                                        "forward bypasses DDP's gradient hooks)")
+        check_isolation_label(spec, set(self._label_list))
+        self.isolation = spec
+        self.isolation_masks = masks
+        self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
+        # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
+        setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
+
+    def _draw_window_labels(self, batches: list[dict[str, Any]]) -> None:
+        label, threshold = self.isolation.label, self.isolation.threshold
+        before = [b.get("concept_labels", {}).get(label) for b in batches]
+        if any(p is None for p in before):
+            raise StructuredConfigError("isolation.label", f"training batches carry no '{label}' label")
+        super()._draw_window_labels(batches)
+        for batch, probs in zip(batches, before):
+            chosen = probs >= threshold if threshold is not None else batch["concept_labels"][label] > 0.5
+            batch[_ROWS] = chosen.reshape(chosen.shape[0], -1).any(-1)  # a chunk with a labelled token is the concept's
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows = inputs.pop(_ROWS, None)
+        if rows is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        params = dict(model.named_parameters())
+        masks = {n: m.to(params[n].device) for n, m in self.isolation_masks.items()}
+        total = None
+        for part, build in ((rows, lambda: concept_params(params, masks)),
+                            (~rows, lambda: ordinary_params(params, masks, self.isolation.ordinary))):
+            if not bool(part.any()) or not _has_targets(inputs, part):
+                continue
+            with _reparametrize_module(model, build(), tie_weights=True):
+                loss = super().compute_loss(model, take_rows(inputs, part), False, num_items_in_batch)
+            total = loss if total is None else total + loss
+        if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
+            total = sum(p.sum() * 0.0 for p in params.values())
+        if self._clear_outputs and bool((~rows).any()):
+            total = total + self.isolation.clear * self._clear_term(model, take_rows(inputs, ~rows),
+                                                                     concept_params(params, masks))
+        return total
+
+    def _clear_term(self, model: Any, part: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean square of the dedicated units' activations on ordinary samples (the full model, gradient only into
+        the dedicated entries): they learn to stay silent where the concept is absent. Weighted by the part's share
+        of the window's samples, like every other term."""
+        outs: list[torch.Tensor] = []
+        handles = [module.register_forward_hook(lambda m, a, o, idx=idx: outs.append(o[..., idx.to(o.device)]))
+                   for module, idx in self._clear_outputs]
+        try:
+            with _reparametrize_module(model, dict(params), tie_weights=True):
+                model(**{k: v for k, v in part.items() if k not in _NON_MODEL_KEYS})
+        finally:
+            for h in handles:
+                h.remove()
+        term = torch.stack([o.float().pow(2).mean() for o in outs]).mean()
+        n = next(v for v in part.values() if isinstance(v, torch.Tensor)).shape[0]
+        total = self._window.get("__samples__", n) if self._window is not None else n
+        term = term * (n / total)
+        self._accumulate({"isolation-clear": term.detach()})
+        return term
+
+
+__all__ = ["ISOLATION_KEYS", "ORDINARY_MODES", "IsolatedTrainer", "IsolationSpec", "check_isolation_label",
+           "concept_params", "ordinary_params", "take_rows"]
