@@ -36,19 +36,33 @@ logger = logging.getLogger("compare_lm")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--anchored", required=True, help="folder or Hub id of the anchored run (model, tokenizer, "
-                   "recipe.yaml, heldout/)")
-    p.add_argument("--unanchored", help="folder or Hub id of the same recipe trained without regularizers "
-                   "(baseline a: the concept direction is found after training and projected out)")
+    p.add_argument(
+        "--anchored",
+        required=True,
+        help="folder or Hub id of the anchored run (model, tokenizer, recipe.yaml, heldout/)",
+    )
+    p.add_argument(
+        "--unanchored",
+        help="folder or Hub id of the same recipe trained without regularizers "
+        "(baseline a: the concept direction is found after training and projected out)",
+    )
     p.add_argument("--filtered", help="folder or Hub id of the recipe trained on filtered data (baseline b)")
     p.add_argument("--concept", default="violence", help="the concept to suppress and delete (default: %(default)s)")
     p.add_argument("--output_dir", required=True, help="where comparison.json and comparison.md go")
-    p.add_argument("--attack_chunks", type=int, default=64,
-                   help="training forget chunks the relearning attack fine-tunes on (default: %(default)s)")
+    p.add_argument(
+        "--attack_chunks",
+        type=int,
+        default=64,
+        help="training forget chunks the relearning attack fine-tunes on (default: %(default)s)",
+    )
     p.add_argument("--attack_steps", type=int, default=100, help="AdamW steps of the attack (default: %(default)s)")
     p.add_argument("--attack_lr", type=float, default=1.0e-4, help="learning rate of the attack (default: %(default)s)")
-    p.add_argument("--eval_every", type=int, default=10,
-                   help="evaluate the held-out sets every N attack steps (default: %(default)s)")
+    p.add_argument(
+        "--eval_every",
+        type=int,
+        default=10,
+        help="evaluate the held-out sets every N attack steps (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's chunk choice and batches")
     return p.parse_args(argv)
 
@@ -69,19 +83,34 @@ def main(argv: list[str] | None = None) -> int:
             folder = pull(path)
             other_tok = AutoTokenizer.from_pretrained(folder)
             if other_tok.get_vocab() != tokenizer.get_vocab():
-                raise StructuredConfigError(f"--{name}", "its tokenizer differs from the anchored run's: per-token "
-                                            "losses would not compare; train it from the same recipe")
+                raise StructuredConfigError(
+                    f"--{name}",
+                    "its tokenizer differs from the anchored run's: per-token "
+                    "losses would not compare; train it from the same recipe",
+                )
             others[name] = AutoModelForCausalLM.from_pretrained(folder)
         if not (anchored_dir / "heldout").is_dir():
-            raise StructuredConfigError("--anchored", f"{anchored_dir} has no heldout/ test chunks (written by "
-                                        "scripts/train.py for structured_gpt recipes)")
+            raise StructuredConfigError(
+                "--anchored",
+                f"{anchored_dir} has no heldout/ test chunks (written by scripts/train.py for structured_gpt recipes)",
+            )
         test = datasets.load_from_disk(str(anchored_dir / "heldout"))
         recipe = load_recipe(anchored_dir / "recipe.yaml")
         train = labelled_chunks(LMDataSpec.from_dict(recipe.data))["train"]
-        result = compare_language_models(anchored, tokenizer, test, train, args.concept, others.get("unanchored"),
-                                         others.get("filtered"), attack_chunks=args.attack_chunks,
-                                         attack_steps=args.attack_steps, attack_lr=args.attack_lr,
-                                         eval_every=args.eval_every, seed=args.seed)
+        result = compare_language_models(
+            anchored,
+            tokenizer,
+            test,
+            train,
+            args.concept,
+            others.get("unanchored"),
+            others.get("filtered"),
+            attack_chunks=args.attack_chunks,
+            attack_steps=args.attack_steps,
+            attack_lr=args.attack_lr,
+            eval_every=args.eval_every,
+            seed=args.seed,
+        )
     except StructuredConfigError as e:
         logger.error("%s", e)
         return 2

@@ -40,30 +40,66 @@ logger = logging.getLogger("evaluate")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="a saved model folder (config.json + model.safetensors) or a Hub id, loaded with "
-                        "AutoModel.from_pretrained")
-    p.add_argument("--intervention", action="append", default=[], metavar="SPEC",
-                   help="an inference-time intervention (or surgery) spec, e.g. suppress:red; repeatable, each is "
-                        "evaluated as its own variant")
-    p.add_argument("--ablate", action="append", default=[], metavar="CONCEPT",
-                   help="zero the axes of CONCEPT in the weights (same width); repeatable")
-    p.add_argument("--prune", action="append", default=[], metavar="CONCEPT",
-                   help="remove the axes of CONCEPT from the weights (narrower model); repeatable")
-    p.add_argument("--heal_steps", type=int, default=0,
-                   help="also evaluate a healed copy of each ablated/pruned variant, fine-tuned this many steps on "
-                        "retain colors (0: no healing)")
-    p.add_argument("--anchor", default=None,
-                   help="anchor color (a named color) for similarity scores; default: each concept's first prototype")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a saved model folder (config.json + model.safetensors) or a Hub id, loaded with "
+        "AutoModel.from_pretrained",
+    )
+    p.add_argument(
+        "--intervention",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="an inference-time intervention (or surgery) spec, e.g. suppress:red; repeatable, each is "
+        "evaluated as its own variant",
+    )
+    p.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        metavar="CONCEPT",
+        help="zero the axes of CONCEPT in the weights (same width); repeatable",
+    )
+    p.add_argument(
+        "--prune",
+        action="append",
+        default=[],
+        metavar="CONCEPT",
+        help="remove the axes of CONCEPT from the weights (narrower model); repeatable",
+    )
+    p.add_argument(
+        "--heal_steps",
+        type=int,
+        default=0,
+        help="also evaluate a healed copy of each ablated/pruned variant, fine-tuned this many steps on "
+        "retain colors (0: no healing)",
+    )
+    p.add_argument(
+        "--anchor",
+        default=None,
+        help="anchor color (a named color) for similarity scores; default: each concept's first prototype",
+    )
     p.add_argument("--grid_size", type=int, default=10, help="RGB grid size for the r² scores (grid_size³ colors)")
     p.add_argument("--output_dir", required=True, help="folder for evaluation.json, tables and figures")
     p.add_argument("--no_figures", action="store_true", help="skip the PNG figures")
-    p.add_argument("--heldout", default=None,
-                   help="StructuredGPT only: a saved datasets folder of labelled test chunks (default: MODEL/heldout)")
-    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                   help="StructuredGPT only: a prompt for greedy sample generations before/after each variant")
-    p.add_argument("--save_variants", action="store_true",
-                   help="also save every surgery variant as a loadable model under OUT/models/<variant>")
+    p.add_argument(
+        "--heldout",
+        default=None,
+        help="StructuredGPT only: a saved datasets folder of labelled test chunks (default: MODEL/heldout)",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="StructuredGPT only: a prompt for greedy sample generations before/after each variant",
+    )
+    p.add_argument(
+        "--save_variants",
+        action="store_true",
+        help="also save every surgery variant as a loadable model under OUT/models/<variant>",
+    )
     return p.parse_args(argv)
 
 
@@ -84,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         family = family_for_model_type(kind)
         if family is None or family.evaluate is None:
             known = sorted(t for f in FAMILIES.values() if f.evaluate is not None for t in f.model_types)
-            raise StructuredConfigError("--model", f"{args.model} is a '{kind}' model; scripts/evaluate.py evaluates "
-                                        f"{known} and the architectures of structured_hf.layouts")
+            raise StructuredConfigError(
+                "--model",
+                f"{args.model} is a '{kind}' model; scripts/evaluate.py evaluates "
+                f"{known} and the architectures of structured_hf.layouts",
+            )
         _refuse_output_in_model_folder(args.output_dir, model_path, family)
         return family.evaluate(model_path, args)
     except (StructuredConfigError, CheckpointError, OSError) as e:
@@ -106,8 +145,12 @@ def resolve_model_path(model: str) -> str:
     if model.startswith(("/", ".", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
         near = Path(parts[0]) if parts else Path(".")
         listing = sorted(p.name for p in near.iterdir())[:8] if near.is_dir() and len(parts) == 2 else None
-        raise CheckpointError(model, "no such model folder" + (f" ({near} holds {listing})" if listing is not None
-                                                               else "") + "; a Hub id looks like 'namespace/name'")
+        raise CheckpointError(
+            model,
+            "no such model folder"
+            + (f" ({near} holds {listing})" if listing is not None else "")
+            + "; a Hub id looks like 'namespace/name'",
+        )
     return model
 
 
@@ -118,9 +161,11 @@ def _model_type(model: str) -> str | None:
     kind = getattr(config, "model_type", None)
     if getattr(config, "concepts", None) is None:
         raise StructuredConfigError(
-            "--model", f"{model} is a plain '{kind}' model without a concept map (config.concepts): there is nothing "
+            "--model",
+            f"{model} is a plain '{kind}' model without a concept map (config.concepts): there is nothing "
             "to evaluate per concept. Train an anchored model with scripts/train.py, or attach sites and a concept "
-            "map to a pretrained model with structured_hf.attach_sites (see docs/pretrained.md)")
+            "map to a pretrained model with structured_hf.attach_sites (see docs/pretrained.md)",
+        )
     return kind
 
 
@@ -129,10 +174,17 @@ def _refuse_output_in_model_folder(output_dir: str, model: str, family: Family) 
     model card shows: evaluating into the model folder would replace them. (A StructuredGPT evaluation into its own
     folder is supported: it re-renders the card with the new table.)"""
     local = Path(model)
-    if not family.extras.get("evaluates_into_model_folder") and local.is_dir() and Path(output_dir).resolve() == local.resolve():
-        raise StructuredConfigError("--output_dir", f"is the model folder {model}; the evaluation's figures would "
-                                    "replace the training run's ones that its model card shows. Use a sub-folder, "
-                                    f"e.g. --output_dir {Path(model) / 'eval'}")
+    if (
+        not family.extras.get("evaluates_into_model_folder")
+        and local.is_dir()
+        and Path(output_dir).resolve() == local.resolve()
+    ):
+        raise StructuredConfigError(
+            "--output_dir",
+            f"is the model folder {model}; the evaluation's figures would "
+            "replace the training run's ones that its model card shows. Use a sub-folder, "
+            f"e.g. --output_dir {Path(model) / 'eval'}",
+        )
 
 
 if __name__ == "__main__":

@@ -32,35 +32,66 @@ from structured_hf.errors import StructuredConfigError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/structured_gpt/labels.yaml",
-                   help="labels YAML: source, chunking, splits, concepts, labelers, combine (default: %(default)s)")
+    p.add_argument(
+        "--config",
+        default="configs/structured_gpt/labels.yaml",
+        help="labels YAML: source, chunking, splits, concepts, labelers, combine (default: %(default)s)",
+    )
     p.add_argument("--output_dir", required=True, help="folder for the labelled DatasetDict and the reports")
-    p.add_argument("--source",
-                   help="overrides the config's source: 'kjv' (built-in King James Bible), 'hub:NAME' "
-                        "(datasets.load_dataset; needs the network unless NAME is a local folder), or a .txt/.jsonl "
-                        "file, folder or glob")
-    p.add_argument("--hub_split", default=None,
-                   help="split for a hub:NAME source, slicing allowed, e.g. 'train[:5%%]' (default: train)")
+    p.add_argument(
+        "--source",
+        help="overrides the config's source: 'kjv' (built-in King James Bible), 'hub:NAME' "
+        "(datasets.load_dataset; needs the network unless NAME is a local folder), or a .txt/.jsonl "
+        "file, folder or glob",
+    )
+    p.add_argument(
+        "--hub_split",
+        default=None,
+        help="split for a hub:NAME source, slicing allowed, e.g. 'train[:5%%]' (default: train)",
+    )
     p.add_argument("--hub_config", default=None, help="dataset configuration name for a hub:NAME source")
-    p.add_argument("--text_column", default=None, help="column holding the text for hub and JSON-lines sources "
-                                                       "(default: text)")
-    p.add_argument("--max_length", type=int, default=None,
-                   help="override chunking.max_length (characters unless the config says otherwise)")
-    p.add_argument("--split_by", choices=["document", "chunk"], default=None,
-                   help="override splits.by: 'document' keeps a document's chunks in one split (default for many "
-                        "documents), 'chunk' splits a single long file")
-    p.add_argument("--labelers", nargs="+", metavar="NAME",
-                   help="use only these configured labelers (e.g. 'keywords vader' to skip the embedding model)")
-    p.add_argument("--max_chunks", type=int, default=None,
-                   help="label only the first N chunks of each split (a quick look at a large corpus)")
+    p.add_argument(
+        "--text_column", default=None, help="column holding the text for hub and JSON-lines sources (default: text)"
+    )
+    p.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="override chunking.max_length (characters unless the config says otherwise)",
+    )
+    p.add_argument(
+        "--split_by",
+        choices=["document", "chunk"],
+        default=None,
+        help="override splits.by: 'document' keeps a document's chunks in one split (default for many "
+        "documents), 'chunk' splits a single long file",
+    )
+    p.add_argument(
+        "--labelers",
+        nargs="+",
+        metavar="NAME",
+        help="use only these configured labelers (e.g. 'keywords vader' to skip the embedding model)",
+    )
+    p.add_argument(
+        "--max_chunks",
+        type=int,
+        default=None,
+        help="label only the first N chunks of each split (a quick look at a large corpus)",
+    )
     p.add_argument("--batch_size", type=int, default=256, help="chunks per labelling batch (default: %(default)s)")
-    p.add_argument("--calibration_set", default=None,
-                   help="hand-labelled JSON-lines file for the report (default: the config's calibration_set)")
+    p.add_argument(
+        "--calibration_set",
+        default=None,
+        help="hand-labelled JSON-lines file for the report (default: the config's calibration_set)",
+    )
     p.add_argument("--no_calibration", action="store_true", help="skip the calibration report")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
-    p.add_argument("--push_to_hub", metavar="REPO",
-                   help="after saving, upload the dataset (DatasetDict.push_to_hub) and the reports to this Hub "
-                        "dataset repo, 'user/name' (token: HF_TOKEN or `hf auth login`)")
+    p.add_argument(
+        "--push_to_hub",
+        metavar="REPO",
+        help="after saving, upload the dataset (DatasetDict.push_to_hub) and the reports to this Hub "
+        "dataset repo, 'user/name' (token: HF_TOKEN or `hf auth login`)",
+    )
     p.add_argument("--private", action="store_true", help="create the --push_to_hub repo as private")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -80,8 +111,10 @@ def check_writable_output(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise StructuredConfigError("--output_dir", f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        raise StructuredConfigError("--output_dir", f"{out} is not empty; choose a new folder (a labelled dataset "
-                                                    "written over another would mix the two)")
+        raise StructuredConfigError(
+            "--output_dir",
+            f"{out} is not empty; choose a new folder (a labelled dataset written over another would mix the two)",
+        )
     probe = next(p for p in (out, *out.parents) if p.exists())  # the folder that would hold the new one
     if not probe.is_dir():
         raise StructuredConfigError("--output_dir", f"cannot write to {out} ({probe} is a file, not a folder)")
@@ -93,7 +126,7 @@ def source_from(args: argparse.Namespace) -> str | dict | None:
     if args.source is None:
         return None
     if args.source.startswith("hub:"):
-        spec = {"hub": args.source[len("hub:"):], "split": args.hub_split or "train"}
+        spec = {"hub": args.source[len("hub:") :], "split": args.hub_split or "train"}
         if args.hub_config:
             spec["config"] = args.hub_config
         if args.text_column:
@@ -111,8 +144,9 @@ def push(output_dir: Path, dataset, repo: str, private: bool) -> None:
     api = HfApi()
     for name in ("labels.yaml", "label_stats.json", "calibration_report.json", "calibration_report.md"):
         if (output_dir / name).is_file():
-            api.upload_file(path_or_fileobj=str(output_dir / name), path_in_repo=name, repo_id=repo,
-                            repo_type="dataset")
+            api.upload_file(
+                path_or_fileobj=str(output_dir / name), path_in_repo=name, repo_id=repo, repo_type="dataset"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.output_dir)
         check_writable_output(out)  # before labelling, which takes minutes with the embedding labeler
         dataset, pipeline, stats = build_labelled_dataset(
-            config, labelers=args.labelers, max_chunks=args.max_chunks, batch_size=args.batch_size,
-            progress=not args.no_progress)
+            config,
+            labelers=args.labelers,
+            max_chunks=args.max_chunks,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
         out.mkdir(parents=True, exist_ok=True)
         dataset.save_to_disk(str(out))
         (out / "labels.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -146,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             test = report["subsets"].get("test") or report["subsets"].get("all")
             summary["calibration_test"] = {
                 concept: {name: {k: m[k] for k in ("precision", "recall", "f1", "auc")} for name, m in per.items()}
-                for concept, per in test.items()}
+                for concept, per in test.items()
+            }
     except (StructuredConfigError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,17 +36,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="model folder, .gguf file, `smollm2` or Hub id")
     p.add_argument("--site", required=True, help="residual site of the direction, e.g. layers.8.residual_post")
     p.add_argument("--concept", required=True, help="concept of the labels config to find (e.g. violence)")
-    p.add_argument("--labels_config", default="configs/structured_gpt/labels.yaml",
-                   help="weak-labelling config (text source, chunking, splits, labelers)")
+    p.add_argument(
+        "--labels_config",
+        default="configs/structured_gpt/labels.yaml",
+        help="weak-labelling config (text source, chunking, splits, labelers)",
+    )
     p.add_argument("--labelers", nargs="+", default=None, help="subset of the config's labelers (default: all)")
-    p.add_argument("--direction_chunks", type=int, default=256,
-                   help="training chunks per set (forget, retain) for the mean difference")
-    p.add_argument("--eval_chunks", type=int, default=None,
-                   help="held-out test chunks per set to evaluate on (default: all; a CPU wants few)")
+    p.add_argument(
+        "--direction_chunks",
+        type=int,
+        default=256,
+        help="training chunks per set (forget, retain) for the mean difference",
+    )
+    p.add_argument(
+        "--eval_chunks",
+        type=int,
+        default=None,
+        help="held-out test chunks per set to evaluate on (default: all; a CPU wants few)",
+    )
     p.add_argument("--batch_size", type=int, default=16, help="texts per forward pass")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--save_projected", action="store_true",
-                   help="also save the model with the direction projected out of its writers (OUT/projected)")
+    p.add_argument(
+        "--save_projected",
+        action="store_true",
+        help="also save the model with the direction projected out of its writers (OUT/projected)",
+    )
     p.add_argument("--output_dir", required=True, help="folder for posthoc.json / posthoc.md")
     return p.parse_args(argv)
 
@@ -60,19 +74,29 @@ def main(argv: list[str] | None = None) -> int:
             text["labelers"] = list(args.labelers)
         spec = LMDataSpec.from_dict({"text": text})
         if args.concept not in spec.concepts():
-            raise StructuredConfigError("--concept", f"unknown concept '{args.concept}'; the labels config has "
-                                        f"{spec.concepts()}")
+            raise StructuredConfigError(
+                "--concept", f"unknown concept '{args.concept}'; the labels config has {spec.concepts()}"
+            )
         model, tokenizer = load_causal_lm(args.model, args.dtype, field="--model")
         structured_hf.attach_sites(model)
         check_site_name(model, args.site, "--site")
-        if not args.site.endswith(("residual_pre", "residual_mid", "residual_post")) or \
-                args.site not in structured_hf.site_dims(model):
-            raise StructuredConfigError("--site", f"expected a residual-stream site such as layers.0.residual_post, "
-                                        f"got '{args.site}'")
+        if not args.site.endswith(
+            ("residual_pre", "residual_mid", "residual_post")
+        ) or args.site not in structured_hf.site_dims(model):
+            raise StructuredConfigError(
+                "--site", f"expected a residual-stream site such as layers.0.residual_post, got '{args.site}'"
+            )
         chunks = labelled_chunks(spec)
-        report = posthoc_evaluation(model.eval(), tokenizer, chunks, args.concept, args.site,
-                                    direction_chunks=args.direction_chunks, eval_chunks=args.eval_chunks,
-                                    batch_size=args.batch_size)
+        report = posthoc_evaluation(
+            model.eval(),
+            tokenizer,
+            chunks,
+            args.concept,
+            args.site,
+            direction_chunks=args.direction_chunks,
+            eval_chunks=args.eval_chunks,
+            batch_size=args.batch_size,
+        )
     except StructuredConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_projected:
         direction = report["direction"]["vector"]
         project_out(model, direction, site=args.site, name=f"{args.concept} (mean difference)").save_pretrained(
-            out / "projected")
+            out / "projected"
+        )
         tokenizer.save_pretrained(out / "projected")
     print(json.dumps(report["summary"], indent=2))
     return 0

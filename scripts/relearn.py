@@ -51,22 +51,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("config", help="the anchored recipe YAML (its concept map names the concept)")
     p.add_argument("--concept", default="red", help="direction concept to delete and attack (default: red)")
     p.add_argument("--label", default=None, help="weak label for the post-hoc direction (default: the concept name)")
-    p.add_argument("--anchored_model", default=None,
-                   help="reuse an already trained anchored model folder instead of training the recipe")
+    p.add_argument(
+        "--anchored_model",
+        default=None,
+        help="reuse an already trained anchored model folder instead of training the recipe",
+    )
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed (all three models)")
     p.add_argument("--steps", type=int, default=200, help="attack steps (Adam)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="attack learning rate (default 1e-2; for a color transformer its recipe's learning rate)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="attack learning rate (default 1e-2; for a color transformer its recipe's learning rate)",
+    )
     p.add_argument("--num_samples", type=int, default=64, help="concept samples the attacker trains on")
-    p.add_argument("--min_similarity", type=float, default=0.5,
-                   help="HSV similarity to the concept's prototype that makes a color a concept sample (and that "
-                        "the filtered baseline removes from its training data)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="prototype MSE below which the concept counts as recovered (default 1e-2; for a color "
-                        "transformer, red-involving test MSE, default 5e-3)")
-    p.add_argument("--unanchored_model", default=None,
-                   help="color transformer only: reuse a trained post-hoc baseline (the recipe without concept "
-                        "regularizers)")
+    p.add_argument(
+        "--min_similarity",
+        type=float,
+        default=0.5,
+        help="HSV similarity to the concept's prototype that makes a color a concept sample (and that "
+        "the filtered baseline removes from its training data)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="prototype MSE below which the concept counts as recovered (default 1e-2; for a color "
+        "transformer, red-involving test MSE, default 5e-3)",
+    )
+    p.add_argument(
+        "--unanchored_model",
+        default=None,
+        help="color transformer only: reuse a trained post-hoc baseline (the recipe without concept regularizers)",
+    )
     p.add_argument("--heal_steps", type=int, default=0, help="also attack a healed copy (0: no healing)")
     p.add_argument("--output_dir", required=True, help="folder for relearning.json, relearning.md and the figure")
     return p.parse_args(argv)
@@ -84,26 +101,38 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.config, overrides)
         # The color-operation task has its own attack and study (per-operation errors); the family says so.
         transformer = family_of(recipe).extras.get("relearning_task") == "color_operations"
-        lr = args.lr if args.lr is not None else (float(recipe.training.get("learning_rate", 1.0e-3)) if transformer
-                                                 else 1.0e-2)
+        lr = (
+            args.lr
+            if args.lr is not None
+            else (float(recipe.training.get("learning_rate", 1.0e-3)) if transformer else 1.0e-2)
+        )
         threshold = args.threshold if args.threshold is not None else (5.0e-3 if transformer else 1.0e-2)
-        attack = AttackConfig(steps=args.steps, lr=lr, num_samples=args.num_samples,
-                              min_similarity=args.min_similarity, threshold=threshold, seed=recipe.seed)
+        attack = AttackConfig(
+            steps=args.steps,
+            lr=lr,
+            num_samples=args.num_samples,
+            min_similarity=args.min_similarity,
+            threshold=threshold,
+            seed=recipe.seed,
+        )
         models = {}
         if args.anchored_model:
             models["anchored"] = AutoModel.from_pretrained(args.anchored_model).eval()
         if args.unanchored_model:
             models["unanchored"] = AutoModel.from_pretrained(args.unanchored_model).eval()
         if transformer:
-            if "unanchored" not in models:  # train the post-hoc baseline once and keep it (--unanchored_model OUT/unanchored)
+            if (
+                "unanchored" not in models
+            ):  # train the post-hoc baseline once and keep it (--unanchored_model OUT/unanchored)
                 from structured_hf.evaluation.relearning import train_recipe, unanchored_recipe
 
                 models["unanchored"], _ = train_recipe(unanchored_recipe(recipe))
                 models["unanchored"].save_pretrained(out / "unanchored")
             study = transformer_relearning_study(recipe, args.concept, args.label, attack, models=models)
         else:
-            study = relearning_study(recipe, args.concept, args.label, attack, heal_steps=args.heal_steps,
-                                     models=models)
+            study = relearning_study(
+                recipe, args.concept, args.label, attack, heal_steps=args.heal_steps, models=models
+            )
     except (StructuredConfigError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,17 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="+", help="recipe YAML file(s)")
     p.add_argument("--output_dir", help="where runs and the summary go (required with several recipes)")
-    p.add_argument("--seeds",
-                   help="seeds for every recipe: a range (0-4), a list (0,3,7) or both; overrides sweep.seeds")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field of every recipe by dotted key; VALUE is parsed as YAML (repeatable)")
+    p.add_argument(
+        "--seeds", help="seeds for every recipe: a range (0-4), a list (0,3,7) or both; overrides sweep.seeds"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field of every recipe by dotted key; VALUE is parsed as YAML (repeatable)",
+    )
     p.add_argument("--figures", action="store_true", help="draw each run's figures (PNG + GIF); slower")
     p.add_argument("--dry_run", action="store_true", help="list the runs and exit")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--sequential", action="store_true",
-                      help="train runs one after the other (default for other families, and with --figures)")
-    mode.add_argument("--batched", action="store_true",
-                      help="require batched training (an error names what prevents it instead of a fallback)")
+    mode.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train runs one after the other (default for other families, and with --figures)",
+    )
+    mode.add_argument(
+        "--batched",
+        action="store_true",
+        help="require batched training (an error names what prevents it instead of a fallback)",
+    )
     return p.parse_args(argv)
 
 
@@ -100,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_summary(rows, out, title=f"Sweep: {', '.join(Path(c).name for c in args.configs)}")
     print(f"wrote {json_path} and {md_path}")
     if 2 <= len(runs) <= 8:
-        for key, name, title in (("loss", "loss_comparison.png", "total training loss"),
-                                 ("term/reconstruction", "reconstruction_comparison.png", "reconstruction loss")):
+        for key, name, title in (
+            ("loss", "loss_comparison.png", "total training loss"),
+            ("term/reconstruction", "reconstruction_comparison.png", "reconstruction loss"),
+        ):
             figure = plot_sweep_losses(runs, out / name, key=key, title=f"{title} per run (dotted: phase starts)")
             if figure:
                 print(f"wrote {figure}")

@@ -56,17 +56,29 @@ ALLOW_FAR_DEG = 30.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="recipe YAML with concept_color")
-    p.add_argument("--mode", choices=("delete", "suppress", "allow"), required=True,
-                   help="delete: prune the concept, r² vs sim³; suppress: suppress:<hue>, r² vs sim²; allow: "
-                        "suppress:<hue> with --intervention options, checked on the hues near and far from X")
-    p.add_argument("--intervention", default=None,
-                   help="suppression spec options appended to suppress:<hue>, e.g. 'a=0.0,b=1.4,p=0.0'")
+    p.add_argument(
+        "--mode",
+        choices=("delete", "suppress", "allow"),
+        required=True,
+        help="delete: prune the concept, r² vs sim³; suppress: suppress:<hue>, r² vs sim²; allow: "
+        "suppress:<hue> with --intervention options, checked on the hues near and far from X",
+    )
+    p.add_argument(
+        "--intervention",
+        default=None,
+        help="suppression spec options appended to suppress:<hue>, e.g. 'a=0.0,b=1.4,p=0.0'",
+    )
     p.add_argument("--hues", default=",".join(HUE_NAMES), help="comma-separated named hues (default: all 12)")
     p.add_argument("--design_seeds", default="0-19", help="seeds the recipe was designed on")
     p.add_argument("--heldout_seeds", default="1000-1019", help="seeds nobody designed on")
     p.add_argument("--grid_size", type=int, default=10, help="RGB grid size for the r² scores")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe field by dotted key (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field by dotted key (repeatable)",
+    )
     p.add_argument("--output_dir", required=True, help="folder for hues.json and hues.md")
     return p.parse_args(argv)
 
@@ -80,8 +92,9 @@ def seed_result(model, hue: str, mode: str, options: str | None, grid_size: int)
     """Scores and target checks of one trained seed."""
     spec = f"prune:{hue}" if mode == "delete" else f"suppress:{hue}" + (f":{options}" if options else "")
     if mode == "allow" and not options:
-        raise StructuredConfigError("--intervention", "mode allow needs the suppression's options, e.g. "
-                                    "width=35,b=2,p=0.5")
+        raise StructuredConfigError(
+            "--intervention", "mode allow needs the suppression's options, e.g. width=35,b=2,p=0.5"
+        )
     result = evaluate_variants(build_variants(model, [spec]), grid_size=grid_size)
     name = next(iter(result["scores"]))
     base = result["named_color_mse"]["baseline"]
@@ -98,8 +111,9 @@ def seed_result(model, hue: str, mode: str, options: str | None, grid_size: int)
         row["near_min"] = float(near.min())
         row["far_max"] = max(after[n] for n in far)
         row["far_untouched"] = all(after[n] == base[n] for n in far)
-        row["targets_ok"] = (row["concept_mse"] >= ALLOW_CONCEPT_MIN and row["near_min"] >= ALLOW_NEAR_MIN
-                             and row["far_max"] <= FAR_MAX)
+        row["targets_ok"] = (
+            row["concept_mse"] >= ALLOW_CONCEPT_MIN and row["near_min"] >= ALLOW_NEAR_MIN and row["far_max"] <= FAR_MAX
+        )
     else:
         row["targets_ok"] = bool(result["untouched"][name]["bit_identical"])
     row["recon_ok"] = row["recon_max"] <= RECON_MAX
@@ -116,29 +130,52 @@ def _hue_mse(model, hues: list[float], spec: str) -> np.ndarray:
 
 def summarize(rows: list[dict]) -> dict:
     r2 = np.asarray([r["r2"] for r in rows], dtype=np.float64)
-    return {"n": len(rows), "r2_min": float(np.nanmin(r2)), "r2_mean": float(np.nanmean(r2)),
-            "r2_max": float(np.nanmax(r2)), "targets_ok": sum(r["targets_ok"] for r in rows),
-            "recon_ok": sum(r["recon_ok"] for r in rows),
-            "concept_mse_min": float(min(r["concept_mse"] for r in rows)),
-            **({"near_min": float(min(r["near_min"] for r in rows)), "far_max": float(max(r["far_max"] for r in rows)),
-                "far_untouched": sum(r["far_untouched"] for r in rows)} if "near_min" in rows[0] else {})}
+    return {
+        "n": len(rows),
+        "r2_min": float(np.nanmin(r2)),
+        "r2_mean": float(np.nanmean(r2)),
+        "r2_max": float(np.nanmax(r2)),
+        "targets_ok": sum(r["targets_ok"] for r in rows),
+        "recon_ok": sum(r["recon_ok"] for r in rows),
+        "concept_mse_min": float(min(r["concept_mse"] for r in rows)),
+        **(
+            {
+                "near_min": float(min(r["near_min"] for r in rows)),
+                "far_max": float(max(r["far_max"] for r in rows)),
+                "far_untouched": sum(r["far_untouched"] for r in rows),
+            }
+            if "near_min" in rows[0]
+            else {}
+        ),
+    }
 
 
 def markdown(table: dict, mode: str) -> str:
-    target = {"delete": "concept >= 0.30 and hues >= 90° away <= 0.005 after pruning",
-              "suppress": "far side bit-identical",
-              "allow": "X >= 0.25, within 15° >= 0.10, named hues >= 30° away <= 0.005"}[mode]
+    target = {
+        "delete": "concept >= 0.30 and hues >= 90° away <= 0.005 after pruning",
+        "suppress": "far side bit-identical",
+        "allow": "X >= 0.25, within 15° >= 0.10, named hues >= 30° away <= 0.005",
+    }[mode]
     lines = []
     for seed_set in ("design", "heldout"):
-        lines += [f"### {seed_set} seeds {table['seeds'][seed_set]}", "",
-                  f"| hue | r² min | mean | max | {target} | worst named MSE <= 2e-3 | concept MSE min |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### {seed_set} seeds {table['seeds'][seed_set]}",
+            "",
+            f"| hue | r² min | mean | max | {target} | worst named MSE <= 2e-3 | concept MSE min |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for hue, sets in table["hues"].items():
             s = sets[seed_set]["summary"]
-            extra = (f" near min {s['near_min']:.3f}, far max {s['far_max']:.4f}, far untouched "
-                     f"{s['far_untouched']}/{s['n']}" if "near_min" in s else "")
-            lines.append(f"| {hue} | {s['r2_min']:.3f} | {s['r2_mean']:.3f} | {s['r2_max']:.3f} | "
-                         f"{s['targets_ok']}/{s['n']} | {s['recon_ok']}/{s['n']} | {s['concept_mse_min']:.3f}{extra} |")
+            extra = (
+                f" near min {s['near_min']:.3f}, far max {s['far_max']:.4f}, far untouched "
+                f"{s['far_untouched']}/{s['n']}"
+                if "near_min" in s
+                else ""
+            )
+            lines.append(
+                f"| {hue} | {s['r2_min']:.3f} | {s['r2_mean']:.3f} | {s['r2_max']:.3f} | "
+                f"{s['targets_ok']}/{s['n']} | {s['recon_ok']}/{s['n']} | {s['concept_mse_min']:.3f}{extra} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -158,27 +195,49 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_set_overrides(args.set)
         everything = seeds["design"] + seeds["heldout"]
         # Parse every hue's recipes before anything trains: a bad override fails now.
-        recipes = {h: [load_recipe(args.config, {**overrides, "concept_color": h, "seed": s}) for s in everything]
-                   for h in hues}
+        recipes = {
+            h: [load_recipe(args.config, {**overrides, "concept_color": h, "seed": s}) for s in everything]
+            for h in hues
+        }
     except StructuredConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table: dict = {"config": args.config, "mode": args.mode, "intervention": args.intervention,
-                   "grid_size": args.grid_size, "seeds": seeds, "hues": {}}
+    table: dict = {
+        "config": args.config,
+        "mode": args.mode,
+        "intervention": args.intervention,
+        "grid_size": args.grid_size,
+        "seeds": seeds,
+        "hues": {},
+    }
     for hue in hues:
         start = time.perf_counter()
         models, info = train_batched(recipes[hue])
-        rows = {s: seed_result(m, hue, args.mode, args.intervention, args.grid_size)
-                for s, m in zip(everything, models)}
-        table["hues"][hue] = {k: {"runs": {s: rows[s] for s in v}, "summary": summarize([rows[s] for s in v])}
-                              for k, v in seeds.items()}
+        rows = {
+            s: seed_result(m, hue, args.mode, args.intervention, args.grid_size) for s, m in zip(everything, models)
+        }
+        table["hues"][hue] = {
+            k: {"runs": {s: rows[s] for s in v}, "summary": summarize([rows[s] for s in v])} for k, v in seeds.items()
+        }
         d, h = (table["hues"][hue][k]["summary"] for k in ("design", "heldout"))
-        logger.info("%s: %d seeds in %.0f s (training %.0f s); design r2 %.3f/%.3f/%.3f targets %d, held-out r2 "
-                    "%.3f/%.3f/%.3f targets %d", hue, len(models), time.perf_counter() - start,
-                    info["train_runtime_s"], d["r2_min"], d["r2_mean"], d["r2_max"], d["targets_ok"], h["r2_min"],
-                    h["r2_mean"], h["r2_max"], h["targets_ok"])
+        logger.info(
+            "%s: %d seeds in %.0f s (training %.0f s); design r2 %.3f/%.3f/%.3f targets %d, held-out r2 "
+            "%.3f/%.3f/%.3f targets %d",
+            hue,
+            len(models),
+            time.perf_counter() - start,
+            info["train_runtime_s"],
+            d["r2_min"],
+            d["r2_mean"],
+            d["r2_max"],
+            d["targets_ok"],
+            h["r2_min"],
+            h["r2_mean"],
+            h["r2_max"],
+            h["targets_ok"],
+        )
         (out / "hues.json").write_text(json.dumps(json_ready(table), indent=1))
         (out / "hues.md").write_text(markdown(table, args.mode))
     print(markdown(table, args.mode))

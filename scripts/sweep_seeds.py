@@ -43,23 +43,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="recipe YAML")
     p.add_argument("--seeds", default="0-2", help="seeds: a range (0-19), a list (0,3,7) or both (default 0-2)")
-    p.add_argument("--intervention", action="append", default=[], metavar="SPEC",
-                   help="intervention spec evaluated on every seed (repeatable), e.g. suppress:red")
+    p.add_argument(
+        "--intervention",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="intervention spec evaluated on every seed (repeatable), e.g. suppress:red",
+    )
     p.add_argument("--ablate", action="append", default=[], metavar="CONCEPT", help="ablate CONCEPT (repeatable)")
     p.add_argument("--prune", action="append", default=[], metavar="CONCEPT", help="prune CONCEPT (repeatable)")
-    p.add_argument("--primary", default=None,
-                   help="variant whose score drives the Pareto pick (default: the first variant)")
-    p.add_argument("--anchor_concept", default=None,
-                   help="direction concept whose cosine gives the anchor error (default: the first direction concept)")
+    p.add_argument(
+        "--primary", default=None, help="variant whose score drives the Pareto pick (default: the first variant)"
+    )
+    p.add_argument(
+        "--anchor_concept",
+        default=None,
+        help="direction concept whose cosine gives the anchor error (default: the first direction concept)",
+    )
     p.add_argument("--grid_size", type=int, default=10, help="RGB grid size for the scores")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe field by dotted key; VALUE is parsed as YAML (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field by dotted key; VALUE is parsed as YAML (repeatable)",
+    )
     p.add_argument("--save_models", action="store_true", help="save each seed's model under OUT/seed-<N>")
     p.add_argument("--output_dir", required=True, help="folder for sweep.json and sweep.md")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--sequential", action="store_true", help="train the seeds one after the other")
-    mode.add_argument("--batched", action="store_true",
-                      help="require batched training (error instead of the sequential fallback)")
+    mode.add_argument(
+        "--batched", action="store_true", help="require batched training (error instead of the sequential fallback)"
+    )
     return p.parse_args(argv)
 
 
@@ -91,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         specs += [SurgerySpec("ablate", concept=c) for c in args.ablate]
         specs += [SurgerySpec("prune", concept=c) for c in args.prune]
         overrides = parse_set_overrides(args.set)
-        recipes = [load_recipe(args.config, {**overrides, "seed": seed, "output_dir": str(out / f"seed-{seed}"),
-                                             "training.disable_tqdm": True}) for seed in seeds]
+        recipes = [
+            load_recipe(
+                args.config,
+                {**overrides, "seed": seed, "output_dir": str(out / f"seed-{seed}"), "training.disable_tqdm": True},
+            )
+            for seed in seeds
+        ]
         trained = train_seeds(recipes, sequential=args.sequential, force=args.batched)
         runs = []
         for seed, (model, train_s) in zip(seeds, trained):
@@ -102,12 +122,20 @@ def main(argv: list[str] | None = None) -> int:
             concepts = [c for c in model.config.concepts if "direction" in c]
             anchor = args.anchor_concept or (concepts[0]["name"] if concepts else None)
             cos = metrics["concepts"].get(anchor, {}).get("cosine") if anchor else None
-            runs.append({"seed": seed, "train_runtime_s": train_s, "eval_runtime_s": time.perf_counter() - start,
-                         "reconstruction": metrics["named_color_mse_max"],
-                         "anchor_error": None if cos is None else 1.0 - cos,
-                         "scores": result["scores"], "named_color_mse": result["named_color_mse"]})
-            logger.info("seed %d: train %.1f s, scores %s", seed, train_s,
-                        {k: round(v, 4) for k, v in result["scores"].items()})
+            runs.append(
+                {
+                    "seed": seed,
+                    "train_runtime_s": train_s,
+                    "eval_runtime_s": time.perf_counter() - start,
+                    "reconstruction": metrics["named_color_mse_max"],
+                    "anchor_error": None if cos is None else 1.0 - cos,
+                    "scores": result["scores"],
+                    "named_color_mse": result["named_color_mse"],
+                }
+            )
+            logger.info(
+                "seed %d: train %.1f s, scores %s", seed, train_s, {k: round(v, 4) for k, v in result["scores"].items()}
+            )
             if args.save_models:
                 model.save_pretrained(out / f"seed-{seed}")
         summary = summarize_sweep(runs, args.primary)

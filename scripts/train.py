@@ -34,22 +34,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", help="where to write the checkpoint, metrics and figures (overrides the recipe)")
     p.add_argument("--seed", type=int, help="random seed for weights, sampling and labels (overrides the recipe)")
     p.add_argument("--max_steps", type=int, help="number of optimizer steps (overrides training.max_steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe field by dotted key; VALUE is parsed as YAML (repeatable)")
-    p.add_argument("--resume_from_checkpoint", nargs="?", const=True, default=None,
-                   help="resume from a checkpoint folder, or from the newest complete one in output_dir when given no "
-                        "value (damaged or incomplete checkpoints are skipped with a warning)")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="replace the run in a non-empty output_dir (its files are deleted first; only a structured_hf "
-                        "run folder is ever emptied)")
-    p.add_argument("--allow_recipe_change", action="store_true",
-                   help="with --resume_from_checkpoint: continue although the recipe differs from the checkpoint's")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field by dotted key; VALUE is parsed as YAML (repeatable)",
+    )
+    p.add_argument(
+        "--resume_from_checkpoint",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from a checkpoint folder, or from the newest complete one in output_dir when given no "
+        "value (damaged or incomplete checkpoints are skipped with a warning)",
+    )
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace the run in a non-empty output_dir (its files are deleted first; only a structured_hf "
+        "run folder is ever emptied)",
+    )
+    p.add_argument(
+        "--allow_recipe_change",
+        action="store_true",
+        help="with --resume_from_checkpoint: continue although the recipe differs from the checkpoint's",
+    )
     p.add_argument("--no_figures", action="store_true", help="skip the PNG figures")
-    p.add_argument("--push_to_hub", action="store_true",
-                   help="after training, upload the output folder to a Hub model repo "
-                        "(token: HF_TOKEN or `hf auth login`)")
-    p.add_argument("--hub_model_id", metavar="NAME",
-                   help="repo for --push_to_hub, 'user/name' or 'name' (default: the output folder's name)")
+    p.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="after training, upload the output folder to a Hub model repo (token: HF_TOKEN or `hf auth login`)",
+    )
+    p.add_argument(
+        "--hub_model_id",
+        metavar="NAME",
+        help="repo for --push_to_hub, 'user/name' or 'name' (default: the output folder's name)",
+    )
     p.add_argument("--hub_private_repo", action="store_true", help="create the --push_to_hub repo as private")
     args = p.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 1:
@@ -75,12 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.config, overrides_from(args))
         if recipe.sweep is not None:
-            print(f"note: {args.config} is a sweep file; training its base recipe only (the `sweep:` key is ignored). "
-                  f"Run every variant with: python scripts/sweep.py {args.config}", file=sys.stderr)
+            print(
+                f"note: {args.config} is a sweep file; training its base recipe only (the `sweep:` key is ignored). "
+                f"Run every variant with: python scripts/sweep.py {args.config}",
+                file=sys.stderr,
+            )
             recipe = dataclasses.replace(recipe, sweep=None)
-        metrics = run_experiment(recipe, resume_from_checkpoint=args.resume_from_checkpoint, figures=not args.no_figures,
-                                 overwrite_output_dir=args.overwrite_output_dir,
-                                 allow_recipe_change=args.allow_recipe_change)
+        metrics = run_experiment(
+            recipe,
+            resume_from_checkpoint=args.resume_from_checkpoint,
+            figures=not args.no_figures,
+            overwrite_output_dir=args.overwrite_output_dir,
+            allow_recipe_change=args.allow_recipe_change,
+        )
     except (StructuredConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             info = push_output_dir(recipe.output_dir, repo_id, private=args.hub_private_repo)
         except Exception as e:  # any failure of the upload (HTTP, network, HubPushError): the run itself is saved
-            print(f"error: push to {repo_id!r} failed: {e}\nThe run is saved in {recipe.output_dir}; "
-                  "push it again with structured_hf.hub.push_output_dir.", file=sys.stderr)
+            print(
+                f"error: push to {repo_id!r} failed: {e}\nThe run is saved in {recipe.output_dir}; "
+                "push it again with structured_hf.hub.push_output_dir.",
+                file=sys.stderr,
+            )
             return 1
         print(f"pushed to {info.repo_url} ({info.oid[:8]})")
     return 0

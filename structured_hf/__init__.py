@@ -39,17 +39,41 @@ from . import families  # noqa: E402,F401  (registers every model family: struct
 
 __all__ = [
     # models (registered with the Auto classes on import)
-    "ColorAutoencoderConfig", "ColorAutoencoderModel", "ColorTransformerConfig", "ColorTransformerModel",
-    "StructuredGPTConfig", "StructuredGPTForCausalLM",
+    "ColorAutoencoderConfig",
+    "ColorAutoencoderModel",
+    "ColorTransformerConfig",
+    "ColorTransformerModel",
+    "StructuredGPTConfig",
+    "StructuredGPTForCausalLM",
     # the concept map and sites
-    "ActivationSite", "ConceptMap", "ConceptSpec", "capture", "get_sites", "rewrite", "site_dims",
+    "ActivationSite",
+    "ConceptMap",
+    "ConceptSpec",
+    "capture",
+    "get_sites",
+    "rewrite",
+    "site_dims",
     # training
-    "AnchoredTrainer", "AnchoredTrainingArguments", "load_recipe", "run_experiment",
+    "AnchoredTrainer",
+    "AnchoredTrainingArguments",
+    "load_recipe",
+    "run_experiment",
     # interventions (inference time) and surgery (new weights)
-    "InterventionSpec", "SurgerySpec", "ablate", "intervene", "project_out", "prune", "repel", "suppress",
+    "InterventionSpec",
+    "SurgerySpec",
+    "ablate",
+    "intervene",
+    "project_out",
+    "prune",
+    "repel",
+    "suppress",
     "suppress_axes",
     # checkpoints and errors
-    "CheckpointError", "NonFiniteLossError", "StructuredConfigError", "check_checkpoint", "load_pretrained",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "StructuredConfigError",
+    "check_checkpoint",
+    "load_pretrained",
     "__version__",
 ]
 __all__ += ["attach_sites"]

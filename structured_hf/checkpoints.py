@@ -27,8 +27,23 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 # Bytes per element of the safetensors dtypes (the format's own list).
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 # A header larger than this is not a model header but garbage read as a length (safetensors uses the same bound).
 _MAX_HEADER = 100_000_000
 
@@ -51,21 +66,25 @@ def check_safetensors_file(path: str | Path, check_values: bool = True) -> dict[
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(str(path), f"truncated or empty: {size} bytes, a safetensors file starts with an "
-                                             "8-byte header length")
+            raise CheckpointError(
+                str(path), f"truncated or empty: {size} bytes, a safetensors file starts with an 8-byte header length"
+            )
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER, size - 8):
             raise CheckpointError(
-                str(path), f"not a complete safetensors file: its first 8 bytes announce a {header_len}-byte header "
-                           f"but the file has {size} bytes (truncated, or not a safetensors file)")
+                str(path),
+                f"not a complete safetensors file: its first 8 bytes announce a {header_len}-byte header "
+                f"but the file has {size} bytes (truncated, or not a safetensors file)",
+            )
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(str(path), f"corrupted safetensors header (not valid JSON: {e})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(str(path), f"corrupted safetensors header: expected a JSON object, got "
-                                         f"{type(header).__name__}")
+        raise CheckpointError(
+            str(path), f"corrupted safetensors header: expected a JSON object, got {type(header).__name__}"
+        )
     data_len = size - 8 - header_len
     spans = []
     for name, info in header.items():
@@ -76,29 +95,43 @@ def check_safetensors_file(path: str | Path, check_values: bool = True) -> dict[
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in _DTYPE_BYTES:
             raise CheckpointError(str(path), f"tensor {name!r} has unknown dtype {dtype!r}")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
-                or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
-            raise CheckpointError(str(path), f"corrupted safetensors header: tensor {name!r} has shape {shape!r} and "
-                                             f"offsets {offsets!r}")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(
+                str(path), f"corrupted safetensors header: tensor {name!r} has shape {shape!r} and offsets {offsets!r}"
+            )
         expected = math.prod(shape) * _DTYPE_BYTES[dtype]
         if offsets[1] - offsets[0] != expected:
-            raise CheckpointError(str(path), f"tensor {name!r} ({dtype} {shape}) should take {expected} bytes, the "
-                                             f"header gives it {offsets[1] - offsets[0]}")
+            raise CheckpointError(
+                str(path),
+                f"tensor {name!r} ({dtype} {shape}) should take {expected} bytes, the "
+                f"header gives it {offsets[1] - offsets[0]}",
+            )
         spans.append((offsets[0], offsets[1], name))
     end = max((e for _, e, _ in spans), default=0)
     if end > data_len:
         raise CheckpointError(
-            str(path), f"truncated: the header describes {end} bytes of tensor data but only {data_len} follow it "
-                       f"({end - data_len} bytes missing); save or download the checkpoint again")
+            str(path),
+            f"truncated: the header describes {end} bytes of tensor data but only {data_len} follow it "
+            f"({end - data_len} bytes missing); save or download the checkpoint again",
+        )
     if end < data_len:
         raise CheckpointError(str(path), f"corrupted: {data_len - end} unexpected bytes after the tensor data")
     spans.sort()
     position = 0
     for begin, stop, name in spans:
         if begin != position:
-            raise CheckpointError(str(path), f"corrupted safetensors header: tensor {name!r} starts at byte {begin}, "
-                                             f"expected {position} (tensors must tile the data without gaps/overlaps)")
+            raise CheckpointError(
+                str(path),
+                f"corrupted safetensors header: tensor {name!r} starts at byte {begin}, "
+                f"expected {position} (tensors must tile the data without gaps/overlaps)",
+            )
         position = stop
     if check_values:
         _check_finite_tensors(path, [name for _, _, name in spans], header)
@@ -118,8 +151,9 @@ def _check_finite_tensors(path: Path, names: Iterable[str], header: dict[str, An
                 tensor = f.get_tensor(name)
                 if not bool(torch.isfinite(tensor).all()):
                     bad = int((~torch.isfinite(tensor)).sum())
-                    raise CheckpointError(str(path), f"tensor {name!r} has {bad} NaN/inf values; refusing to load "
-                                                     "non-finite weights")
+                    raise CheckpointError(
+                        str(path), f"tensor {name!r} has {bad} NaN/inf values; refusing to load non-finite weights"
+                    )
     except SafetensorError as e:
         raise CheckpointError(str(path), f"unreadable safetensors file ({e})") from None
 
@@ -148,8 +182,10 @@ def check_checkpoint(folder: str | Path, check_values: bool = True) -> list[Path
             raise CheckpointError(str(index), f"corrupted shard index ({type(e).__name__}: {e})") from None
     else:
         present = sorted(p.name for p in folder.iterdir())
-        raise CheckpointError(str(folder / WEIGHTS_NAME), f"missing: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in the "
-                                                          f"folder (it has {present})")
+        raise CheckpointError(
+            str(folder / WEIGHTS_NAME),
+            f"missing: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in the folder (it has {present})",
+        )
     for path in files:
         check_safetensors_file(path, check_values=check_values)
     return files

@@ -50,7 +50,9 @@ class ConceptSpec:
     def kind(self) -> str:
         return "direction" if self.direction is not None else "axes"
 
-    def unit_direction(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    def unit_direction(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """The direction scaled to unit length (angular losses and interventions only care about the angle)."""
         if self.direction is None:
             raise StructuredConfigError(f"concepts.{self.name}", "is an axes concept; it has no direction")
@@ -120,12 +122,17 @@ def _parse_direction(value: Any, field: str) -> tuple[float, ...]:
         # {one_hot: [0, 1, 2, 3], width: 64} is the diagonal of those axes (equal weights; angular losses and
         # interventions normalise it), for a concept spread over a block of reserved axes.
         if set(value) != {"one_hot", "width"}:
-            raise StructuredConfigError(field, f"a mapping direction is {{one_hot: AXIS or [AXES], width: N}}, got "
-                                        f"{dict(value)!r}")
+            raise StructuredConfigError(
+                field, f"a mapping direction is {{one_hot: AXIS or [AXES], width: N}}, got {dict(value)!r}"
+            )
         axes, width = value["one_hot"], value["width"]
         axes = [axes] if not isinstance(axes, (list, tuple)) else list(axes)
-        if (not axes or not all(isinstance(x, int) and not isinstance(x, bool) for x in [*axes, width])
-                or not all(0 <= a < width for a in axes) or len(set(axes)) != len(axes)):
+        if (
+            not axes
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in [*axes, width])
+            or not all(0 <= a < width for a in axes)
+            or len(set(axes)) != len(axes)
+        ):
             raise StructuredConfigError(field, f"expected distinct integers 0 <= one_hot < width, got {dict(value)!r}")
         return tuple(1.0 if i in axes else 0.0 for i in range(width))
     if not isinstance(value, (list, tuple)) or not value:
@@ -224,7 +231,9 @@ class ConceptMap(Sequence[ConceptSpec]):
         for i, c in enumerate(self._concepts):
             field = f"concepts[{i}] ('{c.name}')"
             if c.site not in site_dims:
-                raise StructuredConfigError(f"{field}.site", f"unknown site '{c.site}'; the model has {sorted(site_dims)}")
+                raise StructuredConfigError(
+                    f"{field}.site", f"unknown site '{c.site}'; the model has {sorted(site_dims)}"
+                )
             width = site_dims[c.site]
             if c.direction is not None and len(c.direction) != width:
                 raise StructuredConfigError(

@@ -47,9 +47,10 @@ def resume_note(run: RunState, metrics: dict[str, Any]) -> None:
     in the metrics instead of passing them off as the whole run's."""
     if run.resume_from is not None:
         metrics["resumed"] = {
-            "from_checkpoint": str(run.resume_from), "from_step": run.resumed_step,
+            "from_checkpoint": str(run.resume_from),
+            "from_step": run.resumed_step,
             "note": "train_loss, train_runtime_s, steps/s, latent jitter and the evolution figures cover only the "
-                    "steps after the resume; log_history.json covers the whole run",
+            "steps after the resume; log_history.json covers the whole run",
         }
 
 
@@ -58,9 +59,14 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = None, figures: bool = True,
-                   animation: bool = True, overwrite_output_dir: bool = False,
-                   allow_recipe_change: bool = False) -> dict[str, Any]:
+def run_experiment(
+    recipe: Recipe,
+    resume_from_checkpoint: str | bool | None = None,
+    figures: bool = True,
+    animation: bool = True,
+    overwrite_output_dir: bool = False,
+    allow_recipe_change: bool = False,
+) -> dict[str, Any]:
     """Train ``recipe`` and write everything to ``recipe.output_dir``; returns the metrics.
 
     Outputs: ``config.json`` + ``model.safetensors`` (load with ``AutoModel.from_pretrained``), ``recipe.yaml``,
@@ -72,9 +78,14 @@ def run_experiment(recipe: Recipe, resume_from_checkpoint: str | bool | None = N
     newest complete checkpoint in the folder) is given; a resume with a recipe other than the checkpoint's is refused
     unless ``allow_recipe_change``. ``run.json`` ends with status ``finished``, or ``failed`` and the error.
     """
-    run = prepare_output_dir(recipe.output_dir, recipe.to_dict(), overwrite=overwrite_output_dir,
-                             resume=resume_from_checkpoint, allow_recipe_change=allow_recipe_change,
-                             check_folder=_is_main_process())
+    run = prepare_output_dir(
+        recipe.output_dir,
+        recipe.to_dict(),
+        overwrite=overwrite_output_dir,
+        resume=resume_from_checkpoint,
+        allow_recipe_change=allow_recipe_change,
+        check_folder=_is_main_process(),
+    )
     runner = family_of(recipe).run
     try:
         metrics = runner(recipe, run, figures=figures, animation=animation)
@@ -93,7 +104,11 @@ _MOVED = {"run_color_transformer_experiment": "color_transformer", "run_structur
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        warnings.warn(f"structured_hf.experiment.{name} is deprecated: use run_experiment(recipe), or "
-                      f"structured_hf.families.{_MOVED[name]}.run", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"structured_hf.experiment.{name} is deprecated: use run_experiment(recipe), or "
+            f"structured_hf.families.{_MOVED[name]}.run",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return get_family(_MOVED[name]).run
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,8 +47,12 @@ logger = logging.getLogger(__name__)
 
 # Auto classes whose registrations are exported as remote code next to AutoConfig.
 _AUTO_CLASS_NAMES = (
-    "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
-    "AutoModelForTokenClassification", "AutoModelForPreTraining",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForPreTraining",
 )
 
 
@@ -140,7 +144,11 @@ def pull(
     if Path(repo_id_or_path).is_dir():
         return Path(repo_id_or_path)
     folder = snapshot_download(
-        str(repo_id_or_path), revision=revision, token=token, cache_dir=cache_dir, local_dir=local_dir,
+        str(repo_id_or_path),
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
         library_name="structured_hf",
     )
     logger.info("pulled %s to %s", repo_id_or_path, folder)
@@ -180,7 +188,10 @@ def load_hub_dataset(
         loaded = datasets.load_from_disk(str(path))
         return loaded[split] if split is not None and isinstance(loaded, datasets.DatasetDict) else loaded
     return datasets.load_dataset(
-        str(repo_id_or_path), split=split, revision=revision, token=token,
+        str(repo_id_or_path),
+        split=split,
+        revision=revision,
+        token=token,
         cache_dir=str(cache_dir) if cache_dir is not None else None,
     )
 
@@ -197,9 +208,12 @@ def _refuse_secrets(contents: Mapping[str, bytes], token: str | None) -> None:
             raise HubPushError(rel, "contains the Hub token; refusing to upload it (remove the token from the file)")
         match = TOKEN_PATTERN.search(data)
         if match is not None:  # the message names where, never the token itself
-            raise HubPushError(rel, f"contains something shaped like a Hub token (hf_ followed by "
-                                    f"{match.end() - match.start() - 3} letters and digits) at byte {match.start()}; "
-                                    "refusing to upload it (remove it from the file)")
+            raise HubPushError(
+                rel,
+                f"contains something shaped like a Hub token (hf_ followed by "
+                f"{match.end() - match.start() - 3} letters and digits) at byte {match.start()}; "
+                "refusing to upload it (remove it from the file)",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,8 +254,10 @@ def remote_code_files(model_type: str) -> tuple[dict[str, str], dict[str, str]]:
             clash = [m for m, s in flat.items() if s == short]
             raise HubPushError(module, f"cannot flatten into remote code: its name clashes with {clash}")
         flat[module] = short
-    header = (f"# Bundled by structured_hf.hub.remote_code_files from {{module}} (structured_hf "
-              f"{__version__}) so that this checkpoint loads without structured_hf installed.\n")
+    header = (
+        f"# Bundled by structured_hf.hub.remote_code_files from {{module}} (structured_hf "
+        f"{__version__}) so that this checkpoint loads without structured_hf installed.\n"
+    )
     files = {f"{flat[m]}.py": header.format(module=m) + _rewrite_imports(m, flat) for m in modules}
     auto_map = {name: f"{flat[cls.__module__]}.{cls.__name__}" for name, cls in classes.items()}
     return files, auto_map

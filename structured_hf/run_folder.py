@@ -161,9 +161,14 @@ def _listing(folder: Path, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
 
-def prepare_output_dir(output_dir: str | Path, recipe: Mapping[str, Any], overwrite: bool = False,
-                       resume: str | bool | None = None, allow_recipe_change: bool = False,
-                       check_folder: bool = True) -> RunState:
+def prepare_output_dir(
+    output_dir: str | Path,
+    recipe: Mapping[str, Any],
+    overwrite: bool = False,
+    resume: str | bool | None = None,
+    allow_recipe_change: bool = False,
+    check_folder: bool = True,
+) -> RunState:
     """Decide, before anything is written, whether this run may use ``output_dir``. Reads only: an overwrite is
     carried out by :func:`start_run`, once the run has been built and is about to train.
 
@@ -184,8 +189,10 @@ def prepare_output_dir(output_dir: str | Path, recipe: Mapping[str, Any], overwr
     out = Path(output_dir)
     fingerprint = recipe_fingerprint(recipe)
     if overwrite and resume:
-        raise StructuredConfigError("--overwrite_output_dir", "cannot be combined with --resume_from_checkpoint: "
-                                    "overwriting deletes the checkpoints a resume would read")
+        raise StructuredConfigError(
+            "--overwrite_output_dir",
+            "cannot be combined with --resume_from_checkpoint: overwriting deletes the checkpoints a resume would read",
+        )
     if out.exists() and not out.is_dir():
         raise StructuredConfigError("output_dir", f"{out} exists and is not a folder")
     nonempty = check_folder and out.is_dir() and any(out.iterdir())
@@ -194,24 +201,32 @@ def prepare_output_dir(output_dir: str | Path, recipe: Mapping[str, Any], overwr
     if nonempty:
         if not overwrite:
             raise StructuredConfigError(
-                "output_dir", f"{out} is not empty ({_listing(out)}); a new run would overwrite or mix with what is "
+                "output_dir",
+                f"{out} is not empty ({_listing(out)}); a new run would overwrite or mix with what is "
                 "there. Choose another folder, pass --overwrite_output_dir to replace that run, or "
-                "--resume_from_checkpoint to continue it")
+                "--resume_from_checkpoint to continue it",
+            )
         if not is_run_folder(out):
             raise StructuredConfigError(
-                "output_dir", f"{out} is not a structured_hf run folder (no {RUN_FILE} or recipe.yaml; it holds "
-                f"{_listing(out)}); refusing to delete its contents even with --overwrite_output_dir")
+                "output_dir",
+                f"{out} is not a structured_hf run folder (no {RUN_FILE} or recipe.yaml; it holds "
+                f"{_listing(out)}); refusing to delete its contents even with --overwrite_output_dir",
+            )
     return RunState(run_id=uuid.uuid4().hex, fingerprint=fingerprint, resume_from=None, clear=nonempty)
 
 
-def _resume_state(out: Path, recipe: Mapping[str, Any], fingerprint: str, resume: str | bool,
-                  allow_recipe_change: bool) -> RunState:
+def _resume_state(
+    out: Path, recipe: Mapping[str, Any], fingerprint: str, resume: str | bool, allow_recipe_change: bool
+) -> RunState:
     if resume is True:
         checkpoint = latest_complete_checkpoint(out)
         if checkpoint is None:
             damaged = [p.name for p in checkpoints_in(out)]
-            raise CheckpointError(str(out), "no complete checkpoint to resume from" +
-                                  (f" (damaged or incomplete: {damaged}; see the warnings above)" if damaged else ""))
+            raise CheckpointError(
+                str(out),
+                "no complete checkpoint to resume from"
+                + (f" (damaged or incomplete: {damaged}; see the warnings above)" if damaged else ""),
+            )
     else:
         checkpoint = Path(resume)
         problem = checkpoint_problem(checkpoint)
@@ -221,18 +236,26 @@ def _resume_state(out: Path, recipe: Mapping[str, Any], fingerprint: str, resume
     owner = _folder_run(out)
     if owner is not None and owner.get("run_id") and marker.get("run_id") != owner.get("run_id"):
         raise StructuredConfigError(
-            "--resume_from_checkpoint", f"{checkpoint} belongs to run {marker.get('run_id')}, but {out} holds run "
-            f"{owner.get('run_id')}; resuming would mix two runs in one folder")
+            "--resume_from_checkpoint",
+            f"{checkpoint} belongs to run {marker.get('run_id')}, but {out} holds run "
+            f"{owner.get('run_id')}; resuming would mix two runs in one folder",
+        )
     if marker.get("recipe_fingerprint") != fingerprint and not allow_recipe_change:
         old = (owner or {}).get("recipe")
         changed = _changed_keys(old, dict(recipe)) if isinstance(old, Mapping) else ["(the recipe is not recorded)"]
         raise StructuredConfigError(
-            "recipe", f"differs from the recipe of the run that wrote {checkpoint} (changed: {changed}); resuming "
+            "recipe",
+            f"differs from the recipe of the run that wrote {checkpoint} (changed: {changed}); resuming "
             "would continue that run with other settings. Resume with the same recipe, start a new run in another "
-            "folder, or pass --allow_recipe_change")
+            "folder, or pass --allow_recipe_change",
+        )
     state = _read_json(checkpoint / TRAINER_STATE) or {}
-    return RunState(run_id=str(marker.get("run_id") or uuid.uuid4().hex), fingerprint=fingerprint,
-                    resume_from=checkpoint, resumed_step=int(state.get("global_step", 0)))
+    return RunState(
+        run_id=str(marker.get("run_id") or uuid.uuid4().hex),
+        fingerprint=fingerprint,
+        resume_from=checkpoint,
+        resumed_step=int(state.get("global_step", 0)),
+    )
 
 
 def start_run(output_dir: str | Path, state: RunState, recipe: Mapping[str, Any], recipe_yaml: str) -> None:
@@ -251,12 +274,25 @@ def start_run(output_dir: str | Path, state: RunState, recipe: Mapping[str, Any]
     previous = _folder_run(out) or {}
     resumes = list(previous.get("resumes", []))
     if state.resume_from is not None:
-        resumes.append({"from": str(state.resume_from), "step": state.resumed_step,
-                        "recipe_changed": previous.get("recipe_fingerprint") not in (None, state.fingerprint)})
+        resumes.append(
+            {
+                "from": str(state.resume_from),
+                "step": state.resumed_step,
+                "recipe_changed": previous.get("recipe_fingerprint") not in (None, state.fingerprint),
+            }
+        )
     if state.resume_from is None or previous.get("recipe_fingerprint") != state.fingerprint:
         (out / "recipe.yaml").write_text(recipe_yaml)
-    _write_json_atomic(out / RUN_FILE, {"run_id": state.run_id, "recipe_fingerprint": state.fingerprint,
-                                        "status": "running", "recipe": dict(recipe), "resumes": resumes})
+    _write_json_atomic(
+        out / RUN_FILE,
+        {
+            "run_id": state.run_id,
+            "recipe_fingerprint": state.fingerprint,
+            "status": "running",
+            "recipe": dict(recipe),
+            "resumes": resumes,
+        },
+    )
 
 
 def end_run(output_dir: str | Path, status: str, error: str | None = None) -> None:

@@ -106,7 +106,9 @@ def parse_schedule(spec: Any, field: str) -> Schedule:
     check_keys(field, spec, {"interpolation", "keys"})
     interpolation = spec.get("interpolation", "linear")
     if interpolation not in INTERPOLATIONS:
-        raise StructuredConfigError(f"{field}.interpolation", f"expected one of {INTERPOLATIONS}, got {interpolation!r}")
+        raise StructuredConfigError(
+            f"{field}.interpolation", f"expected one of {INTERPOLATIONS}, got {interpolation!r}"
+        )
     keys = spec.get("keys")
     if not isinstance(keys, Sequence) or isinstance(keys, str) or not keys:
         raise StructuredConfigError(f"{field}.keys", f"expected a non-empty list of [step, value] pairs, got {keys!r}")

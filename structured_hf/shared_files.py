@@ -10,22 +10,55 @@ from pathlib import Path
 
 # Paths relative to the folder, matched part by part (`*` never crosses a `/`).
 PUSH_PATTERNS: tuple[str, ...] = (
-    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
     # tokenizer (GPT)
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
     # intervention specs, evaluation results (scripts/evaluate.py: evaluation.json/.md, figures, surgery variants)
-    "interventions.json", "interventions/*.json", "*.intervention.json",
-    "metrics.json", "eval_results.json", "evaluation*.json", "evaluation*.md", "evaluation/*", "relearning.json",
-    "models/*/config.json", "models/*/*.safetensors",
+    "interventions.json",
+    "interventions/*.json",
+    "*.intervention.json",
+    "metrics.json",
+    "eval_results.json",
+    "evaluation*.json",
+    "evaluation*.md",
+    "evaluation/*",
+    "relearning.json",
+    "models/*/config.json",
+    "models/*/*.safetensors",
     # how the run was made, figures, card
-    "recipe.yaml", "log_history.json", "*.png", "*.svg", "*.gif", "figures/*", "README.md",
+    "recipe.yaml",
+    "log_history.json",
+    "*.png",
+    "*.svg",
+    "*.gif",
+    "figures/*",
+    "README.md",
 )
 # Never pushed, even when a pattern above matches: Trainer state (training_args.bin pickles every argument),
 # checkpoints, TensorBoard runs, caches.
 NEVER_PUSH: tuple[str, ...] = (
-    "training_args.bin", "checkpoint-*", "runs", "optimizer.pt", "scheduler.pt", "rng_state*", "trainer_state.json",
-    ".git", ".cache", "__pycache__",
+    "training_args.bin",
+    "checkpoint-*",
+    "runs",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*",
+    "trainer_state.json",
+    ".git",
+    ".cache",
+    "__pycache__",
 )
 
 

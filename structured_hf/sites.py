@@ -61,8 +61,11 @@ def resolve_sites(model: nn.Module, names: Iterable[str]) -> dict[str, Activatio
     out = {}
     for name in names:
         if name not in sites:
-            hint = "" if sites else (" (a pretrained transformers model gets its sites from "
-                                     "structured_hf.attach_sites(model))")
+            hint = (
+                ""
+                if sites
+                else (" (a pretrained transformers model gets its sites from structured_hf.attach_sites(model))")
+            )
             raise StructuredConfigError("site", f"unknown site '{name}'; the model has {sorted(sites)}{hint}")
         out[name] = sites[name]
     return out

@@ -21,8 +21,9 @@ def check_mapping(field: str, value: Any, expected: str = "a mapping") -> Mappin
     return value
 
 
-def check_keys(field: str, entry: Any, allowed: Iterable[str], expected: str | None = None,
-               context: str = "", what: str = "keys") -> Mapping[str, Any]:
+def check_keys(
+    field: str, entry: Any, allowed: Iterable[str], expected: str | None = None, context: str = "", what: str = "keys"
+) -> Mapping[str, Any]:
     """``entry``, which must be a mapping whose keys are all in ``allowed``.
 
     Args:
@@ -39,12 +40,22 @@ def check_keys(field: str, entry: Any, allowed: Iterable[str], expected: str | N
     unknown = set(entry) - allowed
     if unknown:
         where = f" {context}" if context else ""
-        raise StructuredConfigError(field, f"unknown {what} {sorted(unknown, key=str)}{where}; allowed: {sorted(allowed)}")
+        raise StructuredConfigError(
+            field, f"unknown {what} {sorted(unknown, key=str)}{where}; allowed: {sorted(allowed)}"
+        )
     return entry
 
 
-def check_number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> float | int:
+def check_number(
+    field: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> float | int:
     """``value`` itself, which must be a finite number in the given range (an ``int`` when ``integer``).
 
     Booleans are refused although Python counts them as integers: ``true`` in YAML is never a step count or a weight.
@@ -55,8 +66,9 @@ def check_number(field: str, value: Any, *, low: float | None = None, high: floa
     positive_int = integer and low == 1 and not low_open and high is None
     kind = "a positive integer" if positive_int else "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise StructuredConfigError(field, f"expected {kind}, got {value!r} ({type(value).__name__})"
-                                           f"{yaml_float_hint(value)}")
+        raise StructuredConfigError(
+            field, f"expected {kind}, got {value!r} ({type(value).__name__}){yaml_float_hint(value)}"
+        )
     if not math.isfinite(value):
         raise StructuredConfigError(field, f"expected a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
@@ -65,10 +77,15 @@ def check_number(field: str, value: Any, *, low: float | None = None, high: floa
         bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
         bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
         noun = "integer" if integer else "number"
-        named = (f"a non-negative {noun}" if low == 0 and not low_open and high is None
-                 else f"a positive {noun}" if low == 0 and low_open and high is None
-                 else f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-                 if low is not None and high is not None else kind)
+        named = (
+            f"a non-negative {noun}"
+            if low == 0 and not low_open and high is None
+            else f"a positive {noun}"
+            if low == 0 and low_open and high is None
+            else f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            if low is not None and high is not None
+            else kind
+        )
         raise StructuredConfigError(field, f"expected {named}, got {value} (allowed: {' and '.join(bounds)})")
     return value
 

@@ -102,17 +102,25 @@ def local_hub(monkeypatch, tmp_path):
     home = tmp_path / "hf_home"
 
     # Environment, for subprocesses.
-    for key, value in {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": FAKE_HUB_TOKEN,
-                       "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_HOME": str(home),
-                       "HF_UPDATE_DOWNLOAD_COUNTS": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+    for key, value in {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": FAKE_HUB_TOKEN,
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
 
     # huggingface_hub's import-time copies.
     monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(hf_constants, "HF_URL_HOSTS", hf_constants.HF_URL_HOSTS | {"127.0.0.1"})
     monkeypatch.setattr(hf_http, "_HUB_ORIGINS", hf_http._HUB_ORIGINS | {hf_http._url_origin(hub.url)})
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
@@ -164,8 +172,9 @@ def run_help(entry, capsys, monkeypatch) -> tuple[str, list]:
 
     parsers = []
     original = argparse.ArgumentParser.parse_args
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
-                        lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw))
+    monkeypatch.setattr(
+        argparse.ArgumentParser, "parse_args", lambda self, *a, **kw: parsers.append(self) or original(self, *a, **kw)
+    )
     with pytest.raises(SystemExit) as exit_info:
         entry(["--help"])
     assert exit_info.value.code == 0
@@ -180,4 +189,3 @@ def assert_every_option_explained(parser, help_text: str, where: str = "") -> No
         name = (action.option_strings or [action.dest])[0]
         assert action.help and action.help != argparse.SUPPRESS, f"{where}{name} has no help"
         assert name in help_text, f"{where}{name} missing from --help"
-

@@ -54,8 +54,28 @@ logger = logging.getLogger(__name__)
 
 # Files stored through LFS on the Hub by default (its .gitattributes), plus anything binary or >= 10 MB.
 LFS_SUFFIXES = (
-    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".msgpack", ".model", ".npy", ".npz",
-    ".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".gz", ".tar", ".pkl", ".pickle",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".onnx",
+    ".msgpack",
+    ".model",
+    ".npy",
+    ".npz",
+    ".parquet",
+    ".arrow",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".zip",
+    ".gz",
+    ".tar",
+    ".pkl",
+    ".pickle",
 )
 LFS_THRESHOLD = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
@@ -134,8 +154,9 @@ class LocalHub:
     never stored, logged or echoed; :attr:`tokens_seen` only counts how many requests carried ``expected_token``.
     """
 
-    def __init__(self, username: str = "tester", host: str = "127.0.0.1", port: int = 0,
-                 expected_token: str | None = None):
+    def __init__(
+        self, username: str = "tester", host: str = "127.0.0.1", port: int = 0, expected_token: str | None = None
+    ):
         self.username = username
         self.expected_token = expected_token
         self.token = expected_token  # what tests push with
@@ -167,8 +188,9 @@ class LocalHub:
         return f"http://localhost:{self.port}"
 
     def start(self) -> "LocalHub":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="local-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-hub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -239,8 +261,14 @@ class LocalHub:
 
     # -- API ----------------------------------------------------------------------------------------------------
     def whoami(self, user: str) -> dict[str, Any]:
-        return {"type": "user", "id": "0" * 24, "name": user, "fullname": user.title(), "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}}}
+        return {
+            "type": "user",
+            "id": "0" * 24,
+            "name": user,
+            "fullname": user.title(),
+            "orgs": [],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
+        }
 
     def create_repo(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         repo_type = body.get("type") or "model"
@@ -267,9 +295,18 @@ class LocalHub:
     def repo_info(self, repo: Repo, revision: str) -> dict[str, Any]:
         commit = self._commit(repo, revision)
         info: dict[str, Any] = {
-            "_id": "0" * 24, "id": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": commit.oid,
-            "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-            "createdAt": repo.created, "lastModified": commit.date,
+            "_id": "0" * 24,
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.oid,
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "createdAt": repo.created,
+            "lastModified": commit.date,
             "siblings": [{"rfilename": p} for p in sorted(commit.files)],
         }
         readme = commit.files.get("README.md")
@@ -280,8 +317,11 @@ class LocalHub:
     def _entry(self, path: str, f: StoredFile) -> dict[str, Any]:
         entry: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": len(f.content), "path": path}
         if f.lfs:
-            entry["lfs"] = {"oid": f.sha256, "size": len(f.content),
-                            "pointerSize": len(lfs_pointer(f.sha256, len(f.content)))}
+            entry["lfs"] = {
+                "oid": f.sha256,
+                "size": len(f.content),
+                "pointerSize": len(lfs_pointer(f.sha256, len(f.content))),
+            }
         return entry
 
     def _folder_entry(self, path: str, commit: Commit) -> dict[str, Any]:
@@ -299,7 +339,7 @@ class LocalHub:
         for p, f in sorted(commit.files.items()):
             if not p.startswith(prefix):
                 continue
-            rest = p[len(prefix):].split("/")
+            rest = p[len(prefix) :].split("/")
             for depth in range(1, len(rest)):
                 if recursive or depth == 1:
                     folders.add(prefix + "/".join(rest[:depth]))
@@ -395,8 +435,13 @@ class LocalHub:
                     raise HubError(400, f"unsupported commit operation {key!r}")
             commit = self._new_commit(repo, head, files, header.get("summary", ""))
             repo.branches[revision] = commit.oid
-        return {"success": True, "commitOid": commit.oid, "pullRequestUrl": None, "hookOutput": "",
-                "commitUrl": f"{self.url}/{_REPO_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"}
+        return {
+            "success": True,
+            "commitOid": commit.oid,
+            "pullRequestUrl": None,
+            "hookOutput": "",
+            "commitUrl": f"{self.url}/{_REPO_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}",
+        }
 
 
 def _front_matter(text: str) -> dict[str, Any] | None:
@@ -439,8 +484,14 @@ def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
 
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                  content_type: str = "application/json", length: int | None = None) -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes = b"",
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+            length: int | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             for k, v in (headers or {}).items():
@@ -479,7 +530,7 @@ def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             path, query = split.path, parse_qs(split.query)
             host = (self.headers.get("Host") or "").split(":")[0]
             if path.startswith("/_cdn/"):
-                return self._cdn(path[len("/_cdn/"):])
+                return self._cdn(path[len("/_cdn/") :])
             if host != "127.0.0.1":
                 raise HubError(404, f"host {host!r} only serves the CDN")
             m = self.command
@@ -505,8 +556,11 @@ def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 user = self._user(required=True)
                 repo = hub._repo(_type_of(match.group(1)), f"{match.group(2)}/{match.group(3)}")
                 hub._writable(repo, user)
-                return self._send(200, json.dumps(hub.lfs_batch(repo, json.loads(body))).encode(),
-                                  content_type="application/vnd.git-lfs+json")
+                return self._send(
+                    200,
+                    json.dumps(hub.lfs_batch(repo, json.loads(body))).encode(),
+                    content_type="application/vnd.git-lfs+json",
+                )
             if match := _API_REPO.match(path):
                 return self._api_repo(match, query, body)
             if _API_BARE_REPO.match(path):  # "name" without a namespace: only legacy repos, none here
@@ -556,13 +610,20 @@ def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             filename = unquote(match.group(5))
             stored = commit.files.get(filename)
             if stored is None:
-                raise HubError(404, f"{filename} does not exist on this revision", "EntryNotFound",
-                               {"X-Repo-Commit": commit.oid})
+                raise HubError(
+                    404, f"{filename} does not exist on this revision", "EntryNotFound", {"X-Repo-Commit": commit.oid}
+                )
             headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{stored.etag}"', "Accept-Ranges": "bytes"}
             if stored.lfs:
                 # As on the Hub: LFS content lives on a CDN; the redirect itself carries the file's metadata.
-                headers.update({"Location": f"{hub.cdn_url}/_cdn/{stored.sha256}", "ETag": f'"{stored.git_oid}"',
-                                "X-Linked-Etag": f'"{stored.sha256}"', "X-Linked-Size": str(len(stored.content))})
+                headers.update(
+                    {
+                        "Location": f"{hub.cdn_url}/_cdn/{stored.sha256}",
+                        "ETag": f'"{stored.git_oid}"',
+                        "X-Linked-Etag": f'"{stored.sha256}"',
+                        "X-Linked-Size": str(len(stored.content)),
+                    }
+                )
                 return self._send(302, b"", headers, content_type="text/plain")
             self._content(stored.content, headers)
 
@@ -585,10 +646,9 @@ def _make_handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 end = min(end, len(data) - 1)
                 if start >= len(data) and len(data) > 0:
                     raise HubError(416, f"range {rng} outside of {len(data)} bytes")
-                chunk = data[start:end + 1]
+                chunk = data[start : end + 1]
                 headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
-                return self._send(206, chunk, headers, content_type="application/octet-stream",
-                                  length=len(chunk))
+                return self._send(206, chunk, headers, content_type="application/octet-stream", length=len(chunk))
             self._send(200, data, headers, content_type="application/octet-stream", length=len(data))
 
     return Handler

@@ -28,8 +28,15 @@ TOLERANCE = 1e-5
 
 
 def _single(path: Path, seed: int, steps: int, tmp_path: Path) -> torch.nn.Module:
-    recipe = load_recipe(path, {"seed": seed, "training.max_steps": steps, "training.disable_tqdm": True,
-                                "output_dir": str(tmp_path / f"single-{seed}")})
+    recipe = load_recipe(
+        path,
+        {
+            "seed": seed,
+            "training.max_steps": steps,
+            "training.disable_tqdm": True,
+            "output_dir": str(tmp_path / f"single-{seed}"),
+        },
+    )
     trainer = build_trainer(recipe)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
@@ -62,8 +69,15 @@ def test_per_seed_weights_follow_each_recipe(tmp_path):
     single run without the anchor, next to a seed that has it."""
     steps = 30
     plain = load_recipe(SUPPRESSION, {"seed": 1, "training.max_steps": steps})
-    off = load_recipe(SUPPRESSION, {"seed": 1, "training.max_steps": steps, "regularizers.anchor-red.weight": 0.0,
-                                    "output_dir": str(tmp_path / "off")})
+    off = load_recipe(
+        SUPPRESSION,
+        {
+            "seed": 1,
+            "training.max_steps": steps,
+            "regularizers.anchor-red.weight": 0.0,
+            "output_dir": str(tmp_path / "off"),
+        },
+    )
     (with_anchor, without), _ = train_batched([plain, off])
     trainer = build_trainer(off)
     trainer.remove_callback(PrinterCallback)
@@ -85,10 +99,13 @@ def test_a_family_without_batched_training_is_refused():
         check_batchable([recipe])
 
 
-@pytest.mark.parametrize("override, field", [
-    ({"data.curriculum": {"vibrancy_min": {"keys": [[0, 0.5], [4, 0.0]]}}}, "data.curriculum"),
-    ({"training.gradient_accumulation_steps": 2}, "training.gradient_accumulation_steps"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"data.curriculum": {"vibrancy_min": {"keys": [[0, 0.5], [4, 0.0]]}}}, "data.curriculum"),
+        ({"training.gradient_accumulation_steps": 2}, "training.gradient_accumulation_steps"),
+    ],
+)
 def test_unsupported_recipe_parts_name_the_field(override, field):
     recipe = load_recipe(SUPPRESSION, {"training.max_steps": 5, **override})
     with pytest.raises(StructuredConfigError, match=field.replace(".", r"\.")):
@@ -110,14 +127,39 @@ def test_sweep_seeds_script_batched_by_default_and_errors(tmp_path, capsys):
     recipe that cannot batch exits 2 with the reason."""
     script = load_script("sweep_seeds")
     out = tmp_path / "sweep"
-    code = script.main([str(SUPPRESSION), "--seeds", "0-1", "--set", "training.max_steps=20", "--intervention",
-                        "suppress:red", "--grid_size", "4", "--output_dir", str(out)])
+    code = script.main(
+        [
+            str(SUPPRESSION),
+            "--seeds",
+            "0-1",
+            "--set",
+            "training.max_steps=20",
+            "--intervention",
+            "suppress:red",
+            "--grid_size",
+            "4",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1]
     assert runs[0]["scores"]["suppress:red"] != runs[1]["scores"]["suppress:red"]
-    code = script.main([str(SUPPRESSION), "--seeds", "0-1", "--batched", "--set", "training.max_steps=20",
-                        "--set", "training.gradient_accumulation_steps=2", "--output_dir", str(tmp_path / "bad")])
+    code = script.main(
+        [
+            str(SUPPRESSION),
+            "--seeds",
+            "0-1",
+            "--batched",
+            "--set",
+            "training.max_steps=20",
+            "--set",
+            "training.gradient_accumulation_steps=2",
+            "--output_dir",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert code == 2
     assert "training.gradient_accumulation_steps" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
@@ -158,9 +200,9 @@ def test_batched_repulsion_drops_only_pairs_below_2_pow_minus_100():
     idx = torch.tensor([[0, 1], [0, 1]])
     batched = _angular_repulsion(x, idx, power=100.0)
     single = torch.stack([angular_repulsion(x[i], power=100.0) for i in range(2)])
-    assert 2.0 ** -100 < float(single[0, 0]) < 1e-28
+    assert 2.0**-100 < float(single[0, 0]) < 1e-28
     assert torch.allclose(batched[0], single[0], rtol=2e-5, atol=0.0)
-    assert 0.0 < float(single[1, 0]) < 2.0 ** -100 and float(batched[1].abs().max()) == 0.0
+    assert 0.0 < float(single[1, 0]) < 2.0**-100 and float(batched[1].abs().max()) == 0.0
 
 
 def test_batched_label_draws_equal_the_trainers_bernoulli_draws():
@@ -186,31 +228,56 @@ def test_benchmark_writes_the_ratio_scaling_and_profile(tmp_path):
     """The benchmark (structured_hf/benchmarks/batched.py) on a few steps: the JSON holds the side-by-side runs and
     their median ratio, a scaling row per N from its own subprocess, and a profile whose phases sum to the loop."""
     out = tmp_path / "batched.json"
-    args = benchmark.parse_args(["--steps", "6", "--scaling_steps", "4", "--sizes", "2", "--repeats", "1",
-                                 "--profile_steps", "4", "--output", str(out)])
+    args = benchmark.parse_args(
+        [
+            "--steps",
+            "6",
+            "--scaling_steps",
+            "4",
+            "--sizes",
+            "2",
+            "--repeats",
+            "1",
+            "--profile_steps",
+            "4",
+            "--output",
+            str(out),
+        ]
+    )
     result = benchmark.run(args)
-    assert json.loads(out.read_text())["ratio_20_seed_sweep_over_single_run"] == result[
-        "ratio_20_seed_sweep_over_single_run"]
+    assert (
+        json.loads(out.read_text())["ratio_20_seed_sweep_over_single_run"]
+        == result["ratio_20_seed_sweep_over_single_run"]
+    )
     side = result["side_by_side"]
     assert len(side["single"]) == len(side["batched_20"]) == 1
     assert result["ratio_20_seed_sweep_over_single_run"] == pytest.approx(
-        side["batched_20"][0]["sweep_s"] / side["single"][0]["sweep_s"])
+        side["batched_20"][0]["sweep_s"] / side["single"][0]["sweep_s"]
+    )
     assert result["target_met"] == (result["ratio_20_seed_sweep_over_single_run"] <= 3.0)
     row = result["scaling"][2]
     assert row["train_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_training_mib"] > 0
-    assert row["batch_tensor_bytes"] == 2 * benchmark.peak_memory_estimate(1, benchmark.seed_recipes(
-        benchmark.DEFAULT_CONFIG, [0], 4)[0])
+    assert row["batch_tensor_bytes"] == 2 * benchmark.peak_memory_estimate(
+        1, benchmark.seed_recipes(benchmark.DEFAULT_CONFIG, [0], 4)[0]
+    )
     profile = result["profile"]["batched_20"]
-    assert {"label draws", "model forward", "loss angular_repulsion", "backward (all autograd nodes)",
-            "optimizer step"} <= set(profile["phases_us_per_step"])
+    assert {
+        "label draws",
+        "model forward",
+        "loss angular_repulsion",
+        "backward (all autograd nodes)",
+        "optimizer step",
+    } <= set(profile["phases_us_per_step"])
     assert sum(profile["phases_us_per_step"].values()) == pytest.approx(profile["loop_us_per_step"])
     assert {"Trainer compute_loss (forward, losses)", "label draws"} <= set(
-        result["profile"]["single"]["phases_us_per_step"])
+        result["profile"]["single"]["phases_us_per_step"]
+    )
     assert benchmark.train_batched is train_batched  # the profile restored the helpers it wrapped
 
 
-@pytest.mark.parametrize("argv, message", [(["--sizes", "0,5"], "--sizes"), (["--sizes", "a"], "--sizes"),
-                                            (["--repeats", "0"], "--repeats")])
+@pytest.mark.parametrize(
+    "argv, message", [(["--sizes", "0,5"], "--sizes"), (["--sizes", "a"], "--sizes"), (["--repeats", "0"], "--repeats")]
+)
 def test_benchmark_bad_arguments_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         benchmark.parse_args(argv)

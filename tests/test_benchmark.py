@@ -35,8 +35,23 @@ def test_benchmark_json_throughput_same_work_and_every_section(tmp_path):
     weights, same loss curve for StructuredGPT without regularizers and GPT-2); intervention timings are there."""
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
     try:
-        bench.main(["--sections", "throughput,gpt_throughput,intervention_overhead", "--gpt_sizes", "tiny",
-                    "--gpt_steps", "10", "--steps", "60", "--repeats", "1", "--quick", "--output_dir", str(tmp_path)])
+        bench.main(
+            [
+                "--sections",
+                "throughput,gpt_throughput,intervention_overhead",
+                "--gpt_sizes",
+                "tiny",
+                "--gpt_steps",
+                "10",
+                "--steps",
+                "60",
+                "--repeats",
+                "1",
+                "--quick",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
         hf_logging.set_verbosity(verbosity)
@@ -63,6 +78,8 @@ def test_benchmark_json_throughput_same_work_and_every_section(tmp_path):
     assert logged["routed"] != logged["anchored"]  # and the route changed the gradients
     rows = data["sections"]["intervention_overhead"]["rows"]
     assert {(r["model"], r["batch"], r["intervention"]) for r in rows} >= {
-        ("color_autoencoder", 64, "suppress:red"), ("color_autoencoder", 4096, "axes:hue"),
-        ("structured_gpt", 8, "suppress:violence")}
+        ("color_autoencoder", 64, "suppress:red"),
+        ("color_autoencoder", 4096, "axes:hue"),
+        ("structured_gpt", 8, "suppress:violence"),
+    }
     assert all(r["plain_us"] > 0 and r["hooked_us"] > 0 for r in rows)

@@ -33,10 +33,19 @@ def _rgb(*names: str) -> np.ndarray:
 def test_similar_to_a_named_color_matches_hand_values():
     """sim = (r·hue_sim + 1 − r)(1 − |Δs|)(1 − |Δv|), hue_sim = max(0, 1 − θ/90°), r = (s1v1 + s2v2)/2."""
     labeler = parse_labelers({"o": {"feature": {"similar_to": "orange"}}})["o"]
-    colors = np.concatenate([_rgb("orange", "red", "yellow", "lime", "azure", "gray", "white"),
-                             [[0.5, 0.25, 0.0]]])  # dark orange: h = 30°, s = 1, v = 0.5
-    expected = [1.0, 2 / 3, 2 / 3, 1 / 3, 0.0, 0.0, 0.0,
-                (0.75 * 1.0 + 0.25) * 1.0 * 0.5]  # r = (0.5 + 1)/2: hue term 1, value factor 0.5
+    colors = np.concatenate(
+        [_rgb("orange", "red", "yellow", "lime", "azure", "gray", "white"), [[0.5, 0.25, 0.0]]]
+    )  # dark orange: h = 30°, s = 1, v = 0.5
+    expected = [
+        1.0,
+        2 / 3,
+        2 / 3,
+        1 / 3,
+        0.0,
+        0.0,
+        0.0,
+        (0.75 * 1.0 + 0.25) * 1.0 * 0.5,
+    ]  # r = (0.5 + 1)/2: hue term 1, value factor 0.5
     np.testing.assert_allclose(labeler(colors), expected, atol=1e-12)
 
 
@@ -46,13 +55,19 @@ def test_similar_to_an_rgb_triple_with_scale_and_power():
     # only the achromatic share (1 − r) = 0.25 of the hue term is left, times the value factor 0.5.
     sim_cyan = (0.75 * 1.0 + 0.25) * 1.0 * 0.5
     sim_red = (0.75 * 0.0 + 0.25) * 1.0 * 0.5
-    np.testing.assert_allclose(labeler(_rgb("cyan", "red")), [0.5 * sim_cyan ** 2, 0.5 * sim_red ** 2], atol=1e-12)
+    np.testing.assert_allclose(labeler(_rgb("cyan", "red")), [0.5 * sim_cyan**2, 0.5 * sim_red**2], atol=1e-12)
 
 
 def test_hue_of_is_the_channel_feature_for_the_six_channel_hues_and_similarity_otherwise():
     grid = np.random.default_rng(0).random((64, 3))
-    for name, feature in (("red", "redness"), ("yellow", "yellowness"), ("green", "greenness"),
-                          ("cyan", "cyanness"), ("blue", "blueness"), ("magenta", "magentaness")):
+    for name, feature in (
+        ("red", "redness"),
+        ("yellow", "yellowness"),
+        ("green", "greenness"),
+        ("cyan", "cyanness"),
+        ("blue", "blueness"),
+        ("magenta", "magentaness"),
+    ):
         labeler = parse_labelers({"x": {"feature": {"hue_of": name}}})["x"]
         np.testing.assert_array_equal(labeler(grid), np.clip(FEATURES[feature](grid), 0, 1))
     orange = parse_labelers({"x": {"feature": {"hue_of": "orange"}}})["x"]
@@ -67,24 +82,30 @@ def test_the_six_channel_features_keep_their_meaning():
     np.testing.assert_allclose(labels["cyan"](colors), [0.0, 0.0, 0.0, 0.25, 0.0, 1.0])  # (1 − r)(g + b)/2
 
 
-@pytest.mark.parametrize("feature, field, message", [
-    ({"similar_to": "oragne"}, "feature.similar_to", "unknown color 'oragne'"),
-    ({"similar_to": [1.2, 0.0, 0.0]}, "feature.similar_to", r"in \[0, 1\]"),
-    ({"similar_to": [1.0, 0.0]}, "feature.similar_to", "RGB triple"),
-    ({"hue_of": "chartreuse"}, "feature.hue_of", "unknown color"),
-    ({"similar": "red"}, "feature", "similar_to"),
-    ({"similar_to": "red", "hue_of": "red"}, "feature", "similar_to"),
-])
+@pytest.mark.parametrize(
+    "feature, field, message",
+    [
+        ({"similar_to": "oragne"}, "feature.similar_to", "unknown color 'oragne'"),
+        ({"similar_to": [1.2, 0.0, 0.0]}, "feature.similar_to", r"in \[0, 1\]"),
+        ({"similar_to": [1.0, 0.0]}, "feature.similar_to", "RGB triple"),
+        ({"hue_of": "chartreuse"}, "feature.hue_of", "unknown color"),
+        ({"similar": "red"}, "feature", "similar_to"),
+        ({"similar_to": "red", "hue_of": "red"}, "feature", "similar_to"),
+    ],
+)
 def test_bad_color_features_name_the_field(feature, field, message):
     with pytest.raises(StructuredConfigError, match=rf"data\.labels\.x\.{field}.*{message}"):
         parse_labelers({"x": {"feature": feature}})
 
 
 # ---- recipes parameterised by the concept's color -------------------------------------------------------------------
-@pytest.mark.parametrize("parameterised, original", [
-    ("delete-concept-color.yaml", "ex2.11.2-delete-red-deletion-target.yaml"),
-    ("suppress-concept-color.yaml", "ex2.4.4-suppress-red-cone-anchors.yaml"),
-])
+@pytest.mark.parametrize(
+    "parameterised, original",
+    [
+        ("delete-concept-color.yaml", "ex2.11.2-delete-red-deletion-target.yaml"),
+        ("suppress-concept-color.yaml", "ex2.4.4-suppress-red-cone-anchors.yaml"),
+    ],
+)
 def test_concept_color_red_reproduces_the_red_recipe(parameterised, original):
     """Same label names, features, prototypes and terms: training gives bit-identical weights."""
     steps = 60
@@ -99,10 +120,13 @@ def test_concept_color_red_reproduces_the_red_recipe(parameterised, original):
         assert torch.equal(p, q), name
 
 
-@pytest.mark.parametrize("annealed, base", [
-    ("delete-concept-color-annealed.yaml", "delete-concept-color.yaml"),
-    ("suppress-concept-color-annealed.yaml", "suppress-concept-color.yaml"),
-])
+@pytest.mark.parametrize(
+    "annealed, base",
+    [
+        ("delete-concept-color-annealed.yaml", "delete-concept-color.yaml"),
+        ("suppress-concept-color-annealed.yaml", "suppress-concept-color.yaml"),
+    ],
+)
 def test_annealed_recipes_differ_from_their_base_only_by_the_learning_rate_tail(annealed, base):
     """Same model, data, labels and terms for any concept color; the learning rate is the base's up to step 1425,
     then falls log-linearly to 1e-3 at step 2000 instead of stopping at 0.05 at step 1500."""
@@ -125,24 +149,33 @@ def test_concept_color_orange_derives_neighbours_from_its_hue():
     assert recipe.model["concepts"][0] == {**recipe.model["concepts"][0], "name": "orange", "prototypes": ["orange"]}
     assert {r.get("label") for r in recipe.regularizers} >= {"orange", "lime", "pink", "teal", "purple", "azure"}
     # An RGB concept color between named hues: offsets land between named hues too (RGB triples, names hue<deg>).
-    rgb = load_recipe(CONFIGS / "delete-concept-color.yaml", {"concept_color": [1.0, 0.25, 0.0], "training.max_steps": 5})
+    rgb = load_recipe(
+        CONFIGS / "delete-concept-color.yaml", {"concept_color": [1.0, 0.25, 0.0], "training.max_steps": 5}
+    )
     assert "hue75" in rgb.data["labels"]  # 15° + 60°
     np.testing.assert_allclose(rgb.data["labels"]["hue75"]["feature"]["hue_of"], hue_color(75.0))
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"concept_color": "reddish"}, "concept_color"),
-    ({"concept_color": [2.0, 0.0, 0.0]}, "concept_color"),
-    ({"concept_color": "gray"}, "data.labels.concept+120.feature.hue_of"),  # a gray has no hue to offset
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"concept_color": "reddish"}, "concept_color"),
+        ({"concept_color": [2.0, 0.0, 0.0]}, "concept_color"),
+        ({"concept_color": "gray"}, "data.labels.concept+120.feature.hue_of"),  # a gray has no hue to offset
+    ],
+)
 def test_bad_concept_colors_name_the_field(overrides, field):
     with pytest.raises(StructuredConfigError, match=field.replace(".", r"\.").replace("+", r"\+")):
         load_recipe(CONFIGS / "delete-concept-color.yaml", overrides)
 
 
 def test_relative_colors_need_a_concept_color_and_a_concept_color_needs_them():
-    raw = {"model": {"concepts": [{"name": "x", "site": "bottleneck", "direction": [1.0, 0.0],
-                                   "prototypes": ["concept+30"]}]}, "data": {}}
+    raw = {
+        "model": {
+            "concepts": [{"name": "x", "site": "bottleneck", "direction": [1.0, 0.0], "prototypes": ["concept+30"]}]
+        },
+        "data": {},
+    }
     with pytest.raises(StructuredConfigError, match=r"model\.concepts\[0\]\.prototypes\[0\].*concept_color"):
         expand_concept_color(raw)
     with pytest.raises(StructuredConfigError, match="concept_color.*refers to it"):
@@ -163,8 +196,9 @@ def test_angular_falloff_values_and_spec_round_trip():
     f = AngularFalloff(width=60.0, b=2.0, p=1.0)
     alpha = torch.tensor([1.0, math.cos(math.radians(30)), 0.5, 0.2], dtype=torch.float64)
     # (α − cos 60°)/(1 − cos 60°) = 2α − 1 inside the cone, 0 outside.
-    torch.testing.assert_close(f(alpha), torch.tensor([2.0, 2.0 * (2 * math.cos(math.radians(30)) - 1), 0.0, 0.0],
-                                                      dtype=torch.float64))
+    torch.testing.assert_close(
+        f(alpha), torch.tensor([2.0, 2.0 * (2 * math.cos(math.radians(30)) - 1), 0.0, 0.0], dtype=torch.float64)
+    )
     spec = parse_spec("suppress:red:width=25,b=2,p=0.5")
     assert isinstance(spec.falloff, AngularFalloff) and parse_spec(spec.to_string()) == spec
     # Outside the cone (and on the far side) rows come back bit-identical.
@@ -212,7 +246,19 @@ def test_annealed_deletion_of_orange_real_run():
     before, after = result["named_color_mse"]["baseline"], result["named_color_mse"][name]
     assert max(before.values()) <= 2e-3
     assert after["orange"] >= 0.30
-    far = ["green", "teal", "cyan", "azure", "blue", "purple", "magenta", "black", "dark gray", "gray", "light gray",
-           "white"]
+    far = [
+        "green",
+        "teal",
+        "cyan",
+        "azure",
+        "blue",
+        "purple",
+        "magenta",
+        "black",
+        "dark gray",
+        "gray",
+        "light gray",
+        "white",
+    ]
     assert max(after[n] for n in far) <= 0.005
     assert result["scores"][name] >= 0.80

@@ -28,8 +28,16 @@ from structured_hf.data import (
     to_hsv,
     to_rgb,
 )
-from structured_hf.data.labels import (blueness, cyanness, desaturation, greenness, magentaness, redness, vibrancy,
-                                       yellowness)
+from structured_hf.data.labels import (
+    blueness,
+    cyanness,
+    desaturation,
+    greenness,
+    magentaness,
+    redness,
+    vibrancy,
+    yellowness,
+)
 from structured_hf.data.samplers import EpochWeightedSampler
 
 
@@ -128,8 +136,16 @@ def test_features_by_hand():
     np.testing.assert_allclose(magentaness(rgb), [0.5, 0.0, 0.25, 0.25, 0.0, 0.5], atol=1e-12)
     np.testing.assert_allclose(yellowness(np.array([[1.0, 1.0, 0.0]])), [1.0])
     np.testing.assert_allclose(yellowness(rgb), blueness(1.0 - rgb), atol=1e-12)
-    assert set(FEATURES) == {"redness", "greenness", "blueness", "yellowness", "cyanness", "magentaness", "vibrancy",
-                             "desaturation"}
+    assert set(FEATURES) == {
+        "redness",
+        "greenness",
+        "blueness",
+        "yellowness",
+        "cyanness",
+        "magentaness",
+        "vibrancy",
+        "desaturation",
+    }
 
 
 def test_color_labeler_formula():
@@ -183,8 +199,11 @@ def test_build_color_dataset_columns():
 
 def test_build_color_dataset_exact_labels_only_for_the_prototype():
     colors = rgb_grid(3)
-    ds = build_color_dataset(colors, parse_labelers({"red": {"scale": 0.08, "power": 8.0}}),
-                             exact_labels={"red": np.array([NAMED_COLORS["red"]])})
+    ds = build_color_dataset(
+        colors,
+        parse_labelers({"red": {"scale": 0.08, "power": 8.0}}),
+        exact_labels={"red": np.array([NAMED_COLORS["red"]])},
+    )
     probs = np.asarray(ds["prob_red"])
     assert probs.sum() == 1.0
     assert set(probs.tolist()) == {0.0, 1.0}

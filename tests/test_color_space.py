@@ -26,4 +26,3 @@ def test_color_space_script_writes_both_figures(tmp_path):
         image = imread(tmp_path / name)
         assert image.shape[0] > 300 and image.shape[1] > 600
         assert np.allclose(image[2, 2, :3], 1.0)  # light background
-

@@ -32,12 +32,14 @@ def test_operations_by_hand():
 
 def test_splits_hold_out_combinations():
     splits = build_color_task_splits(grid_size=4, pair_grid_size=3, labelers={"red": {"scale": 1.0, "power": 2.0}})
+
     def keys(ds):
         out = set()
         for op, colors in zip(ds["op"], ds["colors"]):
             a, b = tuple(np.round(colors[0], 4)), tuple(np.round(colors[1], 4))
             out.add((op, frozenset([a, b]) if op == 0 else a))
         return out
+
     train, test = keys(splits["train"]), keys(splits["test"])
     assert train and test and not (train & test), "a test combination (unordered for mix) is never trained on"
     # Every operation is equally likely to be drawn in training despite mix having many more combinations.
@@ -93,16 +95,39 @@ def _recipe(tmp_path, steps: int, positions=None) -> dict:
     if positions is not None:
         anchor["positions"] = positions
     return {
-        "seed": 0, "output_dir": str(tmp_path / "ct"),
-        "model": {"type": "color_transformer", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                  "intermediate_size": 64,
-                  "concepts": [{"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": 32}},
-                               {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]}]},
+        "seed": 0,
+        "output_dir": str(tmp_path / "ct"),
+        "model": {
+            "type": "color_transformer",
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "concepts": [
+                {"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": 32}},
+                {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]},
+            ],
+        },
         "data": {"task": {"grid_size": 5, "pair_grid_size": 4}, "labels": {"red": {"scale": 1.0, "power": 4.0}}},
-        "regularizers": [anchor, {"name": "clear", "loss": "anti_subspace", "concept": "red-axis", "label": "not:red",
-                                  "params": {"relative": True}, "weight": 0.3}],
-        "training": {"max_steps": steps, "per_device_train_batch_size": 64, "learning_rate": 3.0e-3,
-                     "logging_steps": 20, "save_strategy": "no", "disable_tqdm": True},
+        "regularizers": [
+            anchor,
+            {
+                "name": "clear",
+                "loss": "anti_subspace",
+                "concept": "red-axis",
+                "label": "not:red",
+                "params": {"relative": True},
+                "weight": 0.3,
+            },
+        ],
+        "training": {
+            "max_steps": steps,
+            "per_device_train_batch_size": 64,
+            "learning_rate": 3.0e-3,
+            "logging_steps": 20,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+        },
     }
 
 

@@ -8,8 +8,13 @@ import yaml
 
 from structured_hf import ConceptMap, ConceptSpec, StructuredConfigError
 
-RED = {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0], "prototypes": ["red"],
-       "description": "pure red"}
+RED = {
+    "name": "red",
+    "site": "bottleneck",
+    "direction": [1.0, 0.0, 0.0, 0.0],
+    "prototypes": ["red"],
+    "description": "pure red",
+}
 HUE = {"name": "hue", "site": "bottleneck", "axes": [0, 1], "prototypes": ["red", [0.0, 1.0, 0.0]]}
 SITES = {"bottleneck": 4, "encoder": 4}
 
@@ -82,12 +87,15 @@ def test_string_number_in_direction_names_the_element():
     # YAML reads 1e-4 (no dot) as the string '1e-4'
     entries = yaml.safe_load("- {name: red, site: bottleneck, direction: [1.0, 1e-4, 0.0, 0.0]}")
     assert entries[0]["direction"][1] == "1e-4"
-    with pytest.raises(StructuredConfigError, match=r"concepts\[0\]\.direction\[1\]: expected a number, got '1e-4' \(str\)"):
+    with pytest.raises(
+        StructuredConfigError, match=r"concepts\[0\]\.direction\[1\]: expected a number, got '1e-4' \(str\)"
+    ):
         ConceptMap.parse(entries)
 
 
-@pytest.mark.parametrize("bad", [[1.0, float("nan"), 0.0, 0.0], [float("inf"), 0.0, 0.0, 0.0], [True, 0.0, 0.0, 0.0],
-                                 [], "1,0,0,0", None])
+@pytest.mark.parametrize(
+    "bad", [[1.0, float("nan"), 0.0, 0.0], [float("inf"), 0.0, 0.0, 0.0], [True, 0.0, 0.0, 0.0], [], "1,0,0,0", None]
+)
 def test_bad_directions(bad):
     entry = _entry(direction=bad) if bad is not None else _entry(direction=_DROP, axes=_DROP)
     with pytest.raises(StructuredConfigError, match=r"concepts\[0\]"):
@@ -101,7 +109,9 @@ def test_duplicate_axes():
 
 @pytest.mark.parametrize("axes, index", [([0, -1], 1), ([1.0], 0), ([True], 0), (["0"], 0)])
 def test_bad_axis_values(axes, index):
-    with pytest.raises(StructuredConfigError, match=rf"concepts\[0\]\.axes\[{index}\]: expected a non-negative integer"):
+    with pytest.raises(
+        StructuredConfigError, match=rf"concepts\[0\]\.axes\[{index}\]: expected a non-negative integer"
+    ):
         ConceptMap.parse([dict(HUE, axes=axes)])
 
 
@@ -154,7 +164,9 @@ def test_validate_wrong_direction_length():
 
 def test_validate_axis_out_of_range():
     cmap = ConceptMap.parse([dict(HUE, axes=[0, 4])])
-    with pytest.raises(StructuredConfigError, match=r"concepts\[0\] \('hue'\)\.axes: axis 4 is out of range .* width 4"):
+    with pytest.raises(
+        StructuredConfigError, match=r"concepts\[0\] \('hue'\)\.axes: axis 4 is out of range .* width 4"
+    ):
         cmap.validate(SITES)
     # the largest valid axis is fine
     ConceptMap.parse([dict(HUE, axes=[3])]).validate(SITES)
@@ -208,11 +220,20 @@ def test_one_hot_shorthand_for_one_axis_or_a_block_of_axes():
     assert one.direction == (0.0, 0.0, 1.0, 0.0)
     block = ConceptMap.parse([_entry(direction={"one_hot": [0, 3], "width": 4})])["red"]
     assert block.direction == (1.0, 0.0, 0.0, 1.0)
-    assert torch.allclose(block.unit_direction(), torch.tensor([1.0, 0.0, 0.0, 1.0]) / 2 ** 0.5)
+    assert torch.allclose(block.unit_direction(), torch.tensor([1.0, 0.0, 0.0, 1.0]) / 2**0.5)
 
 
-@pytest.mark.parametrize("bad", [{"one_hot": 4, "width": 4}, {"one_hot": [0, 0], "width": 4}, {"one_hot": [], "width": 4},
-                                 {"one_hot": [1, True], "width": 4}, {"one_hot": 0}, {"one_hot": [0], "width": 4, "x": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"one_hot": 4, "width": 4},
+        {"one_hot": [0, 0], "width": 4},
+        {"one_hot": [], "width": 4},
+        {"one_hot": [1, True], "width": 4},
+        {"one_hot": 0},
+        {"one_hot": [0], "width": 4, "x": 1},
+    ],
+)
 def test_bad_one_hot_shorthand_is_named(bad):
     with pytest.raises(StructuredConfigError, match=r"concepts\[0\]\.direction"):
         ConceptMap.parse([_entry(direction=bad)])

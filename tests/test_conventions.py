@@ -59,11 +59,22 @@ def test_report_to_tensorboard_logs_every_term(tmp_path):
     config = tmp_path / "tb.yaml"
     config.write_text(yaml.safe_dump(tiny_recipe_dict(str(tmp_path / "run"), report_to="tensorboard")))
     assert load_script("train").main([str(config), "--no_figures"]) == 0
-    (events,) = [p for p in (tmp_path / "run" / "runs").rglob("events.out.tfevents.*") if p.stat().st_size > 0
-                 and "train/term/anchor-red" in _scalars(EventAccumulator, p)]
+    (events,) = [
+        p
+        for p in (tmp_path / "run" / "runs").rglob("events.out.tfevents.*")
+        if p.stat().st_size > 0 and "train/term/anchor-red" in _scalars(EventAccumulator, p)
+    ]
     tags = _scalars(EventAccumulator, events)
-    for tag in ("train/loss", "train/term/reconstruction", "train/term/anchor-red", "train/term/plane",
-                "train/term/separate", "train/weight/anchor-red", "train/labels/red", "train/learning_rate"):
+    for tag in (
+        "train/loss",
+        "train/term/reconstruction",
+        "train/term/anchor-red",
+        "train/term/plane",
+        "train/term/separate",
+        "train/weight/anchor-red",
+        "train/labels/red",
+        "train/learning_rate",
+    ):
         assert tag in tags, tag
 
 

@@ -13,7 +13,13 @@ from structured_hf.training import build_trainer, parse_recipe
 
 PHASES = {
     "phases": [
-        {"start": 0, "name": "primaries", "hues": [0, 60, 120, 180, 240, 300], "saturation": [1.0, 1.0], "value": [1.0, 1.0]},
+        {
+            "start": 0,
+            "name": "primaries",
+            "hues": [0, 60, 120, 180, 240, 300],
+            "saturation": [1.0, 1.0],
+            "value": [1.0, 1.0],
+        },
         {"start": 4, "name": "all-hues", "saturation": [1.0, 1.0], "value": [1.0, 1.0]},
         {"start": "+4", "name": "full"},
     ]
@@ -31,7 +37,14 @@ def test_stepped_phases_restrict_what_is_drawn():
     idx = np.asarray(list(sampler)).reshape(12, 50)
     hsv = to_hsv(_colors())
     first = hsv[idx[:4].ravel()]
-    assert np.allclose(first[:, 1:], 1.0) and set(np.round(first[:, 0] * 360).astype(int)) <= {0, 60, 120, 180, 240, 300}
+    assert np.allclose(first[:, 1:], 1.0) and set(np.round(first[:, 0] * 360).astype(int)) <= {
+        0,
+        60,
+        120,
+        180,
+        240,
+        300,
+    }
     second = hsv[idx[4:8].ravel()]
     assert np.allclose(second[:, 1:], 1.0) and len(set(np.round(second[:, 0] * 360).astype(int))) > 6
     assert (hsv[idx[8:].ravel()][:, 2] < 1.0).any(), "the full phase draws darker colors too"

@@ -15,8 +15,12 @@ import structured_hf  # noqa: F401
 from structured_hf.data.collators import LMBlockCollator
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation.color_metrics import reconstruct
-from structured_hf.models import ColorAutoencoderConfig, ColorAutoencoderModel, StructuredGPTConfig, \
-    StructuredGPTForCausalLM
+from structured_hf.models import (
+    ColorAutoencoderConfig,
+    ColorAutoencoderModel,
+    StructuredGPTConfig,
+    StructuredGPTForCausalLM,
+)
 from structured_hf.training import AnchoredTrainingArguments, build_trainer, load_recipe
 from structured_hf.training.distill import DistillationTrainer, DistillSpec, check_teacher, distillation_kl
 
@@ -26,14 +30,23 @@ VOCAB, BLOCK, WIDTH = 32, 12, 16
 
 def _gpt(seed: int, vocab: int = VOCAB) -> StructuredGPTForCausalLM:
     torch.manual_seed(seed)
-    return StructuredGPTForCausalLM(StructuredGPTConfig(vocab_size=vocab, max_position_embeddings=BLOCK,
-                                                        hidden_size=WIDTH, num_layers=2, num_heads=2))
+    return StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=vocab, max_position_embeddings=BLOCK, hidden_size=WIDTH, num_layers=2, num_heads=2
+        )
+    )
 
 
 def _blocks(n: int, seed: int) -> datasets.Dataset:
     ids = np.random.default_rng(seed).integers(3, VOCAB, (n, BLOCK)).astype(np.int32)
-    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": np.ones_like(ids, dtype=np.int8),
-                                       "labels": ids, "prob_violence": np.zeros(n, dtype=np.float32)})
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids, dtype=np.int8),
+            "labels": ids,
+            "prob_violence": np.zeros(n, dtype=np.float32),
+        }
+    )
 
 
 @torch.no_grad()
@@ -52,11 +65,22 @@ def test_distilled_student_matches_its_teacher_and_shares_no_weights(tmp_path):
     with torch.no_grad():
         t = F.log_softmax(teacher(input_ids=held_out).logits[:, :-1], -1)
         chance = float((t.exp() * (t + np.log(VOCAB))).sum(-1).mean())  # KL(teacher || uniform)
-    args = AnchoredTrainingArguments(output_dir=str(tmp_path), max_steps=120, per_device_train_batch_size=16,
-                                     learning_rate=1.0e-2, logging_steps=20, save_strategy="no", disable_tqdm=True,
-                                     report_to="none", use_cpu=True, seed=0, data_seed=0)
-    trainer = DistillationTrainer(model=student, args=args, train_dataset=_blocks(64, 0),
-                                  data_collator=LMBlockCollator([]), teacher=teacher)
+    args = AnchoredTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=120,
+        per_device_train_batch_size=16,
+        learning_rate=1.0e-2,
+        logging_steps=20,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=_blocks(64, 0), data_collator=LMBlockCollator([]), teacher=teacher
+    )
     trainer.train()
     after = _kl(teacher, trainer.model.eval(), held_out)
     assert after < 0.5 * chance and after < 0.5 * before, (before, after, chance)
@@ -71,9 +95,17 @@ def test_regression_distillation_through_a_recipe(tmp_path):
     torch.manual_seed(3)
     teacher = ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=16)).eval()
     teacher.save_pretrained(tmp_path / "teacher")
-    recipe = load_recipe(ROOT / "configs/color_autoencoder/default.yaml", {
-        "output_dir": str(tmp_path / "student"), "training.max_steps": 150, "training.disable_tqdm": True,
-        "distill": {"teacher": str(tmp_path / "teacher")}, "regularizers": [], "schedules": {}})
+    recipe = load_recipe(
+        ROOT / "configs/color_autoencoder/default.yaml",
+        {
+            "output_dir": str(tmp_path / "student"),
+            "training.max_steps": 150,
+            "training.disable_tqdm": True,
+            "distill": {"teacher": str(tmp_path / "teacher")},
+            "regularizers": [],
+            "schedules": {},
+        },
+    )
     trainer = build_trainer(recipe)
     assert isinstance(trainer, DistillationTrainer)
     colors = np.random.default_rng(0).random((256, 3))
@@ -93,13 +125,19 @@ def test_bad_teachers_name_the_field(tmp_path):
     with pytest.raises(StructuredConfigError) as e:
         check_teacher(ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8)), _gpt(1))
     assert e.value.field == "distill.teacher"
-    for raw, field in (({"teacher": ""}, "distill.teacher"), ({"teacher": "x", "temperature": 0}, "distill.temperature"),
-                       ({"teacher": "x", "alpha": 1}, "distill"), ("x", "distill")):
+    for raw, field in (
+        ({"teacher": ""}, "distill.teacher"),
+        ({"teacher": "x", "temperature": 0}, "distill.temperature"),
+        ({"teacher": "x", "alpha": 1}, "distill"),
+        ("x", "distill"),
+    ):
         with pytest.raises(StructuredConfigError) as e:
             DistillSpec.from_dict(raw)
         assert e.value.field == field
-    recipe = load_recipe(ROOT / "configs/color_autoencoder/default.yaml", {
-        "output_dir": str(tmp_path / "s"), "distill": {"teacher": str(tmp_path / "missing")}})
+    recipe = load_recipe(
+        ROOT / "configs/color_autoencoder/default.yaml",
+        {"output_dir": str(tmp_path / "s"), "distill": {"teacher": str(tmp_path / "missing")}},
+    )
     with pytest.raises(StructuredConfigError) as e:
         build_trainer(recipe)
     assert e.value.field == "distill.teacher"

@@ -19,8 +19,12 @@ def _text_files() -> list[Path]:
 
 
 def test_no_references_to_documents_outside_the_repository():
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in _text_files()
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if OUTSIDE.search(line)]
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in _text_files()
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
     assert not hits, hits
 
 
@@ -30,7 +34,11 @@ def test_the_pattern_finds_a_reference():
 
 def test_relative_links_in_readme_and_docs_resolve():
     dead = []
-    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "model_cards").rglob("*.md"))]:
+    for page in [
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "model_cards").rglob("*.md")),
+    ]:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
             if re.match(r"[a-z]+://", target) or target.startswith("#"):
                 continue

@@ -45,10 +45,28 @@ def test_evaluate_script_writes_json_tables_and_figures(model_dir, tmp_path):
     # In-process (the script's main) rather than a subprocess: importing torch + transformers again costs more than
     # the whole evaluation on a shared 2-core machine.
     out = tmp_path / "eval"
-    assert _script().main(["--model", str(model_dir), "--intervention", "suppress:red",
-                           "--intervention", "repel:red:mapper=linear,a=0.0,b=0.0",
-                           "--ablate", "red", "--prune", "red",
-                           "--grid_size", "5", "--save_variants", "--output_dir", str(out)]) == 0
+    assert (
+        _script().main(
+            [
+                "--model",
+                str(model_dir),
+                "--intervention",
+                "suppress:red",
+                "--intervention",
+                "repel:red:mapper=linear,a=0.0,b=0.0",
+                "--ablate",
+                "red",
+                "--prune",
+                "red",
+                "--grid_size",
+                "5",
+                "--save_variants",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "evaluation.json").read_text())
     variants = ["suppress:red", "repel:red:mapper=linear,a=0.0,b=0.0", "ablate:red", "prune:red"]
     assert list(result["named_color_mse"]) == ["baseline"] + variants
@@ -88,8 +106,24 @@ def test_evaluate_script_errors_are_clear(model_dir, tmp_path, capsys):
 
 def test_evaluate_script_heal_variant_in_process(model_dir, tmp_path):
     main = _script().main
-    assert main(["--model", str(model_dir), "--prune", "red", "--heal_steps", "3", "--no_figures",
-                 "--grid_size", "4", "--output_dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(model_dir),
+                "--prune",
+                "red",
+                "--heal_steps",
+                "3",
+                "--no_figures",
+                "--grid_size",
+                "4",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert list(result["named_color_mse"]) == ["baseline", "prune:red", "prune:red:heal=3"]
     assert [r["op"] for r in result["variants"]["prune:red:heal=3"]["surgery"]] == ["prune", "heal"]
@@ -101,9 +135,20 @@ def test_every_option_has_help(capsys):
         _script().parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--intervention", "--ablate", "--prune", "--heal_steps", "--anchor", "--grid_size",
-                   "--output_dir", "--no_figures", "--save_variants"):
+    for option in (
+        "--model",
+        "--intervention",
+        "--ablate",
+        "--prune",
+        "--heal_steps",
+        "--anchor",
+        "--grid_size",
+        "--output_dir",
+        "--no_figures",
+        "--save_variants",
+    ):
         assert option in text
     parser_lines = [line for line in SCRIPT.read_text().splitlines() if "add_argument(" in line]
-    assert parser_lines and all("help=" in line or "help=" in SCRIPT.read_text().split(line, 1)[1][:400]
-                                for line in parser_lines)
+    assert parser_lines and all(
+        "help=" in line or "help=" in SCRIPT.read_text().split(line, 1)[1][:400] for line in parser_lines
+    )

@@ -49,18 +49,21 @@ def model():
 
 
 # ---- similarity and scores -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rgb, expected", [
-    ((1.0, 0.0, 0.0), 1.0),            # the anchor itself
-    ((0.0, 1.0, 1.0), 0.0),            # cyan: opposite hue, hue_sim = 0, r = 1
-    ((1.0, 0.5, 0.0), 2 / 3),          # orange: θ = 30°, hue_sim = 2/3
-    ((1.0, 0.0, 0.5), 2 / 3),          # pink: θ = 30° the other way round the wheel
-    ((1.0, 1.0, 0.0), 1 / 3),          # yellow: θ = 60°
-    ((0.0, 0.0, 1.0), 0.0),            # blue: θ = 120° > 90°
-    ((0.5, 0.5, 0.5), 0.0),            # gray: (1 − |s1 − s2|) = 0
-    ((0.5, 0.0, 0.0), 0.5),            # dark red: r = 3/4, hue_sim = 1 -> 1 · 1 · (1 − 0.5)
-    ((1.0, 0.5, 0.5), 0.5),            # pale red: s = 0.5, v = 1: r = 3/4 -> 1 · (1 − 0.5) · 1
-    ((0.5, 0.25, 0.25), 0.25),         # pale dark red: r = (0.25 + 1)/2, hue term 1, · 0.5 · 0.5
-])
+@pytest.mark.parametrize(
+    "rgb, expected",
+    [
+        ((1.0, 0.0, 0.0), 1.0),  # the anchor itself
+        ((0.0, 1.0, 1.0), 0.0),  # cyan: opposite hue, hue_sim = 0, r = 1
+        ((1.0, 0.5, 0.0), 2 / 3),  # orange: θ = 30°, hue_sim = 2/3
+        ((1.0, 0.0, 0.5), 2 / 3),  # pink: θ = 30° the other way round the wheel
+        ((1.0, 1.0, 0.0), 1 / 3),  # yellow: θ = 60°
+        ((0.0, 0.0, 1.0), 0.0),  # blue: θ = 120° > 90°
+        ((0.5, 0.5, 0.5), 0.0),  # gray: (1 − |s1 − s2|) = 0
+        ((0.5, 0.0, 0.0), 0.5),  # dark red: r = 3/4, hue_sim = 1 -> 1 · 1 · (1 − 0.5)
+        ((1.0, 0.5, 0.5), 0.5),  # pale red: s = 0.5, v = 1: r = 3/4 -> 1 · (1 − 0.5) · 1
+        ((0.5, 0.25, 0.25), 0.25),  # pale dark red: r = (0.25 + 1)/2, hue term 1, · 0.5 · 0.5
+    ],
+)
 def test_hsv_similarity_hand_picked(rgb, expected):
     assert hsv_similarity(np.asarray([rgb]), "red")[0] == pytest.approx(expected, abs=1e-9)
 
@@ -79,7 +82,8 @@ def test_hue_angle_wraps_around():
 
 def test_vibrancy_and_pearson():
     assert vibrancy(np.asarray([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.25, 0.25]])).tolist() == pytest.approx(
-        [1.0, 0.0, 0.25])
+        [1.0, 0.0, 0.25]
+    )
     assert pearson_r([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson_r([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # hand: cov 1.0 / var 1.25
@@ -102,8 +106,9 @@ def test_evaluate_variants_tables_and_bit_identity(model, tmp_path):
     assert "baseline" not in result["named_color_delta"]
     for name, row in result["named_color_delta"].items():
         for color, delta in row.items():
-            assert delta == pytest.approx(result["named_color_mse"][name][color]
-                                          - result["named_color_mse"]["baseline"][color])
+            assert delta == pytest.approx(
+                result["named_color_mse"][name][color] - result["named_color_mse"]["baseline"][color]
+            )
     # The baseline MSE is the model's own, recomputed independently.
     named = np.asarray(list(NAMED_COLORS.values()))
     expected = ((reconstruct(model, named) - named) ** 2).mean(-1)
@@ -125,9 +130,13 @@ def test_evaluate_variants_tables_and_bit_identity(model, tmp_path):
 
 
 def test_tables_escape_and_nan():
-    result = {"named_color_mse": {"baseline": {"a_b": 0.5}, "x%y": {"a_b": float("nan")}},
-              "named_color_delta": {"x%y": {"a_b": float("nan")}}, "score_details": {}, "untouched": {},
-              "grid_size": 3}
+    result = {
+        "named_color_mse": {"baseline": {"a_b": 0.5}, "x%y": {"a_b": float("nan")}},
+        "named_color_delta": {"x%y": {"a_b": float("nan")}},
+        "score_details": {},
+        "untouched": {},
+        "grid_size": 3,
+    }
     tex = render_latex(result)
     assert r"a\_b" in tex and r"x\%y" in tex and "n/a" in tex
     assert "n/a" in render_markdown(result)
@@ -146,8 +155,10 @@ def test_parse_seeds_and_pareto():
     # objectives: (recon ↓, anchor ↓, score ↑); point 1 is dominated by point 0, point 3 has NaN score (worst).
     points = [[0.1, 0.1, 0.9], [0.2, 0.2, 0.8], [0.05, 0.3, 0.7], [0.01, 0.01, float("nan")]]
     assert pareto_front(points, [False, False, True]) == [0, 2, 3]
-    runs = [{"seed": s, "reconstruction": p[0], "anchor_error": p[1], "scores": {"prune:red": p[2]}}
-            for s, p in enumerate(points)]
+    runs = [
+        {"seed": s, "reconstruction": p[0], "anchor_error": p[1], "scores": {"prune:red": p[2]}}
+        for s, p in enumerate(points)
+    ]
     summary = summarize_sweep(runs)
     assert summary["pareto_front"] == [0, 2, 3] and summary["pick"]["seed"] == 0
     assert summary["scores"]["prune:red"] == {"min": 0.7, "mean": pytest.approx(0.8), "max": 0.9, "n": 3}
@@ -175,7 +186,7 @@ def test_relearning_attack_records_curves(model):
     assert out["min"] < 0.5 * curve[0]
     assert out["curves"]["prototype"][0] == pytest.approx(float(((reconstruct(model, red) - red) ** 2).mean()))
     if out["steps_to_threshold"] is not None:
-        assert curve[out["steps_to_threshold"]] < 0.05 and all(c >= 0.05 for c in curve[:out["steps_to_threshold"]])
+        assert curve[out["steps_to_threshold"]] < 0.05 and all(c >= 0.05 for c in curve[: out["steps_to_threshold"]])
 
 
 def test_mean_difference_direction_matches_hand_computation(model):
@@ -218,9 +229,9 @@ def test_trained_wheel_suppression_raises_red_error_and_spares_the_far_side(tiny
     assert result["scores"]["suppress:red"] > 0.5
 
 
-
-def _check_suppression_recipe(config_path, tmp_path, score_min: float, red_min: float, base_max: float,
-                              far_side: set[str]) -> None:
+def _check_suppression_recipe(
+    config_path, tmp_path, score_min: float, red_min: float, base_max: float, far_side: set[str]
+) -> None:
     """Train a suppression recipe at seed 0 and check hard suppression and the b = 1.4 falloff: r²(MSE vs sim²) on the
     10³ grid, red's error under the falloff, baseline reconstruction, and far-side bit-identity."""
     from structured_hf.evaluation.relearning import train_recipe
@@ -246,9 +257,14 @@ def test_not_red_labels_even_the_wheel_so_suppression_follows_similarity(repo_ro
     red", hard suppression of red gives r²(MSE vs sim²) >= 0.98 on the 10³ grid (ex2.4.1's recipe: 0.89 at seed 0),
     the b = 1.4 falloff keeps r² >= 0.98 and pushes red's error over 0.25, and every named color with x·red <= 0
     (the whole far side of the wheel) reconstructs bit-identically."""
-    _check_suppression_recipe(repo_root / "configs/color_autoencoder/ex2.4.3-suppress-red-not-red-labels.yaml",
-                              tmp_path, score_min=0.98, red_min=0.25, base_max=2.0e-3,
-                              far_side={"green", "teal", "cyan", "azure", "blue"})
+    _check_suppression_recipe(
+        repo_root / "configs/color_autoencoder/ex2.4.3-suppress-red-not-red-labels.yaml",
+        tmp_path,
+        score_min=0.98,
+        red_min=0.25,
+        base_max=2.0e-3,
+        far_side={"green", "teal", "cyan", "azure", "blue"},
+    )
 
 
 def test_cone_anchors_make_suppression_follow_similarity(repo_root, tmp_path):
@@ -256,9 +272,14 @@ def test_cone_anchors_make_suppression_follow_similarity(repo_root, tmp_path):
     green/blue on cos -0.5, hard suppression and the b = 1.4 falloff both give r²(MSE vs sim²) >= 0.975 on the 10³
     grid (measured at seed 0: 0.984 and 0.987; 20 seeds: min 0.978 / 0.982, README M2), the falloff pushes red's
     error over 0.30, and the far side of the wheel reconstructs bit-identically."""
-    _check_suppression_recipe(repo_root / "configs/color_autoencoder/ex2.4.4-suppress-red-cone-anchors.yaml",
-                              tmp_path, score_min=0.975, red_min=0.30, base_max=3.0e-3,
-                              far_side={"lime", "green", "teal", "cyan", "azure", "blue", "purple"})
+    _check_suppression_recipe(
+        repo_root / "configs/color_autoencoder/ex2.4.4-suppress-red-cone-anchors.yaml",
+        tmp_path,
+        score_min=0.975,
+        red_min=0.30,
+        base_max=3.0e-3,
+        far_side={"lime", "green", "teal", "cyan", "azure", "blue", "purple"},
+    )
 
 
 def test_linear_encoder_deletes_red_with_little_collateral(repo_root, tmp_path):
@@ -269,8 +290,10 @@ def test_linear_encoder_deletes_red_with_little_collateral(repo_root, tmp_path):
     from structured_hf.evaluation.relearning import train_recipe
     from structured_hf.training import load_recipe
 
-    recipe = load_recipe(repo_root / "configs/color_autoencoder/ex2.11-delete-red-linear-encoder.yaml",
-                         {"output_dir": str(tmp_path), "training.disable_tqdm": True})
+    recipe = load_recipe(
+        repo_root / "configs/color_autoencoder/ex2.11-delete-red-linear-encoder.yaml",
+        {"output_dir": str(tmp_path), "training.disable_tqdm": True},
+    )
     model, _ = train_recipe(recipe)
     result = evaluate_variants(build_variants(model, ["prune:red", "ablate:red"]), grid_size=10)
     base = result["named_color_mse"]["baseline"]
@@ -294,9 +317,14 @@ def test_relearning_study_pipeline_with_given_models(tiny_recipe):
     config = ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=recipe.model["concepts"])
     models = {name: ColorAutoencoderModel(config).eval() for name in ("anchored", "unanchored", "filtered")}
     study = relearning_study(recipe, "red", attack=AttackConfig(steps=4, lr=1.0e-2), heal_steps=2, models=models)
-    assert list(study["rows"]) == ["anchored+pruned", "anchored+pruned+healed(encoder)",
-                                   "anchored+pruned+healed(all)", "unanchored+projected", "filtered",
-                                   "anchored (not deleted)"]
+    assert list(study["rows"]) == [
+        "anchored+pruned",
+        "anchored+pruned+healed(encoder)",
+        "anchored+pruned+healed(all)",
+        "unanchored+projected",
+        "filtered",
+        "anchored (not deleted)",
+    ]
     for row in study["rows"].values():
         assert len(row["curves"]["prototype"]) == 5
         assert set(row["curves"]) == {"prototype", "concept_heldout", "retain", "named_other"}

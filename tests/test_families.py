@@ -74,13 +74,21 @@ def _run(recipe, run, figures: bool = True, animation: bool = True) -> dict[str,
 @pytest.fixture
 def linear_family():
     # The one registration a new family needs (data and validation borrowed from the color autoencoder's).
-    family = register_family(Family(
-        name="linear_color", config_class=LinearColorConfig, model_class=LinearColorModel,
-        model_types=(LinearColorConfig.model_type,), validate=color_autoencoder.validate,
-        build=lambda recipe, kwargs, prepared=None: (LinearColorModel(model_config(recipe)),
-                                                     *color_autoencoder.build_datasets(recipe)),
-        datasets=color_autoencoder.build_datasets, run=_run,
-    ))
+    family = register_family(
+        Family(
+            name="linear_color",
+            config_class=LinearColorConfig,
+            model_class=LinearColorModel,
+            model_types=(LinearColorConfig.model_type,),
+            validate=color_autoencoder.validate,
+            build=lambda recipe, kwargs, prepared=None: (
+                LinearColorModel(model_config(recipe)),
+                *color_autoencoder.build_datasets(recipe),
+            ),
+            datasets=color_autoencoder.build_datasets,
+            run=_run,
+        )
+    )
     yield family
     del FAMILIES["linear_color"]
 
@@ -89,14 +97,25 @@ def test_a_new_family_trains_through_the_whole_library(linear_family, tmp_path):
     """Recipe validation, the trainer's anchoring terms, the run folder and the family's own run step."""
     out = tmp_path / "run"
     raw = {
-        "seed": 0, "output_dir": str(out),
-        "model": {"type": "linear_color", "width": 4,
-                  "concepts": [{"name": "red", "site": "latent", "direction": [1.0, 0.0, 0.0, 0.0]}]},
+        "seed": 0,
+        "output_dir": str(out),
+        "model": {
+            "type": "linear_color",
+            "width": 4,
+            "concepts": [{"name": "red", "site": "latent", "direction": [1.0, 0.0, 0.0, 0.0]}],
+        },
         "data": {"train": {"grid": "rgb", "size": 4}, "labels": {"red": {"scale": 0.5, "power": 2.0}}},
-        "regularizers": [{"name": "anchor-red", "loss": "angular_anchor", "concept": "red", "label": "red",
-                          "weight": 0.5}],
-        "training": {"max_steps": 5, "per_device_train_batch_size": 16, "learning_rate": 1.0e-2,
-                     "sample_with_replacement": True, "logging_steps": 1, "disable_tqdm": True},
+        "regularizers": [
+            {"name": "anchor-red", "loss": "angular_anchor", "concept": "red", "label": "red", "weight": 0.5}
+        ],
+        "training": {
+            "max_steps": 5,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 1.0e-2,
+            "sample_with_replacement": True,
+            "logging_steps": 1,
+            "disable_tqdm": True,
+        },
     }
     metrics = run_experiment(parse_recipe(raw), figures=False)
     assert metrics["train_loss"] > 0
@@ -127,7 +146,10 @@ def test_no_family_branches_outside_the_registry():
     for root in ("structured_hf", "scripts"):
         for path in sorted((REPO / root).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
-            if rel.startswith(("structured_hf/families/", "structured_hf/layouts/")) or rel == "structured_hf/registry.py":
+            if (
+                rel.startswith(("structured_hf/families/", "structured_hf/layouts/"))
+                or rel == "structured_hf/registry.py"
+            ):
                 continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if _BRANCH.search(line) and "device.type" not in line:

@@ -74,8 +74,16 @@ def test_push_then_pull_restores_the_run_bit_identically(local_hub, run_dir):
 
     remote = local_hub.files(repo_id)
     pushed = files_to_push(run_dir)
-    assert set(pushed) >= {"config.json", "model.safetensors", "recipe.yaml", "metrics.json", "log_history.json",
-                           "latents.png", "training_curves.png", "README.md"}
+    assert set(pushed) >= {
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "metrics.json",
+        "log_history.json",
+        "latents.png",
+        "training_curves.png",
+        "README.md",
+    }
     assert (run_dir / "training_args.bin").is_file() and "training_args.bin" not in remote
     code, _ = remote_code_files("structured_color_autoencoder")  # the model's source and what it imports from us
     assert {"configuration_color_autoencoder.py", "modeling_color_autoencoder.py", "concepts.py"} <= set(code)
@@ -88,8 +96,10 @@ def test_push_then_pull_restores_the_run_bit_identically(local_hub, run_dir):
         if rel not in ("README.md", "config.json"):  # those two are rewritten for the Hub, see below
             assert (folder / rel).read_bytes() == (run_dir / rel).read_bytes(), rel
     config, original = (json.loads((d / "config.json").read_text()) for d in (folder, run_dir))
-    assert config.pop("auto_map") == {"AutoConfig": "configuration_color_autoencoder.ColorAutoencoderConfig",
-                                      "AutoModel": "modeling_color_autoencoder.ColorAutoencoderModel"}
+    assert config.pop("auto_map") == {
+        "AutoConfig": "configuration_color_autoencoder.ColorAutoencoderConfig",
+        "AutoModel": "modeling_color_autoencoder.ColorAutoencoderModel",
+    }
     assert config == original  # same concept map and hyperparameters
     card = (folder / "README.md").read_text()
     assert f'AutoModel.from_pretrained("{repo_id}")' in card and "trust_remote_code=True" in card
@@ -117,9 +127,14 @@ def test_labelled_dataset_round_trip_is_bit_identical(local_hub, tmp_path):
 
     loaded = load_hub_dataset("tester/colors-labelled", cache_dir=tmp_path / "ds_cache")
     assert set(loaded) == {"train", "eval"}
-    pairs = {"train": (train, loaded["train"]), "eval": (eval_ds, loaded["eval"]),
-             "weighted": (weighted, load_hub_dataset("tester/colors-weighted", split="train",
-                                                     cache_dir=tmp_path / "ds_cache"))}
+    pairs = {
+        "train": (train, loaded["train"]),
+        "eval": (eval_ds, loaded["eval"]),
+        "weighted": (
+            weighted,
+            load_hub_dataset("tester/colors-weighted", split="train", cache_dir=tmp_path / "ds_cache"),
+        ),
+    }
     for split, (ds, pulled) in pairs.items():
         assert pulled.features == ds.features and pulled.num_rows == ds.num_rows, split
         a, b = ds.with_format("numpy")[:], pulled.with_format("numpy")[:]
@@ -145,8 +160,19 @@ def test_hub_token_never_appears_in_logs_or_saved_files(local_hub, tmp_path, cap
     # Everything logs at DEBUG into one buffer: our logger, huggingface_hub, transformers, datasets, the HTTP client.
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
-    loggers = [logging.getLogger(name) for name in
-               ("", "structured_hf", "huggingface_hub", "transformers", "datasets", "httpx2", "httpcore2", "filelock")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "",
+            "structured_hf",
+            "huggingface_hub",
+            "transformers",
+            "datasets",
+            "httpx2",
+            "httpcore2",
+            "filelock",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.DEBUG)
@@ -157,8 +183,20 @@ def test_hub_token_never_appears_in_logs_or_saved_files(local_hub, tmp_path, cap
         config.write_text(yaml.safe_dump(tiny_recipe_dict(str(tmp_path / "run"))))
         train = load_script("train")
         out = tmp_path / "secret-run"
-        assert train.main([str(config), "--output_dir", str(out), "--no_figures",
-                           "--push_to_hub", "--hub_model_id", "secret-check"]) == 0
+        assert (
+            train.main(
+                [
+                    str(config),
+                    "--output_dir",
+                    str(out),
+                    "--no_figures",
+                    "--push_to_hub",
+                    "--hub_model_id",
+                    "secret-check",
+                ]
+            )
+            == 0
+        )
         folder = pull("tester/secret-check", local_dir=tmp_path / "pulled")
         # And a dataset pushed with an explicit token.
         ds = build_color_dataset(rgb_grid(3), parse_labelers({"red": {"scale": 0.5, "power": 2.0}}))
@@ -218,20 +256,48 @@ def test_push_refuses_anything_shaped_like_a_hub_token(local_hub, run_dir, tmp_p
 
 
 def test_files_to_push_is_an_allow_list(tmp_path):
-    for rel in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "interventions/suppress_red.json", "evaluation.json", "evaluation.md",
-                "metrics.json", "figures/x.png", "README.md", "models/ablate_red/config.json",
-                "models/ablate_red/model.safetensors",
-                # never: Trainer state, checkpoints, TensorBoard runs, caches, anything not on the list
-                "training_args.bin", "checkpoint-2/model.safetensors", "checkpoint-2/trainer_state.json",
-                "runs/Nov25/events.out.tfevents.1", "optimizer.pt", "notes.txt", ".cache/x.json", "secrets.env",
-                "sub/deeper/latents.png", "models/ablate_red/training_args.bin"):
+    for rel in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "interventions/suppress_red.json",
+        "evaluation.json",
+        "evaluation.md",
+        "metrics.json",
+        "figures/x.png",
+        "README.md",
+        "models/ablate_red/config.json",
+        "models/ablate_red/model.safetensors",
+        # never: Trainer state, checkpoints, TensorBoard runs, caches, anything not on the list
+        "training_args.bin",
+        "checkpoint-2/model.safetensors",
+        "checkpoint-2/trainer_state.json",
+        "runs/Nov25/events.out.tfevents.1",
+        "optimizer.pt",
+        "notes.txt",
+        ".cache/x.json",
+        "secrets.env",
+        "sub/deeper/latents.png",
+        "models/ablate_red/training_args.bin",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("{}")
     assert files_to_push(tmp_path) == [
-        "README.md", "config.json", "evaluation.json", "evaluation.md", "figures/x.png",
-        "interventions/suppress_red.json", "metrics.json", "model.safetensors", "models/ablate_red/config.json",
-        "models/ablate_red/model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "README.md",
+        "config.json",
+        "evaluation.json",
+        "evaluation.md",
+        "figures/x.png",
+        "interventions/suppress_red.json",
+        "metrics.json",
+        "model.safetensors",
+        "models/ablate_red/config.json",
+        "models/ablate_red/model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
 
 
@@ -329,8 +395,10 @@ VERSES = [
     "And the earth was without form, and void; and darkness was upon the face of the deep.",
     "And God said, Let there be light: and there was light.",
     "And God saw the light, that it was good: and God divided the light from the darkness.",
-    ("And Cain talked with Abel his brother: and it came to pass, when they were in the field, that Cain rose up "
-     "against Abel his brother, and slew him."),
+    (
+        "And Cain talked with Abel his brother: and it came to pass, when they were in the field, that Cain rose up "
+        "against Abel his brother, and slew him."
+    ),
 ]
 PROBE_TEXTS = ["And God said, Let there be light.", "Unseen words: zebra, quartz & 42!", "  spaces\tand\nlines  "]
 
@@ -340,16 +408,26 @@ def _tiny_transformer():
 
     torch.manual_seed(0)
     site = "layers.1.residual_post"
-    config = ColorTransformerConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
-                                    concepts=[{"name": "red", "site": site, "direction": [1.0] + [0.0] * 15},
-                                              {"name": "red-axis", "site": site, "axes": [0]}])
+    config = ColorTransformerConfig(
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=32,
+        concepts=[
+            {"name": "red", "site": site, "direction": [1.0] + [0.0] * 15},
+            {"name": "red-axis", "site": site, "axes": [0]},
+        ],
+    )
     return ColorTransformerModel(config).eval()
 
 
 def _transformer_inputs() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {"op_ids": torch.randint(0, 4, (16,), generator=g), "colors": torch.rand(16, 2, 3, generator=g),
-            "operand_mask": torch.ones(16, 2)}
+    return {
+        "op_ids": torch.randint(0, 4, (16,), generator=g),
+        "colors": torch.rand(16, 2, 3, generator=g),
+        "operand_mask": torch.ones(16, 2),
+    }
 
 
 def _gpt_output_dir(folder: Path) -> Path:
@@ -361,11 +439,19 @@ def _gpt_output_dir(folder: Path) -> Path:
     tokenizer = train_bpe_tokenizer(VERSES * 3, vocab_size=300, min_frequency=1, model_max_length=32)
     site = "layers.1.residual_post"
     torch.manual_seed(0)
-    model = StructuredGPTForCausalLM(StructuredGPTConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=16, num_layers=2, num_heads=2,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        concepts=[{"name": "violence", "site": site, "direction": [1.0] + [0.0] * 15}]))
+    model = StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=32,
+            hidden_size=16,
+            num_layers=2,
+            num_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            concepts=[{"name": "violence", "site": site, "direction": [1.0] + [0.0] * 15}],
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -383,7 +469,8 @@ def test_color_transformer_round_trip_is_bit_identical(local_hub, tmp_path):
     model.save_pretrained(tmp_path / "ct")
     push_output_dir(tmp_path / "ct", "color-tf", token=local_hub.token)
     assert {"modeling_color_transformer.py", "configuration_color_transformer.py", "layers.py"} <= set(
-        local_hub.files("tester/color-tf"))
+        local_hub.files("tester/color-tf")
+    )
     pulled = pull("tester/color-tf", local_dir=tmp_path / "pulled")
     for loaded in (AutoModel.from_pretrained(pulled), AutoModel.from_pretrained("tester/color-tf")):
         assert type(loaded) is type(model) and loaded.config.concepts == model.config.concepts
@@ -404,9 +491,11 @@ def test_gpt_with_tokenizer_round_trip_is_bit_identical(local_hub, tmp_path, cap
     remote = local_hub.files("tester/tiny-gpt")
     assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors", "modeling_structured_gpt.py"} <= set(remote)
     config = json.loads((pull("tester/tiny-gpt", local_dir=tmp_path / "pulled") / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_structured_gpt.StructuredGPTConfig",
-                                  "AutoModel": "modeling_structured_gpt.StructuredGPTForCausalLM",
-                                  "AutoModelForCausalLM": "modeling_structured_gpt.StructuredGPTForCausalLM"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_structured_gpt.StructuredGPTConfig",
+        "AutoModel": "modeling_structured_gpt.StructuredGPTForCausalLM",
+        "AutoModelForCausalLM": "modeling_structured_gpt.StructuredGPTForCausalLM",
+    }
 
     original = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -420,13 +509,17 @@ def test_gpt_with_tokenizer_round_trip_is_bit_identical(local_hub, tmp_path, cap
             assert ids == tokenizer(text)["input_ids"] and ids[0] == tokenizer.bos_token_id
             assert pulled_tokenizer.decode(ids, skip_special_tokens=True) == text  # byte-level: exact round trip
         assert (pulled_tokenizer.bos_token, pulled_tokenizer.eos_token, pulled_tokenizer.pad_token) == (
-            tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+            tokenizer.bos_token,
+            tokenizer.eos_token,
+            tokenizer.pad_token,
+        )
         logits = _gpt_logits(model, pulled_tokenizer)
         assert logits.dtype == expected.dtype and torch.equal(logits, expected)  # bitwise
-        generated = model.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"), max_new_tokens=5,
-                                   do_sample=False)
-        assert torch.equal(generated, original.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"),
-                                                        max_new_tokens=5, do_sample=False))
+        generated = model.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"), max_new_tokens=5, do_sample=False)
+        assert torch.equal(
+            generated,
+            original.generate(**tokenizer(PROBE_TEXTS[:1], return_tensors="pt"), max_new_tokens=5, do_sample=False),
+        )
     # The token was used (the server checks it) but is in no file written and in no output.
     captured = capfd.readouterr()
     assert local_hub.tokens_seen > 0 and local_hub.token not in captured.out + captured.err
@@ -464,8 +557,9 @@ def test_transformer_and_gpt_remote_code_load_without_structured_hf(local_hub, t
         torch.save(out, {str(tmp_path / "out.pt")!r})
         assert not blocked, blocked
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = torch.load(tmp_path / "out.pt")
     with torch.no_grad():

@@ -85,7 +85,7 @@ def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -94,8 +94,10 @@ def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
 
 
 def _describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
-    return "\n".join(f"  {a} -> {b} (line {graph[a][b]} of {MODULES[a][0].relative_to(PACKAGE.parent)})"
-                     for a, b in zip(cycle, cycle[1:]))
+    return "\n".join(
+        f"  {a} -> {b} (line {graph[a][b]} of {MODULES[a][0].relative_to(PACKAGE.parent)})"
+        for a, b in zip(cycle, cycle[1:])
+    )
 
 
 def test_the_graph_sees_the_package():

@@ -59,9 +59,17 @@ def test_bounded_power_falloff_hand_values():
     assert lin(torch.tensor([0.25])).item() == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"a": 1.0}, "falloff.a"), ({"a": -0.1}, "falloff.a"),
-                                           ({"b": 3.0}, "falloff.b"), ({"p": -1.0}, "falloff.p"),
-                                           ({"p": "2"}, "falloff.p"), ({"b": float("nan")}, "falloff.b")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"a": 1.0}, "falloff.a"),
+        ({"a": -0.1}, "falloff.a"),
+        ({"b": 3.0}, "falloff.b"),
+        ({"p": -1.0}, "falloff.p"),
+        ({"p": "2"}, "falloff.p"),
+        ({"b": float("nan")}, "falloff.b"),
+    ],
+)
 def test_falloff_rejects_bad_parameters(kwargs, field):
     with pytest.raises(StructuredConfigError, match=field.replace(".", r"\.")):
         BoundedPowerFalloff(**kwargs)
@@ -136,9 +144,15 @@ def test_zero_axes():
     assert zero_axes(x, [0, 2]).tolist() == [[0.0, 2.0, 0.0], [0.0, 5.0, 0.0]]
 
 
-@pytest.mark.parametrize("fn", [lambda x, v: suppression(x, v),
-                                lambda x, v: suppression(x, v, BoundedPowerFalloff(0.2, 1.0, 3.0)),
-                                lambda x, v: repulsion(x, v, BezierMapper())], ids=["hard", "falloff", "repel"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, v: suppression(x, v),
+        lambda x, v: suppression(x, v, BoundedPowerFalloff(0.2, 1.0, 3.0)),
+        lambda x, v: repulsion(x, v, BezierMapper()),
+    ],
+    ids=["hard", "falloff", "repel"],
+)
 def test_rows_with_non_positive_dot_are_bit_identical(fn):
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(500, 5, generator=g), dim=-1)
@@ -213,14 +227,17 @@ def test_repel_and_axes_by_concept(model):
     assert torch.equal(no_hue[:, :2], torch.zeros(64, 2)) and torch.equal(no_hue[:, 2:], plain[:, 2:])
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("suppress:blue", "unknown concept 'blue'"),
-    ("suppress:hue", "axes:hue"),
-    ("suppress:[1,0,0]@bottleneck", "length 3 .* width 4"),
-    ("suppress:[1,0,0,0]@nowhere", "unknown site 'nowhere'"),
-    ("axes:4", "axis 4 is out of range"),
-    ("prune:red", "surgery"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("suppress:blue", "unknown concept 'blue'"),
+        ("suppress:hue", "axes:hue"),
+        ("suppress:[1,0,0]@bottleneck", "length 3 .* width 4"),
+        ("suppress:[1,0,0,0]@nowhere", "unknown site 'nowhere'"),
+        ("axes:4", "axis 4 is out of range"),
+        ("prune:red", "surgery"),
+    ],
+)
 def test_bind_errors_name_the_problem(model, spec, match):
     with pytest.raises(StructuredConfigError, match=match):
         bind(model, spec)
@@ -273,19 +290,22 @@ def test_spec_fields_from_strings():
     assert parse_spec('{"kind": "suppress", "concept": "red"}') == InterventionSpec("suppress", concept="red")
 
 
-@pytest.mark.parametrize("text, match", [
-    ("supress:red", "unknown kind 'supress'"),
-    ("suppress", "KIND:TARGET"),
-    ("suppress:red:q=1", "unknown keys"),
-    ("suppress:red:a=1.5", "falloff.a"),
-    ("repel:red:mapper=cubic", "unknown type 'cubic'"),
-    ("axes:0,0", "distinct"),
-    ("suppress:[1,0,0,0]", "needs the site"),
-    ("suppress:[0,0]@bottleneck", "zero vector"),
-    ("axes:0:p=1", "takes no options"),
-    ("prune:red:heal=-1", "heal_steps"),
-    ('{"kind": "suppress"', "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("supress:red", "unknown kind 'supress'"),
+        ("suppress", "KIND:TARGET"),
+        ("suppress:red:q=1", "unknown keys"),
+        ("suppress:red:a=1.5", "falloff.a"),
+        ("repel:red:mapper=cubic", "unknown type 'cubic'"),
+        ("axes:0,0", "distinct"),
+        ("suppress:[1,0,0,0]", "needs the site"),
+        ("suppress:[0,0]@bottleneck", "zero vector"),
+        ("axes:0:p=1", "takes no options"),
+        ("prune:red:heal=-1", "heal_steps"),
+        ('{"kind": "suppress"', "malformed JSON"),
+    ],
+)
 def test_bad_specs_raise_clear_errors(text, match):
     with pytest.raises(StructuredConfigError, match=match):
         parse_spec(text)

@@ -14,8 +14,12 @@ import structured_hf  # noqa: F401
 from structured_hf.errors import StructuredConfigError
 from structured_hf.evaluation import robustness as rb
 from structured_hf.interventions.isolation import Isolation, dedicated_masks, delete_isolated
-from structured_hf.models import ColorAutoencoderConfig, ColorAutoencoderModel, StructuredGPTConfig, \
-    StructuredGPTForCausalLM
+from structured_hf.models import (
+    ColorAutoencoderConfig,
+    ColorAutoencoderModel,
+    StructuredGPTConfig,
+    StructuredGPTForCausalLM,
+)
 from structured_hf.sites import capture
 from structured_hf.training import load_recipe
 from structured_hf.training.isolation import IsolationSpec, _has_targets, concept_params, ordinary_params
@@ -29,8 +33,11 @@ AXES = [0, 1]
 def _gpt() -> StructuredGPTForCausalLM:
     torch.manual_seed(0)
     concepts = [{"name": "violence", "site": "layers.0.residual_post", "axes": AXES}]
-    return StructuredGPTForCausalLM(StructuredGPTConfig(vocab_size=40, max_position_embeddings=16, hidden_size=16,
-                                                        num_layers=3, num_heads=2, concepts=concepts))
+    return StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=40, max_position_embeddings=16, hidden_size=16, num_layers=3, num_heads=2, concepts=concepts
+        )
+    )
 
 
 def _grads(model, params, ids):
@@ -52,7 +59,7 @@ def test_masks_cover_every_depth_with_tied_embeddings_and_norms():
         assert masks[p + "ln_1.weight"][AXES].all() and masks[p + "ln_2.bias"][AXES].all()  # norms
         assert masks[p + "attn.q_proj.weight"][:, AXES].all() and masks[p + "mlp.up.weight"][:, AXES].all()  # readers
         width = block.mlp.up.out_features
-        assert masks[p + "mlp.up.weight"][width - 4:].all() and masks[p + "mlp.down.weight"][:, width - 4:].all()
+        assert masks[p + "mlp.up.weight"][width - 4 :].all() and masks[p + "mlp.down.weight"][:, width - 4 :].all()
         assert not masks[p + "mlp.up.weight"][: width - 4, 2:].any()  # shared neurons reading shared axes
     assert masks["ln_f.weight"][AXES].all() and not masks["ln_f.weight"][2:].any()
 
@@ -75,8 +82,9 @@ def test_concept_samples_reach_only_dedicated_entries_and_ordinary_samples_only_
     # the concept pass computes the plain model's loss, bit for bit
     with torch.no_grad():
         plain = model(input_ids=ids, labels=ids).loss
-        assert torch.equal(functional_call(model, concept_params(params, masks), (), {"input_ids": ids,
-                                                                                      "labels": ids}).loss, plain)
+        assert torch.equal(
+            functional_call(model, concept_params(params, masks), (), {"input_ids": ids, "labels": ids}).loss, plain
+        )
 
 
 def test_delete_isolated_zeroes_every_dedicated_unit():
@@ -105,13 +113,22 @@ def test_delete_isolated_zeroes_every_dedicated_unit():
 def _one_step(concept_rows: bool, clear: float) -> tuple[dict, dict, dict]:
     """One optimizer step of the isolated M2 recipe on a batch whose rows are all concept (or all ordinary) samples,
     every regularizer on (the deletion-target readout runs the model again); returns (before, after, masks)."""
-    recipe = load_recipe(M2_ISOLATED, {"training.max_steps": 1, "training.weight_decay": 0.0,
-                                       "isolation.clear": clear, "output_dir": "unused", "training.disable_tqdm": True})
+    recipe = load_recipe(
+        M2_ISOLATED,
+        {
+            "training.max_steps": 1,
+            "training.weight_decay": 0.0,
+            "isolation.clear": clear,
+            "output_dir": "unused",
+            "training.disable_tqdm": True,
+        },
+    )
     trainer = build_trainer(recipe)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     batch = next(iter(trainer.get_train_dataloader()))
-    batch["concept_labels"] = {k: torch.full_like(v, float(concept_rows) if k == "red" else 0.0)
-                               for k, v in batch["concept_labels"].items()}
+    batch["concept_labels"] = {
+        k: torch.full_like(v, float(concept_rows) if k == "red" else 0.0) for k, v in batch["concept_labels"].items()
+    }
     trainer.hparams.update({r.spec.name: 0.1 for r in trainer.bound_regularizers})
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     trainer._draw_window_labels([batch])
@@ -144,29 +161,35 @@ def test_one_trainer_step_moves_only_the_entries_its_samples_own():
         assert torch.equal(p[shared], plain[name][shared]), name
 
 
-@pytest.mark.parametrize("raw, field", [
-    ("violence", "isolation"),
-    ({"concept": "c", "label": "l", "extra": 1}, "isolation"),
-    ({"label": "l"}, "isolation.concept"),
-    ({"concept": "c", "label": "not:l"}, "isolation.label"),
-    ({"concept": "c", "label": "l", "hidden_units": -1}, "isolation.hidden_units"),
-    ({"concept": "c", "label": "l", "hidden_units": 2.5}, "isolation.hidden_units"),
-    ({"concept": "c", "label": "l", "threshold": 0.0}, "isolation.threshold"),
-    ({"concept": "c", "label": "l", "threshold": 1.5}, "isolation.threshold"),
-    ({"concept": "c", "label": "l", "ordinary": "zero"}, "isolation.ordinary"),
-    ({"concept": "c", "label": "l", "clear": -1.0}, "isolation.clear"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ("violence", "isolation"),
+        ({"concept": "c", "label": "l", "extra": 1}, "isolation"),
+        ({"label": "l"}, "isolation.concept"),
+        ({"concept": "c", "label": "not:l"}, "isolation.label"),
+        ({"concept": "c", "label": "l", "hidden_units": -1}, "isolation.hidden_units"),
+        ({"concept": "c", "label": "l", "hidden_units": 2.5}, "isolation.hidden_units"),
+        ({"concept": "c", "label": "l", "threshold": 0.0}, "isolation.threshold"),
+        ({"concept": "c", "label": "l", "threshold": 1.5}, "isolation.threshold"),
+        ({"concept": "c", "label": "l", "ordinary": "zero"}, "isolation.ordinary"),
+        ({"concept": "c", "label": "l", "clear": -1.0}, "isolation.clear"),
+    ],
+)
 def test_bad_isolation_section_names_the_field(raw, field):
     with pytest.raises(StructuredConfigError) as e:
         IsolationSpec.from_dict(raw)
     assert e.value.field == field
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"isolation.label": "purple"}, "isolation.label"),              # not drawn by any regularizer or route
-    ({"isolation.concept": "green"}, "isolation.concept"),           # the model has no such concept
-    ({"isolation.hidden_units": 64}, "isolation.hidden_units"),      # no shared neuron left
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"isolation.label": "purple"}, "isolation.label"),  # not drawn by any regularizer or route
+        ({"isolation.concept": "green"}, "isolation.concept"),  # the model has no such concept
+        ({"isolation.hidden_units": 64}, "isolation.hidden_units"),  # no shared neuron left
+    ],
+)
 def test_bad_recipe_isolation_fails_before_training(overrides, field, tmp_path):
     with pytest.raises(StructuredConfigError) as e:
         build_trainer(load_recipe(M2_ISOLATED, {**overrides, "output_dir": str(tmp_path / "run")}))
@@ -175,8 +198,13 @@ def test_bad_recipe_isolation_fails_before_training(overrides, field, tmp_path):
 
 
 def test_model_without_hidden_layers_or_isolation_names_the_field():
-    model = ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=[
-        {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]}]))
+    model = ColorAutoencoderModel(
+        ColorAutoencoderConfig(
+            bottleneck_dim=4,
+            hidden_dim=8,
+            concepts=[{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]}],
+        )
+    )
     with pytest.raises(StructuredConfigError) as e:
         delete_isolated(model)
     assert e.value.field == "isolation"

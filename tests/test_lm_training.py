@@ -23,12 +23,21 @@ from structured_hf.experiment import run_experiment
 from structured_hf.families.structured_gpt import run as run_structured_gpt_experiment
 from structured_hf.training.recipe import build_lm_datasets, build_trainer, parse_recipe
 
-VIOLENT = ["the soldiers drew the sword and slew the enemy in battle", "they fought a battle and many were slain",
-           "he took a spear and killed the guard", "the army smote the city with the sword",
-           "war came and the warriors fought with spears"]
-CALM = ["the farmer planted wheat in the green field", "she baked bread and shared it with her neighbours",
-        "the children sang songs by the river", "an old man walked slowly to the market at dawn",
-        "the shepherd counted his sheep under the stars", "rain fell softly on the olive trees"]
+VIOLENT = [
+    "the soldiers drew the sword and slew the enemy in battle",
+    "they fought a battle and many were slain",
+    "he took a spear and killed the guard",
+    "the army smote the city with the sword",
+    "war came and the warriors fought with spears",
+]
+CALM = [
+    "the farmer planted wheat in the green field",
+    "she baked bread and shared it with her neighbours",
+    "the children sang songs by the river",
+    "an old man walked slowly to the market at dawn",
+    "the shepherd counted his sheep under the stars",
+    "rain fell softly on the olive trees",
+]
 
 
 def write_corpus(folder, n_docs: int = 60, seed: int = 0) -> None:
@@ -49,9 +58,29 @@ def labels_config(folder) -> dict:
         "chunking": {"max_length": 120, "length_unit": "chars", "unit": "paragraph"},
         "splits": {"validation": 0.15, "test": 0.25, "seed": 0},
         "concepts": {"violence": {}},
-        "labelers": {"keywords": {"type": "keyword", "lexicon": {"violence": {
-            "words": ["sword", "slew", "slain", "battle", "killed", "spear*", "smote", "fought", "war", "warriors"],
-            "p_per_match": 0.6, "max_prob": 0.9}}}},
+        "labelers": {
+            "keywords": {
+                "type": "keyword",
+                "lexicon": {
+                    "violence": {
+                        "words": [
+                            "sword",
+                            "slew",
+                            "slain",
+                            "battle",
+                            "killed",
+                            "spear*",
+                            "smote",
+                            "fought",
+                            "war",
+                            "warriors",
+                        ],
+                        "p_per_match": 0.6,
+                        "max_prob": 0.9,
+                    }
+                },
+            }
+        },
         "combine": {"rule": "noisy_or"},
         "calibration_set": "default",
     }
@@ -64,21 +93,40 @@ def tiny_recipe(tmp_path, **overrides) -> dict:
     recipe = {
         "seed": 0,
         "output_dir": str(tmp_path / "run"),
-        "model": {"type": "structured_gpt", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                  "max_position_embeddings": 48,
-                  "concepts": [{"name": "violence", "site": "layers.0.residual_post", "direction": {"one_hot": 0, "width": 32}},
-                               {"name": "violence-axis", "site": "layers.0.residual_post", "axes": [0]}]},
-        "data": {"text": {"labels_config": labels_config(corpus)}, "tokenizer": {"vocab_size": 300},
-                 "block_size": 48},
+        "model": {
+            "type": "structured_gpt",
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "max_position_embeddings": 48,
+            "concepts": [
+                {"name": "violence", "site": "layers.0.residual_post", "direction": {"one_hot": 0, "width": 32}},
+                {"name": "violence-axis", "site": "layers.0.residual_post", "axes": [0]},
+            ],
+        },
+        "data": {"text": {"labels_config": labels_config(corpus)}, "tokenizer": {"vocab_size": 300}, "block_size": 48},
         "regularizers": [
             {"name": "anchor", "loss": "angular_anchor", "concept": "violence", "label": "violence", "weight": 0.1},
-            {"name": "clear", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence",
-             "params": {"relative": True}, "weight": 0.1},
+            {
+                "name": "clear",
+                "loss": "anti_subspace",
+                "concept": "violence-axis",
+                "label": "not:violence",
+                "params": {"relative": True},
+                "weight": 0.1,
+            },
         ],
         "schedules": {"learning_rate": {"interpolation": "linear", "keys": [[0, 3.0e-3], [300, 3.0e-4]]}},
-        "training": {"max_steps": 300, "per_device_train_batch_size": 16, "learning_rate": 3.0e-3,
-                     "weight_decay": 0.0, "logging_steps": 50, "save_strategy": "no", "disable_tqdm": True,
-                     "report_to": "none"},
+        "training": {
+            "max_steps": 300,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 3.0e-3,
+            "weight_decay": 0.0,
+            "logging_steps": 50,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+            "report_to": "none",
+        },
     }
     for key, value in overrides.items():
         node = recipe
@@ -109,8 +157,11 @@ def test_recipe_errors_name_the_field(tmp_path):
     with pytest.raises(StructuredConfigError, match="data.filter.concepts"):
         parse_recipe(tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["kindness"]}}))
     with pytest.raises(StructuredConfigError, match=r"regularizers\[0\].label"):
-        parse_recipe(tiny_recipe(tmp_path, regularizers=[{"loss": "angular_anchor", "concept": "violence",
-                                                                "label": "deception"}]))
+        parse_recipe(
+            tiny_recipe(
+                tmp_path, regularizers=[{"loss": "angular_anchor", "concept": "violence", "label": "deception"}]
+            )
+        )
     with pytest.raises(StructuredConfigError, match="data.text.labels_config"):
         parse_recipe(tiny_recipe(tmp_path, **{"data.text": {"labels_config": str(tmp_path / "none.yaml")}}))
     with pytest.raises(StructuredConfigError, match="data.tokenizer.vocab_size"):
@@ -120,7 +171,9 @@ def test_recipe_errors_name_the_field(tmp_path):
 def test_filter_baseline_drops_labelled_training_chunks_only(tmp_path):
     recipe = parse_recipe(tiny_recipe(tmp_path))
     full, tok_full, _ = build_lm_datasets(recipe)
-    filtered_recipe = parse_recipe(tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["violence"], "threshold": 0.5}}))
+    filtered_recipe = parse_recipe(
+        tiny_recipe(tmp_path, **{"data.filter": {"concepts": ["violence"], "threshold": 0.5}})
+    )
     filtered, tok_filtered, blocks = build_lm_datasets(filtered_recipe)
     probs = np.asarray(full["train"]["prob_violence"])
     assert len(filtered["train"]) == int((probs < 0.5).sum()) < len(full["train"])
@@ -172,8 +225,11 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
     _, _, blocks = build_lm_datasets(_recipe)
     val = blocks["validation"].with_format("torch")
     with torch.no_grad():  # Trainer's eval_loss: the mean of per-batch mean token losses, weighted by batch size
-        losses = [model(input_ids=val[i:i + 8]["input_ids"].long(), labels=val[i:i + 8]["labels"].long()).loss
-                  * len(val[i:i + 8]["input_ids"]) for i in range(0, len(val), 8)]
+        losses = [
+            model(input_ids=val[i : i + 8]["input_ids"].long(), labels=val[i : i + 8]["labels"].long()).loss
+            * len(val[i : i + 8]["input_ids"])
+            for i in range(0, len(val), 8)
+        ]
     assert metrics["eval_loss"] == pytest.approx(float(sum(losses)) / len(val), rel=1e-4)
     report = json.loads((out / "language_evaluation.json").read_text())
     assert report["sets"]["forget:violence"]["chunks"] > 5 and report["sets"]["retain"]["chunks"] > 5
@@ -202,11 +258,19 @@ def test_heldout_sets_relearning_and_posthoc_direction(trained):
     test = datasets.load_from_disk(str(out / "heldout"))
     sets = heldout_sets(test, ["violence"])
     assert all(p >= 0.5 for p, t in zip(test["prob_violence"], test["text"]) if t in sets["forget:violence"])
-    direction = mean_difference_direction(model, tokenizer, sets["forget:violence"], sets["retain"],
-                                          "layers.0.residual_post")
+    direction = mean_difference_direction(
+        model, tokenizer, sets["forget:violence"], sets["retain"], "layers.0.residual_post"
+    )
     assert direction.shape == (32,) and int(direction.abs().argmax()) == 0  # it finds the anchored axis
-    attack = lm_relearning_attack(model, tokenizer, sets["forget:violence"][:8], {"forget": sets["forget:violence"]},
-                                  steps=10, eval_every=5, lr=1e-3)
+    attack = lm_relearning_attack(
+        model,
+        tokenizer,
+        sets["forget:violence"][:8],
+        {"forget": sets["forget:violence"]},
+        steps=10,
+        eval_every=5,
+        lr=1e-3,
+    )
     assert attack["steps"] == [0, 5, 10] and len(attack["forget"]) == 3
     assert attack["lowest"]["forget"] <= attack["forget"][0]
     with pytest.raises(StructuredConfigError, match="empty"):
@@ -220,8 +284,9 @@ def test_comparison_table_against_a_posthoc_baseline(trained, tmp_path):
     from structured_hf.training.recipe import build_lm_datasets
 
     base_path, _, _ = trained
-    unanchored_recipe = parse_recipe(tiny_recipe(base_path, **{"regularizers": [], "training.max_steps": 120,
-                                                               "output_dir": str(tmp_path / "plain")}))
+    unanchored_recipe = parse_recipe(
+        tiny_recipe(base_path, **{"regularizers": [], "training.max_steps": 120, "output_dir": str(tmp_path / "plain")})
+    )
     run_structured_gpt_experiment(unanchored_recipe, figures=False, evaluate=False)
     out = base_path / "run"
     anchored = AutoModelForCausalLM.from_pretrained(out)
@@ -230,18 +295,36 @@ def test_comparison_table_against_a_posthoc_baseline(trained, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "plain").get_vocab() == tokenizer.get_vocab()
     chunks, _, _ = build_lm_datasets(unanchored_recipe)
     test = datasets.load_from_disk(str(out / "heldout"))
-    result = compare_language_models(anchored, tokenizer, test, chunks["train"], "violence", unanchored=plain,
-                                     filtered=plain, attack_chunks=8, attack_steps=4, eval_every=2)
+    result = compare_language_models(
+        anchored,
+        tokenizer,
+        test,
+        chunks["train"],
+        "violence",
+        unanchored=plain,
+        filtered=plain,
+        attack_chunks=8,
+        attack_steps=4,
+        eval_every=2,
+    )
     rows = result["rows"]
-    assert set(rows) == {"anchored", "anchored + suppress:violence", "anchored + zero:violence", "anchored + ablate",
-                         "(a) unanchored",
-                         "(a) unanchored + suppress post-hoc direction", "(a) unanchored + project out",
-                         "(b) data filtering"}
+    assert set(rows) == {
+        "anchored",
+        "anchored + suppress:violence",
+        "anchored + zero:violence",
+        "anchored + ablate",
+        "(a) unanchored",
+        "(a) unanchored + suppress post-hoc direction",
+        "(a) unanchored + project out",
+        "(b) data filtering",
+    }
     # each variant's delta is measured against its own model's baseline
     zero = rows["anchored + zero:violence"]  # axis 0 of the site zeroed at inference: same weights, other losses
     assert zero["delta"]["forget:violence"] != 0.0
     a = rows["anchored + ablate"]
-    assert a["delta"]["forget:violence"] == pytest.approx(a["loss"]["forget:violence"] - rows["anchored"]["loss"]["forget:violence"])
+    assert a["delta"]["forget:violence"] == pytest.approx(
+        a["loss"]["forget:violence"] - rows["anchored"]["loss"]["forget:violence"]
+    )
     assert set(result["relearning"]) == {"anchored + ablate", "(a) unanchored + project out", "(b) data filtering"}
     assert all(r["steps"] == [0, 2, 4] for r in result["relearning"].values())
     table = comparison_markdown(result)
@@ -252,18 +335,35 @@ def test_evaluate_script_on_a_gpt_folder_refreshes_table_and_card(trained, monke
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", Path(__file__).parent.parent / "scripts" / "evaluate.py")
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_script", Path(__file__).parent.parent / "scripts" / "evaluate.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     tmp_path, _, _ = trained
     out = tmp_path / "run"
     (out / "README.md").write_text("stale")
-    assert script.main(["--model", str(out), "--output_dir", str(out), "--intervention", "repel:violence",
-                        "--prompt", "The soldiers drew"]) == 0
+    assert (
+        script.main(
+            [
+                "--model",
+                str(out),
+                "--output_dir",
+                str(out),
+                "--intervention",
+                "repel:violence",
+                "--prompt",
+                "The soldiers drew",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "language_evaluation.json").read_text())
     assert "repel:violence" in report["loss"] and "ablate:violence" in report["loss"]
     assert report["generations"]["baseline"][0]["prompt"] == "The soldiers drew"
     assert report["generations"]["baseline"][0]["continuation"]
     assert "| repel:violence |" in (out / "README.md").read_text()
-    assert script.main(["--model", str(out), "--output_dir", str(tmp_path / "x"), "--heldout",
-                        str(tmp_path / "missing")]) == 2
+    assert (
+        script.main(["--model", str(out), "--output_dir", str(tmp_path / "x"), "--heldout", str(tmp_path / "missing")])
+        == 2
+    )

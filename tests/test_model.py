@@ -45,12 +45,19 @@ def _colors(n: int = 32) -> torch.Tensor:
         ({"hidden_dim": True}, r"model\.hidden_dim: expected a positive integer, got True"),
         ({"bottleneck_dim": 0}, r"model\.bottleneck_dim: expected a positive integer"),
         ({"num_layers": 0}, r"model\.num_layers: expected a positive integer"),
-        ({"concepts": [{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0]}]},
-         r"concepts\[0\] \('red'\)\.direction: has length 3 but site 'bottleneck' has width 4"),
+        (
+            {"concepts": [{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0]}]},
+            r"concepts\[0\] \('red'\)\.direction: has length 3 but site 'bottleneck' has width 4",
+        ),
         ({"bottleneck_dim": 5, "concepts": CONCEPTS[:1]}, r"\('red'\)\.direction: has length 4 .* width 5"),
-        ({"concepts": [{"name": "red", "site": "residual", "direction": [1.0, 0.0, 0.0, 0.0]}]},
-         r"concepts\[0\] \('red'\)\.site: unknown site 'residual'"),
-        ({"concepts": [{"name": "hue", "site": "bottleneck", "axes": [0, 4]}]}, r"\('hue'\)\.axes: axis 4 is out of range"),
+        (
+            {"concepts": [{"name": "red", "site": "residual", "direction": [1.0, 0.0, 0.0, 0.0]}]},
+            r"concepts\[0\] \('red'\)\.site: unknown site 'residual'",
+        ),
+        (
+            {"concepts": [{"name": "hue", "site": "bottleneck", "axes": [0, 4]}]},
+            r"\('hue'\)\.axes: axis 4 is out of range",
+        ),
         ({"concepts": [{"name": "red", "site": "bottleneck"}]}, r"exactly one of 'direction' or 'axes'"),
     ],
 )
@@ -63,8 +70,9 @@ def test_config_validation_names_the_field(kwargs, pattern):
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
-@pytest.mark.parametrize("field, value", [("hidden_dim", 0),
-                                          ("concepts", [{"name": "r", "site": "bottleneck", "direction": [1.0, 0.0]}])])
+@pytest.mark.parametrize(
+    "field, value", [("hidden_dim", 0), ("concepts", [{"name": "r", "site": "bottleneck", "direction": [1.0, 0.0]}])]
+)
 def test_invalid_values_assigned_after_construction_are_rejected(field, value):
     config = ColorAutoencoderConfig()
     with pytest.raises(Exception, match=field if field != "concepts" else "direction"):
@@ -84,8 +92,13 @@ def test_config_defaults_and_concepts():
 
 
 # ---- sizes ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, count", [({"bottleneck_dim": 4, "hidden_dim": 16, "num_layers": 1}, 263),
-                                           ({"bottleneck_dim": 5, "hidden_dim": 16, "num_layers": 2}, 840)])
+@pytest.mark.parametrize(
+    "kwargs, count",
+    [
+        ({"bottleneck_dim": 4, "hidden_dim": 16, "num_layers": 1}, 263),
+        ({"bottleneck_dim": 5, "hidden_dim": 16, "num_layers": 2}, 840),
+    ],
+)
 def test_parameter_counts(kwargs, count):
     assert sum(p.numel() for p in _model(**kwargs).parameters()) == count
 
@@ -233,7 +246,9 @@ def test_corrupted_safetensors_raises(tmp_path, corrupt):
     _model().save_pretrained(tmp_path)
     path = tmp_path / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a safetensors file" * 8, "empty": b""}[corrupt])
+    path.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"not a safetensors file" * 8, "empty": b""}[corrupt]
+    )
     with pytest.raises(Exception) as info:
         AutoModel.from_pretrained(tmp_path)
     assert str(info.value).strip()

@@ -25,12 +25,20 @@ VOCAB, WIDTH, BLOCKS = 96, 32, 3
 
 def tiny_config(arch: str):
     if arch == "llama":  # grouped-query attention (2 KV heads for 4 query heads), tied embeddings
-        return LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=BLOCKS,
-                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=BLOCKS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
     if arch == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=BLOCKS, n_head=4, n_positions=64)
-    return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=BLOCKS, num_attention_heads=4,
-                         intermediate_size=64)
+    return GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=BLOCKS, num_attention_heads=4, intermediate_size=64
+    )
 
 
 def tiny_model(arch: str, seed: int = 0):
@@ -90,7 +98,8 @@ def test_mid_and_qk_sites_are_what_the_block_computes(arch):
     # Rewriting a site by the identity function (a new tensor with the same values) must not change the output:
     # the site really is the tensor the model goes on with.
     for site in ["layers.1.attn.q", "layers.1.attn.k", "layers.1.residual_pre", "layers.1.residual_post"] + (
-            ["layers.1.residual_mid"] if arch != "gpt_neox" else []):
+        ["layers.1.residual_mid"] if arch != "gpt_neox" else []
+    ):
         with structured_hf.rewrite(model, site, lambda t: t.clone()):
             torch.testing.assert_close(model(x).logits, base, rtol=0, atol=1e-6)
         with structured_hf.rewrite(model, site, lambda t: t * 5.0):
@@ -99,10 +108,13 @@ def test_mid_and_qk_sites_are_what_the_block_computes(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_suppress_by_concept_name_and_axes(arch):
-    model = structured_hf.attach_sites(tiny_model(arch), concepts=[
-        {"name": "c", "site": "layers.1.residual_post", "direction": [1.0] + [0.0] * (WIDTH - 1)},
-        {"name": "c-axes", "site": "layers.1.residual_post", "axes": [0, 1]},
-    ])
+    model = structured_hf.attach_sites(
+        tiny_model(arch),
+        concepts=[
+            {"name": "c", "site": "layers.1.residual_post", "direction": [1.0] + [0.0] * (WIDTH - 1)},
+            {"name": "c-axes", "site": "layers.1.residual_post", "axes": [0, 1]},
+        ],
+    )
     x = inputs(3)
     base = model(x).logits
     with structured_hf.suppress_axes(model, "c-axes"):
@@ -119,10 +131,13 @@ def test_suppress_by_concept_name_and_axes(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ablate_zeroes_the_reserved_axes_for_every_input(arch):
-    model = structured_hf.attach_sites(tiny_model(arch), concepts=[
-        {"name": "v", "site": "layers.1.residual_post", "axes": [0, 5, 7]},
-        {"name": "other", "site": "layers.1.residual_post", "axes": [9]},
-    ])
+    model = structured_hf.attach_sites(
+        tiny_model(arch),
+        concepts=[
+            {"name": "v", "site": "layers.1.residual_post", "axes": [0, 5, 7]},
+            {"name": "other", "site": "layers.1.residual_post", "axes": [9]},
+        ],
+    )
     deleted = structured_hf.ablate(model, "v")
     assert [c["name"] for c in deleted.config.concepts] == ["other"]
     assert deleted.config.surgery[-1]["op"] == "ablate"
@@ -146,8 +161,9 @@ def test_ablate_zeroes_the_reserved_axes_for_every_input(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("site", ["layers.2.residual_post", "layers.1.residual_mid", "layers.1.attn.q",
-                                  "layers.2.attn.k"])
+@pytest.mark.parametrize(
+    "site", ["layers.2.residual_post", "layers.1.residual_mid", "layers.1.attn.q", "layers.2.attn.k"]
+)
 def test_ablate_other_sites(arch, site):
     model = structured_hf.attach_sites(tiny_model(arch))
     if site.endswith("residual_mid") and arch == "gpt_neox":
@@ -181,9 +197,18 @@ def test_save_and_from_pretrained_round_trip(arch, tmp_path):
 
 def test_bad_input_errors():
     with pytest.raises(StructuredConfigError, match="'opt'"):
-        structured_hf.attach_sites(AutoModelForCausalLM.from_config(OPTConfig(
-            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-            word_embed_proj_dim=16)))
+        structured_hf.attach_sites(
+            AutoModelForCausalLM.from_config(
+                OPTConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=16,
+                    num_hidden_layers=1,
+                    ffn_dim=32,
+                    num_attention_heads=2,
+                    word_embed_proj_dim=16,
+                )
+            )
+        )
     with pytest.raises(StructuredConfigError, match="supported"):
         layout_for(OPTConfig())
     assert {"llama", "mistral", "qwen2", "gpt2", "gpt_neox"} <= set(supported_model_types())
@@ -191,8 +216,9 @@ def test_bad_input_errors():
     with pytest.raises(StructuredConfigError, match=r"block 7, past the last block: the model has 3 blocks"):
         structured_hf.attach_sites(model, concepts=[{"name": "v", "site": "layers.7.residual_post", "axes": [0]}])
     with pytest.raises(StructuredConfigError, match=r"has width 16 but site 'layers.1.residual_post' is 32 wide"):
-        structured_hf.attach_sites(model, concepts=[{"name": "v", "site": "layers.1.residual_post",
-                                                     "direction": [1.0] * 16}])
+        structured_hf.attach_sites(
+            model, concepts=[{"name": "v", "site": "layers.1.residual_post", "direction": [1.0] * 16}]
+        )
     with pytest.raises(StructuredConfigError, match="axis 40 is out of range"):
         structured_hf.attach_sites(model, concepts=[{"name": "v", "site": "layers.1.residual_post", "axes": [40]}])
     structured_hf.attach_sites(model)

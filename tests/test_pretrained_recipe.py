@@ -31,10 +31,21 @@ def base_folder(tmp_path_factory):
     texts = [p.read_text() for p in sorted((root / "corpus").glob("*.txt"))]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300, model_max_length=48)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
     return root
@@ -42,21 +53,48 @@ def base_folder(tmp_path_factory):
 
 def recipe_dict(root, out: str, **model) -> dict:
     return {
-        "seed": 0, "output_dir": str(root / out),
-        "model": {"pretrained": str(root / "base"),
-                  "concepts": [{"name": "violence", "site": SITE, "direction": {"one_hot": [0, 1], "width": 32}},
-                               {"name": "violence-axis", "site": SITE, "axes": [0, 1]}], **model},
-        "data": {"text": {"labels_config": labels_config(root / "corpus")}, "block_size": 48,
-                 "token_scope": {"labeler": "keywords", "mode": "after"}},
+        "seed": 0,
+        "output_dir": str(root / out),
+        "model": {
+            "pretrained": str(root / "base"),
+            "concepts": [
+                {"name": "violence", "site": SITE, "direction": {"one_hot": [0, 1], "width": 32}},
+                {"name": "violence-axis", "site": SITE, "axes": [0, 1]},
+            ],
+            **model,
+        },
+        "data": {
+            "text": {"labels_config": labels_config(root / "corpus")},
+            "block_size": 48,
+            "token_scope": {"labeler": "keywords", "mode": "after"},
+        },
         "regularizers": [
-            {"name": "anchor", "loss": "angular_subspace", "concept": "violence-axis", "label": "violence",
-             "weight": 0.3},
-            {"name": "clear", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence",
-             "params": {"relative": True}, "weight": 1.0},
+            {
+                "name": "anchor",
+                "loss": "angular_subspace",
+                "concept": "violence-axis",
+                "label": "violence",
+                "weight": 0.3,
+            },
+            {
+                "name": "clear",
+                "loss": "anti_subspace",
+                "concept": "violence-axis",
+                "label": "not:violence",
+                "params": {"relative": True},
+                "weight": 1.0,
+            },
         ],
         "routes": [{"concept": "violence-axis", "label": "violence"}],
-        "training": {"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1.0e-3, "logging_steps": 1,
-                     "save_strategy": "no", "disable_tqdm": True, "report_to": "none"},
+        "training": {
+            "max_steps": 3,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1.0e-3,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+            "report_to": "none",
+        },
     }
 
 
@@ -74,8 +112,11 @@ def test_full_fine_tune_saves_the_concept_map_and_deletes_exactly(base_folder):
     out = base_folder / "full"
     assert metrics["train_steps"] == 3 and not metrics["lora"]
     # The evaluation ran suppression and deletion of the direction concept on held-out forget/retain text.
-    assert {"delta/ablate:violence/forget:violence", "delta/ablate:violence/retain",
-            "delta/suppress:violence/forget:violence"} <= set(metrics["language"])
+    assert {
+        "delta/ablate:violence/forget:violence",
+        "delta/ablate:violence/retain",
+        "delta/suppress:violence/forget:violence",
+    } <= set(metrics["language"])
     saved = json.loads((out / "config.json").read_text())
     assert saved["model_type"] == "llama" and [c["name"] for c in saved["concepts"]] == ["violence", "violence-axis"]
     model = structured_hf.attach_sites(AutoModelForCausalLM.from_pretrained(out).eval())
@@ -88,8 +129,11 @@ def test_full_fine_tune_saves_the_concept_map_and_deletes_exactly(base_folder):
 
 
 def test_lora_adapter_with_concept_map_beside_it(base_folder):
-    metrics = train(base_folder, "lora", peft={"r": 4, "lora_alpha": 8,
-                                               "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]})
+    metrics = train(
+        base_folder,
+        "lora",
+        peft={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]},
+    )
     out = base_folder / "lora"
     assert metrics["lora"] and metrics["trainable_parameters"] < 10_000
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
@@ -112,8 +156,16 @@ def test_lora_adapter_with_concept_map_beside_it(base_folder):
 
 def test_lora_makes_embeddings_trainable_for_a_clear_term_upstream(base_folder):
     recipe = parse_recipe(recipe_dict(base_folder, "lora-embed", peft={"r": 2, "target_modules": ["o_proj"]}))
-    recipe.regularizers.append({"name": "clear-embed", "loss": "anti_subspace", "concept": "violence-axis",
-                                "site": "layers.0.residual_pre", "params": {"relative": True}, "weight": 1.0})
+    recipe.regularizers.append(
+        {
+            "name": "clear-embed",
+            "loss": "anti_subspace",
+            "concept": "violence-axis",
+            "site": "layers.0.residual_pre",
+            "params": {"relative": True},
+            "weight": 1.0,
+        }
+    )
     trainer = build_trainer(recipe)
     notes = trainer.model.structured_notes
     assert "embed_tokens" in notes["trainable_embeddings"]
@@ -153,8 +205,16 @@ def test_recipe_errors(base_folder):
         parse_recipe(raw)
     with pytest.raises(StructuredConfigError, match="past the last block"):
         build(concepts=[{"name": "v", "site": "layers.9.residual_post", "axes": [0]}])
-    opt = OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
-                                   num_attention_heads=2, word_embed_proj_dim=16))
+    opt = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=300,
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
+        )
+    )
     opt.save_pretrained(base_folder / "opt")
     with pytest.raises(StructuredConfigError, match="'opt'"):
         build_pretrained_model(PretrainedSpec(source=str(base_folder / "opt")))
@@ -172,9 +232,28 @@ def test_posthoc_command_on_a_model_never_anchored(base_folder, capsys):
     labels.write_text(yaml.safe_dump(labels_config(base_folder / "corpus")))
     out = base_folder / "posthoc"
     posthoc = load_script("posthoc")
-    assert posthoc.main(["--model", str(base_folder / "base"), "--site", SITE, "--concept", "violence",
-                         "--labels_config", str(labels), "--direction_chunks", "32", "--eval_chunks", "16",
-                         "--output_dir", str(out), "--save_projected"]) == 0
+    assert (
+        posthoc.main(
+            [
+                "--model",
+                str(base_folder / "base"),
+                "--site",
+                SITE,
+                "--concept",
+                "violence",
+                "--labels_config",
+                str(labels),
+                "--direction_chunks",
+                "32",
+                "--eval_chunks",
+                "16",
+                "--output_dir",
+                str(out),
+                "--save_projected",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "posthoc.json").read_text())
     assert set(report["loss"]) == {"baseline", "suppress:violence", "project:violence"}
     assert report["sets"]["forget:violence"]["chunks"] == 16 and report["sets"]["retain"]["chunks"] == 16
@@ -185,8 +264,10 @@ def test_posthoc_command_on_a_model_never_anchored(base_folder, capsys):
     assert projected.config.concepts[-1]["name"] == "violence"
     base = structured_hf.attach_sites(AutoModelForCausalLM.from_pretrained(base_folder / "base"))
     x = torch.randint(0, projected.config.vocab_size, (3, 20))
-    with structured_hf.capture(projected, [SITE, "layers.0.residual_pre"]) as acts, \
-            structured_hf.capture(base, [SITE]) as base_acts:
+    with (
+        structured_hf.capture(projected, [SITE, "layers.0.residual_pre"]) as acts,
+        structured_hf.capture(base, [SITE]) as base_acts,
+    ):
         projected(x)
         base(x)
     for site, a in acts.items():
@@ -194,8 +275,23 @@ def test_posthoc_command_on_a_model_never_anchored(base_folder, capsys):
     assert (base_acts[SITE] @ v).abs().max() > 1e-2
     with pytest.raises(SystemExit):
         posthoc.main(["--model", str(base_folder / "base")])  # --site and --concept are required
-    assert posthoc.main(["--model", str(base_folder / "base"), "--site", "layers.8.residual_post", "--concept",
-                         "violence", "--labels_config", str(labels), "--output_dir", str(out)]) == 2
+    assert (
+        posthoc.main(
+            [
+                "--model",
+                str(base_folder / "base"),
+                "--site",
+                "layers.8.residual_post",
+                "--concept",
+                "violence",
+                "--labels_config",
+                str(labels),
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "past the last block" in capsys.readouterr().err
 
 
@@ -209,9 +305,15 @@ def test_evaluate_script_on_a_fine_tuned_pretrained_folder(base_folder):
 
 
 def test_lora_on_chosen_blocks_and_bfloat16(base_folder):
-    model, _, _ = build_pretrained_model(PretrainedSpec(
-        source=str(base_folder / "base"), dtype="bfloat16", trainable_blocks=(1,),
-        concepts=({"name": "v", "site": SITE, "axes": [0]},), peft={"r": 2, "target_modules": ["q_proj", "o_proj"]}))
+    model, _, _ = build_pretrained_model(
+        PretrainedSpec(
+            source=str(base_folder / "base"),
+            dtype="bfloat16",
+            trainable_blocks=(1,),
+            concepts=({"name": "v", "site": SITE, "axes": [0]},),
+            peft={"r": 2, "target_modules": ["q_proj", "o_proj"]},
+        )
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -264,10 +366,26 @@ def test_two_cpu_processes_match_one_process(base_folder):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                               str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(port),
-                               str(REPO / "scripts/train.py"), str(base_folder / "two.yaml"), "--no_figures", *extra],
-                              capture_output=True, text=True, timeout=600, env=env, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                str(REPO / "configs/accelerate/cpu_2proc.yaml"),
+                "--main_process_port",
+                str(port),
+                str(REPO / "scripts/train.py"),
+                str(base_folder / "two.yaml"),
+                "--no_figures",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            check=False,
+        )
 
     proc = launch()
     if proc.returncode != 0:

@@ -30,8 +30,11 @@ from structured_hf.validation import check_keys, check_number
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # labels*.yaml are weak-labelling configs for scripts/label_text.py, not recipes (tests/test_text_data.py loads them).
-RECIPES = sorted(p for p in CONFIGS.glob("**/*.yaml")
-                 if "accelerate" not in p.relative_to(CONFIGS).parts and not p.name.startswith("labels"))
+RECIPES = sorted(
+    p
+    for p in CONFIGS.glob("**/*.yaml")
+    if "accelerate" not in p.relative_to(CONFIGS).parts and not p.name.startswith("labels")
+)
 
 
 def test_configs_are_found():
@@ -152,34 +155,71 @@ def test_missing_file(tmp_path):
         ("just a string\n", r"expected a YAML mapping at the top level, got str"),
         (MINIMAL + "modle: {}\n", r"unknown top-level keys \['modle'\]"),
         (_replace("  hidden_dim: 8\n", "  hiden_dim: 8\n"), r"model: unknown keys \['hiden_dim'\]"),
-        (_replace("type: color_autoencoder", "type: color_transformr"), r"model\.type: unknown model type 'color_transformr'"),
-        (_replace("  hidden_dim: 8\n", "  hidden_dim: 8\n  activation: swish\n"), r"model\.activation: expected one of"),
-        (_replace("loss: angular_anchor", "loss: angular_anchr"), r"regularizers\[0\]\.loss: unknown loss 'angular_anchr'"),
-        (_replace("{name: separate, loss: angular_repulsion, site: bottleneck,", "{name: separate, loss: angular_repulsion,"),
-         r"regularizers\[2\]\.site: .* needs a site"),
-        (_replace("concept: hue, label: vibrant,", "concept: hue, lable: vibrant,"), r"regularizers\[1\]: unknown keys \['lable'\]"),
-        (_replace("{name: red, site: bottleneck,", "{name: red, site: bottlenek,"),
-         r"concepts\[0\] \('red'\)\.site: unknown site 'bottlenek'"),
-        (_replace("direction: [1.0, 0.0, 0.0, 0.0]", "direction: [1.0, 0.0, 0.0]"),
-         r"concepts\[0\] \('red'\)\.direction: has length 3 but site 'bottleneck' has width 4"),
-        (_replace("direction: [1.0, 0.0, 0.0, 0.0]", "direction: [1.0, 1e-4, 0.0, 0.0]"),
-         r"concepts\[0\]\.direction\[1\]: expected a number, got '1e-4'"),
-        (_replace("  learning_rate: 1.0e-2\n", "  learning_rate: 1e-4\n"),
-         r"training\.learning_rate: expected a number, got '1e-4' \(str\).*write 1\.0e-4"),
-        (_replace("label: red, weight: 1.0e-1}", "label: red, weight: 1e-4}"),
-         r"regularizers\[0\]\.weight: expected a number, got '1e-4'.*write 1\.0e-4"),
-        (_replace("keys: [[0, 1.0e-4], [2, 1.0e-2]]", "keys: [[0, 1e-4], [2, 1.0e-2]]"),
-         r"schedules\.learning_rate\.keys\[0\]: expected a number, got '1e-4'.*1\.0e-4"),
-        (_replace("red: {feature: redness, scale: 1.0e-1", "red: {feature: redness, scale: 1e-1"),
-         r"data\.labels\.red\.scale: expected a number, got '1e-1'"),
-        (_replace("red: {feature: redness,", "red: {feature: rednes,"), r"data\.labels\.red\.feature: unknown feature 'rednes'"),
+        (
+            _replace("type: color_autoencoder", "type: color_transformr"),
+            r"model\.type: unknown model type 'color_transformr'",
+        ),
+        (
+            _replace("  hidden_dim: 8\n", "  hidden_dim: 8\n  activation: swish\n"),
+            r"model\.activation: expected one of",
+        ),
+        (
+            _replace("loss: angular_anchor", "loss: angular_anchr"),
+            r"regularizers\[0\]\.loss: unknown loss 'angular_anchr'",
+        ),
+        (
+            _replace(
+                "{name: separate, loss: angular_repulsion, site: bottleneck,",
+                "{name: separate, loss: angular_repulsion,",
+            ),
+            r"regularizers\[2\]\.site: .* needs a site",
+        ),
+        (
+            _replace("concept: hue, label: vibrant,", "concept: hue, lable: vibrant,"),
+            r"regularizers\[1\]: unknown keys \['lable'\]",
+        ),
+        (
+            _replace("{name: red, site: bottleneck,", "{name: red, site: bottlenek,"),
+            r"concepts\[0\] \('red'\)\.site: unknown site 'bottlenek'",
+        ),
+        (
+            _replace("direction: [1.0, 0.0, 0.0, 0.0]", "direction: [1.0, 0.0, 0.0]"),
+            r"concepts\[0\] \('red'\)\.direction: has length 3 but site 'bottleneck' has width 4",
+        ),
+        (
+            _replace("direction: [1.0, 0.0, 0.0, 0.0]", "direction: [1.0, 1e-4, 0.0, 0.0]"),
+            r"concepts\[0\]\.direction\[1\]: expected a number, got '1e-4'",
+        ),
+        (
+            _replace("  learning_rate: 1.0e-2\n", "  learning_rate: 1e-4\n"),
+            r"training\.learning_rate: expected a number, got '1e-4' \(str\).*write 1\.0e-4",
+        ),
+        (
+            _replace("label: red, weight: 1.0e-1}", "label: red, weight: 1e-4}"),
+            r"regularizers\[0\]\.weight: expected a number, got '1e-4'.*write 1\.0e-4",
+        ),
+        (
+            _replace("keys: [[0, 1.0e-4], [2, 1.0e-2]]", "keys: [[0, 1e-4], [2, 1.0e-2]]"),
+            r"schedules\.learning_rate\.keys\[0\]: expected a number, got '1e-4'.*1\.0e-4",
+        ),
+        (
+            _replace("red: {feature: redness, scale: 1.0e-1", "red: {feature: redness, scale: 1e-1"),
+            r"data\.labels\.red\.scale: expected a number, got '1e-1'",
+        ),
+        (
+            _replace("red: {feature: redness,", "red: {feature: rednes,"),
+            r"data\.labels\.red\.feature: unknown feature 'rednes'",
+        ),
         (_replace("schedules:\n  learning_rate:", "schedules:\n  lr:"), r"schedules\.lr: unknown parameter"),
         (_replace("  max_steps: 2\n", "  max_step: 2\n"), r"training\.max_step: unknown TrainingArguments field"),
         (_replace("  max_steps: 2\n", "  max_steps: 2\n  seed: 3\n"), r"training\.seed: set 'seed' at the top level"),
         (_replace("train: {grid: rgb, size: 3}", "trian: {grid: rgb, size: 3}"), r"data: unknown keys \['trian'\]"),
         (_replace("seed: 0", "seed: zero"), r"seed: expected an integer"),
         # Data grids are checked when the recipe is loaded (they used to fail only when the trainer was built).
-        (_replace("train: {grid: rgb, size: 3}", "train: {grid: rgb, sise: 3}"), r"data\.train: unknown keys \['sise'\]"),
+        (
+            _replace("train: {grid: rgb, size: 3}", "train: {grid: rgb, sise: 3}"),
+            r"data\.train: unknown keys \['sise'\]",
+        ),
         (_replace("eval: {grid: named}", "eval: {grid: hsl}"), r"data\.eval\.grid: expected one of"),
     ],
 )
@@ -191,17 +231,30 @@ def test_recipe_errors_at_load(tmp_path, text, pattern):
 @pytest.mark.parametrize(
     "text, pattern",
     [
-        (_replace("concept: red, label: red", "concept: blue, label: red"),
-         r"regularizers\[0\] \('anchor-red'\)\.concept: unknown concept 'blue'.*\['red', 'hue'\]"),
-        (_replace("concept: red, label: red", "concept: red, label: redd"),
-         r"regularizers\[0\] \('anchor-red'\)\.label: unknown label 'redd'"),
-        (_replace("loss: angular_repulsion, site: bottleneck", "loss: angular_repulsion, site: bottlenek"),
-         r"regularizers\[2\] \('separate'\)\.site: unknown site 'bottlenek'.*\['bottleneck', 'encoder'\]"),
-        (_replace("loss: subspace, concept: hue", "loss: subspace, concept: red"),
-         r"regularizers\[1\] \('hue-plane'\)\.concept: loss 'subspace' needs a concept with axes"),
-        (_replace("eval_labels:\n    red: [red]", "eval_labels:\n    reed: [red]"), r"data\.eval_labels\.reed: unknown label"),
-        (_replace("eval_labels:\n    red: [red]", "eval_labels:\n    red: [blurple]"),
-         r"data\.eval_labels\.red\[0\]: unknown color 'blurple'"),
+        (
+            _replace("concept: red, label: red", "concept: blue, label: red"),
+            r"regularizers\[0\] \('anchor-red'\)\.concept: unknown concept 'blue'.*\['red', 'hue'\]",
+        ),
+        (
+            _replace("concept: red, label: red", "concept: red, label: redd"),
+            r"regularizers\[0\] \('anchor-red'\)\.label: unknown label 'redd'",
+        ),
+        (
+            _replace("loss: angular_repulsion, site: bottleneck", "loss: angular_repulsion, site: bottlenek"),
+            r"regularizers\[2\] \('separate'\)\.site: unknown site 'bottlenek'.*\['bottleneck', 'encoder'\]",
+        ),
+        (
+            _replace("loss: subspace, concept: hue", "loss: subspace, concept: red"),
+            r"regularizers\[1\] \('hue-plane'\)\.concept: loss 'subspace' needs a concept with axes",
+        ),
+        (
+            _replace("eval_labels:\n    red: [red]", "eval_labels:\n    reed: [red]"),
+            r"data\.eval_labels\.reed: unknown label",
+        ),
+        (
+            _replace("eval_labels:\n    red: [red]", "eval_labels:\n    red: [blurple]"),
+            r"data\.eval_labels\.red\[0\]: unknown color 'blurple'",
+        ),
     ],
 )
 def test_recipe_errors_at_build_trainer(tmp_path, text, pattern):
@@ -215,8 +268,14 @@ _BASE = {"model": {"bottleneck_dim": 4}, "data": {"train": {"grid": "rgb", "size
 
 @pytest.mark.parametrize(
     "section, value",
-    [("training", [1]), ("training", 5), ("training", "max_steps: 3"), ("schedules", [1, 2]),
-     ("regularizers", {"loss": "unitarity", "site": "bottleneck"}), ("regularizers", "unitarity")],
+    [
+        ("training", [1]),
+        ("training", 5),
+        ("training", "max_steps: 3"),
+        ("schedules", [1, 2]),
+        ("regularizers", {"loss": "unitarity", "site": "bottleneck"}),
+        ("regularizers", "unitarity"),
+    ],
 )
 def test_sections_of_the_wrong_type_name_the_section(section, value):
     with pytest.raises(StructuredConfigError, match=rf"^{section}: "):
@@ -257,16 +316,21 @@ def test_a_recipe_is_parsed_once_and_again_only_when_its_sections_change(tmp_pat
     assert [s.name for s in fewer.specs.regularizers] == names[:1]
     with pytest.raises(StructuredConfigError, match=r"regularizers\[0\]\.loss: unknown loss 'nope'"):
         dataclasses.replace(recipe, regularizers=[{"loss": "nope"}])
-    args = AnchoredTrainingArguments(output_dir=str(tmp_path), regularizers=list(recipe.specs.regularizers),
-                                     schedules=dict(recipe.specs.schedules), reactive=list(recipe.specs.reactive))
+    args = AnchoredTrainingArguments(
+        output_dir=str(tmp_path),
+        regularizers=list(recipe.specs.regularizers),
+        schedules=dict(recipe.specs.schedules),
+        reactive=list(recipe.specs.reactive),
+    )
     assert all(a is b for a, b in zip(args.regularizers, recipe.specs.regularizers))  # passed through, not re-parsed
     logged = json.loads(args.to_json_string())
     assert logged["regularizers"] == [s.to_dict() for s in recipe.specs.regularizers]
 
 
 def test_concept_map_of_reads_any_config_and_never_goes_stale():
-    config = ColorAutoencoderConfig(bottleneck_dim=4, concepts=[{"name": "red", "site": "bottleneck",
-                                                                 "direction": [1.0, 0.0, 0.0, 0.0]}])
+    config = ColorAutoencoderConfig(
+        bottleneck_dim=4, concepts=[{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]}]
+    )
     model = ColorAutoencoderModel(config)
     assert ConceptMap.of(model).names == model.concept_map.names == ["red"]
     model.config.concepts = []  # as surgery does when it drops a concept
@@ -280,18 +344,25 @@ def test_concept_map_of_reads_any_config_and_never_goes_stale():
     assert ConceptMap.of(PlainConfig()).names == ["x"]
 
 
-@pytest.mark.parametrize("value, kwargs, message", [
-    (True, {}, "expected a number, got True (bool)"),
-    ("1e-3", {}, "write 1.0e-3"),
-    (float("nan"), {}, "expected a finite number"),
-    (0.0, {"low": 0.0, "low_open": True}, "expected a positive number, got 0.0 (allowed: > 0.0)"),
-    (-1, {"low": 0}, "expected a non-negative number, got -1 (allowed: >= 0)"),
-    (0.5, {"low": 1, "integer": True}, "expected a positive integer, got 0.5 (float)"),
-    (0, {"low": 1, "integer": True}, "expected a positive integer, got 0 (allowed: >= 1)"),
-    (2, {"high": 1}, "expected a number, got 2 (allowed: <= 1)"),
-    (1.0, {"low": 0.0, "high": 1.0, "high_open": True}, "expected a number in [0.0, 1.0), got 1.0 (allowed: >= 0.0 and < 1.0)"),
-    (1.5, {"integer": True}, "expected an integer, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "value, kwargs, message",
+    [
+        (True, {}, "expected a number, got True (bool)"),
+        ("1e-3", {}, "write 1.0e-3"),
+        (float("nan"), {}, "expected a finite number"),
+        (0.0, {"low": 0.0, "low_open": True}, "expected a positive number, got 0.0 (allowed: > 0.0)"),
+        (-1, {"low": 0}, "expected a non-negative number, got -1 (allowed: >= 0)"),
+        (0.5, {"low": 1, "integer": True}, "expected a positive integer, got 0.5 (float)"),
+        (0, {"low": 1, "integer": True}, "expected a positive integer, got 0 (allowed: >= 1)"),
+        (2, {"high": 1}, "expected a number, got 2 (allowed: <= 1)"),
+        (
+            1.0,
+            {"low": 0.0, "high": 1.0, "high_open": True},
+            "expected a number in [0.0, 1.0), got 1.0 (allowed: >= 0.0 and < 1.0)",
+        ),
+        (1.5, {"integer": True}, "expected an integer, got 1.5"),
+    ],
+)
 def test_check_number_names_the_field_and_what_was_expected(value, kwargs, message):
     with pytest.raises(StructuredConfigError, match=r"^a\.b: ") as e:
         check_number("a.b", value, **kwargs)
@@ -307,8 +378,11 @@ def test_check_keys_lists_unknown_and_allowed_keys():
 
 
 def test_the_old_parsed_spec_names_of_training_arguments_still_work_with_a_warning(tmp_path):
-    args = AnchoredTrainingArguments(output_dir=str(tmp_path), regularizers=[{"loss": "unitarity", "site": "bottleneck"}],
-                                     schedules={"reconstruction": 0.5})
+    args = AnchoredTrainingArguments(
+        output_dir=str(tmp_path),
+        regularizers=[{"loss": "unitarity", "site": "bottleneck"}],
+        schedules={"reconstruction": 0.5},
+    )
     with pytest.warns(FutureWarning, match="regularizer_specs is deprecated"):
         assert args.regularizer_specs == args.regularizers
     with pytest.warns(FutureWarning, match="parameter_schedules is deprecated"):

@@ -50,18 +50,27 @@ def _parallel_recipe(output_dir: Path, batch: int, accumulation: int = 1, steps:
         "seed": 0,
         "output_dir": str(output_dir),
         "model": {"bottleneck_dim": 4, "hidden_dim": 8, "concepts": CONCEPTS},
-        "data": {"train": {"grid": "rgb", "size": 4},
-                 "labels": {"red": {"scale": 0.5, "power": 2.0}, "vibrant": {"scale": 0.5, "power": 2.0}}},
+        "data": {
+            "train": {"grid": "rgb", "size": 4},
+            "labels": {"red": {"scale": 0.5, "power": 2.0}, "vibrant": {"scale": 0.5, "power": 2.0}},
+        },
         "regularizers": [
             {"name": "anchor-red", "loss": "angular_anchor", "concept": "red", "label": "red", "weight": 0.1},
             {"name": "plane", "loss": "subspace", "concept": "hue", "label": "vibrant", "weight": 0.1},
             {"name": "unit", "loss": "unitarity", "site": "encoder", "weight": 0.05},
         ],
         "schedules": {"learning_rate": {"interpolation": "linear", "keys": [[0, 1.0e-2], [steps, 1.0e-3]]}},
-        "training": {"max_steps": steps, "per_device_train_batch_size": batch,
-                     "gradient_accumulation_steps": accumulation, "learning_rate": 1.0e-2,
-                     "sample_with_replacement": True, "logging_steps": 1, "save_strategy": "no",
-                     "disable_tqdm": True, "report_to": "none"},
+        "training": {
+            "max_steps": steps,
+            "per_device_train_batch_size": batch,
+            "gradient_accumulation_steps": accumulation,
+            "learning_rate": 1.0e-2,
+            "sample_with_replacement": True,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+            "report_to": "none",
+        },
     }
 
 
@@ -99,9 +108,18 @@ def test_two_cpu_processes_match_one_process_with_the_global_batch(tmp_path):
     config.write_text(yaml.safe_dump(_parallel_recipe(two_dir, batch=32, steps=steps)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)  # the config file alone must give a real 2-process CPU run
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
-           str(REPO / "scripts/train.py"), str(config), "--no_figures"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "scripts/train.py"),
+        str(config),
+        "--no_figures",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     two = _logged_steps(json.loads((two_dir / "log_history.json").read_text()))
@@ -126,22 +144,67 @@ def test_gradient_accumulation_draws_the_labels_of_the_full_batch(tmp_path):
 
 
 # ---- bad input: recipes and concept maps only ever raise StructuredConfigError --------------------------------------
-_NAMES = ["name", "site", "direction", "axes", "prototypes", "description", "loss", "concept", "label", "weight",
-          "keys", "interpolation", "grid", "size", "scale", "power", "max_steps", "type", "params", "train"]
+_NAMES = [
+    "name",
+    "site",
+    "direction",
+    "axes",
+    "prototypes",
+    "description",
+    "loss",
+    "concept",
+    "label",
+    "weight",
+    "keys",
+    "interpolation",
+    "grid",
+    "size",
+    "scale",
+    "power",
+    "max_steps",
+    "type",
+    "params",
+    "train",
+]
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
-    st.sampled_from(["red", "hue", "rgb", "hsv", "bottleneck", "encoder", "linear", "log", "smooth", "+5", "1e-4",
-                     "angular_anchor", "subspace", "unitarity", "not:red", "color_autoencoder", "gelu"]),
+    st.sampled_from(
+        [
+            "red",
+            "hue",
+            "rgb",
+            "hsv",
+            "bottleneck",
+            "encoder",
+            "linear",
+            "log",
+            "smooth",
+            "+5",
+            "1e-4",
+            "angular_anchor",
+            "subspace",
+            "unitarity",
+            "not:red",
+            "color_autoencoder",
+            "gelu",
+        ]
+    ),
 )
 JUNK = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.sampled_from(_NAMES), st.text(max_size=6)), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(_NAMES), st.text(max_size=6)), inner, max_size=4),
+    ),
     max_leaves=12,
 )
-PROPERTY = settings(max_examples=100, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck))
+PROPERTY = settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def _base_recipe() -> dict:
@@ -211,7 +274,9 @@ def test_concept_map_raises_only_structured_config_error(entries, dims):
 
 def _gpt_recipe() -> dict:
     """The shipped GPT recipe (its labels config is read, the corpus is not: parsing never touches the text)."""
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "structured_gpt" / "default.yaml").read_text())
+    return yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "structured_gpt" / "default.yaml").read_text()
+    )
 
 
 GPT_PATHS = [p for p in _paths(_gpt_recipe()) if p[0] in ("model", "data", "regularizers")]
@@ -256,12 +321,18 @@ def _damage(data: bytes, how: str) -> bytes:
     }[how]
 
 
-@pytest.mark.parametrize("how, message", [
-    ("empty", "truncated or empty"), ("truncated_half", "not a complete safetensors file"),
-    ("truncated_tail", r"truncated: .*\(10 bytes missing\)"), ("header_only", "truncated"),
-    ("garbage", "not a complete safetensors file"), ("header_bitflip", "not valid JSON"),
-    ("appended", "unexpected bytes"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("empty", "truncated or empty"),
+        ("truncated_half", "not a complete safetensors file"),
+        ("truncated_tail", r"truncated: .*\(10 bytes missing\)"),
+        ("header_only", "truncated"),
+        ("garbage", "not a complete safetensors file"),
+        ("header_bitflip", "not valid JSON"),
+        ("appended", "unexpected bytes"),
+    ],
+)
 def test_damaged_safetensors_gives_a_clear_error_naming_the_file(tmp_path, how, message):
     _saved_model(tmp_path)
     path = tmp_path / "model.safetensors"

@@ -24,8 +24,10 @@ from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments
 
 SITE = "layers.1.residual_post"
 WIDTH, VOCAB, BLOCK = 16, 64, 12
-CONCEPTS = [{"name": "violence", "site": SITE, "direction": [1.0] + [0.0] * (WIDTH - 1)},
-            {"name": "violence-axis", "site": SITE, "axes": [0]}]
+CONCEPTS = [
+    {"name": "violence", "site": SITE, "direction": [1.0] + [0.0] * (WIDTH - 1)},
+    {"name": "violence-axis", "site": SITE, "axes": [0]},
+]
 REGULARIZERS = [
     {"name": "anchor", "loss": "angular_anchor", "concept": "violence", "label": "violence", "weight": 0.5},
     {"name": "clear", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence", "weight": 0.5},
@@ -41,26 +43,55 @@ def _blocks(n: int = 40) -> datasets.Dataset:
         mask[row, length:] = 0
     labels = np.where(mask == 1, ids, -100).astype(np.int32)
     ids = np.where(mask == 1, ids, 0).astype(np.int32)
-    return datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask, "labels": labels,
-                                       "prob_violence": rng.uniform(0.0, 0.8, n).astype(np.float32)})
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "prob_violence": rng.uniform(0.0, 0.8, n).astype(np.float32),
+        }
+    )
 
 
 def _model() -> StructuredGPTForCausalLM:
-    return StructuredGPTForCausalLM(StructuredGPTConfig(vocab_size=VOCAB, max_position_embeddings=BLOCK,
-                                                        hidden_size=WIDTH, num_layers=2, num_heads=2,
-                                                        concepts=CONCEPTS))
+    return StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=VOCAB,
+            max_position_embeddings=BLOCK,
+            hidden_size=WIDTH,
+            num_layers=2,
+            num_heads=2,
+            concepts=CONCEPTS,
+        )
+    )
 
 
 def _trainer(output_dir: Path, callbacks=(), **training) -> AnchoredTrainer:
     training = {"seed": 0, "data_seed": 0, **training}
     args = AnchoredTrainingArguments(
-        output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=4, learning_rate=3.0e-3, logging_steps=1, save_strategy="steps", save_steps=3, disable_tqdm=True, report_to="none",
-        use_cpu=True, regularizers=REGULARIZERS,
+        output_dir=str(output_dir),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=3.0e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        disable_tqdm=True,
+        report_to="none",
+        use_cpu=True,
+        regularizers=REGULARIZERS,
         # the anchor's weight ramps up across the interruption point: schedules must resume at the right step
-        schedules={"learning_rate": {"interpolation": "linear", "keys": [[0, 3.0e-3], [6, 3.0e-4]]}}, **training)
+        schedules={"learning_rate": {"interpolation": "linear", "keys": [[0, 3.0e-3], [6, 3.0e-4]]}},
+        **training,
+    )
     torch.manual_seed(args.seed)
-    return AnchoredTrainer(model=_model(), args=args, train_dataset=_blocks(),
-                           data_collator=LMBlockCollator(["violence"]), callbacks=list(callbacks))
+    return AnchoredTrainer(
+        model=_model(),
+        args=args,
+        train_dataset=_blocks(),
+        data_collator=LMBlockCollator(["violence"]),
+        callbacks=list(callbacks),
+    )
 
 
 def _steps(trainer: AnchoredTrainer) -> list[dict]:
@@ -144,8 +175,10 @@ def test_exception_inside_gpt_interventions_leaves_no_hooks():
         lambda: capture(model, [SITE, "layers.0.attn.q"]),
         lambda: structured_hf.suppress(model, "violence"),
         lambda: structured_hf.repel(model, "violence"),
-        lambda: structured_hf.intervene(model, ["suppress:violence", "axes:violence-axis",
-                                                f"suppress:[{','.join(['1'] * WIDTH)}]@layers.0.residual_post"]),
+        lambda: structured_hf.intervene(
+            model,
+            ["suppress:violence", "axes:violence-axis", f"suppress:[{','.join(['1'] * WIDTH)}]@layers.0.residual_post"],
+        ),
     ]
     for make in contexts:
         with pytest.raises(RuntimeError, match="in the body"), make():

@@ -18,8 +18,12 @@ from structured_hf.evaluation import robustness as rb
 from structured_hf.evaluation.relearning import AttackConfig, attack_loop
 from structured_hf.interventions import ablate
 from structured_hf.interventions.two_sided import channel_slices, two_sided_cut
-from structured_hf.models import ColorAutoencoderConfig, ColorAutoencoderModel, StructuredGPTConfig, \
-    StructuredGPTForCausalLM
+from structured_hf.models import (
+    ColorAutoencoderConfig,
+    ColorAutoencoderModel,
+    StructuredGPTConfig,
+    StructuredGPTForCausalLM,
+)
 from structured_hf.sites import capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +54,21 @@ def test_kept_gap_and_half_recovery_on_hand_made_curves():
 
 def test_score_seed_takes_the_worst_setting_and_skips_settings_filtering_cannot_compare():
     steps = [0, 5]
-    ref = {"a": _curve(steps, [1.0, 0.9], [1.0, 1.0]), "b": _curve(steps, [1.0, 0.8], [1.0, 1.0]),
-           "c": _curve(steps, [1.0, 0.8], [1.0, 1.0])}
-    filt = {"a": _curve(steps, [1.5, 1.3], [1.0, 1.0]),   # kept 0.4
-            "b": _curve(steps, [1.5, 1.0], [1.0, 1.0]),   # kept 0.2
-            "c": _curve(steps, [1.5, 0.7], [1.0, 1.0])}   # kept -0.1: no ratio
-    meth = {"a": _curve(steps, [1.6, 1.1], [1.05, 1.05]),  # kept (1.1-0.9)-(0.05) = 0.15 -> ratio 0.375
-            "b": _curve(steps, [1.6, 1.0], [1.05, 1.05]),  # kept (1.0-0.8)-0.05 = 0.15 -> ratio 0.75
-            "c": _curve(steps, [1.6, 0.7], [1.05, 1.05])}
+    ref = {
+        "a": _curve(steps, [1.0, 0.9], [1.0, 1.0]),
+        "b": _curve(steps, [1.0, 0.8], [1.0, 1.0]),
+        "c": _curve(steps, [1.0, 0.8], [1.0, 1.0]),
+    }
+    filt = {
+        "a": _curve(steps, [1.5, 1.3], [1.0, 1.0]),  # kept 0.4
+        "b": _curve(steps, [1.5, 1.0], [1.0, 1.0]),  # kept 0.2
+        "c": _curve(steps, [1.5, 0.7], [1.0, 1.0]),
+    }  # kept -0.1: no ratio
+    meth = {
+        "a": _curve(steps, [1.6, 1.1], [1.05, 1.05]),  # kept (1.1-0.9)-(0.05) = 0.15 -> ratio 0.375
+        "b": _curve(steps, [1.6, 1.0], [1.05, 1.05]),  # kept (1.0-0.8)-0.05 = 0.15 -> ratio 0.75
+        "c": _curve(steps, [1.6, 0.7], [1.05, 1.05]),
+    }
     scores = rb.score_seed({"reference": ref, "filtering": filt, "m": meth})
     m = scores["m"]
     assert m["worst_setting"] == "a" and m["worst_ratio"] == pytest.approx(0.375)
@@ -85,10 +96,15 @@ def test_mean_interval_is_a_t_interval():
 # ---- the two-sided cut --------------------------------------------------------------------------------------------
 def _gpt(site: str = "layers.0.residual_post") -> StructuredGPTForCausalLM:
     torch.manual_seed(0)
-    concepts = [{"name": "violence", "site": site, "direction": [1.0, 1.0] + [0.0] * 14},
-                {"name": "other", "site": site, "direction": [0.0] * 5 + [1.0] + [0.0] * 10}]
-    return StructuredGPTForCausalLM(StructuredGPTConfig(vocab_size=40, max_position_embeddings=16, hidden_size=16,
-                                                        num_layers=3, num_heads=2, concepts=concepts)).eval()
+    concepts = [
+        {"name": "violence", "site": site, "direction": [1.0, 1.0] + [0.0] * 14},
+        {"name": "other", "site": site, "direction": [0.0] * 5 + [1.0] + [0.0] * 10},
+    ]
+    return StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=40, max_position_embeddings=16, hidden_size=16, num_layers=3, num_heads=2, concepts=concepts
+        )
+    ).eval()
 
 
 def test_two_sided_cut_zeroes_writers_and_every_reader_exactly():
@@ -104,14 +120,18 @@ def test_two_sided_cut_zeroes_writers_and_every_reader_exactly():
     assert torch.all(cut.ln_f.weight[axes] == 0) and torch.all(cut.lm_head.weight[:, axes] == 0)
     # writers up to the site
     assert torch.all(cut.wte.weight[:, axes] == 0) and torch.all(cut.wpe.weight[:, axes] == 0)
-    assert torch.all(cut.layers[0].attn.o_proj.weight[axes] == 0) and torch.all(cut.layers[0].mlp.down.weight[axes] == 0)
+    assert torch.all(cut.layers[0].attn.o_proj.weight[axes] == 0) and torch.all(
+        cut.layers[0].mlp.down.weight[axes] == 0
+    )
     for tensor, dim, idx in channel_slices(cut, axes=axes, site="layers.0.residual_post"):
         assert torch.all(tensor.index_select(dim, idx) == 0)
     # other axes untouched; writers after the site left alone unless asked
     assert torch.equal(cut.layers[2].ln_1.weight[2:], model.layers[2].ln_1.weight[2:])
     assert torch.equal(cut.layers[2].mlp.down.weight, model.layers[2].mlp.down.weight)
     full = two_sided_cut(model, "violence", later_writers=True)
-    assert torch.all(full.layers[2].mlp.down.weight[axes] == 0) and torch.all(full.layers[1].attn.o_proj.weight[axes] == 0)
+    assert torch.all(full.layers[2].mlp.down.weight[axes] == 0) and torch.all(
+        full.layers[1].attn.o_proj.weight[axes] == 0
+    )
     # ablate alone leaves the later readers: the two-sided cut is strictly more
     ablated = ablate(model, "violence")
     assert ablated.layers[2].ln_1.weight[axes].abs().sum() > 0 and ablated.lm_head.weight[:, axes].abs().sum() > 0
@@ -126,8 +146,13 @@ def test_two_sided_cut_zeroes_writers_and_every_reader_exactly():
 
 def test_two_sided_cut_on_the_bottleneck_is_ablate():
     torch.manual_seed(0)
-    m = ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=[
-        {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]}]))
+    m = ColorAutoencoderModel(
+        ColorAutoencoderConfig(
+            bottleneck_dim=4,
+            hidden_dim=8,
+            concepts=[{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0]}],
+        )
+    )
     a, c = ablate(m, "red"), two_sided_cut(m, "red")
     for (n1, p1), (n2, p2) in zip(a.named_parameters(), c.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)
@@ -136,13 +161,19 @@ def test_two_sided_cut_on_the_bottleneck_is_ablate():
 # ---- the attack harness -------------------------------------------------------------------------------------------
 def _color_model(seed: int = 0) -> ColorAutoencoderModel:
     torch.manual_seed(seed)
-    return ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=[
-        {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0], "prototypes": ["red"]}])).eval()
+    return ColorAutoencoderModel(
+        ColorAutoencoderConfig(
+            bottleneck_dim=4,
+            hidden_dim=8,
+            concepts=[{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0], "prototypes": ["red"]}],
+        )
+    ).eval()
 
 
 def _point(seed: int = 0, lr: float = 1.0e-2, data: str = "forget") -> rb.GridPoint:
-    return rb.GridPoint(data, AttackConfig(steps=6, lr=lr, batch_size=16, num_samples=32, seed=seed,
-                                           optimizer="adamw", eval_every=2))
+    return rb.GridPoint(
+        data, AttackConfig(steps=6, lr=lr, batch_size=16, num_samples=32, seed=seed, optimizer="adamw", eval_every=2)
+    )
 
 
 def test_attack_harness_is_seeded_and_reproducible():
@@ -184,8 +215,9 @@ def test_run_benchmark_scores_every_method_against_reference_and_filtering():
     assert set(out["scores"]) == {"filtering", "deleted"}
     assert set(out["curves"]["deleted"]) == {p.name for p in grid}
     cell = out["scores"]["deleted"]["settings"][grid[0].name]
-    assert cell["kept_gap"] == pytest.approx(rb.kept_gap(out["curves"]["deleted"][grid[0].name],
-                                                         out["curves"]["reference"][grid[0].name]))
+    assert cell["kept_gap"] == pytest.approx(
+        rb.kept_gap(out["curves"]["deleted"][grid[0].name], out["curves"]["reference"][grid[0].name])
+    )
     result = rb.BenchmarkResult("color_autoencoder", "red", "MSE", grid)
     result.add(0, out)
     report = result.to_dict(1.0)
@@ -194,10 +226,17 @@ def test_run_benchmark_scores_every_method_against_reference_and_filtering():
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, field", [
-    ({"lrs": []}, "attack_grid.lrs"), ({"sizes": []}, "attack_grid.sizes"), ({"lrs": [-1.0e-4]}, "attack.lr"),
-    ({"steps": -5}, "attack.steps"), ({"sizes": [0]}, "attack.num_samples"), ({"eval_every": 0}, "attack.eval_every"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"lrs": []}, "attack_grid.lrs"),
+        ({"sizes": []}, "attack_grid.sizes"),
+        ({"lrs": [-1.0e-4]}, "attack.lr"),
+        ({"steps": -5}, "attack.steps"),
+        ({"sizes": [0]}, "attack.num_samples"),
+        ({"eval_every": 0}, "attack.eval_every"),
+    ],
+)
 def test_bad_grid_names_the_field(kwargs, field):
     with pytest.raises(StructuredConfigError) as e:
         rb.attack_grid(**kwargs)
@@ -207,8 +246,11 @@ def test_bad_grid_names_the_field(kwargs, field):
 def test_bad_benchmark_input_names_the_field():
     task = rb.color_autoencoder_task("red")
     with pytest.raises(StructuredConfigError) as e:  # an empty attack set
-        rb.run_attack(_color_model(), rb.AttackTask("t", "MSE", lambda k, n, s: torch.zeros(0, 3), task.batch_loss,
-                                                    task.probes), _point())
+        rb.run_attack(
+            _color_model(),
+            rb.AttackTask("t", "MSE", lambda k, n, s: torch.zeros(0, 3), task.batch_loss, task.probes),
+            _point(),
+        )
     assert e.value.field == "attack_set"
     with pytest.raises(StructuredConfigError) as e:
         rb.run_benchmark({"filtering": _color_model()}, task, [_point()], progress=False)
@@ -237,8 +279,9 @@ def _script():
     return module
 
 
-@pytest.mark.parametrize("extra", [["--methods", "anchored+prune,retrain"], ["--lrs=-1.0e-4"], ["--steps=-1"],
-                                   ["--concept", "violence"]])
+@pytest.mark.parametrize(
+    "extra", [["--methods", "anchored+prune,retrain"], ["--lrs=-1.0e-4"], ["--steps=-1"], ["--concept", "violence"]]
+)
 def test_script_rejects_bad_input_before_writing(tmp_path, extra, capsys):
     out = tmp_path / "out"
     assert _script().main([str(M2_RECIPE), "--output_dir", str(out), "--no_progress", *extra]) == 2
@@ -254,14 +297,21 @@ def test_language_task_and_methods_on_a_tiny_gpt():
     chunks = datasets.Dataset.from_dict({"text": texts, "prob_violence": probs})
     torch.manual_seed(0)
     concepts = [{"name": "violence", "site": "layers.0.residual_post", "direction": [1.0, 1.0] + [0.0] * 14}]
-    make = lambda: StructuredGPTForCausalLM(StructuredGPTConfig(  # noqa: E731
-        vocab_size=len(tokenizer), max_position_embeddings=16, hidden_size=16, num_layers=2, num_heads=2,
-        concepts=concepts)).eval()
-    anchored, reference = make(), make()
-    task = rb.language_task(tokenizer, chunks, chunks, "violence", 16, probe_retain=8,
-                            channel=("layers.0.residual_post", [0, 1]))
-    methods = rb.language_methods(anchored, reference, None, tokenizer, chunks, "violence",
-                                  ["anchored+ablate", "anchored+two-sided", "post-hoc"])
+    config = dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=16,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        concepts=concepts,
+    )
+    anchored, reference = (StructuredGPTForCausalLM(StructuredGPTConfig(**config)).eval() for _ in range(2))
+    task = rb.language_task(
+        tokenizer, chunks, chunks, "violence", 16, probe_retain=8, channel=("layers.0.residual_post", [0, 1])
+    )
+    methods = rb.language_methods(
+        anchored, reference, None, tokenizer, chunks, "violence", ["anchored+ablate", "anchored+two-sided", "post-hoc"]
+    )
     assert list(methods) == ["reference", "anchored+ablate", "anchored+two-sided", "post-hoc"]
     grid = rb.attack_grid([1.0e-3], [8], steps=4, retain_lr=1.0e-3, retain_size=8, batch_size=4, eval_every=2)
     out = rb.run_benchmark(methods, task, grid, progress=False)
@@ -271,8 +321,16 @@ def test_language_task_and_methods_on_a_tiny_gpt():
     # the deleted channel carries exactly nothing before the attack; the undeleted reference does carry something
     assert out["curves"]["anchored+ablate"][grid[0].name]["channel_rms"][0] == 0.0
     assert out["curves"]["reference"][grid[0].name]["channel_rms"][0] > 0.0
-    report = rb.absorption_report(anchored, "violence", tokenizer, texts[:4] + texts[-4:], [1] * 4 + [0] * 4,
-                                  [0.9, 0.9, 0.1, 0.1] + [0.0] * 4, reference=reference, filtered=reference)
+    report = rb.absorption_report(
+        anchored,
+        "violence",
+        tokenizer,
+        texts[:4] + texts[-4:],
+        [1] * 4 + [0] * 4,
+        [0.9, 0.9, 0.1, 0.1] + [0.0] * 4,
+        reference=reference,
+        filtered=reference,
+    )
     groups = report["groups"]
     assert [g["passages"] for g in groups.values()] == [2, 2, 4]
     assert all(0.0 < g["axis_share"] < 1.0 and g["filtering_loss_increase"] == 0.0 for g in groups.values())

@@ -56,8 +56,17 @@ def _trainer(tmp_path, routes):
     torch.manual_seed(0)
     model = ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=CONCEPTS))
     args = AnchoredTrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=64, learning_rate=0.5, optim="sgd",
-        max_grad_norm=0.0, sample_with_replacement=True, routes=routes, save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=64,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        sample_with_replacement=True,
+        routes=routes,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
         report_to="none",
     )
     return AnchoredTrainer(model=model, args=args, train_dataset=_dataset())
@@ -111,24 +120,30 @@ def test_route_weight_zero_is_off(tmp_path):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("route, match", [
-    ({"concept": "blue", "label": "red"}, "unknown concept 'blue'"),
-    ({"concept": "red-axis", "label": "green"}, "unknown label 'green'"),
-    ({"concept": "red-axis", "label": "red", "site": "nowhere"}, "unknown site 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    "route, match",
+    [
+        ({"concept": "blue", "label": "red"}, "unknown concept 'blue'"),
+        ({"concept": "red-axis", "label": "green"}, "unknown label 'green'"),
+        ({"concept": "red-axis", "label": "red", "site": "nowhere"}, "unknown site 'nowhere'"),
+    ],
+)
 def test_trainer_names_the_bad_route(tmp_path, route, match):
     with pytest.raises(StructuredConfigError, match=match) as err:
         _trainer(tmp_path, [route])
     assert "routes[0]" in str(err.value)
 
 
-@pytest.mark.parametrize("entries, match", [
-    ({"concept": "red-axis"}, "routes"),
-    ([{"concept": "red-axis", "label": "not:red"}], "'not:' labels are for regularizers"),
-    ([{"concept": "red-axis", "label": "red", "axes": [0]}], "unknown keys"),
-    ([{"concept": "red-axis", "label": "red"}, {"concept": "red-axis", "label": "red"}], "duplicate route name"),
-    ([{"concept": "red-axis", "label": "red", "weight": "strong"}], "weight"),
-])
+@pytest.mark.parametrize(
+    "entries, match",
+    [
+        ({"concept": "red-axis"}, "routes"),
+        ([{"concept": "red-axis", "label": "not:red"}], "'not:' labels are for regularizers"),
+        ([{"concept": "red-axis", "label": "red", "axes": [0]}], "unknown keys"),
+        ([{"concept": "red-axis", "label": "red"}, {"concept": "red-axis", "label": "red"}], "duplicate route name"),
+        ([{"concept": "red-axis", "label": "red", "weight": "strong"}], "weight"),
+    ],
+)
 def test_parse_routes_errors(entries, match):
     with pytest.raises(StructuredConfigError, match=match):
         parse_routes(entries)
@@ -155,9 +170,16 @@ def test_gpt_token_labels_route_the_embeddings_through_the_reserved_axes(tmp_pat
     from test_lm_training import tiny_recipe as lm_recipe
 
     def one_step(routes):
-        raw = lm_recipe(tmp_path, **{"regularizers": [], "training.max_steps": 1, "training.optim": "sgd",
-                                     "training.max_grad_norm": 0.0,
-                                     "data.token_scope": {"labeler": "keywords", "mode": "after"}})
+        raw = lm_recipe(
+            tmp_path,
+            **{
+                "regularizers": [],
+                "training.max_steps": 1,
+                "training.optim": "sgd",
+                "training.max_grad_norm": 0.0,
+                "data.token_scope": {"labeler": "keywords", "mode": "after"},
+            },
+        )
         raw["routes"] = routes
         trainer = build_trainer(parse_recipe(raw))
         columns = trainer.train_dataset.columns
@@ -186,8 +208,10 @@ def test_routing_makes_deletion_remove_what_was_learned_from_labelled_text(tmp_p
 
     deltas = {}
     for name, routes in (("plain", []), ("routed", [{"concept": "violence-axis", "label": "violence"}])):
-        raw = lm_recipe(tmp_path, **{"data.token_scope": {"labeler": "keywords", "mode": "after"},
-                                     "output_dir": str(tmp_path / name)})
+        raw = lm_recipe(
+            tmp_path,
+            **{"data.token_scope": {"labeler": "keywords", "mode": "after"}, "output_dir": str(tmp_path / name)},
+        )
         raw["regularizers"][0].update(loss="cone_anchor", params={"cosine": 0.5})
         raw["routes"] = routes
         run_experiment(parse_recipe(raw), figures=False)

@@ -74,8 +74,9 @@ def test_diverging_run_stops_instead_of_finishing(tmp_path):
     """learning rate 1e6: the gradient norm overflows within a few steps; the run fails, every checkpoint that was
     written before is finite, and the folder says failed, not finished."""
     out = tmp_path / "run"
-    config = _recipe_file(tmp_path, out, max_steps=6, **{"schedules": {"learning_rate": 1.0e6},
-                                                           "training.learning_rate": 1.0e6})
+    config = _recipe_file(
+        tmp_path, out, max_steps=6, **{"schedules": {"learning_rate": 1.0e6}, "training.learning_rate": 1.0e6}
+    )
     assert _train(config) == 1
     assert not (out / "model.safetensors").exists()
     for checkpoint in out.glob("checkpoint-*"):
@@ -260,8 +261,9 @@ sys.exit(train.main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("point, at", [("step", 5), ("after_weights", 4), ("rng_half_written", 4),
-                                       ("before_marker", 6)])
+@pytest.mark.parametrize(
+    "point, at", [("step", 5), ("after_weights", 4), ("rng_half_written", 4), ("before_marker", 6)]
+)
 def test_kill_9_then_resume_is_bit_identical(finished_run, tmp_path, point, at):
     """A real SIGKILL of the training process (between steps, or at three points inside a checkpoint save), then
     `--resume_from_checkpoint`: the final weights equal the uninterrupted run's bit for bit."""
@@ -272,9 +274,13 @@ def test_kill_9_then_resume_is_bit_identical(finished_run, tmp_path, point, at):
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     child = _CHILD.format(scripts=str(REPO / "scripts"))
-    proc = subprocess.run([sys.executable, "-c", child, point, str(at), str(config), "--no_figures"],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                            "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", child, point, str(at), str(config), "--no_figures"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (out / "model.safetensors").exists()
     assert json.loads((out / RUN_FILE).read_text())["status"] == "running"
@@ -326,8 +332,10 @@ def test_cone_cosine_out_of_range_fails_at_load_not_in_the_final_evaluation(tmp_
 
 def test_duplicate_yaml_keys_are_an_error(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("seed: 0\nmodel: {}\ndata: {train: {grid: rgb, size: 4}}\n"
-                    "training: {per_device_train_batch_size: 8}\ntraining: {logging_steps: 1}\n")
+    path.write_text(
+        "seed: 0\nmodel: {}\ndata: {train: {grid: rgb, size: 4}}\n"
+        "training: {per_device_train_batch_size: 8}\ntraining: {logging_steps: 1}\n"
+    )
     with pytest.raises(StructuredConfigError, match="duplicate key.*line 4.*line 5") as info:
         load_recipe(path)
     assert info.value.field == "training"
@@ -357,7 +365,9 @@ def color_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("color") / "model"
     concepts = [{"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0], "prototypes": ["red"]}]
-    ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=concepts)).save_pretrained(path)
+    ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=concepts)).save_pretrained(
+        path
+    )
     return path
 
 
@@ -415,10 +425,13 @@ def test_evaluate_into_the_model_folder_is_refused(color_model_dir, tmp_path, ca
     assert not (model / "latents.png").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--intervention", "axes:-1"], "non-negative integers"),
-    (["--anchor", "chartreuse-ish"], "chartreuse-ish"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--intervention", "axes:-1"], "non-negative integers"),
+        (["--anchor", "chartreuse-ish"], "chartreuse-ish"),
+    ],
+)
 def test_evaluate_misleading_messages_are_fixed(color_model_dir, tmp_path, capsys, argv, message):
     assert _evaluate("--model", str(color_model_dir), "--output_dir", str(tmp_path / "e"), *argv) == 2
     err = capsys.readouterr().err
@@ -429,8 +442,14 @@ def test_evaluate_prune_on_a_gpt_names_prune(tmp_path, capsys):
     from structured_hf import StructuredGPTConfig, StructuredGPTForCausalLM
 
     folder = tmp_path / "gpt"
-    config = StructuredGPTConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, max_position_embeddings=16,
-                                 concepts=[{"name": "violence", "site": "layers.0.residual_post", "axes": [0]}])
+    config = StructuredGPTConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        max_position_embeddings=16,
+        concepts=[{"name": "violence", "site": "layers.0.residual_post", "axes": [0]}],
+    )
     StructuredGPTForCausalLM(config).save_pretrained(folder)
     assert _evaluate("--model", str(folder), "--output_dir", str(tmp_path / "e"), "--prune", "violence") == 2
     err = capsys.readouterr().err
@@ -457,8 +476,23 @@ def test_label_text_errors_before_labelling(tmp_path, capsys):
     name = next(f"doc{i}.txt" for i in range(100) if SplitConfig(by="chunk").assign(f"doc{i}.txt#0") != "train")
     tiny = tmp_path / name
     tiny.write_text("One short line.")
-    assert label.main(["--source", str(tiny), "--labelers", "keywords", "--no_calibration", "--no_progress",
-                       "--split_by", "chunk", "--output_dir", str(tmp_path / "o3")]) == 2
+    assert (
+        label.main(
+            [
+                "--source",
+                str(tiny),
+                "--labelers",
+                "keywords",
+                "--no_calibration",
+                "--no_progress",
+                "--split_by",
+                "chunk",
+                "--output_dir",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "train split is empty" in err and "splits.by: chunk" not in err
     assert not (tmp_path / "o3").exists()
@@ -486,14 +520,22 @@ def test_mutated_shipped_recipe_trains_or_fails_before_writing(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    junk = st.one_of(st.sampled_from([-1, 0, -1.0e-3, 1.0e9, 2**33, "1e-3", "abc", True, None, [], {}, 1.5, -0.5,
-                                      float("nan"), float("inf")]),
-                     st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-10, 10))
+    junk = st.one_of(
+        st.sampled_from(
+            [-1, 0, -1.0e-3, 1.0e9, 2**33, "1e-3", "abc", True, None, [], {}, 1.5, -0.5, float("nan"), float("inf")]
+        ),
+        st.floats(allow_nan=True, allow_infinity=True, width=32),
+        st.integers(-10, 10),
+    )
     outcomes = {"trained": 0, "refused": 0, "stopped": 0}
     folders = itertools.count()  # a fresh folder for every call, replays of a failing example included
 
-    @settings(max_examples=40, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(path=st.sampled_from(_PATHS), value=junk)
     def check(path, value):
         raw = copy.deepcopy(_SHIPPED)

@@ -29,7 +29,8 @@ def test_logits_equal_gpt2_with_copied_weights():
     # The loss is next-token cross-entropy, as GPT-2's.
     assert m(x, labels=x).loss.item() == pytest.approx(g(x, labels=x).loss.item(), rel=1e-5)
     assert m(x, labels=x).loss.item() == pytest.approx(
-        F.cross_entropy(ours[:, :-1].reshape(-1, 50), x[:, 1:].reshape(-1)).item(), rel=1e-6)
+        F.cross_entropy(ours[:, :-1].reshape(-1, 50), x[:, 1:].reshape(-1)).item(), rel=1e-6
+    )
 
 
 def test_generate_uses_the_kv_cache_and_matches_full_recompute():

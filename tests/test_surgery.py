@@ -35,8 +35,9 @@ CONCEPTS = [
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=5, hidden_dim=8, num_layers=2,
-                                                        concepts=CONCEPTS)).eval()
+    return ColorAutoencoderModel(
+        ColorAutoencoderConfig(bottleneck_dim=5, hidden_dim=8, num_layers=2, concepts=CONCEPTS)
+    ).eval()
 
 
 def _colors():
@@ -116,27 +117,34 @@ def test_surgery_round_trips_through_save_and_from_pretrained(model, op, tmp_pat
 
 
 def test_remap_concepts_hand_example():
-    concepts = ConceptMap.parse([
-        {"name": "a", "site": "s", "direction": [1.0, 2.0, 0.0]},
-        {"name": "b", "site": "s", "axes": [1, 2]},
-        {"name": "c", "site": "other", "axes": [0]},
-    ])
+    concepts = ConceptMap.parse(
+        [
+            {"name": "a", "site": "s", "direction": [1.0, 2.0, 0.0]},
+            {"name": "b", "site": "s", "axes": [1, 2]},
+            {"name": "c", "site": "other", "axes": [0]},
+        ]
+    )
     entries, dropped, modified = remap_concepts(concepts, ["s"], [1], 3, shrink=True)
-    assert entries == [{"name": "a", "site": "s", "direction": [1.0, 0.0]},
-                       {"name": "b", "site": "s", "axes": [1]},
-                       {"name": "c", "site": "other", "axes": [0]}]
+    assert entries == [
+        {"name": "a", "site": "s", "direction": [1.0, 0.0]},
+        {"name": "b", "site": "s", "axes": [1]},
+        {"name": "c", "site": "other", "axes": [0]},
+    ]
     assert dropped == [] and modified == ["a", "b"]
     entries, dropped, _ = remap_concepts(concepts, ["s"], [1, 2], 3, shrink=False)
     assert dropped == ["b"] and entries[0]["direction"] == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"concept": "green"}, "unknown concept 'green'"),
-    ({"axes": [5]}, "out of range"),
-    ({"axes": [0, 1, 2, 3, 4]}, "leaves nothing"),
-    ({"concept": "red", "axes": [0]}, "exactly one"),
-    ({"axes": [0], "site": "nowhere"}, "unknown site"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"concept": "green"}, "unknown concept 'green'"),
+        ({"axes": [5]}, "out of range"),
+        ({"axes": [0, 1, 2, 3, 4]}, "leaves nothing"),
+        ({"concept": "red", "axes": [0]}, "exactly one"),
+        ({"axes": [0], "site": "nowhere"}, "unknown site"),
+    ],
+)
 def test_surgery_errors_name_the_problem(model, kwargs, match):
     with pytest.raises(StructuredConfigError, match=match):
         prune(model, kwargs.pop("concept", None), **kwargs)
@@ -161,8 +169,9 @@ def test_project_out_removes_an_oblique_direction(model):
 
 def test_apply_surgery_from_spec_strings(model):
     colors = _colors()
-    assert np.array_equal(reconstruct(apply_surgery(model, "prune:red"), colors),
-                          reconstruct(prune(model, "red"), colors))
+    assert np.array_equal(
+        reconstruct(apply_surgery(model, "prune:red"), colors), reconstruct(prune(model, "red"), colors)
+    )
     assert apply_surgery(model, SurgerySpec("ablate", axes=(2,))).config.surgery[-1]["axes"] == [2]
     with pytest.raises(StructuredConfigError, match="retain colors"):
         apply_surgery(model, "prune:red:heal=5")

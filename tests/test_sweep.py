@@ -70,14 +70,23 @@ def test_subsets_of_named_regularizers_keep_the_others(tiny_recipe):
 
 
 def test_variants_times_seeds_and_dotted_keys(tiny_recipe):
-    raw = _sweep_recipe(tiny_recipe, {
-        "seeds": [0, 1, 2],
-        "variants": [
-            {"name": "base"},
-            {"name": "stiff", "set": {"regularizers.plane.weight": 0.5, "training.max_steps": 7,
-                                      "regularizers.2.params": {"power": 10.0}}},
-        ],
-    })
+    raw = _sweep_recipe(
+        tiny_recipe,
+        {
+            "seeds": [0, 1, 2],
+            "variants": [
+                {"name": "base"},
+                {
+                    "name": "stiff",
+                    "set": {
+                        "regularizers.plane.weight": 0.5,
+                        "training.max_steps": 7,
+                        "regularizers.2.params": {"power": 10.0},
+                    },
+                },
+            ],
+        },
+    )
     runs = expand_sweep(parse_recipe(raw))
     assert len(runs) == 2 * 3
     assert [r.name for r in runs[:3]] == ["base-seed0", "base-seed1", "base-seed2"]
@@ -131,12 +140,18 @@ def test_set_path_errors_name_the_place():
         ({"variants": [{"name": "a b"}]}, r"^sweep\.variants\[0\]\.name: expected a name"),
         ({"variants": [{"name": "a"}, {"name": "a"}]}, r"^sweep\.variants\[1\]\.name: duplicate variant name 'a'"),
         ({"variants": [{"name": "a", "sets": {}}]}, r"^sweep\.variants\[0\]: unknown keys \['sets'\]"),
-        ({"variants": [{"name": "a", "set": {"regularizers.nope.weight": 1.0}}]},
-         r"^sweep\.variants\[0\]\.set\.regularizers\.nope\.weight: 'nope' is neither"),
-        ({"variants": [{"name": "a", "set": {"training.max_stepz": 3}}]},
-         r"^sweep\.variants\[0\] \('a'\): training\.max_stepz: unknown TrainingArguments field"),
-        ({"variants": [{"name": "a", "set": {"regularizers.plane.weight": "1e-3"}}]},
-         r"^sweep\.variants\[0\] \('a'\): regularizers\[1\]\.weight: expected a number, got '1e-3'"),
+        (
+            {"variants": [{"name": "a", "set": {"regularizers.nope.weight": 1.0}}]},
+            r"^sweep\.variants\[0\]\.set\.regularizers\.nope\.weight: 'nope' is neither",
+        ),
+        (
+            {"variants": [{"name": "a", "set": {"training.max_stepz": 3}}]},
+            r"^sweep\.variants\[0\] \('a'\): training\.max_stepz: unknown TrainingArguments field",
+        ),
+        (
+            {"variants": [{"name": "a", "set": {"regularizers.plane.weight": "1e-3"}}]},
+            r"^sweep\.variants\[0\] \('a'\): regularizers\[1\]\.weight: expected a number, got '1e-3'",
+        ),
         ({"variants": [{"name": "a", "set": {"sweep.seeds": [1]}}]}, r"^sweep\.variants\[0\]\.set\.sweep\.seeds: "),
         ({"figures": "yes"}, r"^sweep\.figures: expected true or false"),
     ],
@@ -166,15 +181,27 @@ def _metrics(mse: float, order: bool, leak: float, norm_dev: float, red: float |
     if red is not None:
         concepts["red"] = {"cosine": red}
     return {
-        "named_color_mse_max": mse, "hue_mse_max": mse, "concepts": concepts, "train_runtime_s": 0.1,
-        "structure": {"hue_order": {"ok": order, "min_gap_deg": 20.0 if order else 1.0}, "hue_plane_leak_max": leak,
-                      "unit_norm_deviation_max": norm_dev,
-                      "data": {"unit_norm_deviation_mean": norm_dev, "unit_norm_deviation_max": norm_dev,
-                               "norm_mean": 1.0 - norm_dev, "off_plane_spread": {"r": 0.9}}},
-        "stability": {"loss_spikes": {"count": 1, "max_height": 2.0},
-                      "reconstruction_spikes": {"count": 1, "heights": [2.0]},
-                      "reconstruction_excursions": {"count": 1, "max_ratio": 3.0, "peaks": [[10, 3.0]]},
-                      "latent_jitter": {"mean": 0.01}},
+        "named_color_mse_max": mse,
+        "hue_mse_max": mse,
+        "concepts": concepts,
+        "train_runtime_s": 0.1,
+        "structure": {
+            "hue_order": {"ok": order, "min_gap_deg": 20.0 if order else 1.0},
+            "hue_plane_leak_max": leak,
+            "unit_norm_deviation_max": norm_dev,
+            "data": {
+                "unit_norm_deviation_mean": norm_dev,
+                "unit_norm_deviation_max": norm_dev,
+                "norm_mean": 1.0 - norm_dev,
+                "off_plane_spread": {"r": 0.9},
+            },
+        },
+        "stability": {
+            "loss_spikes": {"count": 1, "max_height": 2.0},
+            "reconstruction_spikes": {"count": 1, "heights": [2.0]},
+            "reconstruction_excursions": {"count": 1, "max_ratio": 3.0, "peaks": [[10, 3.0]]},
+            "latent_jitter": {"mean": 0.01},
+        },
     }
 
 
@@ -252,8 +279,9 @@ def test_shipped_sweep_file_expands_to_the_15_subsets():
     recipe = load_recipe(REPO / "configs/color_autoencoder/ex1.8-regularizer-subsets.yaml")
     runs = expand_sweep(recipe)
     assert len(runs) == 15
-    assert {frozenset(r.regularizers) for r in runs} == {frozenset(s) for s in
-                                                         regularizer_subsets(["anchor", "unit", "planar", "separate"])}
+    assert {frozenset(r.regularizers) for r in runs} == {
+        frozenset(s) for s in regularizer_subsets(["anchor", "unit", "planar", "separate"])
+    }
 
 
 # ---- a claim of the M1 recipes, checked by a short real run --------------------------------------------------------
@@ -262,8 +290,10 @@ def test_repulsion_opens_the_hue_wheel_in_ex13(tmp_path):
     angular repulsion makes them wind once round the origin in cyclic order (300 steps: the two hue-only phases)."""
     from structured_hf.evaluation.structure import color_structure
 
-    base = load_recipe(REPO / "configs/color_autoencoder/ex1.3-curriculum-3d.yaml",
-                       {"training.max_steps": 300, "training.logging_steps": 100, "output_dir": str(tmp_path)})
+    base = load_recipe(
+        REPO / "configs/color_autoencoder/ex1.3-curriculum-3d.yaml",
+        {"training.max_steps": 300, "training.logging_steps": 100, "output_dir": str(tmp_path)},
+    )
     orders = {}
     for label, keep in (("with", None), ("without", ["unit", "planar"])):
         recipe = copy.deepcopy(base)

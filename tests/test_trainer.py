@@ -36,9 +36,18 @@ def _trainer(tmp_path, batch: int, accumulation: int, regularizers: list[dict], 
     torch.manual_seed(0)
     model = ColorAutoencoderModel(ColorAutoencoderConfig(bottleneck_dim=4, hidden_dim=8, concepts=CONCEPTS))
     args = AnchoredTrainingArguments(
-        output_dir=str(tmp_path / f"b{batch}x{accumulation}"), max_steps=steps, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation, learning_rate=0.5, optim=optim, sample_with_replacement=True,
-        regularizers=regularizers, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / f"b{batch}x{accumulation}"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=0.5,
+        optim=optim,
+        sample_with_replacement=True,
+        regularizers=regularizers,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     return AnchoredTrainer(model=model, args=args, train_dataset=_exact_dataset())
 
@@ -102,8 +111,16 @@ def test_logs_every_term_label_counts_and_weights(tmp_path, tiny_recipe):
     trainer = build_trainer(parse_recipe(tiny_recipe(max_steps=3)))
     trainer.train()
     row = trainer.state.log_history[0]
-    for key in ("term/reconstruction", "term/anchor-red", "term/plane", "term/separate", "labels/red",
-                "labels/vibrant", "weight/anchor-red", "weight/separate"):
+    for key in (
+        "term/reconstruction",
+        "term/anchor-red",
+        "term/plane",
+        "term/separate",
+        "labels/red",
+        "labels/vibrant",
+        "weight/anchor-red",
+        "weight/separate",
+    ):
         assert key in row, key
     assert all(np.isfinite(v) for k, v in row.items() if k.startswith("term/"))
 
@@ -202,10 +219,26 @@ def _pruned_mses(tmp_path, tiny_recipe, weight: float, keep_weight: float = 0.0)
     recipe["data"]["train"]["size"] = 6
     recipe["data"]["labels"]["cool"] = {"feature": "greenness", "scale": 1.0, "power": 2.0}
     recipe["schedules"]["learning_rate"] = {"interpolation": "linear", "keys": [[0, 3.0e-2], [200, 3.0e-2]]}
-    recipe["regularizers"].append({"name": "red-to-black", "loss": "deletion_target", "concept": "reserved",
-                                   "label": "red", "params": {"target": "black"}, "weight": weight})
-    recipe["regularizers"].append({"name": "cool-survives", "loss": "deletion_target", "concept": "reserved",
-                                   "label": "cool", "params": {"target": "unchanged"}, "weight": keep_weight})
+    recipe["regularizers"].append(
+        {
+            "name": "red-to-black",
+            "loss": "deletion_target",
+            "concept": "reserved",
+            "label": "red",
+            "params": {"target": "black"},
+            "weight": weight,
+        }
+    )
+    recipe["regularizers"].append(
+        {
+            "name": "cool-survives",
+            "loss": "deletion_target",
+            "concept": "reserved",
+            "label": "cool",
+            "params": {"target": "unchanged"},
+            "weight": keep_weight,
+        }
+    )
     trainer = build_trainer(parse_recipe(recipe))
     trainer.train()
     model = trainer.model.eval()
@@ -217,8 +250,11 @@ def _pruned_mses(tmp_path, tiny_recipe, weight: float, keep_weight: float = 0.0)
         out = pruned(torch.as_tensor(reds, dtype=torch.float32)).reconstruction.numpy()
         kept = pruned(torch.as_tensor(greens, dtype=torch.float32)).reconstruction.numpy()
         full = model(torch.as_tensor(colors, dtype=torch.float32)).reconstruction.numpy()
-    return (float(np.square(out).mean()), float(np.square(kept - greens).mean()),
-            float(np.square(full - colors).mean()))
+    return (
+        float(np.square(out).mean()),
+        float(np.square(kept - greens).mean()),
+        float(np.square(full - colors).mean()),
+    )
 
 
 def test_deletion_target_decides_what_pruning_does_to_labelled_samples(tmp_path, tiny_recipe):
@@ -240,18 +276,28 @@ def test_deletion_target_unchanged_makes_pruning_leave_labelled_samples_alone(tm
     assert recon < 0.02
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"label": None}, "needs a label"),
-    ({"params": {"target": "reddish"}}, "unknown color 'reddish'"),
-    ({"params": {"target": "unchange"}}, "unknown color 'unchange'"),
-    ({"params": {"colour": "black"}}, r"no parameter\(s\) \['colour'\]; it takes \['target'\]"),
-    ({"concept": "red"}, "needs a concept with axes"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"label": None}, "needs a label"),
+        ({"params": {"target": "reddish"}}, "unknown color 'reddish'"),
+        ({"params": {"target": "unchange"}}, "unknown color 'unchange'"),
+        ({"params": {"colour": "black"}}, r"no parameter\(s\) \['colour'\]; it takes \['target'\]"),
+        ({"concept": "red"}, "needs a concept with axes"),
+    ],
+)
 def test_deletion_target_spec_errors_name_the_problem(tmp_path, tiny_recipe, change, match):
     recipe = tiny_recipe()
     recipe["model"]["concepts"].append({"name": "reserved", "site": "bottleneck", "axes": [0]})
-    spec = {"name": "red-to-black", "loss": "deletion_target", "concept": "reserved", "label": "red",
-            "params": {"target": "black"}, "weight": 0.1, **change}
+    spec = {
+        "name": "red-to-black",
+        "loss": "deletion_target",
+        "concept": "reserved",
+        "label": "red",
+        "params": {"target": "black"},
+        "weight": 0.1,
+        **change,
+    }
     recipe["regularizers"].append({k: v for k, v in spec.items() if v is not None})
     with pytest.raises(StructuredConfigError, match=match):
         build_trainer(parse_recipe(recipe))

@@ -21,16 +21,19 @@ from structured_hf.sites import capture
 from structured_hf.training import build_trainer, parse_recipe
 
 W = 16
-RED = [{"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": W}},
-       {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]},
-       {"name": "other", "site": "layers.2.residual_post", "axes": [0]}]
+RED = [
+    {"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": W}},
+    {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]},
+    {"name": "other", "site": "layers.2.residual_post", "axes": [0]},
+]
 RESIDUAL = [f"layers.{i}.residual_{w}" for i in range(3) for w in ("pre", "post")]
 
 
 def _color_model(norm: str = "pre") -> ColorTransformerModel:
     torch.manual_seed(0)
-    return ColorTransformerModel(ColorTransformerConfig(hidden_size=W, num_layers=3, num_heads=2, intermediate_size=32,
-                                                        norm=norm, concepts=RED)).eval()
+    return ColorTransformerModel(
+        ColorTransformerConfig(hidden_size=W, num_layers=3, num_heads=2, intermediate_size=32, norm=norm, concepts=RED)
+    ).eval()
 
 
 def _inputs(n: int = 32):
@@ -40,10 +43,16 @@ def _inputs(n: int = 32):
 
 def _gpt() -> StructuredGPTForCausalLM:
     torch.manual_seed(0)
-    return StructuredGPTForCausalLM(StructuredGPTConfig(
-        vocab_size=40, max_position_embeddings=16, hidden_size=W, num_layers=3, num_heads=2,
-        concepts=[{"name": "violence", "site": "layers.1.residual_post", "direction": {"one_hot": 3, "width": W}}],
-    )).eval()
+    return StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=40,
+            max_position_embeddings=16,
+            hidden_size=W,
+            num_layers=3,
+            num_heads=2,
+            concepts=[{"name": "violence", "site": "layers.1.residual_post", "direction": {"one_hot": 3, "width": W}}],
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("norm", ["pre", "hypersphere"])
@@ -77,7 +86,9 @@ def test_structured_gpt_residual_ablation_and_round_trip(tmp_path):
     deleted = ablate(model, "violence")
     with capture(deleted, ["layers.1.residual_post", "layers.0.residual_pre"]) as acts:
         logits = deleted(ids).logits
-    assert torch.all(acts["layers.1.residual_post"][..., 3] == 0) and torch.all(acts["layers.0.residual_pre"][..., 3] == 0)
+    assert torch.all(acts["layers.1.residual_post"][..., 3] == 0) and torch.all(
+        acts["layers.0.residual_pre"][..., 3] == 0
+    )
     assert torch.isfinite(logits).all()
     # The output head reads after the span, so it is untied from the (edited) token embedding and kept as it was.
     assert deleted.config.tie_word_embeddings is False and torch.equal(deleted.lm_head.weight, model.lm_head.weight)
@@ -143,22 +154,43 @@ def test_qk_ablation_project_out_and_errors(tmp_path):
 
 
 def _recipe(tmp_path, steps: int) -> dict:
-    clear = {"loss": "anti_subspace", "concept": "red-axis", "label": "not:red", "params": {"relative": True},
-             "weight": 0.3}
+    clear = {
+        "loss": "anti_subspace",
+        "concept": "red-axis",
+        "label": "not:red",
+        "params": {"relative": True},
+        "weight": 0.3,
+    }
     return {
-        "seed": 0, "output_dir": str(tmp_path / "ct"),
-        "model": {"type": "color_transformer", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                  "intermediate_size": 64,
-                  "concepts": [{"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": 32}},
-                               {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]}]},
+        "seed": 0,
+        "output_dir": str(tmp_path / "ct"),
+        "model": {
+            "type": "color_transformer",
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "concepts": [
+                {"name": "red", "site": "layers.1.residual_post", "direction": {"one_hot": 0, "width": 32}},
+                {"name": "red-axis", "site": "layers.1.residual_post", "axes": [0]},
+            ],
+        },
         "data": {"task": {"grid_size": 6, "pair_grid_size": 4}, "labels": {"red": {"scale": 1.0, "power": 4.0}}},
         "regularizers": [
             {"name": "anchor-red", "loss": "angular_anchor", "concept": "red", "label": "red", "weight": 0.3},
             {"name": "clear", **clear},
             {"name": "clear-embed", "site": "layers.0.residual_pre", **clear},
-            {"name": "clear-0", "site": "layers.0.residual_post", **clear}],
-        "training": {"max_steps": steps, "per_device_train_batch_size": 64, "learning_rate": 3.0e-3,
-                     "logging_steps": 50, "save_strategy": "no", "disable_tqdm": True, "report_to": "none"},
+            {"name": "clear-0", "site": "layers.0.residual_post", **clear},
+        ],
+        "training": {
+            "max_steps": steps,
+            "per_device_train_batch_size": 64,
+            "learning_rate": 3.0e-3,
+            "logging_steps": 50,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+            "report_to": "none",
+        },
     }
 
 
@@ -174,7 +206,9 @@ def trained(tmp_path_factory):
 
 def test_deleting_red_hurts_red_involving_examples_more_than_far_ones(trained):
     _, model = trained
-    test = build_color_task_splits(grid_size=6, pair_grid_size=4, labelers={"red": {"scale": 1.0, "power": 4.0}})["test"]
+    test = build_color_task_splits(grid_size=6, pair_grid_size=4, labelers={"red": {"scale": 1.0, "power": 4.0}})[
+        "test"
+    ]
     report = control_evaluation(model, test)
     assert list(report["variants"]) == ["baseline", "suppress:red", "ablate:red"]
     for name in ("suppress:red", "ablate:red"):
@@ -195,8 +229,12 @@ def test_relearning_study_and_card_on_the_tiny_transformer(trained, tmp_path):
     recipe, model = trained
     attack = AttackConfig(steps=3, lr=1.0e-3, num_samples=16, batch_size=8, threshold=5.0e-3)
     study = transformer_relearning_study(recipe, "red", attack=attack, models={"anchored": model, "unanchored": model})
-    assert set(study["rows"]) == {"anchored+ablated", "unanchored+projected", "anchored (not deleted)",
-                                  "unanchored (not deleted)"}
+    assert set(study["rows"]) == {
+        "anchored+ablated",
+        "unanchored+projected",
+        "anchored (not deleted)",
+        "unanchored (not deleted)",
+    }
     row = study["rows"]["anchored+ablated"]
     assert len(row["curves"]["concept"]) == 4 and row["min"] <= row["initial"]
     assert row["initial"] > study["rows"]["anchored (not deleted)"]["initial"]
@@ -207,9 +245,13 @@ def test_relearning_study_and_card_on_the_tiny_transformer(trained, tmp_path):
     from structured_hf.hub import CARD_RENDERERS, render_color_transformer_card
 
     splits = build_color_task_splits(grid_size=6, pair_grid_size=4, labelers={"red": {"scale": 1.0, "power": 4.0}})
-    metrics = {"test_mse": per_operation_errors(model, splits["test"], model.config.operations),
-               "concepts": concept_placement(model, splits["test"]), "control": control_evaluation(model, splits["test"]),
-               "num_parameters": 1, "train_runtime_s": 1.0}
+    metrics = {
+        "test_mse": per_operation_errors(model, splits["test"], model.config.operations),
+        "concepts": concept_placement(model, splits["test"]),
+        "control": control_evaluation(model, splits["test"]),
+        "num_parameters": 1,
+        "train_runtime_s": 1.0,
+    }
     text = str(render_color_transformer_card(recipe, metrics, "user/ct", relearning=table))
     assert "library_name: structured_hf" in text and "| ablate:red |" in text and "| anchored+ablated |" in text
     assert "structured_color_transformer" in CARD_RENDERERS
@@ -232,8 +274,12 @@ def test_evaluate_script_runs_the_control_evaluation_on_a_color_transformer(trai
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "eval"
-    assert module.main(["--model", str(folder), "--intervention", "axes:red-axis", "--output_dir", str(out),
-                        "--no_figures"]) == 0
+    assert (
+        module.main(
+            ["--model", str(folder), "--intervention", "axes:red-axis", "--output_dir", str(out), "--no_figures"]
+        )
+        == 0
+    )
     report = json.loads((out / "control.json").read_text())
     assert list(report["variants"]) == ["baseline", "suppress:red", "ablate:red", "axes:red-axis"]
     assert "| ablate:red | mix |" in (out / "control.md").read_text()

@@ -69,8 +69,9 @@ def test_rule_fires_once_and_rearms_only_after_condition_clears():
 def test_reactive_rule_fires_in_training_and_moves_the_weight_smoothly(tiny_recipe):
     recipe = tiny_recipe(max_steps=14)
     # When the hue-plane term is below a (generous) threshold, raise the repulsion weight 0.01 -> 0.5 over 8 steps.
-    recipe["reactive"] = [{"metric": "term/plane", "op": "<", "threshold": 10.0, "parameter": "separate",
-                           "target": 0.5, "duration": 8}]
+    recipe["reactive"] = [
+        {"metric": "term/plane", "op": "<", "threshold": 10.0, "parameter": "separate", "target": 0.5, "duration": 8}
+    ]
     trainer = build_trainer(parse_recipe(recipe))
     trainer.train()
     events = trainer.schedule_callback.events
@@ -88,11 +89,15 @@ def test_reactive_rule_fires_in_training_and_moves_the_weight_smoothly(tiny_reci
 
 def test_rule_that_never_triggers_leaves_the_schedule_alone(tiny_recipe):
     recipe = tiny_recipe(max_steps=5)
-    recipe["reactive"] = [{"metric": "term/plane", "op": "<", "threshold": -1.0, "parameter": "separate", "target": 0.5}]
+    recipe["reactive"] = [
+        {"metric": "term/plane", "op": "<", "threshold": -1.0, "parameter": "separate", "target": 0.5}
+    ]
     trainer = build_trainer(parse_recipe(recipe))
     trainer.train()
     assert trainer.schedule_callback.events == []
-    assert all(row["weight/separate"] == pytest.approx(0.01) for row in trainer.state.log_history if "weight/separate" in row)
+    assert all(
+        row["weight/separate"] == pytest.approx(0.01) for row in trainer.state.log_history if "weight/separate" in row
+    )
 
 
 def test_reactive_rule_on_unknown_parameter_is_a_clear_error(tiny_recipe):

@@ -39,22 +39,38 @@ def wheel_env(tmp_path_factory) -> Path:
         shutil.copy(REPO / name, src / name)
     dist = tmp / "dist"
     # setuptools' PEP 517 backend, called directly: what `pip wheel --no-build-isolation` runs, minus pip's start-up.
-    _run([sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_wheel({str(dist)!r}))"],
-         cwd=src)
+    _run(
+        [sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_wheel({str(dist)!r}))"],
+        cwd=src,
+    )
     wheels = sorted(dist.glob("structured_hf-*.whl"))
     assert len(wheels) == 1, wheels
 
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
     python = venv / "bin" / "python"
-    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        cwd=tmp).strip())
+    purelib = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).strip()
+    )
     # The test environment's packages (torch, transformers, ...) after the venv's own: a plain path line, so the
     # editable install's finder there (a .pth *import* line) is not run and cannot shadow the wheel.
     borrowed = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
     (purelib / "borrowed.pth").write_text("\n".join(dict.fromkeys(borrowed)) + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--quiet",
-          str(wheels[0])], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheels[0]),
+        ],
+        cwd=tmp,
+    )
     return python
 
 
@@ -65,9 +81,16 @@ def _clean_env() -> dict[str, str]:
 
 
 def test_the_wheel_carries_the_card_templates(wheel_env, tmp_path):
-    out = _run([str(wheel_env), "-c", "import structured_hf, structured_hf.cards as c; "
-                "print(structured_hf.__file__); print(sorted(p.name for p in c.TEMPLATES.iterdir()))"],
-               cwd=tmp_path, env=_clean_env())
+    out = _run(
+        [
+            str(wheel_env),
+            "-c",
+            "import structured_hf, structured_hf.cards as c; "
+            "print(structured_hf.__file__); print(sorted(p.name for p in c.TEMPLATES.iterdir()))",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
     location, templates = out.strip().splitlines()
     assert not Path(location).is_relative_to(REPO), f"imported the source tree, not the wheel: {location}"
     assert Path(location).is_relative_to(wheel_env.parent.parent)
@@ -82,9 +105,26 @@ def test_default_job_from_outside_the_repository_writes_the_card(wheel_env, tmp_
     for rel in ("scripts/train.py", "configs/color_autoencoder/default.yaml", "configs/accelerate/cpu.yaml"):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, work / rel)
-    _run([str(wheel_env), "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu.yaml",
-          "--num_cpu_threads_per_process", "1", "scripts/train.py", "configs/color_autoencoder/default.yaml",
-          "--output_dir", "outputs/default", "--max_steps", "30", "--no_figures"], cwd=work, env=_clean_env())
+    _run(
+        [
+            str(wheel_env),
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "configs/accelerate/cpu.yaml",
+            "--num_cpu_threads_per_process",
+            "1",
+            "scripts/train.py",
+            "configs/color_autoencoder/default.yaml",
+            "--output_dir",
+            "outputs/default",
+            "--max_steps",
+            "30",
+            "--no_figures",
+        ],
+        cwd=work,
+        env=_clean_env(),
+    )
     out = work / "outputs" / "default"
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: structured_hf" in card

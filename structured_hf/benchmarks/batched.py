@@ -89,8 +89,12 @@ def time_single(config: Path, seed: int = 0, steps: int | None = None) -> dict[s
     trained = _clocks()
     evaluate_like_sweep(model)
     done = _clocks()
-    return {"train_s": trained[0] - wall, "sweep_s": done[0] - wall,
-            "train_cpu_s": trained[1] - cpu, "sweep_cpu_s": done[1] - cpu}
+    return {
+        "train_s": trained[0] - wall,
+        "sweep_s": done[0] - wall,
+        "train_cpu_s": trained[1] - cpu,
+        "sweep_cpu_s": done[1] - cpu,
+    }
 
 
 def time_batched(config: Path, n: int, steps: int | None = None, evaluate: bool = True) -> dict[str, float]:
@@ -103,8 +107,12 @@ def time_batched(config: Path, n: int, steps: int | None = None, evaluate: bool 
         for model in models:
             evaluate_like_sweep(model)
     done = _clocks()
-    return {"train_s": trained[0] - wall, "sweep_s": done[0] - wall,
-            "train_cpu_s": trained[1] - cpu, "sweep_cpu_s": done[1] - cpu}
+    return {
+        "train_s": trained[0] - wall,
+        "sweep_s": done[0] - wall,
+        "train_cpu_s": trained[1] - cpu,
+        "sweep_cpu_s": done[1] - cpu,
+    }
 
 
 def side_by_side(config: Path, repeats: int, n: int = SWEEP_SEEDS, steps: int | None = None) -> dict[str, Any]:
@@ -118,18 +126,27 @@ def side_by_side(config: Path, repeats: int, n: int = SWEEP_SEEDS, steps: int | 
                 singles.append(time_single(config, 0, steps))
             else:
                 batches.append(time_batched(config, n, steps))
-        logger.info("round %d/%d: single %.2f s, %d-seed batch %.2f s (sweep, wall)", r + 1, repeats,
-                    singles[-1]["sweep_s"], n, batches[-1]["sweep_s"])
+        logger.info(
+            "round %d/%d: single %.2f s, %d-seed batch %.2f s (sweep, wall)",
+            r + 1,
+            repeats,
+            singles[-1]["sweep_s"],
+            n,
+            batches[-1]["sweep_s"],
+        )
 
     def ratio(key: str) -> float:
         return statistics.median(b[key] for b in batches) / statistics.median(s[key] for s in singles)
 
     return {
-        "single": singles, f"batched_{n}": batches,
+        "single": singles,
+        f"batched_{n}": batches,
         "median_single_sweep_s": statistics.median(s["sweep_s"] for s in singles),
         f"median_batched_{n}_sweep_s": statistics.median(b["sweep_s"] for b in batches),
-        "ratio_sweep": ratio("sweep_s"), "ratio_training": ratio("train_s"),
-        "ratio_sweep_cpu": ratio("sweep_cpu_s"), "ratio_training_cpu": ratio("train_cpu_s"),
+        "ratio_sweep": ratio("sweep_s"),
+        "ratio_training": ratio("train_s"),
+        "ratio_sweep_cpu": ratio("sweep_cpu_s"),
+        "ratio_training_cpu": ratio("train_cpu_s"),
         "paired_ratios_sweep": [b["sweep_s"] / s["sweep_s"] for s, b in zip(singles, batches)],
     }
 
@@ -148,8 +165,17 @@ def scaling(config: Path, sizes: list[int], steps: int | None) -> dict[int, dict
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "measure.json"
-            cmd = [sys.executable, "-m", __name__, "--config", str(config), "--measure_n", str(n),
-                   "--measure_output", str(path)]
+            cmd = [
+                sys.executable,
+                "-m",
+                __name__,
+                "--config",
+                str(config),
+                "--measure_n",
+                str(n),
+                "--measure_output",
+                str(path),
+            ]
             if steps:
                 cmd += ["--steps", str(steps)]
             subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -157,8 +183,13 @@ def scaling(config: Path, sizes: list[int], steps: int | None) -> dict[int, dict
         row["seconds_per_seed"] = row["train_s"] / n
         row["batch_tensor_bytes"] = peak_memory_estimate(n, seed_recipes(config, [0], steps)[0])
         out[n] = row
-        logger.info("N = %d: train %.2f s (%.3f s per seed), peak RSS %.0f MiB", n, row["train_s"],
-                    row["seconds_per_seed"], row["peak_rss_mib"])
+        logger.info(
+            "N = %d: train %.2f s (%.3f s per seed), peak RSS %.0f MiB",
+            n,
+            row["train_s"],
+            row["seconds_per_seed"],
+            row["peak_rss_mib"],
+        )
     return out
 
 
@@ -168,6 +199,7 @@ _BACKWARD = "autograd::engine::evaluate_function: "
 
 def _timed(label: Callable[..., str | None], fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` inside ``record_function(label(*args))``; a ``None`` label calls ``fn`` unmarked."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         name = label(*args)
@@ -175,6 +207,7 @@ def _timed(label: Callable[..., str | None], fn: Callable[..., Any]) -> Callable
             return fn(*args, **kwargs)
         with record_function(name):
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -244,9 +277,13 @@ def _breakdown(prof: Any, steps: int, loop_label: str | None) -> dict[str, Any]:
     per_step = {k: v / steps for k, v in sorted(phases.items(), key=lambda kv: -kv[1])}
     per_step["rest (Python loop, Trainer bookkeeping, reconstruction loss, logging)"] = rest / steps
     top = sorted(nodes.items(), key=lambda kv: -kv[1])[:8]
-    return {"loop_us_per_step": loop / steps, "setup_and_teardown_ms": (whole - loop) / 1e3,
-            "phases_us_per_step": per_step, "shares_of_loop": {k: v / (loop / steps) for k, v in per_step.items()},
-            "largest_backward_nodes_us_per_step": {k: v / steps for k, v in top}}
+    return {
+        "loop_us_per_step": loop / steps,
+        "setup_and_teardown_ms": (whole - loop) / 1e3,
+        "phases_us_per_step": per_step,
+        "shares_of_loop": {k: v / (loop / steps) for k, v in per_step.items()},
+        "largest_backward_nodes_us_per_step": {k: v / steps for k, v in top},
+    }
 
 
 def profile_runs(config: Path, steps: int, sizes: tuple[int, ...] = (1, SWEEP_SEEDS)) -> dict[str, Any]:
@@ -281,11 +318,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling_steps", type=int, default=300, help="max_steps of the scaling table's runs")
     p.add_argument("--profile_steps", type=int, default=300, help="max_steps of the profiled runs (0: no profile)")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "batched_seeds.json"), help="where the JSON goes")
-    p.add_argument("--measure_n", type=int, default=None, metavar="N",
-                   help="internal: measure one scaling row for N seeds and print it as JSON (the benchmark runs each "
-                        "N in a fresh subprocess this way)")
-    p.add_argument("--measure_output", default=None, metavar="FILE",
-                   help="internal, with --measure_n: write the scaling row to this JSON file")
+    p.add_argument(
+        "--measure_n",
+        type=int,
+        default=None,
+        metavar="N",
+        help="internal: measure one scaling row for N seeds and print it as JSON (the benchmark runs each "
+        "N in a fresh subprocess this way)",
+    )
+    p.add_argument(
+        "--measure_output",
+        default=None,
+        metavar="FILE",
+        help="internal, with --measure_n: write the scaling row to this JSON file",
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -327,9 +373,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["load_average_1_5_15_min_at_end"] = list(os.getloadavg())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    logger.info("ratio 20-seed sweep / single run: %.2f (training only %.2f; CPU time %.2f), target <= %.1f; wrote %s",
-                result["ratio_20_seed_sweep_over_single_run"], result["ratio_20_seed_training_over_single_training"],
-                result["side_by_side"]["ratio_sweep_cpu"], RATIO_TARGET, args.output)
+    logger.info(
+        "ratio 20-seed sweep / single run: %.2f (training only %.2f; CPU time %.2f), target <= %.1f; wrote %s",
+        result["ratio_20_seed_sweep_over_single_run"],
+        result["ratio_20_seed_training_over_single_training"],
+        result["side_by_side"]["ratio_sweep_cpu"],
+        RATIO_TARGET,
+        args.output,
+    )
     return result
 
 

@@ -93,7 +93,9 @@ class _StepClock(TrainerCallback):
 def _spread(values: list[float]) -> dict[str, float]:
     med = statistics.median(values)
     return {
-        "median": med, "min": min(values), "max": max(values),
+        "median": med,
+        "min": min(values),
+        "max": max(values),
         "rel_spread": (max(values) - min(values)) / med if med else float("nan"),
         "values": values,
     }
@@ -106,8 +108,13 @@ def _quiet(trainer):
 
 
 def _recipe(config: Path, output_dir: str, **overrides: Any) -> Recipe:
-    base = {"output_dir": output_dir, "training.disable_tqdm": True, "training.report_to": "none",
-            "training.save_strategy": "no", "training.eval_strategy": "no"}
+    base = {
+        "output_dir": output_dir,
+        "training.disable_tqdm": True,
+        "training.report_to": "none",
+        "training.save_strategy": "no",
+        "training.eval_strategy": "no",
+    }
     return load_recipe(config, {**base, **overrides})
 
 
@@ -164,14 +171,15 @@ class HandLoop:
         self.power = float(self.sep.params.get("power", 100.0))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr, weight_decay=0.0, fused=True)
         n = len(self.colors)
-        self.indices = torch.randint(n, (max(n, self.max_steps * self.batch),),
-                                     generator=torch.Generator().manual_seed(self.seed))
+        self.indices = torch.randint(
+            n, (max(n, self.max_steps * self.batch),), generator=torch.Generator().manual_seed(self.seed)
+        )
         self.losses: list[torch.Tensor] = []
         self.setup_s = time.perf_counter() - t0
 
     def step(self, step: int) -> None:
         batch, model = self.batch, self.model
-        idx = self.indices[step * batch:(step + 1) * batch]
+        idx = self.indices[step * batch : (step + 1) * batch]
         x = self.colors.index_select(0, idx)
         # The trainer's label RNG: a pure function of (seed, step) (one process, no accumulation).
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 4099) % (2**63 - 1))
@@ -188,7 +196,9 @@ class HandLoop:
             loss = loss + w * (((1.0 - cos) * labels[self.anchor.label]).sum() / count)
         w, count = self.plane.weight(step), float(labels[self.plane.label].sum())
         if w and count:
-            loss = loss + w * ((z.index_select(1, self.outside).square().sum(-1) * labels[self.plane.label]).sum() / count)
+            loss = loss + w * (
+                (z.index_select(1, self.outside).square().sum(-1) * labels[self.plane.label]).sum() / count
+            )
         w = self.sep.weight(step)
         if w:
             u = F.normalize(z, dim=-1, eps=1e-8)
@@ -214,8 +224,13 @@ def hand_loop(recipe: Recipe, steps: int | None = None, warmup: int = 0) -> Hand
             t_warm = time.perf_counter()
         loop.step(step)
     t2 = time.perf_counter()
-    return HandRun(loop.model, loop.losses, setup_s=loop.setup_s, loop_s=t2 - t1,
-                   steady_steps_per_s=(steps - warmup) / (t2 - t_warm))
+    return HandRun(
+        loop.model,
+        loop.losses,
+        setup_s=loop.setup_s,
+        loop_s=t2 - t1,
+        steady_steps_per_s=(steps - warmup) / (t2 - t_warm),
+    )
 
 
 class _Interleaved(TrainerCallback):
@@ -251,8 +266,13 @@ def _trainer_run(recipe: Recipe, warmup: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     trainer.train()
     t2 = time.perf_counter()
-    return {"trainer": trainer, "build_s": t1 - t0, "train_s": t2 - t1, "steady_steps_per_s": clock.rate(),
-            "steps": trainer.state.global_step}
+    return {
+        "trainer": trainer,
+        "build_s": t1 - t0,
+        "train_s": t2 - t1,
+        "steady_steps_per_s": clock.rate(),
+        "steps": trainer.state.global_step,
+    }
 
 
 def _compare_curves(trainer, losses: list[torch.Tensor], model: torch.nn.Module) -> dict[str, float]:
@@ -261,12 +281,16 @@ def _compare_curves(trainer, losses: list[torch.Tensor], model: torch.nn.Module)
     rel, prev = [], 0
     per_step = torch.stack(losses)
     for row in rows:
-        window = float(per_step[prev:row["step"]].mean())
+        window = float(per_step[prev : row["step"]].mean())
         rel.append(abs(row["loss"] - window) / abs(window))
         prev = row["step"]
     params = max((a - b).abs().max().item() for a, b in zip(trainer.model.parameters(), model.parameters()))
-    return {"loss_rel_diff_max": max(rel), "loss_rel_diff_first_10pct_max": max(rel[: max(1, len(rel) // 10)]),
-            "final_param_abs_diff_max": params, "windows_compared": len(rel)}
+    return {
+        "loss_rel_diff_max": max(rel),
+        "loss_rel_diff_first_10pct_max": max(rel[: max(1, len(rel) // 10)]),
+        "final_param_abs_diff_max": params,
+        "windows_compared": len(rel),
+    }
 
 
 # ---- section: throughput ----------------------------------------------------------------------------------------
@@ -282,8 +306,10 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         clock = _Interleaved(HandLoop(recipe), warmup)
         trainer = _quiet(build_trainer(recipe, callbacks=[clock]))
         trainer.train()
-        row = {"trainer_steps_per_s": clock.timed_steps / clock.trainer_s,
-               "hand_steps_per_s": clock.timed_steps / clock.hand_s}
+        row = {
+            "trainer_steps_per_s": clock.timed_steps / clock.trainer_s,
+            "hand_steps_per_s": clock.timed_steps / clock.hand_s,
+        }
         row["ratio"] = row["trainer_steps_per_s"] / row["hand_steps_per_s"]
         inter.append(row)
         if curves is None:
@@ -291,32 +317,47 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         del trainer, clock
         # 2. Whole runs, alternating which goes first: wall time of a full Trainer run and of a full hand loop.
         result: dict[str, Any] = {}
-        for side in (("trainer", "hand") if r % 2 == 0 else ("hand", "trainer")):
+        for side in ("trainer", "hand") if r % 2 == 0 else ("hand", "trainer"):
             result[side] = _trainer_run(recipe, warmup) if side == "trainer" else hand_loop(recipe, warmup=warmup)
         t, h = result["trainer"], result["hand"]
-        whole.append({"trainer_train_s": t["train_s"], "trainer_build_s": t["build_s"], "hand_loop_s": h.loop_s,
-                      "hand_setup_s": h.setup_s, "ratio": (steps / t["train_s"]) / (steps / h.loop_s)})
-        logger.info(f"  repeat {r}: interleaved trainer {row['trainer_steps_per_s']:.0f} steps/s, hand "
-              f"{row['hand_steps_per_s']:.0f} steps/s, ratio {row['ratio']:.3f}; whole runs: trainer "
-              f"{t['train_s']:.2f} s, hand {h.loop_s:.2f} s, ratio {whole[-1]['ratio']:.3f}")
+        whole.append(
+            {
+                "trainer_train_s": t["train_s"],
+                "trainer_build_s": t["build_s"],
+                "hand_loop_s": h.loop_s,
+                "hand_setup_s": h.setup_s,
+                "ratio": (steps / t["train_s"]) / (steps / h.loop_s),
+            }
+        )
+        logger.info(
+            f"  repeat {r}: interleaved trainer {row['trainer_steps_per_s']:.0f} steps/s, hand "
+            f"{row['hand_steps_per_s']:.0f} steps/s, ratio {row['ratio']:.3f}; whole runs: trainer "
+            f"{t['train_s']:.2f} s, hand {h.loop_s:.2f} s, ratio {whole[-1]['ratio']:.3f}"
+        )
     out = {
-        "recipe": str(args.config), "steps": steps, "batch_size": recipe.training["per_device_train_batch_size"],
-        "repeats": args.repeats, "warmup_steps_excluded": warmup,
+        "recipe": str(args.config),
+        "steps": steps,
+        "batch_size": recipe.training["per_device_train_batch_size"],
+        "repeats": args.repeats,
+        "warmup_steps_excluded": warmup,
         "trainer_steps_per_s": _spread([x["trainer_steps_per_s"] for x in inter]),
         "hand_loop_steps_per_s": _spread([x["hand_steps_per_s"] for x in inter]),
-        "ratio": _spread([x["ratio"] for x in inter]), "ratio_target": RATIO_TARGET,
+        "ratio": _spread([x["ratio"] for x in inter]),
+        "ratio_target": RATIO_TARGET,
         "ratio_whole_runs": _spread([x["ratio"] for x in whole]),
         "trainer_full_run_train_s": _spread([x["trainer_train_s"] for x in whole]),
         "trainer_full_run_build_s": _spread([x["trainer_build_s"] for x in whole]),
         "hand_loop_full_run_s": _spread([x["hand_loop_s"] for x in whole]),
         "same_work_check": curves,
-        "method": ("ratio = Trainer steps/s / hand-loop steps/s with one hand step run after every Trainer step (a "
-                   "callback) in the same process, timed separately, so load changes hit both alike; the first "
-                   f"{warmup} steps are excluded. The callback's own dispatch (a few microseconds per step) counts "
-                   "against the Trainer; console printing of the logs (PrinterCallback) is off, the logs themselves "
-                   "are still computed every logging_steps. Both sides use the recipe as it is (max_grad_norm 1.0 "
-                   "clipping included) with torch threads as in environment.torch_threads. Whole runs alternate order per repeat; train() wall time excludes building "
-                   "the model, data and Trainer (build_s)."),
+        "method": (
+            "ratio = Trainer steps/s / hand-loop steps/s with one hand step run after every Trainer step (a "
+            "callback) in the same process, timed separately, so load changes hit both alike; the first "
+            f"{warmup} steps are excluded. The callback's own dispatch (a few microseconds per step) counts "
+            "against the Trainer; console printing of the logs (PrinterCallback) is off, the logs themselves "
+            "are still computed every logging_steps. Both sides use the recipe as it is (max_grad_norm 1.0 "
+            "clipping included) with torch threads as in environment.torch_threads. Whole runs alternate order per repeat; train() wall time excludes building "
+            "the model, data and Trainer (build_s)."
+        ),
     }
     out["meets_target"] = out["ratio"]["median"] >= RATIO_TARGET
     return out
@@ -333,8 +374,13 @@ GPT_SIZES: dict[str, dict[str, int]] = {
 GPT_SITE = "layers.1.residual_post"
 GPT_REGULARIZERS = [
     {"name": "anchor-violence", "loss": "angular_anchor", "concept": "violence", "label": "violence", "weight": 0.1},
-    {"name": "clear-violence-axis", "loss": "anti_subspace", "concept": "violence-axis", "label": "not:violence",
-     "weight": 0.1},
+    {
+        "name": "clear-violence-axis",
+        "loss": "anti_subspace",
+        "concept": "violence-axis",
+        "label": "not:violence",
+        "weight": 0.1,
+    },
 ]
 # The routed variant adds one gradient route (structured_hf/training/routing.py) on the same site: what it costs
 # per step is the one masked detach-and-add per routed forward pass.
@@ -343,8 +389,10 @@ GPT_ROUTES = [{"name": "route-violence", "concept": "violence-axis", "label": "v
 
 def gpt_concepts(width: int, site: str = GPT_SITE) -> list[dict[str, Any]]:
     """A direction concept on axis 0 of a residual site and that axis as an axes concept (anchor + keep clear)."""
-    return [{"name": "violence", "site": site, "direction": [1.0] + [0.0] * (width - 1)},
-            {"name": "violence-axis", "site": site, "axes": [0]}]
+    return [
+        {"name": "violence", "site": site, "direction": [1.0] + [0.0] * (width - 1)},
+        {"name": "violence-axis", "site": site, "axes": [0]},
+    ]
 
 
 def lm_blocks(num_blocks: int, block_size: int, vocab_size: int, seed: int = 0):
@@ -356,10 +404,14 @@ def lm_blocks(num_blocks: int, block_size: int, vocab_size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     freq = 1.0 / np.arange(1, vocab_size + 1) ** 1.1
     ids = rng.choice(vocab_size, (num_blocks, block_size), p=freq / freq.sum()).astype(np.int32)
-    return datasets.Dataset.from_dict({
-        "input_ids": ids, "attention_mask": np.ones_like(ids, dtype=np.int8), "labels": ids,
-        "prob_violence": rng.uniform(0.0, 0.6, num_blocks).astype(np.float32),
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids, dtype=np.int8),
+            "labels": ids,
+            "prob_violence": rng.uniform(0.0, 0.6, num_blocks).astype(np.float32),
+        }
+    )
 
 
 def _gpt2_collator(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -367,8 +419,15 @@ def _gpt2_collator(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"].long(), "labels": batch["labels"].long()}
 
 
-def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir: str, train_dataset=None,
-                      callbacks: list | None = None, **training: Any):
+def build_gpt_trainer(
+    variant: str,
+    size: dict[str, int],
+    steps: int,
+    output_dir: str,
+    train_dataset=None,
+    callbacks: list | None = None,
+    **training: Any,
+):
     """One side of the GPT comparison, built directly (no recipe file), all with the same Trainer settings.
 
     ``variant``: ``anchored`` (StructuredGPT, AnchoredTrainer, :data:`GPT_REGULARIZERS` with weak labels drawn per
@@ -377,32 +436,59 @@ def build_gpt_trainer(variant: str, size: dict[str, int], steps: int, output_dir
     """
     from transformers import Trainer, TrainingArguments
 
-
     if train_dataset is None:
         train_dataset = lm_blocks(max(256, steps * size["batch"]), size["block_size"], size["vocab_size"])
-    common = {"output_dir": output_dir, "max_steps": steps, "per_device_train_batch_size": size["batch"],
-              "learning_rate": 3.0e-4, "weight_decay": 0.0, "logging_steps": 10, "save_strategy": "no",
-              "report_to": "none", "disable_tqdm": True, "seed": 0, "data_seed": 0, "remove_unused_columns": False,
-              "use_cpu": True, **training}
+    common = {
+        "output_dir": output_dir,
+        "max_steps": steps,
+        "per_device_train_batch_size": size["batch"],
+        "learning_rate": 3.0e-4,
+        "weight_decay": 0.0,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+        "data_seed": 0,
+        "remove_unused_columns": False,
+        "use_cpu": True,
+        **training,
+    }
     set_seed(0)
-    config = StructuredGPTConfig(vocab_size=size["vocab_size"], max_position_embeddings=size["block_size"],
-                                 hidden_size=size["hidden_size"], num_layers=size["num_layers"],
-                                 num_heads=size["num_heads"], concepts=gpt_concepts(size["hidden_size"]))
+    config = StructuredGPTConfig(
+        vocab_size=size["vocab_size"],
+        max_position_embeddings=size["block_size"],
+        hidden_size=size["hidden_size"],
+        num_layers=size["num_layers"],
+        num_heads=size["num_heads"],
+        concepts=gpt_concepts(size["hidden_size"]),
+    )
     model = StructuredGPTForCausalLM(config)
     if variant == "gpt2":
-        trainer = Trainer(model=to_gpt2(model), args=TrainingArguments(**common),
-                          train_dataset=ColumnarDataset(train_dataset), data_collator=_gpt2_collator,
-                          callbacks=callbacks)
+        trainer = Trainer(
+            model=to_gpt2(model),
+            args=TrainingArguments(**common),
+            train_dataset=ColumnarDataset(train_dataset),
+            data_collator=_gpt2_collator,
+            callbacks=callbacks,
+        )
         # Trainer would pass num_items_in_batch = the count of labels before GPT-2 shifts them (B·T, not B·(T−1)),
         # scaling GPT-2's loss by (T−1)/T. Without it GPT-2 takes the mean over predicted tokens, as StructuredGPT.
         trainer.model_accepts_loss_kwargs = False
         return _quiet(trainer)
     anchored = variant in ("anchored", "routed")
-    args = AnchoredTrainingArguments(**common, regularizers=GPT_REGULARIZERS if anchored else [],
-                                     routes=GPT_ROUTES if variant == "routed" else [])
-    return _quiet(AnchoredTrainer(model=model, args=args, train_dataset=train_dataset,
-                                  data_collator=LMBlockCollator(["violence"] if anchored else []),
-                                  callbacks=callbacks))
+    args = AnchoredTrainingArguments(
+        **common, regularizers=GPT_REGULARIZERS if anchored else [], routes=GPT_ROUTES if variant == "routed" else []
+    )
+    return _quiet(
+        AnchoredTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=LMBlockCollator(["violence"] if anchored else []),
+            callbacks=callbacks,
+        )
+    )
 
 
 GPT_OURS = ("anchored", "routed", "plain")  # the StructuredGPT variants, each reported as a ratio over GPT-2
@@ -438,24 +524,31 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
             order = GPT_VARIANTS[shift:] + GPT_VARIANTS[:shift]
             for variant in order:
                 clock = _StepClock(warmup)
-                trainer = build_gpt_trainer(variant, size, steps, tempfile.mkdtemp(prefix="bench_gpt_"), data,
-                                            callbacks=[clock])
+                trainer = build_gpt_trainer(
+                    variant, size, steps, tempfile.mkdtemp(prefix="bench_gpt_"), data, callbacks=[clock]
+                )
                 trainer.train()
                 rates[variant].append(clock.rate() * tokens_per_step)
                 if r == 0:
                     logs[variant] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
                 del trainer
-            logger.info(f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS))
+            logger.info(
+                f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS)
+            )
         ratios = {v: [a / b for a, b in zip(rates[v], rates["gpt2"])] for v in GPT_OURS}
         out[size_name] = {
-            "size": size, "tokens_per_step": tokens_per_step, "steps": steps, "warmup_steps_excluded": warmup,
+            "size": size,
+            "tokens_per_step": tokens_per_step,
+            "steps": steps,
+            "warmup_steps_excluded": warmup,
             "tokens_per_s": {v: _spread(rates[v]) for v in GPT_VARIANTS},
             **{f"ratio_{v}_over_gpt2": _spread(ratios[v]) for v in GPT_OURS},
             "meets_target": statistics.median(ratios["anchored"]) >= GPT_RATIO_TARGET,
             # Same weights, data and optimizer: the plain StructuredGPT and GPT-2 must log the same loss curve.
-            "same_work_check": {"logged_loss": logs,
-                                "plain_vs_gpt2_rel_diff_max": max(abs(a - b) / abs(b) for a, b in
-                                                                  zip(logs["plain"], logs["gpt2"]))},
+            "same_work_check": {
+                "logged_loss": logs,
+                "plain_vs_gpt2_rel_diff_max": max(abs(a - b) / abs(b) for a, b in zip(logs["plain"], logs["gpt2"])),
+            },
         }
     out["ratio_target"] = GPT_RATIO_TARGET
     out["method"] = (
@@ -466,7 +559,8 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
         f"{GPT_ROUTES}; plain: the same without regularizers; gpt2: transformers' "
         "GPT2LMHeadModel (gelu_new, no dropout, tied embeddings) with the same initial weights under "
         "transformers.Trainer. Same TrainingArguments (fused AdamW, lr 3e-4, no weight decay, clipping 1.0, logging "
-        "every 10 steps) and the same synthetic Zipf-token blocks (prob_violence mean 0.3).")
+        "every 10 steps) and the same synthetic Zipf-token blocks (prob_violence mean 0.3)."
+    )
     return out
 
 
@@ -530,8 +624,17 @@ class ScalingCase:
 
 def _color_recipe(config: Path) -> Callable[[int, int, int, str], Recipe]:
     def make(batch: int, width: int, steps: int, output_dir: str) -> Recipe:
-        return _recipe(config, output_dir, **{"model.hidden_dim": width, "training.per_device_train_batch_size": batch,
-                                               "training.max_steps": steps, "training.logging_steps": max(steps, 1)})
+        return _recipe(
+            config,
+            output_dir,
+            **{
+                "model.hidden_dim": width,
+                "training.per_device_train_batch_size": batch,
+                "training.max_steps": steps,
+                "training.logging_steps": max(steps, 1),
+            },
+        )
+
     return make
 
 
@@ -541,19 +644,29 @@ COLOR_TRANSFORMER_CONFIG = REPO / "configs" / "color_transformer" / "default.yam
 def _color_transformer_recipe(config: Path) -> Callable[[int, int, int, str], Recipe]:
     def make(batch: int, width: int, steps: int, output_dir: str) -> Recipe:
         site = "layers.1.residual_post"
-        concepts = [{"name": "red", "site": site, "direction": {"one_hot": 0, "width": width}},
-                    {"name": "red-axis", "site": site, "axes": [0]}]
-        return _recipe(config, output_dir, **{
-            "model.hidden_size": width, "model.intermediate_size": 4 * width, "model.concepts": concepts,
-            "training.per_device_train_batch_size": batch, "training.max_steps": steps,
-            "training.logging_steps": max(steps, 1)})
+        concepts = [
+            {"name": "red", "site": site, "direction": {"one_hot": 0, "width": width}},
+            {"name": "red-axis", "site": site, "axes": [0]},
+        ]
+        return _recipe(
+            config,
+            output_dir,
+            **{
+                "model.hidden_size": width,
+                "model.intermediate_size": 4 * width,
+                "model.concepts": concepts,
+                "training.per_device_train_batch_size": batch,
+                "training.max_steps": steps,
+                "training.logging_steps": max(steps, 1),
+            },
+        )
+
     return make
 
 
 def _gpt_scaling_trainer(batch: int, width: int, steps: int, output_dir: str, callbacks: list):
     size = {**GPT_SIZES["base"], "hidden_size": width, "batch": batch}
-    return build_gpt_trainer("anchored", size, steps, output_dir, callbacks=callbacks,
-                             logging_steps=max(steps, 1))
+    return build_gpt_trainer("anchored", size, steps, output_dir, callbacks=callbacks, logging_steps=max(steps, 1))
 
 
 def _measure_point(case: ScalingCase, batch: int, width: int, budget_s: float) -> dict[str, Any]:
@@ -575,9 +688,13 @@ def _measure_point(case: ScalingCase, batch: int, width: int, budget_s: float) -
         trainer = case.build(batch, width, steps, tmp, [clock])
         trainer.train()
         trainer_ms, hand_ms = 1e3 / clock.rate(), None
-    row: dict[str, Any] = {"batch": batch, case.width_name: width, "steps_timed": steps - warmup,
-                           "trainer_ms_per_step": trainer_ms,
-                           "num_parameters": sum(p.numel() for p in trainer.model.parameters())}
+    row: dict[str, Any] = {
+        "batch": batch,
+        case.width_name: width,
+        "steps_timed": steps - warmup,
+        "trainer_ms_per_step": trainer_ms,
+        "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+    }
     if hand_ms is not None:
         row["hand_ms_per_step"] = hand_ms
         row["trainer_over_hand"] = trainer_ms / hand_ms
@@ -636,8 +753,12 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
     for i, name in enumerate(cases):
         res = results[name]
         width_key = next(k for k in res["fixed"] if k != "batch")
-        for j, (key, rows, xlabel) in enumerate((("batch", res["vs_batch"], f"batch size ({width_key} {res['fixed'][width_key]})"),
-                                                 (width_key, res["vs_width"], f"{width_key} (batch {res['fixed']['batch']})"))):
+        for j, (key, rows, xlabel) in enumerate(
+            (
+                ("batch", res["vs_batch"], f"batch size ({width_key} {res['fixed'][width_key]})"),
+                (width_key, res["vs_width"], f"{width_key} (batch {res['fixed']['batch']})"),
+            )
+        ):
             ax = axes[i][j]
             xs = [r[key] for r in rows]
             ax.plot(xs, [r["trainer_ms_per_step"] for r in rows], "o-", label="AnchoredTrainer ms/step")
@@ -665,12 +786,15 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> None:
             ax.set_title(f"{name}: cost vs {key}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, title="Training cost vs batch size and width (CPU; peak = tensor memory, dispatch-mode count)")
+    save_figure(
+        fig, path, title="Training cost vs batch size and width (CPU; peak = tensor memory, dispatch-mode count)"
+    )
 
 
 # ---- section: intervention overhead ------------------------------------------------------------------------------
-def _time_hooks(model: torch.nn.Module, inputs: dict[str, torch.Tensor], make: Callable[[], Any], blocks: int,
-                per_block: int) -> tuple[float, float]:
+def _time_hooks(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], make: Callable[[], Any], blocks: int, per_block: int
+) -> tuple[float, float]:
     """Seconds per eval forward without and with the hooks of ``make()``, in alternating blocks (noise hits both)."""
     plain_s = hooked_s = 0.0
     with torch.no_grad():
@@ -705,22 +829,50 @@ def bench_interventions(args: argparse.Namespace) -> dict[str, Any]:
     set_seed(recipe.seed)
     color = MODEL_TYPES[recipe.model.get("type", "color_autoencoder")][1](model_config(recipe)).eval()
     size = GPT_SIZES[_gpt_sizes(args)[-1]]
-    gpt = StructuredGPTForCausalLM(StructuredGPTConfig(
-        vocab_size=size["vocab_size"], max_position_embeddings=size["block_size"], hidden_size=size["hidden_size"],
-        num_layers=size["num_layers"], num_heads=size["num_heads"], concepts=gpt_concepts(size["hidden_size"]))).eval()
+    gpt = StructuredGPTForCausalLM(
+        StructuredGPTConfig(
+            vocab_size=size["vocab_size"],
+            max_position_embeddings=size["block_size"],
+            hidden_size=size["hidden_size"],
+            num_layers=size["num_layers"],
+            num_heads=size["num_heads"],
+            concepts=gpt_concepts(size["hidden_size"]),
+        )
+    ).eval()
     cases = [
-        ("color_autoencoder", color, {"suppress:red": lambda: structured_hf.suppress(color, "red"),
-                                      "repel:red": lambda: structured_hf.repel(color, "red"),
-                                      "axes:hue": lambda: structured_hf.suppress_axes(color, "hue")},
-         [(b, {"colors": torch.rand(b, 3, generator=torch.Generator().manual_seed(0))}) for b in (1, 64, 4096)],
-         (4, 50) if args.quick else (10, 200)),
-        ("structured_gpt", gpt, {"suppress:violence": lambda: structured_hf.suppress(gpt, "violence"),
-                                 "repel:violence": lambda: structured_hf.repel(gpt, "violence"),
-                                 "axes:violence-axis": lambda: structured_hf.suppress_axes(gpt, "violence-axis")},
-         [(b, {"input_ids": torch.randint(size["vocab_size"], (b, size["block_size"]),
-                                          generator=torch.Generator().manual_seed(0)), "use_cache": False})
-          for b in ((1, 8) if args.quick else (1, 8, 32))],
-         (3, 4) if args.quick else (6, 8)),
+        (
+            "color_autoencoder",
+            color,
+            {
+                "suppress:red": lambda: structured_hf.suppress(color, "red"),
+                "repel:red": lambda: structured_hf.repel(color, "red"),
+                "axes:hue": lambda: structured_hf.suppress_axes(color, "hue"),
+            },
+            [(b, {"colors": torch.rand(b, 3, generator=torch.Generator().manual_seed(0))}) for b in (1, 64, 4096)],
+            (4, 50) if args.quick else (10, 200),
+        ),
+        (
+            "structured_gpt",
+            gpt,
+            {
+                "suppress:violence": lambda: structured_hf.suppress(gpt, "violence"),
+                "repel:violence": lambda: structured_hf.repel(gpt, "violence"),
+                "axes:violence-axis": lambda: structured_hf.suppress_axes(gpt, "violence-axis"),
+            },
+            [
+                (
+                    b,
+                    {
+                        "input_ids": torch.randint(
+                            size["vocab_size"], (b, size["block_size"]), generator=torch.Generator().manual_seed(0)
+                        ),
+                        "use_cache": False,
+                    },
+                )
+                for b in ((1, 8) if args.quick else (1, 8, 32))
+            ],
+            (3, 4) if args.quick else (6, 8),
+        ),
     ]
     rows = []
     for model_name, model, variants, batches, (blocks, per_block) in cases:
@@ -728,16 +880,32 @@ def bench_interventions(args: argparse.Namespace) -> dict[str, Any]:
             for name, make in variants.items():
                 n = per_block if batch < 32 or model_name != "structured_gpt" else max(2, per_block // 2)
                 plain, hooked = _time_hooks(model, inputs, make, blocks, n)
-                rows.append({"model": model_name, "batch": batch, "intervention": name, "plain_us": 1e6 * plain,
-                             "hooked_us": 1e6 * hooked, "ratio": hooked / plain, "forwards_timed": blocks * n})
-                logger.info(f"  {model_name} batch {batch:5d} {name:19s}: plain {rows[-1]['plain_us']:9.1f} us, with "
-                      f"hooks {rows[-1]['hooked_us']:9.1f} us, ratio {rows[-1]['ratio']:.2f}")
-    return {"rows": rows, "target_ratio": 1.2,
-            "models": {"color_autoencoder": "default recipe config, random init (263 parameters)",
-                       "structured_gpt": f"size {size} (the largest of --gpt_sizes), random init, "
-                                         f"{size['block_size']}-token inputs, no KV cache"},
-            "method": "alternating blocks of eval forwards (torch.no_grad), plain then hooked, per cell; hooks "
-                      "entered once per block, so the ratio is the per-forward cost of the hooks"}
+                rows.append(
+                    {
+                        "model": model_name,
+                        "batch": batch,
+                        "intervention": name,
+                        "plain_us": 1e6 * plain,
+                        "hooked_us": 1e6 * hooked,
+                        "ratio": hooked / plain,
+                        "forwards_timed": blocks * n,
+                    }
+                )
+                logger.info(
+                    f"  {model_name} batch {batch:5d} {name:19s}: plain {rows[-1]['plain_us']:9.1f} us, with "
+                    f"hooks {rows[-1]['hooked_us']:9.1f} us, ratio {rows[-1]['ratio']:.2f}"
+                )
+    return {
+        "rows": rows,
+        "target_ratio": 1.2,
+        "models": {
+            "color_autoencoder": "default recipe config, random init (263 parameters)",
+            "structured_gpt": f"size {size} (the largest of --gpt_sizes), random init, "
+            f"{size['block_size']}-token inputs, no KV cache",
+        },
+        "method": "alternating blocks of eval forwards (torch.no_grad), plain then hooked, per cell; hooks "
+        "entered once per block, so the ratio is the per-forward cost of the hooks",
+    }
 
 
 # ---- registry ---------------------------------------------------------------------------------------------------
@@ -750,37 +918,60 @@ class Section:
 
 SCALING_CASES: list[ScalingCase] = [
     ScalingCase(
-        name="color_autoencoder", batches=[16, 64, 256, 1024, 4096], widths=[16, 64, 256, 1024, 4096],
-        default_batch=64, default_width=16, recipe=_color_recipe(DEFAULT_CONFIG), hand=HandLoop,
+        name="color_autoencoder",
+        batches=[16, 64, 256, 1024, 4096],
+        widths=[16, 64, 256, 1024, 4096],
+        default_batch=64,
+        default_width=16,
+        recipe=_color_recipe(DEFAULT_CONFIG),
+        hand=HandLoop,
         notes="default recipe (3 regularizers, schedules); angular repulsion is O(batch²) in time and memory; with "
-              "num_layers=1 the width enters only through the 3->h, h->K, K->h, h->3 layers (about 14·h parameters).",
+        "num_layers=1 the width enters only through the 3->h, h->K, K->h, h->3 layers (about 14·h parameters).",
     ),
     ScalingCase(
-        name="color_transformer", batches=[32, 128, 512, 2048], widths=[16, 32, 64, 128, 256], default_batch=128,
-        default_width=64, recipe=_color_transformer_recipe(COLOR_TRANSFORMER_CONFIG), width_name="hidden_size",
+        name="color_transformer",
+        batches=[32, 128, 512, 2048],
+        widths=[16, 32, 64, 128, 256],
+        default_batch=128,
+        default_width=64,
+        recipe=_color_transformer_recipe(COLOR_TRANSFORMER_CONFIG),
+        width_name="hidden_size",
         notes="configs/color_transformer/default.yaml (3 layers, 4 heads, MLP 4x width, red anchored at "
-              "layers.1.residual_post plus 3 anti-subspace terms); sequences of a few tokens, so the cost is "
-              "dominated by the per-token MLP and projections: linear in batch, about quadratic in width once the "
-              "matrices are large enough to leave the per-op overhead regime.",
+        "layers.1.residual_post plus 3 anti-subspace terms); sequences of a few tokens, so the cost is "
+        "dominated by the per-token MLP and projections: linear in batch, about quadratic in width once the "
+        "matrices are large enough to leave the per-op overhead regime.",
     ),
     ScalingCase(
-        name="structured_gpt", batches=[4, 8, 16, 32, 64], widths=[32, 64, 128, 256], default_batch=16,
-        default_width=128, width_name="hidden_size", trainer=_gpt_scaling_trainer,
+        name="structured_gpt",
+        batches=[4, 8, 16, 32, 64],
+        widths=[32, 64, 128, 256],
+        default_batch=16,
+        default_width=128,
+        width_name="hidden_size",
+        trainer=_gpt_scaling_trainer,
         notes="the 'base' GPT of gpt_throughput (4 layers, 4 heads, vocab 4096, 128-token blocks) with the anchored "
-              "setup (angular anchor + anti-subspace at layers.1.residual_post, weak labels per step); the "
-              "vocabulary projection (4096 x width) and attention over 128 positions make up much of the work.",
+        "setup (angular anchor + anti-subspace at layers.1.residual_post, weak labels per step); the "
+        "vocabulary projection (4096 x width) and attention over 128 positions make up much of the work.",
     ),
 ]
 
 SECTIONS: dict[str, Section] = {
     "throughput": Section(bench_throughput, "AnchoredTrainer vs hand loop on the default color recipe (target >= 0.8)"),
-    "scaling": Section(bench_scaling, "time/step and peak tensor memory vs batch size and width, color autoencoder, "
-                                      "color transformer, GPT (table + PNG)"),
-    "gpt_throughput": Section(bench_gpt_throughput, "StructuredGPT tokens/s with anchoring (and without) vs "
-                                                    "GPT2LMHeadModel of the same size, same Trainer settings and data "
-                                                    "(target >= 0.9)"),
-    "intervention_overhead": Section(bench_interventions, "forward time with intervention hooks vs without "
-                                                          "(target <= 1.2x), color autoencoder and GPT"),
+    "scaling": Section(
+        bench_scaling,
+        "time/step and peak tensor memory vs batch size and width, color autoencoder, "
+        "color transformer, GPT (table + PNG)",
+    ),
+    "gpt_throughput": Section(
+        bench_gpt_throughput,
+        "StructuredGPT tokens/s with anchoring (and without) vs "
+        "GPT2LMHeadModel of the same size, same Trainer settings and data "
+        "(target >= 0.9)",
+    ),
+    "intervention_overhead": Section(
+        bench_interventions,
+        "forward time with intervention hooks vs without (target <= 1.2x), color autoencoder and GPT",
+    ),
 }
 
 
@@ -789,10 +980,16 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     import transformers
 
     return {
-        "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-        "platform": platform.platform(), "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "platform": platform.platform(),
+        "device": "cpu",
         "note": "the machine is shared; noise is reported per measurement (min/max/rel_spread over repeats)",
     }
 
@@ -802,12 +999,15 @@ def print_table(results: dict[str, Any]) -> None:
     if tp and "ratio" in tp:
         logger.info("\n| measure | median | min | max |")
         logger.info("|---|---|---|---|")
-        for key, label in (("trainer_steps_per_s", "AnchoredTrainer steps/s (interleaved)"),
-                           ("hand_loop_steps_per_s", "hand loop steps/s (interleaved)"),
-                           ("ratio", "ratio trainer/hand (target >= 0.8)"), ("ratio_whole_runs", "ratio, whole runs"),
-                           ("trainer_full_run_train_s", f"full {tp['steps']}-step Trainer train() s"),
-                           ("trainer_full_run_build_s", "Trainer build (model, data, Trainer) s"),
-                           ("hand_loop_full_run_s", f"hand loop, {tp['steps']} steps, s")):
+        for key, label in (
+            ("trainer_steps_per_s", "AnchoredTrainer steps/s (interleaved)"),
+            ("hand_loop_steps_per_s", "hand loop steps/s (interleaved)"),
+            ("ratio", "ratio trainer/hand (target >= 0.8)"),
+            ("ratio_whole_runs", "ratio, whole runs"),
+            ("trainer_full_run_train_s", f"full {tp['steps']}-step Trainer train() s"),
+            ("trainer_full_run_build_s", "Trainer build (model, data, Trainer) s"),
+            ("hand_loop_full_run_s", f"hand loop, {tp['steps']} steps, s"),
+        ):
             s = tp[key]
             logger.info(f"| {label} | {s['median']:.3g} | {s['min']:.3g} | {s['max']:.3g} |")
     sc = results["sections"].get("scaling")
@@ -825,28 +1025,38 @@ def print_table(results: dict[str, Any]) -> None:
                     continue
                 seen.add(key)
                 hand = f"{row['hand_ms_per_step']:.3g}" if "hand_ms_per_step" in row else "-"
-                logger.info(f"| {row['batch']} | {row[wkey]} | {row['trainer_ms_per_step']:.3g} | {hand} | {row['peak_tensor_mib']:.3g} |")
+                logger.info(
+                    f"| {row['batch']} | {row[wkey]} | {row['trainer_ms_per_step']:.3g} | {hand} | {row['peak_tensor_mib']:.3g} |"
+                )
     gpt = results["sections"].get("gpt_throughput")
     if gpt and "ratio_target" in gpt:
-        logger.info("\n| GPT size | anchored tok/s | routed tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) "
-              "| routed/GPT-2 | plain/GPT-2 |")
+        logger.info(
+            "\n| GPT size | anchored tok/s | routed tok/s | plain tok/s | GPT-2 tok/s | anchored/GPT-2 (target >= 0.9) "
+            "| routed/GPT-2 | plain/GPT-2 |"
+        )
         logger.info("|---|---|---|---|---|---|---|---|")
         for name, res in gpt.items():
             if not isinstance(res, dict) or "tokens_per_s" not in res:
                 continue
             tps, size = res["tokens_per_s"], res["size"]
-            label = (f"{name}: d={size['hidden_size']} L={size['num_layers']} H={size['num_heads']} "
-                     f"V={size['vocab_size']} T={size['block_size']} B={size['batch']}")
-            spans = " | ".join(f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}]" for q in
-                               (res[f"ratio_{v}_over_gpt2"] for v in GPT_OURS))
+            label = (
+                f"{name}: d={size['hidden_size']} L={size['num_layers']} H={size['num_heads']} "
+                f"V={size['vocab_size']} T={size['block_size']} B={size['batch']}"
+            )
+            spans = " | ".join(
+                f"{q['median']:.3f} [{q['min']:.3f}-{q['max']:.3f}]"
+                for q in (res[f"ratio_{v}_over_gpt2"] for v in GPT_OURS)
+            )
             logger.info(f"| {label} | " + " | ".join(f"{tps[v]['median']:.0f}" for v in GPT_VARIANTS) + f" | {spans} |")
     iv = results["sections"].get("intervention_overhead")
     if iv and "rows" in iv:
         logger.info("\n| model | batch | intervention | plain us/forward | with hooks | ratio (target <= 1.2) |")
         logger.info("|---|---|---|---|---|---|")
         for row in iv["rows"]:
-            logger.info(f"| {row.get('model', '')} | {row['batch']} | {row['intervention']} | {row['plain_us']:.1f} | "
-                  f"{row['hooked_us']:.1f} | {row['ratio']:.2f} |")
+            logger.info(
+                f"| {row.get('model', '')} | {row['batch']} | {row['intervention']} | {row['plain_us']:.1f} | "
+                f"{row['hooked_us']:.1f} | {row['ratio']:.2f} |"
+            )
     pending = [f"{k}: {v['pending']}" for k, v in results["sections"].items() if isinstance(v, dict) and "pending" in v]
     if pending:
         logger.info("\npending: " + "; ".join(pending))
@@ -855,22 +1065,42 @@ def print_table(results: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
-    p.add_argument("--output_dir", default=str(REPO / "outputs" / "benchmark"),
-                   help="folder for benchmark.json and scaling.png (default: outputs/benchmark)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                   help="color-autoencoder recipe for the throughput, scaling and intervention sections")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="repeats: interleaved trainer/hand-loop pairs (throughput), rounds of the three GPT runs "
-                        "(gpt_throughput)")
+    p.add_argument(
+        "--output_dir",
+        default=str(REPO / "outputs" / "benchmark"),
+        help="folder for benchmark.json and scaling.png (default: outputs/benchmark)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="color-autoencoder recipe for the throughput, scaling and intervention sections",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="repeats: interleaved trainer/hand-loop pairs (throughput), rounds of the three GPT runs (gpt_throughput)",
+    )
     p.add_argument("--steps", type=int, default=None, help="steps per throughput run (default: the recipe's max_steps)")
-    p.add_argument("--gpt_steps", type=int, default=None,
-                   help="optimizer steps per gpt_throughput run (default 30, 12 with --quick)")
-    p.add_argument("--gpt_sizes", default=None,
-                   help=f"comma-separated GPT sizes for gpt_throughput (the largest also for intervention_overhead), "
-                        f"of {list(GPT_SIZES)} (default small,base; small with --quick)")
+    p.add_argument(
+        "--gpt_steps",
+        type=int,
+        default=None,
+        help="optimizer steps per gpt_throughput run (default 30, 12 with --quick)",
+    )
+    p.add_argument(
+        "--gpt_sizes",
+        default=None,
+        help=f"comma-separated GPT sizes for gpt_throughput (the largest also for intervention_overhead), "
+        f"of {list(GPT_SIZES)} (default small,base; small with --quick)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for every side (default 1)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: fewer, shorter scaling points, the small GPT only, fewer timed forwards")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: fewer, shorter scaling points, the small GPT only, fewer timed forwards",
+    )
     return p.parse_args(argv)
 
 
@@ -890,8 +1120,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         logger.info(f"[{name}] {section.description}")
         start = time.perf_counter()
-        results["sections"][name] = {"description": section.description, **section.run(args),
-                                     "section_wall_s": time.perf_counter() - start}
+        results["sections"][name] = {
+            "description": section.description,
+            **section.run(args),
+            "section_wall_s": time.perf_counter() - start,
+        }
     results["environment"]["load_avg_end"] = os.getloadavg()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -907,4 +1140,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (tuple, set)):
         return list(value)
     return str(value)
-

@@ -26,6 +26,7 @@ from .structured_gpt import render_structured_gpt_card
 
 CardRenderer = Callable[..., "ModelCard | None"]
 
+
 class _CardRenderers(MutableMapping):
     """``model_type -> renderer(folder, repo_or_path, *, include_code, dataset_ids) -> card | None``.
 
@@ -83,6 +84,13 @@ def render_model_card_from_folder(
 
 
 __all__ = [
-    "CARD_RENDERERS", "FIGURE_CAPTIONS", "TEMPLATES", "register_card_renderer", "render_color_model_card",
-    "render_color_transformer_card", "render_model_card_from_folder", "render_structured_gpt_card", "template_path",
+    "CARD_RENDERERS",
+    "FIGURE_CAPTIONS",
+    "TEMPLATES",
+    "register_card_renderer",
+    "render_color_model_card",
+    "render_color_transformer_card",
+    "render_model_card_from_folder",
+    "render_structured_gpt_card",
+    "template_path",
 ]

@@ -75,7 +75,9 @@ def render_color_model_card(
     )
     concept_rows = [
         {
-            "name": c.name, "site": c.site, "place": place_text(c),
+            "name": c.name,
+            "site": c.site,
+            "place": place_text(c),
             "prototypes": ", ".join(str(p) for p in c.prototypes) or "-",
             "description": c.description or "-",
             "measured": measured_text(metrics.get("concepts", {}).get(c.name, {})),
@@ -90,8 +92,10 @@ def render_color_model_card(
     leaks: dict[str, float] = {}
     for c in concepts:
         leaks.update(metrics.get("concepts", {}).get(c.name, {}).get("leak", {}))
-    color_rows = [{"name": k, "mse": fmt(v), "leak": fmt(leaks[k]) if k in leaks else ""}
-                  for k, v in metrics["named_color_mse"].items()]
+    color_rows = [
+        {"name": k, "mse": fmt(v), "leak": fmt(leaks[k]) if k in leaks else ""}
+        for k, v in metrics["named_color_mse"].items()
+    ]
     headline = [f"worst named-color MSE {fmt(metrics['named_color_mse_max'])}"]
     for c in concepts:
         cm = metrics.get("concepts", {}).get(c.name, {})
@@ -141,10 +145,12 @@ def data_text(spec: Any) -> str:
         return f"`{json.dumps(spec)}`"
     if spec.get("grid") == "rgb":
         n = int(spec.get("size", 8))
-        text = f"the {n}³ = {n ** 3} colors of an evenly spaced RGB grid"
+        text = f"the {n}³ = {n**3} colors of an evenly spaced RGB grid"
     elif spec.get("grid") == "hsv":
-        text = (f"an HSV grid of {spec.get('hues')} hues × {spec.get('saturations')} saturations × "
-                f"{spec.get('values')} values")
+        text = (
+            f"an HSV grid of {spec.get('hues')} hues × {spec.get('saturations')} saturations × "
+            f"{spec.get('values')} values"
+        )
     else:
         text = f"`{json.dumps(dict(spec))}`"
     return text + (" plus the 17 named colors" if spec.get("include_named") else "")
@@ -158,6 +164,12 @@ def render_from_folder(
     if run is None:
         return None
     recipe, metrics = run
-    return render_color_model_card(recipe, metrics, repo_or_path, concepts=saved_concepts(folder),
-                                   include_code=include_code, figures=figure_files(folder, (".png", ".svg", ".gif")),
-                                   dataset_ids=dataset_ids)
+    return render_color_model_card(
+        recipe,
+        metrics,
+        repo_or_path,
+        concepts=saved_concepts(folder),
+        include_code=include_code,
+        figures=figure_files(folder, (".png", ".svg", ".gif")),
+        dataset_ids=dataset_ids,
+    )

@@ -103,8 +103,14 @@ def spec_site(spec: RegularizerSpec | RouteSpec, concepts: ConceptMap) -> str:
 def regularizer_row(spec: RegularizerSpec, concepts: ConceptMap, everyone: str) -> dict[str, str]:
     """A regularizer as a card table row (``everyone``: how the card calls an unlabelled term's samples)."""
     label = spec.to_dict().get("label") or everyone  # the label as written, "not:red" included
-    return {"name": spec.name, "loss": spec.loss, "concept": spec.concept or "-", "label": label,
-            "site": spec_site(spec, concepts), "weight": schedule_text(spec.weight)}
+    return {
+        "name": spec.name,
+        "loss": spec.loss,
+        "concept": spec.concept or "-",
+        "label": label,
+        "site": spec_site(spec, concepts),
+        "weight": schedule_text(spec.weight),
+    }
 
 
 def saved_concepts(folder: Path) -> ConceptMap:
@@ -135,5 +141,8 @@ def figure_files(folder: Path, suffixes: tuple[str, ...] = (".png",)) -> list[st
 
 def figure_rows(names: Sequence[str]) -> list[dict[str, str]]:
     """``{path, caption}`` for each extra figure (the two main figures have their own card sections)."""
-    return [{"path": f, "caption": FIGURE_CAPTIONS.get(Path(f).name, Path(f).stem.replace("_", " "))}
-            for f in names if f not in MAIN_FIGURES]
+    return [
+        {"path": f, "caption": FIGURE_CAPTIONS.get(Path(f).name, Path(f).stem.replace("_", " "))}
+        for f in names
+        if f not in MAIN_FIGURES
+    ]

@@ -47,17 +47,23 @@ def render_structured_gpt_card(
     recipe's)."""
     concepts = recipe_concepts(recipe, concepts)
     name = Path(str(repo_or_path)).name
-    card_data = ModelCardData(library_name="structured_hf", license="mit", model_name=name,
-                              pipeline_tag="text-generation", datasets=list(dataset_ids) if dataset_ids else None,
-                              tags=["structured_hf", "concept-anchoring", "representation-engineering",
-                                    "structured-gpt", "unlearning"])
+    card_data = ModelCardData(
+        library_name="structured_hf",
+        license="mit",
+        model_name=name,
+        pipeline_tag="text-generation",
+        datasets=list(dataset_ids) if dataset_ids else None,
+        tags=["structured_hf", "concept-anchoring", "representation-engineering", "structured-gpt", "unlearning"],
+    )
     m, data, training = recipe.model, recipe.data, recipe.training
     hidden = m.get("hidden_size", 128)
     norm = "nGPT-style hypersphere" if m.get("norm") == "hypersphere" else "pre-LayerNorm (GPT-2 style)"
-    arch = (f"Token + learned position embeddings → {m.get('num_layers', 4)} {norm} causal blocks of width {hidden} "
-            f"with {m.get('num_heads', 4)} heads and a GELU MLP of width {m.get('intermediate_size') or 4 * hidden} → "
-            f"final norm → output head tied to the token embedding; context {m.get('max_position_embeddings', 256)} "
-            "tokens.")
+    arch = (
+        f"Token + learned position embeddings → {m.get('num_layers', 4)} {norm} causal blocks of width {hidden} "
+        f"with {m.get('num_heads', 4)} heads and a GELU MLP of width {m.get('intermediate_size') or 4 * hidden} → "
+        f"final norm → output head tied to the token embedding; context {m.get('max_position_embeddings', 256)} "
+        "tokens."
+    )
     cosines = (evaluation or {}).get("cosines", {})
 
     def measured(c: Any) -> str:
@@ -71,39 +77,76 @@ def render_structured_gpt_card(
             return f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)"
         return place_text(c)
 
-    concept_rows = [{"name": c.name, "site": c.site, "place": place_text(c), "description": c.description or "-",
-                     "measured": measured(c) if c.direction is not None else "-"} for c in concepts]
+    concept_rows = [
+        {
+            "name": c.name,
+            "site": c.site,
+            "place": place_text(c),
+            "description": c.description or "-",
+            "measured": measured(c) if c.direction is not None else "-",
+        }
+        for c in concepts
+    ]
     reg_rows = [regularizer_row(r, concepts, "all chunks") for r in recipe.specs.regularizers]
-    route_rows = [{"name": r.name, "concept": r.concept, "label": r.label, "site": spec_site(r, concepts),
-                   "weight": schedule_text(r.weight)} for r in recipe.specs.routes]
+    route_rows = [
+        {
+            "name": r.name,
+            "concept": r.concept,
+            "label": r.label,
+            "site": spec_site(r, concepts),
+            "weight": schedule_text(r.weight),
+        }
+        for r in recipe.specs.routes
+    ]
     text = data.get("text") or {}
-    source = text.get("labelled") or (text.get("labels_config") if isinstance(text.get("labels_config"), str)
-                                      else "an inline labels config")
+    source = text.get("labelled") or (
+        text.get("labels_config") if isinstance(text.get("labels_config"), str) else "an inline labels config"
+    )
     filt = data.get("filter")
-    train_data = (f"chunks from `{source}` (default: the King James Bible, public domain), "
-                  f"{metrics.get('train_chunks', '?')} training chunks"
-                  + (f", with chunks labelled {', '.join(filt.get('concepts', []))} (p ≥ {filt.get('threshold', 0.5)}) "
-                     "removed (data-filtering baseline)" if filt else ""))
+    train_data = (
+        f"chunks from `{source}` (default: the King James Bible, public domain), "
+        f"{metrics.get('train_chunks', '?')} training chunks"
+        + (
+            f", with chunks labelled {', '.join(filt.get('concepts', []))} (p ≥ {filt.get('threshold', 0.5)}) "
+            "removed (data-filtering baseline)"
+            if filt
+            else ""
+        )
+    )
     headline = []
     if "eval_perplexity" in metrics:
         headline.append(f"validation perplexity {metrics['eval_perplexity']:.2f}")
     for key, value in (evaluation or {}).get("delta", {}).items():
         if key.startswith("ablate:"):
             concept = key.split(":", 1)[1]
-            headline.append(f"deleting `{concept}` changes its forget loss by {value[f'forget:{concept}']:+.3f} nats, "
-                            f"retain by {value['retain']:+.3f}")
+            headline.append(
+                f"deleting `{concept}` changes its forget loss by {value[f'forget:{concept}']:+.3f} nats, "
+                f"retain by {value['retain']:+.3f}"
+            )
     first = next((c.name for c in concepts if c.direction is not None), "violence")
     return ModelCard.from_template(
-        card_data, template_path=template_path("structured_gpt"), model_name=name,
-        description=recipe.description, repo_or_path=repo_or_path, include_code=include_code,
-        version=package_version(), num_parameters=metrics.get("num_parameters", "?"),
-        headline="; ".join(headline) or "see below", first_concept=first,
+        card_data,
+        template_path=template_path("structured_gpt"),
+        model_name=name,
+        description=recipe.description,
+        repo_or_path=repo_or_path,
+        include_code=include_code,
+        version=package_version(),
+        num_parameters=metrics.get("num_parameters", "?"),
+        headline="; ".join(headline) or "see below",
+        first_concept=first,
         site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "the residual stream",
-        concepts=concept_rows, architecture=arch, hidden_size=hidden, steps=training.get("max_steps"),
-        batch_size=training.get("per_device_train_batch_size"), block_size=data.get("block_size", 128),
+        concepts=concept_rows,
+        architecture=arch,
+        hidden_size=hidden,
+        steps=training.get("max_steps"),
+        batch_size=training.get("per_device_train_batch_size"),
+        block_size=data.get("block_size", 128),
         optimizer=str(training.get("optim", default_optim())),
-        weight_decay=fmt(float(training.get("weight_decay", 0.0))), seed=recipe.seed,
-        train_data=train_data, vocab_size=(data.get("tokenizer") or {}).get("vocab_size", 4096),
+        weight_decay=fmt(float(training.get("weight_decay", 0.0))),
+        seed=recipe.seed,
+        train_data=train_data,
+        vocab_size=(data.get("tokenizer") or {}).get("vocab_size", 4096),
         train_runtime=fmt(metrics.get("train_runtime_s", float("nan"))),
         device=device_text(metrics),
         tokens_per_second=f"{metrics.get('train_tokens_per_second', float('nan')):.0f}",
@@ -111,7 +154,8 @@ def render_structured_gpt_card(
         eval_perplexity=fmt(metrics.get("eval_perplexity", float("nan"))),
         labelers=", ".join(f"`{x}`" for x in text.get("labelers") or ["every labeler of the labels config"]),
         token_scope=token_scope_text(data.get("token_scope")),
-        regularizers=reg_rows, routes=route_rows,
+        regularizers=reg_rows,
+        routes=route_rows,
         schedules={k: schedule_text(v) for k, v in recipe.specs.schedules.items()},
         has_curves="training_curves.png" in figures,
         evaluation=language_markdown(evaluation) if evaluation else "Not evaluated (run `scripts/evaluate.py`).",
@@ -126,8 +170,10 @@ def token_scope_text(scope: Mapping[str, Any] | None) -> str:
     evidence = f"the `{scope.get('labeler')}` labeler's matches"
     if scope.get("mode", "after") == "window":
         return f"only each of {evidence} and the {scope.get('window', 32) - 1} tokens after it (token-level labels)"
-    return f"only the tokens from the first of {evidence} on (token-level labels: a causal model has read nothing " \
-           "about the concept before)"
+    return (
+        f"only the tokens from the first of {evidence} on (token-level labels: a causal model has read nothing "
+        "about the concept before)"
+    )
 
 
 def render_from_folder(
@@ -140,6 +186,13 @@ def render_from_folder(
     recipe, metrics = run
     evaluation = optional_text(folder, "language_evaluation.json")
     return render_structured_gpt_card(
-        recipe, metrics, repo_or_path, concepts=saved_concepts(folder), include_code=include_code,
-        dataset_ids=dataset_ids, evaluation=json.loads(evaluation) if evaluation is not None else None,
-        comparison=optional_text(folder, "comparison.md"), figures=figure_files(folder))
+        recipe,
+        metrics,
+        repo_or_path,
+        concepts=saved_concepts(folder),
+        include_code=include_code,
+        dataset_ids=dataset_ids,
+        evaluation=json.loads(evaluation) if evaluation is not None else None,
+        comparison=optional_text(folder, "comparison.md"),
+        figures=figure_files(folder),
+    )

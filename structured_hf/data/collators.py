@@ -42,8 +42,11 @@ class ColumnarDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         # A list of Python ints converts to an index tensor faster through NumPy than through torch.as_tensor.
-        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64)) if isinstance(indices, list) else \
-            torch.as_tensor(indices, dtype=torch.long)
+        idx = (
+            torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            if isinstance(indices, list)
+            else torch.as_tensor(indices, dtype=torch.long)
+        )
         return {k: v.index_select(0, idx) for k, v in self.columns.items()}
 
     @property
@@ -52,7 +55,7 @@ class ColumnarDataset(Dataset):
 
     @property
     def label_names(self) -> list[str]:
-        return [k[len(PROB_PREFIX):] for k in self.columns if k.startswith(PROB_PREFIX)]
+        return [k[len(PROB_PREFIX) :] for k in self.columns if k.startswith(PROB_PREFIX)]
 
 
 def as_columns(batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, Any]]) -> Mapping[str, torch.Tensor]:
@@ -129,11 +132,15 @@ class LMBlockCollator:
         batch = as_columns(batch)
         for key in ("input_ids", "labels", "attention_mask"):
             if key not in batch:
-                raise StructuredConfigError("data", f"language-model blocks need an '{key}' column (see "
-                                            f"tokenize_blocks); have {sorted(batch)}")
+                raise StructuredConfigError(
+                    "data", f"language-model blocks need an '{key}' column (see tokenize_blocks); have {sorted(batch)}"
+                )
         mask = batch["attention_mask"]
-        out: dict[str, Any] = {"input_ids": batch["input_ids"].long(), "labels": batch["labels"].long(),
-                               "token_mask": mask.float()}
+        out: dict[str, Any] = {
+            "input_ids": batch["input_ids"].long(),
+            "labels": batch["labels"].long(),
+            "token_mask": mask.float(),
+        }
         if self.attention_mask:
             out["attention_mask"] = mask.long()
         concept_labels = label_probabilities(batch, self.label_names)
@@ -153,6 +160,8 @@ def scope_labels(concept_labels: dict[str, torch.Tensor], token_scope: Mapping[s
             concept_labels[name] = concept_labels[name].unsqueeze(-1) * scope.to(concept_labels[name].device)
 
 
-def draw_labels(probabilities: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def draw_labels(
+    probabilities: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """Fresh Bernoulli labels from label probabilities. Idempotent on 0/1 inputs (exact labels stay exact)."""
     return {name: torch.bernoulli(p, generator=generator) for name, p in probabilities.items()}

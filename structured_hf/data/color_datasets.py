@@ -67,8 +67,10 @@ def check_color_spec(spec: Any, field: str = "data.train") -> tuple[str, tuple]:
     if grid == "rgb":
         return grid, (_positive_int(spec.get("size", 8), f"{field}.size", low=2, high=_MAX_AXIS),)
     if grid == "hsv":
-        return grid, tuple(_positive_int(spec.get(key, default), f"{field}.{key}", high=_MAX_AXIS)
-                           for key, default in (("hues", 36), ("saturations", 10), ("values", 10)))
+        return grid, tuple(
+            _positive_int(spec.get(key, default), f"{field}.{key}", high=_MAX_AXIS)
+            for key, default in (("hues", 36), ("saturations", 10), ("values", 10))
+        )
     if grid == "named":
         return grid, ()
     if grid == "colors":

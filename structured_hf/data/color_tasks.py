@@ -99,7 +99,9 @@ def build_color_task_splits(
             result = apply_operation(op, a, b)
             # Both orders of a pair share one split, so "held out" really means unseen.
             split = _assign_splits(len(a), rng, test_fraction, validation_fraction)
-            a, b, result, split = (np.concatenate([x, y]) for x, y in ((a, b), (b, a), (result, result), (split, split)))
+            a, b, result, split = (
+                np.concatenate([x, y]) for x, y in ((a, b), (b, a), (result, result), (split, split))
+            )
             mask = np.ones((len(a), 2))
         else:
             a = palette
@@ -116,7 +118,9 @@ def build_color_task_splits(
     target = np.asarray(rows["target"], dtype=np.float64)
     mask = np.asarray(rows["operand_mask"])
     for name, spec in (labelers or {}).items():
-        feature = feature_function(spec.get("feature", {"red": "redness"}.get(name, name)), f"data.labels.{name}.feature")
+        feature = feature_function(
+            spec.get("feature", {"red": "redness"}.get(name, name)), f"data.labels.{name}.feature"
+        )
         per_operand = np.stack([feature(colors[:, k]) * mask[:, k] for k in range(2)] + [feature(target)], -1)
         p = np.clip(float(spec.get("scale", 1.0)) * per_operand.max(-1) ** float(spec.get("power", 1.0)), 0.0, 1.0)
         rows[PROB_PREFIX + name] = p.astype(np.float32).tolist()
@@ -125,18 +129,20 @@ def build_color_task_splits(
     # Each operation equally likely per draw, whatever its number of combinations (mix has ~50x more).
     counts = np.bincount(ops[split == 0], minlength=len(operations)).astype(np.float64)
     rows["sample_weight"] = (1.0 / np.maximum(counts[ops], 1.0)).astype(np.float32).tolist()
-    features = datasets.Features({
-        "op": datasets.Value("int64"),
-        "colors": datasets.List(datasets.List(datasets.Value("float32"), length=3), length=2),
-        "operand_mask": datasets.List(datasets.Value("float32"), length=2),
-        "target": datasets.List(datasets.Value("float32"), length=3),
-        "sample_weight": datasets.Value("float32"),
-        **{k: datasets.Value("float32") for k in rows if k.startswith(PROB_PREFIX)},
-    })
+    features = datasets.Features(
+        {
+            "op": datasets.Value("int64"),
+            "colors": datasets.List(datasets.List(datasets.Value("float32"), length=3), length=2),
+            "operand_mask": datasets.List(datasets.Value("float32"), length=2),
+            "target": datasets.List(datasets.Value("float32"), length=3),
+            "sample_weight": datasets.Value("float32"),
+            **{k: datasets.Value("float32") for k in rows if k.startswith(PROB_PREFIX)},
+        }
+    )
     full = datasets.Dataset.from_dict(rows, features=features)
-    return datasets.DatasetDict({
-        name: full.select(np.flatnonzero(split == k)) for k, name in enumerate(("train", "validation", "test"))
-    })
+    return datasets.DatasetDict(
+        {name: full.select(np.flatnonzero(split == k)) for k, name in enumerate(("train", "validation", "test"))}
+    )
 
 
 def _assign_splits(n: int, rng: np.random.Generator, test_fraction: float, validation_fraction: float) -> np.ndarray:

@@ -14,7 +14,18 @@ from ..errors import StructuredConfigError
 
 # 12 hues every 30° at s = v = 1, then 5 grays. Order matters: it is the hue order around the wheel.
 HUE_NAMES: tuple[str, ...] = (
-    "red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "purple", "magenta", "pink",
+    "red",
+    "orange",
+    "yellow",
+    "lime",
+    "green",
+    "teal",
+    "cyan",
+    "azure",
+    "blue",
+    "purple",
+    "magenta",
+    "pink",
 )
 GRAY_NAMES: tuple[str, ...] = ("black", "dark gray", "gray", "light gray", "white")
 
@@ -96,11 +107,15 @@ def parse_color(value: object, field: str) -> tuple[float, float, float]:
     """
     if isinstance(value, str):
         if value not in NAMED_COLORS:
-            raise StructuredConfigError(field, f"unknown color {value!r}; known: {list(NAMED_COLORS)} or an RGB "
-                                               "triple such as [1.0, 0.5, 0.0]")
+            raise StructuredConfigError(
+                field, f"unknown color {value!r}; known: {list(NAMED_COLORS)} or an RGB triple such as [1.0, 0.5, 0.0]"
+            )
         return NAMED_COLORS[value]
-    if (isinstance(value, Sequence) and len(value) == 3
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+    if (
+        isinstance(value, Sequence)
+        and len(value) == 3
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    ):
         if not all(0.0 <= float(x) <= 1.0 for x in value):
             raise StructuredConfigError(field, f"RGB channels must be in [0, 1], got {list(value)}")
         return tuple(float(x) for x in value)  # type: ignore[return-value]

@@ -53,8 +53,12 @@ class DataPhase:
 
 
 def _range(value: Any, field: str) -> tuple[float, float]:
-    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or len(value) != 2
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    ):
         raise StructuredConfigError(field, f"expected [low, high] numbers, got {value!r}")
     lo, hi = float(value[0]), float(value[1])
     if not 0.0 <= lo <= hi <= 1.0:
@@ -84,18 +88,26 @@ class Curriculum:
             check_keys(pf, entry, _PHASE_KEYS)
             start = parse_step(entry.get("start", 0), phases[-1].start if phases else None, f"{pf}.start")
             if phases and start <= phases[-1].start:
-                raise StructuredConfigError(f"{pf}.start", f"phases must start in order, got {start} after {phases[-1].start}")
+                raise StructuredConfigError(
+                    f"{pf}.start", f"phases must start in order, got {start} after {phases[-1].start}"
+                )
             hues = entry.get("hues")
-            if hues is not None and (not isinstance(hues, Sequence) or isinstance(hues, str)
-                                     or not all(isinstance(h, (int, float)) for h in hues)):
+            if hues is not None and (
+                not isinstance(hues, Sequence)
+                or isinstance(hues, str)
+                or not all(isinstance(h, (int, float)) for h in hues)
+            ):
                 raise StructuredConfigError(f"{pf}.hues", f"expected a list of hue angles in degrees, got {hues!r}")
-            phases.append(DataPhase(
-                start=start, name=str(entry.get("name", f"phase{i}")),
-                hues=None if hues is None else tuple(float(h) for h in hues),
-                saturation=_range(entry.get("saturation", [0.0, 1.0]), f"{pf}.saturation"),
-                value=_range(entry.get("value", [0.0, 1.0]), f"{pf}.value"),
-                hue_tolerance=float(entry.get("hue_tolerance", 1.0)),
-            ))
+            phases.append(
+                DataPhase(
+                    start=start,
+                    name=str(entry.get("name", f"phase{i}")),
+                    hues=None if hues is None else tuple(float(h) for h in hues),
+                    saturation=_range(entry.get("saturation", [0.0, 1.0]), f"{pf}.saturation"),
+                    value=_range(entry.get("value", [0.0, 1.0]), f"{pf}.value"),
+                    hue_tolerance=float(entry.get("hue_tolerance", 1.0)),
+                )
+            )
         if phases and phases[0].start != 0:
             raise StructuredConfigError(f"{field}.phases[0].start", "the first phase must start at step 0")
         floor = spec.get("vibrancy_min")
@@ -126,8 +138,15 @@ class CurriculumSampler(Sampler[int]):
         seed: base seed.
     """
 
-    def __init__(self, colors: np.ndarray, curriculum: Curriculum, samples_per_step: int, num_steps: int,
-                 weights: np.ndarray | None = None, seed: int = 0):
+    def __init__(
+        self,
+        colors: np.ndarray,
+        curriculum: Curriculum,
+        samples_per_step: int,
+        num_steps: int,
+        weights: np.ndarray | None = None,
+        seed: int = 0,
+    ):
         self.hsv = to_hsv(np.asarray(colors, dtype=np.float64))
         self.vibrancy = self.hsv[:, 1] * self.hsv[:, 2]
         self.curriculum = curriculum

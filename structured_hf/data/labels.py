@@ -76,16 +76,30 @@ FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "desaturation": desaturation,
 }
 # Shorthands: a label named after a feature's adjective uses that feature unless told otherwise.
-_DEFAULT_FEATURE = {"red": "redness", "green": "greenness", "blue": "blueness", "yellow": "yellowness",
-                    "cyan": "cyanness", "magenta": "magentaness", "vibrant": "vibrancy", "desaturated": "desaturation"}
+_DEFAULT_FEATURE = {
+    "red": "redness",
+    "green": "greenness",
+    "blue": "blueness",
+    "yellow": "yellowness",
+    "cyan": "cyanness",
+    "magenta": "magentaness",
+    "vibrant": "vibrancy",
+    "desaturated": "desaturation",
+}
 
 
 SIMILAR_TO = "similar_to"
 HUE_OF = "hue_of"
 _FEATURE_KEYS = {SIMILAR_TO, HUE_OF}
 # The six hues that have a channel formula, by their fully saturated RGB color.
-_CHANNEL_FEATURES = {(1.0, 0.0, 0.0): "redness", (1.0, 1.0, 0.0): "yellowness", (0.0, 1.0, 0.0): "greenness",
-                     (0.0, 1.0, 1.0): "cyanness", (0.0, 0.0, 1.0): "blueness", (1.0, 0.0, 1.0): "magentaness"}
+_CHANNEL_FEATURES = {
+    (1.0, 0.0, 0.0): "redness",
+    (1.0, 1.0, 0.0): "yellowness",
+    (0.0, 1.0, 0.0): "greenness",
+    (0.0, 1.0, 1.0): "cyanness",
+    (0.0, 0.0, 1.0): "blueness",
+    (1.0, 0.0, 1.0): "magentaness",
+}
 
 
 def similar_to(color: str | tuple[float, float, float]) -> Callable[[np.ndarray], np.ndarray]:
@@ -139,8 +153,11 @@ class ColorLabeler:
         if isinstance(feature, Mapping):
             feature, color = parse_feature_mapping(feature, f"{field}.feature")
         elif not isinstance(feature, str) or feature not in FEATURES:
-            raise StructuredConfigError(f"{field}.feature", f"unknown feature {feature!r}; known: {sorted(FEATURES)} "
-                                        "or {similar_to: COLOR} (a color name or an RGB triple)")
+            raise StructuredConfigError(
+                f"{field}.feature",
+                f"unknown feature {feature!r}; known: {sorted(FEATURES)} "
+                "or {similar_to: COLOR} (a color name or an RGB triple)",
+            )
         values = {}
         for key, default in (("scale", 1.0), ("power", 1.0)):
             values[key] = float(check_number(f"{field}.{key}", spec.get(key, default), low=0))
@@ -155,8 +172,9 @@ def parse_feature_mapping(spec: Mapping[str, Any], field: str) -> tuple[str, tup
     (``similar_to``) for every other color. Recipes parameterised by ``concept_color`` use it.
     """
     if len(spec) != 1 or next(iter(spec)) not in _FEATURE_KEYS:
-        raise StructuredConfigError(field, f"expected {{similar_to: COLOR}} or {{hue_of: COLOR}}, got keys "
-                                           f"{sorted(spec)}")
+        raise StructuredConfigError(
+            field, f"expected {{similar_to: COLOR}} or {{hue_of: COLOR}}, got keys {sorted(spec)}"
+        )
     key = next(iter(spec))
     color = parse_color(spec[key], f"{field}.{key}")
     if key == HUE_OF and color in _CHANNEL_FEATURES:
@@ -173,8 +191,9 @@ def feature_function(spec: Any, field: str = "feature") -> Callable[[np.ndarray]
             return FEATURES[name]
         return lambda rgb: hsv_similarity(rgb, color)
     if not isinstance(spec, str) or spec not in FEATURES:
-        raise StructuredConfigError(field, f"unknown feature {spec!r}; known: {sorted(FEATURES)} or {{similar_to: "
-                                           "COLOR}")
+        raise StructuredConfigError(
+            field, f"unknown feature {spec!r}; known: {sorted(FEATURES)} or {{similar_to: COLOR}}"
+        )
     return FEATURES[spec]
 
 

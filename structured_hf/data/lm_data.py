@@ -89,14 +89,20 @@ class LMDataSpec:
         filt = _mapping(data.get("filter"), "data.filter", _FILTER_KEYS)
         scope = _mapping(data.get("token_scope"), "data.token_scope", _SCOPE_KEYS)
         if scope and not isinstance(scope.get("labeler"), str):
-            raise StructuredConfigError("data.token_scope.labeler", "name the keyword labeler (of the labels config) "
-                                        f"whose matches are the token-level evidence, got {scope.get('labeler')!r}")
+            raise StructuredConfigError(
+                "data.token_scope.labeler",
+                "name the keyword labeler (of the labels config) "
+                f"whose matches are the token-level evidence, got {scope.get('labeler')!r}",
+            )
         if scope.get("mode", "after") not in SCOPE_MODES:
-            raise StructuredConfigError("data.token_scope.mode", f"expected one of {SCOPE_MODES}, "
-                                        f"got {scope.get('mode')!r}")
+            raise StructuredConfigError(
+                "data.token_scope.mode", f"expected one of {SCOPE_MODES}, got {scope.get('mode')!r}"
+            )
         labels_config = text.get("labels_config", cls.labels_config)
         if not isinstance(labels_config, (str, Mapping)):
-            raise StructuredConfigError("data.text.labels_config", f"expected a path or a mapping, got {labels_config!r}")
+            raise StructuredConfigError(
+                "data.text.labels_config", f"expected a path or a mapping, got {labels_config!r}"
+            )
         labelers = text.get("labelers")
         if labelers is not None and (not isinstance(labelers, list) or not all(isinstance(x, str) for x in labelers)):
             raise StructuredConfigError("data.text.labelers", f"expected a list of labeler names, got {labelers!r}")
@@ -117,9 +123,12 @@ class LMDataSpec:
         if level not in FILTER_LEVELS:
             raise StructuredConfigError("data.filter.level", f"expected one of {list(FILTER_LEVELS)}, got {level!r}")
         if level == "token" and not scope:
-            raise StructuredConfigError("data.filter.level", "token-level filtering masks the loss on the tokens a "
-                                        "keyword labeler flags: set data.token_scope (e.g. {labeler: keywords, mode: "
-                                        "window, window: 8}) to say which tokens those are")
+            raise StructuredConfigError(
+                "data.filter.level",
+                "token-level filtering masks the loss on the tokens a "
+                "keyword labeler flags: set data.token_scope (e.g. {labeler: keywords, mode: "
+                "window, window: 8}) to say which tokens those are",
+            )
         spec = cls(
             labels_config=dict(labels_config) if isinstance(labels_config, Mapping) else labels_config,
             labelers=None if labelers is None else tuple(labelers),
@@ -155,12 +164,17 @@ class LMDataSpec:
         config = self.label_config()
         labelers = config.get("labelers") or {}
         if self.scope_labeler not in labelers:
-            raise StructuredConfigError("data.token_scope.labeler", f"no labeler '{self.scope_labeler}' in the "
-                                        f"labels config; it has {sorted(labelers)}")
+            raise StructuredConfigError(
+                "data.token_scope.labeler",
+                f"no labeler '{self.scope_labeler}' in the labels config; it has {sorted(labelers)}",
+            )
         labeler = build_labeler(self.scope_labeler, labelers[self.scope_labeler], config["concepts"])
         if not isinstance(labeler, KeywordLabeler):
-            raise StructuredConfigError("data.token_scope.labeler", f"'{self.scope_labeler}' is a {labeler.type} "
-                                        "labeler; token-level evidence needs a keyword labeler (it finds spans)")
+            raise StructuredConfigError(
+                "data.token_scope.labeler",
+                f"'{self.scope_labeler}' is a {labeler.type} "
+                "labeler; token-level evidence needs a keyword labeler (it finds spans)",
+            )
         return {c: partial(labeler.spans, concept=c) for c in labeler.concepts}
 
 
@@ -191,8 +205,9 @@ def labelled_chunks(spec: LMDataSpec, progress: bool = False) -> datasets.Datase
         config = spec.label_config()
         key = json.dumps([config, spec.labelers, spec.max_chunks], sort_keys=True, default=str)
         if key not in _LABELLED_CACHE:
-            chunks, _, stats = build_labelled_dataset(config, labelers=spec.labelers, max_chunks=spec.max_chunks,
-                                                      progress=progress)
+            chunks, _, stats = build_labelled_dataset(
+                config, labelers=spec.labelers, max_chunks=spec.max_chunks, progress=progress
+            )
             logger.info("labelled chunks: %s", {s: v["chunks"] for s, v in stats.items()})
             _LABELLED_CACHE.clear()  # one corpus at a time is enough
             _LABELLED_CACHE[key] = chunks
@@ -200,11 +215,14 @@ def labelled_chunks(spec: LMDataSpec, progress: bool = False) -> datasets.Datase
     try:
         chunks = datasets.load_from_disk(spec.labelled)
     except (FileNotFoundError, ValueError) as e:
-        raise StructuredConfigError("data.text.labelled", f"cannot load a saved DatasetDict from "
-                                    f"{spec.labelled}: {e}") from None
+        raise StructuredConfigError(
+            "data.text.labelled", f"cannot load a saved DatasetDict from {spec.labelled}: {e}"
+        ) from None
     if not isinstance(chunks, datasets.DatasetDict) or "train" not in chunks:
-        raise StructuredConfigError("data.text.labelled", f"{spec.labelled} must hold a DatasetDict with a "
-                                    "train split (scripts/label_text.py writes one)")
+        raise StructuredConfigError(
+            "data.text.labelled",
+            f"{spec.labelled} must hold a DatasetDict with a train split (scripts/label_text.py writes one)",
+        )
     if spec.max_chunks is not None:
         chunks = datasets.DatasetDict({s: d.select(range(min(spec.max_chunks, len(d)))) for s, d in chunks.items()})
     return chunks
@@ -217,35 +235,55 @@ def filter_chunks(chunks: datasets.DatasetDict, concepts: tuple[str, ...], thres
     train = chunks["train"]
     for c in concepts:
         if PROB_PREFIX + c not in train.column_names:
-            raise StructuredConfigError("data.filter.concepts", f"no label '{c}'; the data has "
-                                        f"{[n[len(PROB_PREFIX):] for n in train.column_names if n.startswith(PROB_PREFIX)]}")
+            raise StructuredConfigError(
+                "data.filter.concepts",
+                f"no label '{c}'; the data has "
+                f"{[n[len(PROB_PREFIX) :] for n in train.column_names if n.startswith(PROB_PREFIX)]}",
+            )
     probs = np.stack([np.asarray(train[PROB_PREFIX + c], dtype=np.float64) for c in concepts], axis=1)
     keep = np.flatnonzero(probs.max(axis=1) < threshold)
-    logger.info("data filter: kept %d of %d training chunks (removed %s >= %.2f)", len(keep), len(train),
-                list(concepts), threshold)
+    logger.info(
+        "data filter: kept %d of %d training chunks (removed %s >= %.2f)",
+        len(keep),
+        len(train),
+        list(concepts),
+        threshold,
+    )
     out = dict(chunks)
     out["train"] = train.select(keep)
     return datasets.DatasetDict(out)
 
 
-def build_lm_data(spec: LMDataSpec, progress: bool = False
-                  ) -> tuple[datasets.DatasetDict, PreTrainedTokenizerFast, datasets.DatasetDict]:
+def build_lm_data(
+    spec: LMDataSpec, progress: bool = False
+) -> tuple[datasets.DatasetDict, PreTrainedTokenizerFast, datasets.DatasetDict]:
     """``(chunks, tokenizer, blocks)`` for a recipe: labelled (and filtered) chunks, the BPE trained on their
     training split, and ``block_size``-token blocks carrying each chunk's label probabilities."""
     chunks = labelled_chunks(spec, progress)
     # The tokenizer is trained on the *unfiltered* training split, so the data-filtering baseline shares the
     # anchored run's vocabulary and per-token losses of the two compare directly (and BPE training is deterministic).
-    tokenizer = train_bpe_tokenizer(chunks["train"]["text"], vocab_size=spec.vocab_size,
-                                    min_frequency=spec.min_frequency, model_max_length=spec.block_size)
+    tokenizer = train_bpe_tokenizer(
+        chunks["train"]["text"],
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        model_max_length=spec.block_size,
+    )
     if spec.filter_level == "document":
         chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
         raise StructuredConfigError("data", "the training split is empty (after filtering)")
-    blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size, scope_spans=spec.scope_spans(),
-                             scope_mode=spec.scope_mode, scope_window=spec.scope_window)
+    blocks = tokenize_blocks(
+        chunks,
+        tokenizer,
+        block_size=spec.block_size,
+        scope_spans=spec.scope_spans(),
+        scope_mode=spec.scope_mode,
+        scope_window=spec.scope_window,
+    )
     if spec.filter_level == "token":
-        blocks = datasets.DatasetDict({**blocks, "train": mask_flagged_tokens(blocks["train"], spec.filter_concepts,
-                                                                              spec.filter_threshold)})
+        blocks = datasets.DatasetDict(
+            {**blocks, "train": mask_flagged_tokens(blocks["train"], spec.filter_concepts, spec.filter_threshold)}
+        )
     return chunks, tokenizer, blocks
 
 
@@ -255,8 +293,11 @@ def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], thr
     names = set(blocks.column_names)
     for c in concepts:
         if PROB_PREFIX + c not in names or SCOPE_PREFIX + c not in names:
-            raise StructuredConfigError("data.filter.concepts", f"no token scope for '{c}': the token_scope labeler "
-                                        f"flags {sorted(n[len(SCOPE_PREFIX):] for n in names if n.startswith(SCOPE_PREFIX))}")
+            raise StructuredConfigError(
+                "data.filter.concepts",
+                f"no token scope for '{c}': the token_scope labeler "
+                f"flags {sorted(n[len(SCOPE_PREFIX) :] for n in names if n.startswith(SCOPE_PREFIX))}",
+            )
     table = blocks.with_format("numpy")
     labels = np.asarray(table["labels"]).copy()
     flagged = np.zeros(labels.shape, dtype=bool)
@@ -265,11 +306,22 @@ def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], thr
         flagged |= chunk_flagged[:, None] & (np.asarray(table[SCOPE_PREFIX + c]) > 0)
     real = labels != IGNORE_INDEX
     labels[flagged] = IGNORE_INDEX
-    logger.info("token-level filter: masked the loss on %d of %d training tokens (%s >= %.2f, in scope)",
-                int((flagged & real).sum()), int(real.sum()), list(concepts), threshold)
-    return blocks.remove_columns("labels").add_column("labels", labels.tolist(),
-                                                      feature=blocks.features["labels"])
+    logger.info(
+        "token-level filter: masked the loss on %d of %d training tokens (%s >= %.2f, in scope)",
+        int((flagged & real).sum()),
+        int(real.sum()),
+        list(concepts),
+        threshold,
+    )
+    return blocks.remove_columns("labels").add_column("labels", labels.tolist(), feature=blocks.features["labels"])
 
 
-__all__ = ["FILTER_LEVELS", "LM_DATA_KEYS", "LMDataSpec", "build_lm_data", "filter_chunks", "labelled_chunks",
-           "mask_flagged_tokens"]
+__all__ = [
+    "FILTER_LEVELS",
+    "LM_DATA_KEYS",
+    "LMDataSpec",
+    "build_lm_data",
+    "filter_chunks",
+    "labelled_chunks",
+    "mask_flagged_tokens",
+]

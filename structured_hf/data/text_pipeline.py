@@ -40,8 +40,9 @@ def load_label_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise StructuredConfigError("labels config", f"expected a mapping at the top level, got {type(data).__name__}")
     unknown = set(data) - CONFIG_KEYS
     if unknown:
-        raise StructuredConfigError("labels config", f"unknown sections {sorted(unknown)}; expected some of "
-                                    f"{sorted(CONFIG_KEYS)}")
+        raise StructuredConfigError(
+            "labels config", f"unknown sections {sorted(unknown)}; expected some of {sorted(CONFIG_KEYS)}"
+        )
     concepts = data.get("concepts")
     if isinstance(concepts, (list, tuple)):
         data["concepts"] = {str(c): {} for c in concepts}
@@ -49,8 +50,10 @@ def load_label_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise StructuredConfigError("concepts", "expected a mapping of concept names (with optional descriptions)")
     for name in data["concepts"]:
         if not str(name).isidentifier():
-            raise StructuredConfigError(f"concepts.{name}", "concept names become column names (prob_<name>): use "
-                                        "letters, digits and underscores")
+            raise StructuredConfigError(
+                f"concepts.{name}",
+                "concept names become column names (prob_<name>): use letters, digits and underscores",
+            )
     parse_source(data.get("source"))
     ChunkingConfig.from_dict(data.get("chunking"))
     SplitConfig.from_dict(data.get("splits"))
@@ -88,8 +91,9 @@ def build_labelled_dataset(
         ``raw_<labeler>_<concept>``), the labelling pipeline, and label-rate statistics per split.
     """
     pipeline = LabelingPipeline.from_config(config, only=labelers)
-    chunks = build_text_dataset(source if source is not None else config.get("source"), config.get("chunking"),
-                                config.get("splits"))
+    chunks = build_text_dataset(
+        source if source is not None else config.get("source"), config.get("chunking"), config.get("splits")
+    )
     if max_chunks is not None:
         if max_chunks < 1:
             raise StructuredConfigError("max_chunks", f"expected a positive integer, got {max_chunks}")
@@ -98,13 +102,17 @@ def build_labelled_dataset(
     stats = {}
     for split, ds in labelled.items():
         cols = {f"prob_{c}": np.asarray(ds[f"prob_{c}"], dtype=np.float64) for c in pipeline.concepts}
-        stats[split] = {"chunks": len(ds), "characters": int(sum(len(t) for t in ds["text"])),
-                        "concepts": label_rates(cols, pipeline.concepts)}
+        stats[split] = {
+            "chunks": len(ds),
+            "characters": int(sum(len(t) for t in ds["text"])),
+            "concepts": label_rates(cols, pipeline.concepts),
+        }
     return labelled, pipeline, stats
 
 
-def calibrate(pipeline: LabelingPipeline, config: Mapping[str, Any], path: str | Path | None = None,
-              progress: bool = True) -> dict[str, Any]:
+def calibrate(
+    pipeline: LabelingPipeline, config: Mapping[str, Any], path: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Precision/recall of every labeler and the combination on the hand-labelled set (see ``label_calibration``)."""
     path = Path(path) if path is not None else calibration_set_path(config.get("calibration_set"))
     return build_report(pipeline, path, progress=progress)

@@ -49,8 +49,10 @@ def train_bpe_tokenizer(
         show_progress: the ``tokenizers`` trainer's own progress bar.
     """
     if vocab_size < 256 + 3 + 1:
-        raise StructuredConfigError("tokenizer.vocab_size", f"expected >= 260 (256 bytes, 3 special tokens and at "
-                                    f"least one merge), got {vocab_size}")
+        raise StructuredConfigError(
+            "tokenizer.vocab_size",
+            f"expected >= 260 (256 bytes, 3 special tokens and at least one merge), got {vocab_size}",
+        )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -64,10 +66,14 @@ def train_bpe_tokenizer(
     tokenizer.train_from_iterator(texts, trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
     # trim_offsets=False keeps offsets of byte-level tokens exact; the template adds <|bos|> in front of every text.
-    tokenizer.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]),
-    ])
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
@@ -120,11 +126,23 @@ def tokenize_blocks(
     if scope_mode not in SCOPE_MODES:
         raise StructuredConfigError("scope.mode", f"expected one of {SCOPE_MODES}, got {scope_mode!r}")
     if isinstance(dataset, datasets.DatasetDict):
-        return datasets.DatasetDict({
-            split: tokenize_blocks(ds, tokenizer, block_size, text_column, keep_columns, batch_size, truncate,
-                                   scope_spans, scope_mode, scope_window)
-            for split, ds in dataset.items()
-        })
+        return datasets.DatasetDict(
+            {
+                split: tokenize_blocks(
+                    ds,
+                    tokenizer,
+                    block_size,
+                    text_column,
+                    keep_columns,
+                    batch_size,
+                    truncate,
+                    scope_spans,
+                    scope_mode,
+                    scope_window,
+                )
+                for split, ds in dataset.items()
+            }
+        )
     if text_column not in dataset.column_names:
         raise StructuredConfigError("text_column", f"no column {text_column!r}; columns are {dataset.column_names}")
     carried = [c for c in dataset.column_names if c.startswith(PROB_PREFIX)]
@@ -133,18 +151,27 @@ def tokenize_blocks(
     scoped = {SCOPE_PREFIX + c: find for c, find in (scope_spans or {}).items()}
 
     def to_blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [],
-                                     **{c: [] for c in [*carried, *scoped]}}
+        out: dict[str, list[Any]] = {
+            "input_ids": [],
+            "attention_mask": [],
+            "labels": [],
+            **{c: [] for c in [*carried, *scoped]},
+        }
         # Whole chunks, cut into blocks below (offsets only when scope columns need them).
-        encoded = tokenizer(batch[text_column], add_special_tokens=False, verbose=False,
-                            return_offsets_mapping=bool(scoped))
+        encoded = tokenizer(
+            batch[text_column], add_special_tokens=False, verbose=False, return_offsets_mapping=bool(scoped)
+        )
         for row, ids in enumerate(encoded["input_ids"]):
             ids = [bos, *ids, eos]
             # Evidence per token of [bos, text, eos]: the special tokens cover no characters.
-            hits = {c: np.concatenate([[False], span_hits(encoded["offset_mapping"][row], find(batch[text_column][row])),
-                                       [False]]) for c, find in scoped.items()}
+            hits = {
+                c: np.concatenate(
+                    [[False], span_hits(encoded["offset_mapping"][row], find(batch[text_column][row])), [False]]
+                )
+                for c, find in scoped.items()
+            }
             for start in range(0, block_size if truncate else len(ids), block_size):
-                piece = ids[start:start + block_size]
+                piece = ids[start : start + block_size]
                 n_pad = block_size - len(piece)
                 out["input_ids"].append(piece + [pad] * n_pad)
                 out["attention_mask"].append([1] * len(piece) + [0] * n_pad)
@@ -153,23 +180,35 @@ def tokenize_blocks(
                     out[c].append(batch[c][row])
                 for c, hit in hits.items():
                     # Per block: the model sees only its own block, so evidence in an earlier block does not count.
-                    scope = token_scope(hit[start:start + len(piece)], scope_mode, scope_window)
+                    scope = token_scope(hit[start : start + len(piece)], scope_mode, scope_window)
                     out[c].append(np.concatenate([scope, np.zeros(n_pad, dtype=np.int8)]).tolist())
         return out
 
-    features = datasets.Features({
-        "input_ids": datasets.List(datasets.Value("int32"), length=block_size),
-        "attention_mask": datasets.List(datasets.Value("int8"), length=block_size),
-        "labels": datasets.List(datasets.Value("int32"), length=block_size),
-        **{c: dataset.features[c] for c in carried},
-        **{c: datasets.List(datasets.Value("int8"), length=block_size) for c in scoped},
-    })
-    blocks = dataset.map(to_blocks, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
-                         features=features, desc=f"tokenizing into {block_size}-token blocks")
+    features = datasets.Features(
+        {
+            "input_ids": datasets.List(datasets.Value("int32"), length=block_size),
+            "attention_mask": datasets.List(datasets.Value("int8"), length=block_size),
+            "labels": datasets.List(datasets.Value("int32"), length=block_size),
+            **{c: dataset.features[c] for c in carried},
+            **{c: datasets.List(datasets.Value("int8"), length=block_size) for c in scoped},
+        }
+    )
+    blocks = dataset.map(
+        to_blocks,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=dataset.column_names,
+        features=features,
+        desc=f"tokenizing into {block_size}-token blocks",
+    )
     if len(blocks):
         mask = np.asarray(blocks.with_format("numpy")["attention_mask"])
-        logger.info("%d blocks from %d chunks; %.1f%% of positions are padding", len(blocks), len(dataset),
-                    100.0 * (1.0 - mask.mean()))
+        logger.info(
+            "%d blocks from %d chunks; %.1f%% of positions are padding",
+            len(blocks),
+            len(dataset),
+            100.0 * (1.0 - mask.mean()),
+        )
     return blocks
 
 
@@ -204,5 +243,15 @@ def token_scope(hits: np.ndarray, mode: str = "after", window: int = 32) -> np.n
     raise StructuredConfigError("scope.mode", f"expected one of {SCOPE_MODES}, got {mode!r}")
 
 
-__all__ = ["BOS", "EOS", "IGNORE_INDEX", "PAD", "SCOPE_MODES", "SCOPE_PREFIX", "span_hits", "token_scope",
-           "tokenize_blocks", "train_bpe_tokenizer"]
+__all__ = [
+    "BOS",
+    "EOS",
+    "IGNORE_INDEX",
+    "PAD",
+    "SCOPE_MODES",
+    "SCOPE_PREFIX",
+    "span_hits",
+    "token_scope",
+    "tokenize_blocks",
+    "train_bpe_tokenizer",
+]

@@ -50,8 +50,11 @@ def concept_metrics(model: torch.nn.Module, concept: ConceptSpec) -> dict[str, A
     sq = acts**2
     leak = sq[:, ~mask].sum(-1) / np.maximum(sq.sum(-1), 1e-12)
     names = [p if isinstance(p, str) else str(list(p)) for p in concept.prototypes]
-    return {"leak_max": float(leak.max()), "leak_mean": float(leak.mean()),
-            "leak": {n: float(x) for n, x in zip(names, leak)}}
+    return {
+        "leak_max": float(leak.max()),
+        "leak_mean": float(leak.mean()),
+        "leak": {n: float(x) for n, x in zip(names, leak)},
+    }
 
 
 def evaluate_color_model(model: torch.nn.Module) -> dict[str, Any]:

@@ -28,7 +28,9 @@ def example_redness(arrays: Mapping[str, torch.Tensor]) -> np.ndarray:
     """max(redness of present operands, redness of the result) per example."""
     colors = arrays["colors"].numpy().astype(np.float64)
     mask = arrays["operand_mask"].numpy()
-    parts = [redness(colors[:, k]) * mask[:, k] for k in range(2)] + [redness(arrays["target"].numpy().astype(np.float64))]
+    parts = [redness(colors[:, k]) * mask[:, k] for k in range(2)] + [
+        redness(arrays["target"].numpy().astype(np.float64))
+    ]
     return np.max(np.stack(parts, -1), -1)
 
 
@@ -37,15 +39,22 @@ def predict(model: torch.nn.Module, arrays: Mapping[str, torch.Tensor], batch_si
     was_training = model.training
     model.eval()
     try:
-        out = [model(op_ids=arrays["op"][i:i + batch_size], colors=arrays["colors"][i:i + batch_size],
-                     operand_mask=arrays["operand_mask"][i:i + batch_size]).prediction
-               for i in range(0, len(arrays["op"]), batch_size)]
+        out = [
+            model(
+                op_ids=arrays["op"][i : i + batch_size],
+                colors=arrays["colors"][i : i + batch_size],
+                operand_mask=arrays["operand_mask"][i : i + batch_size],
+            ).prediction
+            for i in range(0, len(arrays["op"]), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()
 
 
-def per_operation_errors(model: torch.nn.Module, dataset: datasets.Dataset, operations: Sequence[str]) -> dict[str, Any]:
+def per_operation_errors(
+    model: torch.nn.Module, dataset: datasets.Dataset, operations: Sequence[str]
+) -> dict[str, Any]:
     """``{op: {"all": mse, "red": mse on red-involving examples, "far": mse far from red, "n_red": k}}``."""
     arrays = task_arrays(dataset)
     err = ((predict(model, arrays) - arrays["target"].numpy()) ** 2).mean(-1)
@@ -59,14 +68,17 @@ def per_operation_errors(model: torch.nn.Module, dataset: datasets.Dataset, oper
             "all": float(err[sel].mean()) if sel.any() else float("nan"),
             "red": float(err[involved].mean()) if involved.any() else float("nan"),
             "far": float(err[far].mean()) if far.any() else float("nan"),
-            "n": int(sel.sum()), "n_red": int(involved.sum()), "n_far": int(far.sum()),
+            "n": int(sel.sum()),
+            "n_red": int(involved.sum()),
+            "n_far": int(far.sum()),
         }
     return out
 
 
 @torch.no_grad()
-def concept_placement(model: torch.nn.Module, dataset: datasets.Dataset, sites: Sequence[str] | None = None,
-                      limit: int = 2048) -> dict[str, Any]:
+def concept_placement(
+    model: torch.nn.Module, dataset: datasets.Dataset, sites: Sequence[str] | None = None, limit: int = 2048
+) -> dict[str, Any]:
     """For each direction concept: at every residual site (anchored or not) and at its own site, the mean cosine with
     the concept's direction over all tokens of red-involving examples, and the mean squared share along it for
     far-from-red ones.

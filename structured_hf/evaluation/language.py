@@ -57,8 +57,12 @@ def anchored_concepts(model: nn.Module, chunks: datasets.Dataset | None = None) 
     return names
 
 
-def heldout_sets(chunks: datasets.Dataset, concepts: Sequence[str], forget_threshold: float = FORGET_THRESHOLD,
-                 retain_threshold: float = RETAIN_THRESHOLD) -> dict[str, list[str]]:
+def heldout_sets(
+    chunks: datasets.Dataset,
+    concepts: Sequence[str],
+    forget_threshold: float = FORGET_THRESHOLD,
+    retain_threshold: float = RETAIN_THRESHOLD,
+) -> dict[str, list[str]]:
     """``{"forget:<c>": texts, ..., "retain": texts}`` from labelled chunks (see the module docstring)."""
     if "text" not in chunks.column_names:
         raise StructuredConfigError("chunks", f"need a 'text' column; have {chunks.column_names}")
@@ -69,8 +73,11 @@ def heldout_sets(chunks: datasets.Dataset, concepts: Sequence[str], forget_thres
         probs[c] = np.asarray(chunks[PROB_PREFIX + c], dtype=np.float64)
     texts = chunks["text"]
     sets = {f"forget:{c}": [t for t, p in zip(texts, probs[c]) if p >= forget_threshold] for c in concepts}
-    low = np.all(np.stack([probs[c] for c in concepts]) < retain_threshold, axis=0) if concepts else \
-        np.ones(len(texts), dtype=bool)
+    low = (
+        np.all(np.stack([probs[c] for c in concepts]) < retain_threshold, axis=0)
+        if concepts
+        else np.ones(len(texts), dtype=bool)
+    )
     sets["retain"] = [t for t, keep in zip(texts, low) if keep]
     for name, members in sets.items():
         if not members:
@@ -94,23 +101,26 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id][:max_length] for x in ids]
 
 
-def _batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Right-padded ``(input_ids, labels)`` batches, longest-first so padding stays small."""
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     for start in range(0, len(order), batch_size):
-        rows = [encoded[i] for i in order[start:start + batch_size]]
+        rows = [encoded[i] for i in order[start : start + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            labels[i, :len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r)
+            labels[i, : len(r)] = torch.tensor(r)
         yield ids, labels
 
 
 @torch.no_grad()
-def mean_token_loss(model: nn.Module, encoded: Sequence[Sequence[int]], batch_size: int = 32, pad_id: int = 0
-                    ) -> tuple[float, int]:
+def mean_token_loss(
+    model: nn.Module, encoded: Sequence[Sequence[int]], batch_size: int = 32, pad_id: int = 0
+) -> tuple[float, int]:
     """``(mean next-token NLL in nats, number of predicted tokens)`` over encoded texts (right padding, so the causal
     mask keeps padding out of every real token's context)."""
     was_training = model.training
@@ -121,8 +131,9 @@ def mean_token_loss(model: nn.Module, encoded: Sequence[Sequence[int]], batch_si
         for ids, labels in _batches(encoded, batch_size, pad_id):
             logits = model(input_ids=ids.to(device), use_cache=False).logits.float()
             targets = labels[:, 1:].to(device)
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                  ignore_index=-100, reduction="sum")
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             total += float(nll)
             count += int((targets != -100).sum())
     finally:
@@ -132,16 +143,27 @@ def mean_token_loss(model: nn.Module, encoded: Sequence[Sequence[int]], batch_si
     return total / max(count, 1), count
 
 
-def set_losses(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequence[int]]], specs: Sequence[Any] = (),
-               batch_size: int = 32, pad_id: int = 0) -> dict[str, float]:
+def set_losses(
+    model: nn.Module,
+    encoded_sets: Mapping[str, Sequence[Sequence[int]]],
+    specs: Sequence[Any] = (),
+    batch_size: int = 32,
+    pad_id: int = 0,
+) -> dict[str, float]:
     """Mean loss per held-out set, with inference-time intervention ``specs`` active (none: the model as is)."""
     with intervene(model, list(specs)) if specs else contextlib.nullcontext():
         return {name: mean_token_loss(model, enc, batch_size, pad_id)[0] for name, enc in encoded_sets.items()}
 
 
 @torch.no_grad()
-def concept_cosines(model: nn.Module, encoded_sets: Mapping[str, Sequence[Sequence[int]]], concept: str,
-                    batch_size: int = 32, pad_id: int = 0, limit: int = 256) -> dict[str, float]:
+def concept_cosines(
+    model: nn.Module,
+    encoded_sets: Mapping[str, Sequence[Sequence[int]]],
+    concept: str,
+    batch_size: int = 32,
+    pad_id: int = 0,
+    limit: int = 256,
+) -> dict[str, float]:
     """Mean cosine of the residual at the concept's site with its direction, over the real tokens of each set
     (the first ``limit`` texts): how far the anchoring put the concept where the map says."""
     spec = ConceptMap.of(model)[concept]
@@ -184,12 +206,17 @@ def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[st
     return variants
 
 
-def evaluate_language_model(model: nn.Module, tokenizer, test_chunks: datasets.Dataset,
-                            concepts: Sequence[str] | None = None,
-                            variants: Sequence[tuple[str, nn.Module, Sequence[Any]]] | None = None,
-                            extra_variants: Sequence[tuple[str, nn.Module, Sequence[Any]]] = (),
-                            batch_size: int = 32, prompts: Sequence[str] = (), max_new_tokens: int = 40
-                            ) -> dict[str, Any]:
+def evaluate_language_model(
+    model: nn.Module,
+    tokenizer,
+    test_chunks: datasets.Dataset,
+    concepts: Sequence[str] | None = None,
+    variants: Sequence[tuple[str, nn.Module, Sequence[Any]]] | None = None,
+    extra_variants: Sequence[tuple[str, nn.Module, Sequence[Any]]] = (),
+    batch_size: int = 32,
+    prompts: Sequence[str] = (),
+    max_new_tokens: int = 40,
+) -> dict[str, Any]:
     """Forget/retain losses of every variant, their change from the baseline, anchor cosines and generations.
 
     Returns a JSON-ready dict: ``sets`` (chunks and tokens per set), ``loss`` (variant -> set -> nats/token),
@@ -203,23 +230,30 @@ def evaluate_language_model(model: nn.Module, tokenizer, test_chunks: datasets.D
     variants = list(variants) if variants is not None else default_variants(model, concepts)
     variants += list(extra_variants)
     report: dict[str, Any] = {
-        "sets": {name: {"chunks": len(sets[name]), "tokens": sum(len(e) - 1 for e in enc)}
-                 for name, enc in encoded.items()},
-        "forget_threshold": FORGET_THRESHOLD, "retain_threshold": RETAIN_THRESHOLD,
-        "loss": {}, "delta": {}, "cosines": {}, "generations": {},
+        "sets": {
+            name: {"chunks": len(sets[name]), "tokens": sum(len(e) - 1 for e in enc)} for name, enc in encoded.items()
+        },
+        "forget_threshold": FORGET_THRESHOLD,
+        "retain_threshold": RETAIN_THRESHOLD,
+        "loss": {},
+        "delta": {},
+        "cosines": {},
+        "generations": {},
     }
     for name, variant_model, specs in variants:
         report["loss"][name] = set_losses(variant_model, encoded, specs, batch_size, pad)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in report["loss"][name].items()})
     base = report["loss"].get("baseline", None)
     if base is not None:
-        report["delta"] = {name: {s: loss - base[s] for s, loss in losses.items()}
-                           for name, losses in report["loss"].items()}
+        report["delta"] = {
+            name: {s: loss - base[s] for s, loss in losses.items()} for name, losses in report["loss"].items()
+        }
     for c in concepts:
         report["cosines"][c] = concept_cosines(model, encoded, c, batch_size, pad)
     for name, variant_model, specs in variants[:1] + [v for v in variants if v[0].startswith(("suppress:", "ablate:"))]:
-        report["generations"][name] = generate_samples(variant_model, tokenizer, prompts, specs, max_new_tokens) \
-            if prompts else []
+        report["generations"][name] = (
+            generate_samples(variant_model, tokenizer, prompts, specs, max_new_tokens) if prompts else []
+        )
     report["summary"] = summarize(report)
     return report
 
@@ -235,8 +269,9 @@ def summarize(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def generate_samples(model: nn.Module, tokenizer, prompts: Sequence[str], specs: Sequence[Any] = (),
-                     max_new_tokens: int = 40) -> list[dict[str, str]]:
+def generate_samples(
+    model: nn.Module, tokenizer, prompts: Sequence[str], specs: Sequence[Any] = (), max_new_tokens: int = 40
+) -> list[dict[str, str]]:
     """Greedy continuations of ``prompts`` (with the KV cache), under ``specs`` when given."""
     model.eval()
     out = []
@@ -246,17 +281,28 @@ def generate_samples(model: nn.Module, tokenizer, prompts: Sequence[str], specs:
             room = context_length(model) - enc["input_ids"].shape[1]
             if room < 1:
                 raise StructuredConfigError("prompt", f"the prompt {prompt!r} fills the model's whole context")
-            ids = model.generate(**enc, max_new_tokens=min(max_new_tokens, room), do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            out.append({"prompt": prompt, "continuation": tokenizer.decode(ids[0, enc["input_ids"].shape[1]:],
-                                                                            skip_special_tokens=True)})
+            ids = model.generate(
+                **enc, max_new_tokens=min(max_new_tokens, room), do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            out.append(
+                {
+                    "prompt": prompt,
+                    "continuation": tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True),
+                }
+            )
     return out
 
 
 # ---- post-hoc baseline (a) ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def mean_difference_direction(model: nn.Module, tokenizer, concept_texts: Sequence[str], other_texts: Sequence[str],
-                              site: str, batch_size: int = 32) -> torch.Tensor:
+def mean_difference_direction(
+    model: nn.Module,
+    tokenizer,
+    concept_texts: Sequence[str],
+    other_texts: Sequence[str],
+    site: str,
+    batch_size: int = 32,
+) -> torch.Tensor:
     """Unit mean difference of the residual at ``site`` over the real tokens of concept texts vs other texts: the
     direction a practitioner would find after training a model without anchoring."""
     length, pad = context_length(model), pad_id(tokenizer)
@@ -276,9 +322,17 @@ def mean_difference_direction(model: nn.Module, tokenizer, concept_texts: Sequen
 
 
 # ---- relearning attack --------------------------------------------------------------------------------------------
-def lm_relearning_attack(model: nn.Module, tokenizer, attack_texts: Sequence[str], probe_sets: Mapping[str, Sequence[str]],
-                         steps: int = 100, lr: float = 1.0e-4, batch_size: int = 8, eval_every: int = 10,
-                         seed: int = 0) -> dict[str, Any]:
+def lm_relearning_attack(
+    model: nn.Module,
+    tokenizer,
+    attack_texts: Sequence[str],
+    probe_sets: Mapping[str, Sequence[str]],
+    steps: int = 100,
+    lr: float = 1.0e-4,
+    batch_size: int = 8,
+    eval_every: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Fine-tune a copy of ``model`` on ``attack_texts`` (e.g. 64 training forget chunks) with AdamW and record the
     held-out losses of ``probe_sets`` every ``eval_every`` steps; the attack's success is the lowest forget loss.
     The default ``lr`` (1e-4) is the strongest attack measured on the M4 models: at 1e-3 the 64 chunks are only
@@ -314,8 +368,12 @@ def lm_relearning_attack(model: nn.Module, tokenizer, attack_texts: Sequence[str
         optimizer.step()
         if step % eval_every == 0 or step == steps:
             probe(step)
-    return {"steps": steps_seen, **curve, "lowest": {n: min(v) for n, v in curve.items()},
-            "final": {n: v[-1] for n, v in curve.items()}}
+    return {
+        "steps": steps_seen,
+        **curve,
+        "lowest": {n: min(v) for n, v in curve.items()},
+        "final": {n: v[-1] for n, v in curve.items()},
+    }
 
 
 def language_markdown(report: Mapping[str, Any]) -> str:
@@ -333,11 +391,23 @@ def language_markdown(report: Mapping[str, Any]) -> str:
 
 
 # ---- the M4 comparison ----------------------------------------------------------------------------------------------
-def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: datasets.Dataset, train_chunks: datasets.Dataset,
-                            concept: str, unanchored: nn.Module | None = None, filtered: nn.Module | None = None,
-                            attack_chunks: int = 64, attack_steps: int = 100, attack_lr: float = 1.0e-4,
-                            eval_every: int = 10, batch_size: int = 32, seed: int = 0, direction_chunks: int = 512,
-                            probe_retain_chunks: int = 256) -> dict[str, Any]:
+def compare_language_models(
+    anchored: nn.Module,
+    tokenizer,
+    test_chunks: datasets.Dataset,
+    train_chunks: datasets.Dataset,
+    concept: str,
+    unanchored: nn.Module | None = None,
+    filtered: nn.Module | None = None,
+    attack_chunks: int = 64,
+    attack_steps: int = 100,
+    attack_lr: float = 1.0e-4,
+    eval_every: int = 10,
+    batch_size: int = 32,
+    seed: int = 0,
+    direction_chunks: int = 512,
+    probe_retain_chunks: int = 256,
+) -> dict[str, Any]:
     """One table for M4: the anchored model (suppressed, deleted) against (a) the same recipe trained without
     anchoring, whose concept direction is found after training (mean difference of residuals at the anchored site over
     labelled vs retain *training* chunks) and suppressed / projected out of the weights, and (b) the recipe trained on
@@ -371,12 +441,24 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
     deleted["anchored + ablate"] = ablate(anchored, concept)
     row("anchored + ablate", deleted["anchored + ablate"], (), "anchored")
     if unanchored is not None:
-        direction = mean_difference_direction(unanchored, tokenizer, train_sets[forget_key][:direction_chunks],
-                                              train_sets["retain"][:direction_chunks], site, batch_size)
+        direction = mean_difference_direction(
+            unanchored,
+            tokenizer,
+            train_sets[forget_key][:direction_chunks],
+            train_sets["retain"][:direction_chunks],
+            site,
+            batch_size,
+        )
         row("(a) unanchored", unanchored)
-        row("(a) unanchored + suppress post-hoc direction", unanchored,
-            [InterventionSpec(kind="suppress", site=site, vector=tuple(direction.tolist()))], "(a) unanchored")
-        deleted["(a) unanchored + project out"] = project_out(unanchored, direction, site=site, name=f"{concept} (mean difference)")
+        row(
+            "(a) unanchored + suppress post-hoc direction",
+            unanchored,
+            [InterventionSpec(kind="suppress", site=site, vector=tuple(direction.tolist()))],
+            "(a) unanchored",
+        )
+        deleted["(a) unanchored + project out"] = project_out(
+            unanchored, direction, site=site, name=f"{concept} (mean difference)"
+        )
         row("(a) unanchored + project out", deleted["(a) unanchored + project out"], (), "(a) unanchored")
     if filtered is not None:
         row("(b) data filtering", filtered)
@@ -387,13 +469,23 @@ def compare_language_models(anchored: nn.Module, tokenizer, test_chunks: dataset
     attacks = {}
     for name, model in deleted.items():
         probes = {forget_key: sets[forget_key], "retain": sets["retain"][:probe_retain_chunks]}
-        attacks[name] = lm_relearning_attack(model, tokenizer, attack_texts, probes, steps=attack_steps, lr=attack_lr,
-                                             eval_every=eval_every, seed=seed)
-        logger.info("relearning %s: forget %.4f -> lowest %.4f", name, attacks[name][forget_key][0],
-                    attacks[name]["lowest"][forget_key])
-    return {"concept": concept, "site": site, "sets": {n: len(t) for n, t in sets.items()},
-            "attack": {"chunks": len(attack_texts), "steps": attack_steps, "lr": attack_lr}, "rows": rows,
-            "relearning": attacks}
+        attacks[name] = lm_relearning_attack(
+            model, tokenizer, attack_texts, probes, steps=attack_steps, lr=attack_lr, eval_every=eval_every, seed=seed
+        )
+        logger.info(
+            "relearning %s: forget %.4f -> lowest %.4f",
+            name,
+            attacks[name][forget_key][0],
+            attacks[name]["lowest"][forget_key],
+        )
+    return {
+        "concept": concept,
+        "site": site,
+        "sets": {n: len(t) for n, t in sets.items()},
+        "attack": {"chunks": len(attack_texts), "steps": attack_steps, "lr": attack_lr},
+        "rows": rows,
+        "relearning": attacks,
+    }
 
 
 def comparison_markdown(result: Mapping[str, Any]) -> str:
@@ -403,18 +495,37 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
     lines = [f"| model | forget loss ({c}) | retain loss | Δ forget | Δ retain |", "|---|---|---|---|---|"]
     for name, entry in result["rows"].items():
         d = entry.get("delta")
-        lines.append(f"| {name} | {entry['loss'][forget]:.4f} | {entry['loss'][retain]:.4f} | "
-                     + (f"{d[forget]:+.4f} | {d[retain]:+.4f} |" if d else "– | – |"))
+        lines.append(
+            f"| {name} | {entry['loss'][forget]:.4f} | {entry['loss'][retain]:.4f} | "
+            + (f"{d[forget]:+.4f} | {d[retain]:+.4f} |" if d else "– | – |")
+        )
     a = result["attack"]
-    lines += ["", f"Relearning attack: {a['steps']} AdamW steps (lr {a['lr']}) on {a['chunks']} training {c} chunks.", "",
-              "| deleted model | forget loss before | lowest forget loss | retain loss after (probe subset) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Relearning attack: {a['steps']} AdamW steps (lr {a['lr']}) on {a['chunks']} training {c} chunks.",
+        "",
+        "| deleted model | forget loss before | lowest forget loss | retain loss after (probe subset) |",
+        "|---|---|---|---|",
+    ]
     for name, att in result["relearning"].items():
         lines.append(f"| {name} | {att[forget][0]:.4f} | {att['lowest'][forget]:.4f} | {att['final'][retain]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
-    "anchored_concepts", "compare_language_models", "comparison_markdown", "concept_cosines", "default_variants", "encode", "evaluate_language_model",
-    "generate_samples", "heldout_sets", "language_markdown", "lm_relearning_attack", "mean_difference_direction",
-    "mean_token_loss", "set_losses", "summarize",
+    "anchored_concepts",
+    "compare_language_models",
+    "comparison_markdown",
+    "concept_cosines",
+    "default_variants",
+    "encode",
+    "evaluate_language_model",
+    "generate_samples",
+    "heldout_sets",
+    "language_markdown",
+    "lm_relearning_attack",
+    "mean_difference_direction",
+    "mean_token_loss",
+    "set_losses",
+    "summarize",
 ]

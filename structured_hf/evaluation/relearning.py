@@ -85,15 +85,22 @@ class AttackConfig:
                 raise StructuredConfigError(f"attack.{name}", f"expected a positive integer, got {value!r}")
         for name in ("lr", "threshold"):
             if not getattr(self, name) > 0:
-                raise StructuredConfigError(f"attack.{name}",
-                                            f"expected a positive number, got {getattr(self, name)!r}")
+                raise StructuredConfigError(
+                    f"attack.{name}", f"expected a positive number, got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.min_similarity < 1.0:
-            raise StructuredConfigError("attack.min_similarity",
-                                        f"expected a value in [0, 1), got {self.min_similarity}")
+            raise StructuredConfigError(
+                "attack.min_similarity", f"expected a value in [0, 1), got {self.min_similarity}"
+            )
 
 
-def concept_samples(anchor: str | Sequence[float], num: int = 64, min_similarity: float = 0.5,
-                    seed: int = 0, exclude_anchor: bool = True) -> np.ndarray:
+def concept_samples(
+    anchor: str | Sequence[float],
+    num: int = 64,
+    min_similarity: float = 0.5,
+    seed: int = 0,
+    exclude_anchor: bool = True,
+) -> np.ndarray:
     """``num`` colors drawn uniformly from the RGB cube among those with similarity >= ``min_similarity`` to the
     anchor (rejection sampling). With ``exclude_anchor`` the anchor itself (within 1e-3) is never drawn, so recovery
     of the prototype is generalization, not memorization."""
@@ -108,18 +115,22 @@ def concept_samples(anchor: str | Sequence[float], num: int = 64, min_similarity
         out.extend(cand[ok])
         if len(out) >= num:
             return np.asarray(out[:num])
-    raise StructuredConfigError("attack.min_similarity", f"found only {len(out)} colors with similarity >= "
-                                f"{min_similarity} to {anchor!r}")
+    raise StructuredConfigError(
+        "attack.min_similarity", f"found only {len(out)} colors with similarity >= {min_similarity} to {anchor!r}"
+    )
 
 
 def _mse(model: nn.Module, colors: np.ndarray) -> float:
     return float(((reconstruct(model, colors) - colors) ** 2).mean())
 
 
-def attack_loop(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
-                probes: Mapping[str, Callable[[nn.Module], float]], config: AttackConfig,
-                grad_mask: Callable[[nn.Module], Sequence[tuple[torch.Tensor, int, torch.Tensor]]] | None = None
-                ) -> dict[str, Any]:
+def attack_loop(
+    model: nn.Module,
+    step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
+    probes: Mapping[str, Callable[[nn.Module], float]],
+    config: AttackConfig,
+    grad_mask: Callable[[nn.Module], Sequence[tuple[torch.Tensor, int, torch.Tensor]]] | None = None,
+) -> dict[str, Any]:
     """The attack shared by every model family: fine-tune a copy of ``model`` (all weights, Adam or AdamW at
     ``config.lr``) for ``config.steps`` steps on ``step_loss(model, generator)`` (the loss of one attack batch), and
     record every probe (``probe(model) -> error``, eval mode) before the first step and every ``config.eval_every``
@@ -177,8 +188,12 @@ def attack_loop(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generato
     return result
 
 
-def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors: Mapping[str, np.ndarray],
-                      config: AttackConfig = AttackConfig()) -> dict[str, Any]:
+def relearning_attack(
+    model: nn.Module,
+    attack_colors: np.ndarray,
+    probe_colors: Mapping[str, np.ndarray],
+    config: AttackConfig = AttackConfig(),
+) -> dict[str, Any]:
     """Fine-tune a copy of ``model`` on ``attack_colors`` and record the MSE of each probe set after every step.
 
     Args:
@@ -207,8 +222,9 @@ def relearning_attack(model: nn.Module, attack_colors: np.ndarray, probe_colors:
 
 
 # ---- baselines ----------------------------------------------------------------------------------------------------
-def mean_difference_direction(model: nn.Module, colors: np.ndarray, label_probability: np.ndarray,
-                              site: str = "bottleneck") -> np.ndarray:
+def mean_difference_direction(
+    model: nn.Module, colors: np.ndarray, label_probability: np.ndarray, site: str = "bottleneck"
+) -> np.ndarray:
     """The concept direction found after training: E[x | labelled] − E[x | not labelled] at ``site``.
 
     With weak labels drawn as Bernoulli(p), the expectation over the labelling is a p-weighted mean, so the direction
@@ -224,12 +240,17 @@ def mean_difference_direction(model: nn.Module, colors: np.ndarray, label_probab
 
 def unanchored_recipe(recipe):
     """The same recipe with every concept regularizer removed (concept-free terms such as repulsion stay)."""
-    return dataclasses.replace(recipe, regularizers=[copy.deepcopy(r) for r in recipe.regularizers
-                                                     if r.get("concept") is None])
+    return dataclasses.replace(
+        recipe, regularizers=[copy.deepcopy(r) for r in recipe.regularizers if r.get("concept") is None]
+    )
 
 
-def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
-                 quiet: bool = True, keep_rows: Callable[[Any], np.ndarray] | None = None) -> tuple[nn.Module, float]:
+def train_recipe(
+    recipe,
+    keep: Callable[[np.ndarray], np.ndarray] | None = None,
+    quiet: bool = True,
+    keep_rows: Callable[[Any], np.ndarray] | None = None,
+) -> tuple[nn.Module, float]:
     """Train a recipe in-process (no figures); ``keep(colors) -> bool mask`` filters the training colors, and
     ``keep_rows(dataset) -> bool mask`` filters rows of any training dataset (e.g. color-task examples).
 
@@ -240,8 +261,9 @@ def train_recipe(recipe, keep: Callable[[np.ndarray], np.ndarray] | None = None,
         trainer.remove_callback(PrinterCallback)
     if keep is not None or keep_rows is not None:
         source = trainer.train_dataset.source
-        mask = np.asarray(keep(np.asarray(source["colors"], dtype=np.float64)) if keep is not None
-                          else keep_rows(source), dtype=bool)
+        mask = np.asarray(
+            keep(np.asarray(source["colors"], dtype=np.float64)) if keep is not None else keep_rows(source), dtype=bool
+        )
         if not mask.any():
             raise StructuredConfigError("keep", "the filter removed every training color")
         trainer.train_dataset = ColumnarDataset(source.select(np.nonzero(mask)[0].tolist()))
@@ -259,15 +281,20 @@ def recipe_concept_anchor(recipe, concept: str) -> str | tuple[float, ...]:
         raise StructuredConfigError("concept", f"'{concept}' is not a direction concept of the recipe's model")
     anchor = anchor_color(ConceptSpec.from_dict(spec))
     if anchor is None:
-        raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to attack and probe "
-                                               "around")
+        raise StructuredConfigError("concept", f"concept '{concept}' has no prototype color to attack and probe around")
     return anchor
 
 
-def relearning_study(recipe, concept: str = "red", label: str | None = None, attack: AttackConfig = AttackConfig(),
-                     heal_steps: int = 0, heal_kwargs: Mapping[str, Any] | None = None,
-                     heal_modes: Sequence[str] = ("encoder", "all"),
-                     models: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+def relearning_study(
+    recipe,
+    concept: str = "red",
+    label: str | None = None,
+    attack: AttackConfig = AttackConfig(),
+    heal_steps: int = 0,
+    heal_kwargs: Mapping[str, Any] | None = None,
+    heal_modes: Sequence[str] = ("encoder", "all"),
+    models: Mapping[str, nn.Module] | None = None,
+) -> dict[str, Any]:
     """Train the anchored model and the two baselines from ``recipe`` and attack all of them.
 
     Args:
@@ -290,9 +317,11 @@ def relearning_study(recipe, concept: str = "red", label: str | None = None, att
     models = dict(models or {})
     runtimes: dict[str, float] = {}
     near = lambda c: hsv_similarity(c, anchor) >= attack.min_similarity  # noqa: E731
-    for name, make in (("anchored", lambda: train_recipe(recipe)),
-                       ("unanchored", lambda: train_recipe(unanchored_recipe(recipe))),
-                       ("filtered", lambda: train_recipe(unanchored_recipe(recipe), keep=lambda c: ~near(c)))):
+    for name, make in (
+        ("anchored", lambda: train_recipe(recipe)),
+        ("unanchored", lambda: train_recipe(unanchored_recipe(recipe))),
+        ("filtered", lambda: train_recipe(unanchored_recipe(recipe), keep=lambda c: ~near(c))),
+    ):
         if name not in models:
             models[name], runtimes[name] = make()
 
@@ -301,8 +330,9 @@ def relearning_study(recipe, concept: str = "red", label: str | None = None, att
     variants: dict[str, nn.Module] = {}
     variants["anchored+pruned"] = prune(models["anchored"], concept)
     for mode in heal_modes if heal_steps else ():
-        variants[f"anchored+pruned+healed({mode})"] = heal(variants["anchored+pruned"], retain, steps=heal_steps,
-                                                           trainable=mode, **dict(heal_kwargs or {}))
+        variants[f"anchored+pruned+healed({mode})"] = heal(
+            variants["anchored+pruned"], retain, steps=heal_steps, trainable=mode, **dict(heal_kwargs or {})
+        )
     direction = mean_difference_direction(models["unanchored"], grid, labelers[label](grid))
     variants["unanchored+projected"] = project_out(models["unanchored"], direction, name=f"{concept} (mean diff)")
     variants["filtered"] = models["filtered"]
@@ -310,40 +340,71 @@ def relearning_study(recipe, concept: str = "red", label: str | None = None, att
 
     attack_set = concept_samples(anchor, attack.num_samples, attack.min_similarity, attack.seed)
     held_out = concept_samples(anchor, 256, attack.min_similarity, attack.seed + 1)
-    probes = {"prototype": resolve_colors([anchor]), "concept_heldout": held_out, "retain": retain,
-              "named_other": np.asarray([rgb for n, rgb in NAMED_COLORS.items()
-                                         if hsv_similarity(np.asarray([rgb]), anchor)[0] < attack.min_similarity])}
+    probes = {
+        "prototype": resolve_colors([anchor]),
+        "concept_heldout": held_out,
+        "retain": retain,
+        "named_other": np.asarray(
+            [
+                rgb
+                for n, rgb in NAMED_COLORS.items()
+                if hsv_similarity(np.asarray([rgb]), anchor)[0] < attack.min_similarity
+            ]
+        ),
+    }
     rows = {}
     for name, m in variants.items():
         logger.info("relearning attack on %s", name)
         rows[name] = relearning_attack(m, attack_set, probes, attack)
-    return {"concept": concept, "anchor": anchor, "attack": asdict(attack), "heal_steps": heal_steps,
-            "train_runtime_s": runtimes, "rows": rows, "post_hoc_direction": direction.tolist()}
+    return {
+        "concept": concept,
+        "anchor": anchor,
+        "attack": asdict(attack),
+        "heal_steps": heal_steps,
+        "train_runtime_s": runtimes,
+        "rows": rows,
+        "post_hoc_direction": direction.tolist(),
+    }
 
 
 def relearning_table(study: Mapping[str, Any]) -> str:
     """Markdown table of a :func:`relearning_study` result."""
     a = study["attack"]
-    lines = [f"Relearning attack on '{study['concept']}': {a['steps']} Adam steps at lr {a['lr']:g} on "
-             f"{a['num_samples']} colors with similarity >= {a['min_similarity']:g}; threshold {a['threshold']:g}.",
-             "", "| model | prototype MSE before | lowest | at step | final | steps to threshold | "
-             "held-out concept MSE before → after | retain MSE before → after |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Relearning attack on '{study['concept']}': {a['steps']} Adam steps at lr {a['lr']:g} on "
+        f"{a['num_samples']} colors with similarity >= {a['min_similarity']:g}; threshold {a['threshold']:g}.",
+        "",
+        "| model | prototype MSE before | lowest | at step | final | steps to threshold | "
+        "held-out concept MSE before → after | retain MSE before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in study["rows"].items():
         steps = "never" if r["steps_to_threshold"] is None else str(r["steps_to_threshold"])
-        lines.append(f"| {name} | {r['initial']:.4f} | {r['min']:.4f} | {r['min_step']} | {r['final']:.4f} | {steps} "
-                     f"| {r['initial_concept_heldout']:.4f} → {r['final_concept_heldout']:.4f} "
-                     f"| {r['initial_retain']:.4f} → {r['final_retain']:.4f} |")
+        lines.append(
+            f"| {name} | {r['initial']:.4f} | {r['min']:.4f} | {r['min_step']} | {r['final']:.4f} | {steps} "
+            f"| {r['initial_concept_heldout']:.4f} → {r['final_concept_heldout']:.4f} "
+            f"| {r['initial_retain']:.4f} → {r['final_retain']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["AttackConfig", "attack_loop", "concept_samples", "mean_difference_direction", "relearning_attack", "relearning_study",
-           "relearning_table", "train_recipe", "unanchored_recipe"]
+__all__ = [
+    "AttackConfig",
+    "attack_loop",
+    "concept_samples",
+    "mean_difference_direction",
+    "relearning_attack",
+    "relearning_study",
+    "relearning_table",
+    "train_recipe",
+    "unanchored_recipe",
+]
 
 
 # ---- the color-operation transformer (M3) -------------------------------------------------------------------------
-def residual_mean_difference(model: nn.Module, arrays: Mapping[str, torch.Tensor], label_probability: np.ndarray,
-                             site: str) -> np.ndarray:
+def residual_mean_difference(
+    model: nn.Module, arrays: Mapping[str, torch.Tensor], label_probability: np.ndarray, site: str
+) -> np.ndarray:
     """The post-hoc concept direction at a transformer site: E[x | labelled] − E[x | not labelled] over all token
     positions, each token weighted by its example's label probability (the expectation over weak labels)."""
     was_training = model.training
@@ -362,9 +423,13 @@ def residual_mean_difference(model: nn.Module, arrays: Mapping[str, torch.Tensor
     return diff / np.linalg.norm(diff)
 
 
-def transformer_relearning_study(recipe, concept: str = "red", label: str | None = None,
-                                 attack: AttackConfig = AttackConfig(lr=2.0e-3, threshold=5.0e-3),
-                                 models: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+def transformer_relearning_study(
+    recipe,
+    concept: str = "red",
+    label: str | None = None,
+    attack: AttackConfig = AttackConfig(lr=2.0e-3, threshold=5.0e-3),
+    models: Mapping[str, nn.Module] | None = None,
+) -> dict[str, Any]:
     """The relearning attack on the color-operation transformer.
 
     - ``anchored+ablated``: the anchored model with the concept deleted from the residual stream
@@ -387,8 +452,10 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
     splits = build_task_splits(recipe)
     models = dict(models or {})
     runtimes: dict[str, float] = {}
-    for name, make in (("anchored", lambda: train_recipe(recipe)),
-                       ("unanchored", lambda: train_recipe(unanchored_recipe(recipe)))):
+    for name, make in (
+        ("anchored", lambda: train_recipe(recipe)),
+        ("unanchored", lambda: train_recipe(unanchored_recipe(recipe))),
+    ):
         if name not in models:
             models[name], runtimes[name] = make()
     train = task_arrays(splits["train"])
@@ -396,8 +463,9 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
     direction = residual_mean_difference(models["unanchored"], train, p, spec.site)
     variants = {
         "anchored+ablated": ablate(models["anchored"], concept),
-        "unanchored+projected": project_out(models["unanchored"], direction, site=spec.site,
-                                            name=f"{concept} (mean diff)"),
+        "unanchored+projected": project_out(
+            models["unanchored"], direction, site=spec.site, name=f"{concept} (mean diff)"
+        ),
         "anchored (not deleted)": models["anchored"],
         "unanchored (not deleted)": models["unanchored"],
     }
@@ -412,24 +480,36 @@ def transformer_relearning_study(recipe, concept: str = "red", label: str | None
 
     def step_loss(m: nn.Module, g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(attack.num_samples, (attack.batch_size,), generator=g)
-        return m(op_ids=attack_set["op"][idx], colors=attack_set["colors"][idx],
-                 operand_mask=attack_set["operand_mask"][idx], labels=attack_set["target"][idx]).loss
+        return m(
+            op_ids=attack_set["op"][idx],
+            colors=attack_set["colors"][idx],
+            operand_mask=attack_set["operand_mask"][idx],
+            labels=attack_set["target"][idx],
+        ).loss
 
     def probe(arrays):
         def mse(m: nn.Module) -> float:
             with torch.no_grad():
                 out = m(op_ids=arrays["op"], colors=arrays["colors"], operand_mask=arrays["operand_mask"]).prediction
             return float(((out - arrays["target"]) ** 2).mean())
+
         return mse
 
     rows = {}
     for name, m in variants.items():
         logger.info("relearning attack on %s", name)
         rows[name] = attack_loop(m, step_loss, {k: probe(v) for k, v in probe_sets.items()}, attack)
-    return {"concept": concept, "site": spec.site, "attack": asdict(attack), "train_runtime_s": runtimes,
-            "rows": rows, "post_hoc_direction": direction.tolist(),
-            "post_hoc_cosine_with_anchor": float(direction @ spec.unit_direction(dtype=torch.float64).numpy()),
-            "n_attack": attack.num_samples, "n_probe": {k: len(v["op"]) for k, v in probe_sets.items()}}
+    return {
+        "concept": concept,
+        "site": spec.site,
+        "attack": asdict(attack),
+        "train_runtime_s": runtimes,
+        "rows": rows,
+        "post_hoc_direction": direction.tolist(),
+        "post_hoc_cosine_with_anchor": float(direction @ spec.unit_direction(dtype=torch.float64).numpy()),
+        "n_attack": attack.num_samples,
+        "n_probe": {k: len(v["op"]) for k, v in probe_sets.items()},
+    }
 
 
 def _subset(arrays: Mapping[str, torch.Tensor], mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -440,17 +520,24 @@ def _subset(arrays: Mapping[str, torch.Tensor], mask: np.ndarray) -> dict[str, t
 def transformer_relearning_table(study: Mapping[str, Any]) -> str:
     """Markdown table of a :func:`transformer_relearning_study` result."""
     a = study["attack"]
-    lines = [(f"Relearning attack on '{study['concept']}' (deleted at `{study['site']}`): {a['steps']} Adam steps at "
-              f"lr {a['lr']:g}, batch {a['batch_size']}, on {a['num_samples']} red-involving training examples; "
-              f"probes: {study['n_probe']['concept']} red-involving and {study['n_probe']['far']} far-from-red test "
-              f"examples; recovered when the red-involving MSE < {a['threshold']:g}. Post-hoc direction's cosine "
-              f"with the anchor axis: {study['post_hoc_cosine_with_anchor']:.2f}."),
-             "", "| model | red MSE before | lowest | at step | final | steps to threshold | far MSE before → after |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            f"Relearning attack on '{study['concept']}' (deleted at `{study['site']}`): {a['steps']} Adam steps at "
+            f"lr {a['lr']:g}, batch {a['batch_size']}, on {a['num_samples']} red-involving training examples; "
+            f"probes: {study['n_probe']['concept']} red-involving and {study['n_probe']['far']} far-from-red test "
+            f"examples; recovered when the red-involving MSE < {a['threshold']:g}. Post-hoc direction's cosine "
+            f"with the anchor axis: {study['post_hoc_cosine_with_anchor']:.2f}."
+        ),
+        "",
+        "| model | red MSE before | lowest | at step | final | steps to threshold | far MSE before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in study["rows"].items():
         steps = "never" if r["steps_to_threshold"] is None else str(r["steps_to_threshold"])
-        lines.append(f"| {name} | {r['initial']:.2e} | {r['min']:.2e} | {r['min_step']} | {r['final']:.2e} | {steps} "
-                     f"| {r['initial_far']:.2e} → {r['final_far']:.2e} |")
+        lines.append(
+            f"| {name} | {r['initial']:.2e} | {r['min']:.2e} | {r['min_step']} | {r['final']:.2e} | {steps} "
+            f"| {r['initial_far']:.2e} → {r['final_far']:.2e} |"
+        )
     return "\n".join(lines) + "\n"
 
 

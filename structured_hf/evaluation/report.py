@@ -29,8 +29,15 @@ def draw_figures(variants: Sequence[Variant], result: dict[str, Any], out_dir: P
     """``swatches.png``, ``error_vs_similarity.png`` and ``latents.png`` (one row per variant)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     named = np.asarray(list(NAMED_COLORS.values()))
-    paths = [plot_swatch_grid(list(NAMED_COLORS), named, {v.name: v.reconstruct(named) for v in variants},
-                              out_dir / "swatches.png", title="true vs reconstructed (MSE in each cell)")]
+    paths = [
+        plot_swatch_grid(
+            list(NAMED_COLORS),
+            named,
+            {v.name: v.reconstruct(named) for v in variants},
+            out_dir / "swatches.png",
+            title="true vs reconstructed (MSE in each cell)",
+        )
+    ]
     grid = rgb_grid(result["grid_size"])
     panels = []
     for v in variants[1:]:
@@ -38,33 +45,57 @@ def draw_figures(variants: Sequence[Variant], result: dict[str, Any], out_dir: P
             continue
         err = ((v.reconstruct(grid) - grid) ** 2).mean(-1)
         target = v.score.target(grid) ** v.score.power
-        label = (f"sim(·, {v.score.anchor})^{v.score.power:g}" if v.score.kind == "similarity"
-                 else f"vibrancy^{v.score.power:g}")
+        label = (
+            f"sim(·, {v.score.anchor})^{v.score.power:g}"
+            if v.score.kind == "similarity"
+            else f"vibrancy^{v.score.power:g}"
+        )
         panels.append({"name": v.name, "x": target, "mse": err, "xlabel": label, "r2": result["scores"].get(v.name)})
     if panels:
-        paths.append(plot_error_vs_similarity(grid, panels, out_dir / "error_vs_similarity.png",
-                                              title="per-color error vs closeness to the concept"))
+        paths.append(
+            plot_error_vs_similarity(
+                grid, panels, out_dir / "error_vs_similarity.png", title="per-color error vs closeness to the concept"
+            )
+        )
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     colors = np.concatenate([rgb_grid(8), hues])
-    rows = [{"name": v.name, "latents": v.latents(colors, "bottleneck"),
-             "concepts": ConceptMap.of(v.model)} for v in variants]
-    paths.append(plot_variants_latents(rows, colors, out_dir / "latents.png", highlight_names=HUE_NAMES,
-                                       title="latents at 'bottleneck' as the decoder sees them"))
+    rows = [
+        {"name": v.name, "latents": v.latents(colors, "bottleneck"), "concepts": ConceptMap.of(v.model)}
+        for v in variants
+    ]
+    paths.append(
+        plot_variants_latents(
+            rows,
+            colors,
+            out_dir / "latents.png",
+            highlight_names=HUE_NAMES,
+            title="latents at 'bottleneck' as the decoder sees them",
+        )
+    )
     return paths
 
 
-def evaluate_model(model: nn.Module, specs: Sequence[Any], output_dir: str | Path | None = None,
-                   grid_size: int = 10, anchor: str | Sequence[float] | None = None, figures: bool = True,
-                   heal_kwargs: dict[str, Any] | None = None, title: str = "Evaluation",
-                   save_variants: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module,
+    specs: Sequence[Any],
+    output_dir: str | Path | None = None,
+    grid_size: int = 10,
+    anchor: str | Sequence[float] | None = None,
+    figures: bool = True,
+    heal_kwargs: dict[str, Any] | None = None,
+    title: str = "Evaluation",
+    save_variants: bool = False,
+) -> dict[str, Any]:
     """Evaluate ``model`` and one variant per spec; with ``output_dir``, write ``evaluation.json`` (+ ``.md``,
     ``.tex``) and the figures there (and, with ``save_variants``, every surgery variant as a loadable model under
     ``models/<variant>``). Returns the result dict."""
     start = time.perf_counter()
     variants = build_variants(model, specs, anchor=anchor, heal_kwargs=heal_kwargs)
     result = evaluate_variants(variants, grid_size=grid_size)
-    result["model"] = {"bottleneck_dim": getattr(model.config, "bottleneck_dim", None),
-                       "concepts": list(model.config.concepts or [])}
+    result["model"] = {
+        "bottleneck_dim": getattr(model.config, "bottleneck_dim", None),
+        "concepts": list(model.config.concepts or []),
+    }
     result["runtime_s"] = time.perf_counter() - start
     if output_dir is not None:
         out = Path(output_dir)

@@ -100,9 +100,16 @@ class GridPoint:
         return {"name": self.name, "data": self.data, **asdict(self.attack)}
 
 
-def attack_grid(lrs: Sequence[float] = DEFAULT_LRS, sizes: Sequence[int] = DEFAULT_SIZES, steps: int = 100,
-                retain_lr: float | None = 1.0e-4, retain_size: int = 256, batch_size: int = 8, eval_every: int = 10,
-                seed: int = 0) -> list[GridPoint]:
+def attack_grid(
+    lrs: Sequence[float] = DEFAULT_LRS,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    steps: int = 100,
+    retain_lr: float | None = 1.0e-4,
+    retain_size: int = 256,
+    batch_size: int = 8,
+    eval_every: int = 10,
+    seed: int = 0,
+) -> list[GridPoint]:
     """The attack grid: AdamW at every ``lrs`` x ``sizes`` forget examples, plus (unless ``retain_lr`` is None) one
     attack at ``retain_lr`` on ``retain_size`` retain-only examples. Bad values raise naming the field."""
     lrs, sizes = list(lrs), list(sizes)
@@ -110,13 +117,37 @@ def attack_grid(lrs: Sequence[float] = DEFAULT_LRS, sizes: Sequence[int] = DEFAU
         raise StructuredConfigError("attack_grid.lrs", "the attack grid needs at least one learning rate")
     if not sizes:
         raise StructuredConfigError("attack_grid.sizes", "the attack grid needs at least one attack-set size")
-    points = [GridPoint("forget", AttackConfig(steps=steps, lr=lr, batch_size=batch_size, num_samples=n, seed=seed,
-                                               optimizer="adamw", eval_every=eval_every))
-              for n in sizes for lr in lrs]
+    points = [
+        GridPoint(
+            "forget",
+            AttackConfig(
+                steps=steps,
+                lr=lr,
+                batch_size=batch_size,
+                num_samples=n,
+                seed=seed,
+                optimizer="adamw",
+                eval_every=eval_every,
+            ),
+        )
+        for n in sizes
+        for lr in lrs
+    ]
     if retain_lr is not None:
-        points.append(GridPoint("retain", AttackConfig(steps=steps, lr=retain_lr, batch_size=batch_size,
-                                                       num_samples=retain_size, seed=seed, optimizer="adamw",
-                                                       eval_every=eval_every)))
+        points.append(
+            GridPoint(
+                "retain",
+                AttackConfig(
+                    steps=steps,
+                    lr=retain_lr,
+                    batch_size=batch_size,
+                    num_samples=retain_size,
+                    seed=seed,
+                    optimizer="adamw",
+                    eval_every=eval_every,
+                ),
+            )
+        )
     return points
 
 
@@ -145,7 +176,9 @@ class AttackTask:
 
     def __post_init__(self) -> None:
         if set(self.probes) != {"forget", "retain"}:
-            raise StructuredConfigError("task.probes", f"expected probes 'forget' and 'retain', got {sorted(self.probes)}")
+            raise StructuredConfigError(
+                "task.probes", f"expected probes 'forget' and 'retain', got {sorted(self.probes)}"
+            )
 
 
 @dataclass
@@ -165,8 +198,9 @@ def run_attack(method: Method | nn.Module, task: AttackTask, point: GridPoint) -
         raise StructuredConfigError("attack_set", f"the {point.data} attack set is empty")
     probes = {"forget": task.probes["forget"], "retain": task.probes["retain"], **task.extra_probes}  # forget first:
     # attack_loop's concept curve
-    out = attack_loop(method.model, task.batch_loss(data, point.attack.batch_size), probes, point.attack,
-                      grad_mask=method.grad_mask)
+    out = attack_loop(
+        method.model, task.batch_loss(data, point.attack.batch_size), probes, point.attack, grad_mask=method.grad_mask
+    )
     return {"steps": list(out["steps"]), **out["curves"]}
 
 
@@ -203,8 +237,12 @@ def ratio_to_filtering(kept: float, kept_filtering: float, eps: float = 1.0e-12)
     return kept / kept_filtering if kept_filtering > eps else None
 
 
-def score_seed(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], reference: str = REFERENCE,
-               filtering: str = FILTERING, eps: float = 1.0e-12) -> dict[str, dict[str, Any]]:
+def score_seed(
+    curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+    reference: str = REFERENCE,
+    filtering: str = FILTERING,
+    eps: float = 1.0e-12,
+) -> dict[str, dict[str, Any]]:
     """Metrics of one seed from ``curves[method][grid point] = {"steps", "forget", "retain"}``.
 
     Returns ``{method: {"retain_cost", "initial_forget_gap", "settings": {point: {...}}, "worst_ratio",
@@ -221,11 +259,16 @@ def score_seed(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
         for point, curve in per_point.items():
             low = lowest_forget(curve)
             kept = kept_gap(curve, ref[point])
-            settings[point] = {"lowest_forget": low["forget"], "retain_at_lowest": low["retain"],
-                               "lowest_step": low["step"], "half_recovery_step": half_recovery_step(curve, ref[point]),
-                               "kept_gap": kept,
-                               "ratio_to_filtering": None if filtering not in curves else
-                               ratio_to_filtering(kept, kept_gap(curves[filtering][point], ref[point]), eps)}
+            settings[point] = {
+                "lowest_forget": low["forget"],
+                "retain_at_lowest": low["retain"],
+                "lowest_step": low["step"],
+                "half_recovery_step": half_recovery_step(curve, ref[point]),
+                "kept_gap": kept,
+                "ratio_to_filtering": None
+                if filtering not in curves
+                else ratio_to_filtering(kept, kept_gap(curves[filtering][point], ref[point]), eps),
+            }
         first = next(iter(per_point.values()))
         ref_first = ref[next(iter(per_point))]
         initial_gap = first["forget"][0] - ref_first["forget"][0]
@@ -235,12 +278,16 @@ def score_seed(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
         ratios = {p: s["ratio_to_filtering"] for p, s in settings.items() if s["ratio_to_filtering"] is not None}
         worst = min(ratios, key=ratios.get) if ratios else None
         fractions = [s["kept_fraction"] for s in settings.values() if s["kept_fraction"] is not None]
-        out[method] = {"retain_cost": first["retain"][0] - ref_first["retain"][0],
-                       "initial_forget_gap": initial_gap, "settings": settings, "worst_setting": worst,
-                       "worst_ratio": ratios[worst] if worst is not None else None,
-                       "ratio_defined_settings": len(ratios),
-                       "worst_kept_gap": min(s["kept_gap"] for s in settings.values()),
-                       "worst_kept_fraction": min(fractions) if fractions else None}
+        out[method] = {
+            "retain_cost": first["retain"][0] - ref_first["retain"][0],
+            "initial_forget_gap": initial_gap,
+            "settings": settings,
+            "worst_setting": worst,
+            "worst_ratio": ratios[worst] if worst is not None else None,
+            "ratio_defined_settings": len(ratios),
+            "worst_kept_gap": min(s["kept_gap"] for s in settings.values()),
+            "worst_kept_fraction": min(fractions) if fractions else None,
+        }
     return out
 
 
@@ -252,8 +299,13 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str
     half = None
     if x.size > 1:
         half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return {"per_seed": list(values), "mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()),
-            "interval": None if half is None else [float(x.mean()) - half, float(x.mean()) + half]}
+    return {
+        "per_seed": list(values),
+        "mean": float(x.mean()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "interval": None if half is None else [float(x.mean()) - half, float(x.mean()) + half],
+    }
 
 
 def summarize_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -267,25 +319,37 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict
         settings = {}
         for point in rows[0]["settings"]:
             cells = [r["settings"][point] for r in rows]
-            settings[point] = {key: mean_interval([c[key] for c in cells]) for key in
-                               ("kept_gap", "kept_fraction", "ratio_to_filtering", "lowest_forget", "retain_at_lowest")}
+            settings[point] = {
+                key: mean_interval([c[key] for c in cells])
+                for key in ("kept_gap", "kept_fraction", "ratio_to_filtering", "lowest_forget", "retain_at_lowest")
+            }
             halves = [c["half_recovery_step"] for c in cells]
-            settings[point]["half_recovery_step"] = {"per_seed": halves,
-                                                     "never_recovered": sum(h is None for h in halves)}
-        out[method] = {"ratio_to_filtering": mean_interval([r["worst_ratio"] for r in rows]),
-                       "worst_setting_per_seed": [r["worst_setting"] for r in rows],
-                       "ratio_defined_settings_per_seed": [r["ratio_defined_settings"] for r in rows],
-                       "worst_kept_gap": mean_interval([r["worst_kept_gap"] for r in rows]),
-                       "worst_kept_fraction": mean_interval([r["worst_kept_fraction"] for r in rows]),
-                       "retain_cost": cost["mean"], "retain_cost_per_seed": cost,
-                       "initial_forget_gap": mean_interval([r["initial_forget_gap"] for r in rows]),
-                       "settings": settings}
+            settings[point]["half_recovery_step"] = {
+                "per_seed": halves,
+                "never_recovered": sum(h is None for h in halves),
+            }
+        out[method] = {
+            "ratio_to_filtering": mean_interval([r["worst_ratio"] for r in rows]),
+            "worst_setting_per_seed": [r["worst_setting"] for r in rows],
+            "ratio_defined_settings_per_seed": [r["ratio_defined_settings"] for r in rows],
+            "worst_kept_gap": mean_interval([r["worst_kept_gap"] for r in rows]),
+            "worst_kept_fraction": mean_interval([r["worst_kept_fraction"] for r in rows]),
+            "retain_cost": cost["mean"],
+            "retain_cost_per_seed": cost,
+            "initial_forget_gap": mean_interval([r["initial_forget_gap"] for r in rows]),
+            "settings": settings,
+        }
     return out
 
 
 # ---- the benchmark ------------------------------------------------------------------------------------------------
-def run_benchmark(methods: Mapping[str, Method | nn.Module], task: AttackTask, grid: Sequence[GridPoint],
-                  progress: bool = True, desc: str = "attacks") -> dict[str, Any]:
+def run_benchmark(
+    methods: Mapping[str, Method | nn.Module],
+    task: AttackTask,
+    grid: Sequence[GridPoint],
+    progress: bool = True,
+    desc: str = "attacks",
+) -> dict[str, Any]:
     """Attack every method at every grid point (one seed); returns ``{"curves", "scores", "attack_seconds"}``.
 
     ``methods`` must hold the ``reference`` (the unregularized recipe) and should hold document ``filtering``
@@ -307,8 +371,9 @@ def require_concept(model: nn.Module, concept: str, what: str = "anchored model"
     """Fail naming the concept when ``model``'s concept map lacks it."""
     names = [c.name for c in ConceptMap.of(model)]
     if concept not in names:
-        raise StructuredConfigError("concept", f"the {what} has no concept '{concept}' in its concept map; it has "
-                                    f"{names}")
+        raise StructuredConfigError(
+            "concept", f"the {what} has no concept '{concept}' in its concept map; it has {names}"
+        )
 
 
 def check_methods(requested: Sequence[str], known: Sequence[str], family: str) -> list[str]:
@@ -318,8 +383,9 @@ def check_methods(requested: Sequence[str], known: Sequence[str], family: str) -
         raise StructuredConfigError("methods", "name at least one deleted model to attack")
     for name in requested:
         if name not in known:
-            raise StructuredConfigError("methods", f"unknown method {name!r} for {family}; expected some of "
-                                        f"{list(known)}")
+            raise StructuredConfigError(
+                "methods", f"unknown method {name!r} for {family}; expected some of {list(known)}"
+            )
     return requested
 
 
@@ -332,40 +398,54 @@ def robustness_markdown(result: Mapping[str, Any]) -> str:
     """The summary table (worst-case ratio to filtering per method, retain cost) and the per-setting kept gaps."""
     unit = result.get("unit", "")
     n = len(result.get("seeds", []))
-    lines = [f"Relearning benchmark, {result.get('family', '')} '{result.get('concept', '')}', {n} seed(s) "
-             f"{result.get('seeds', [])}; forget/retain in {unit}. Ratio: kept gap / document filtering's kept gap, "
-             "worst case over the settings where filtering keeps a gap; kept fraction: kept gap / the method's "
-             "forget gap before the attack, worst case over the grid; interval: 95 % t-interval of the mean over "
-             "seeds.", "",
-             "| method | ratio to filtering: mean [95 % interval] | min over seeds | settings with a ratio | "
-             "worst kept gap | worst kept fraction | retain cost | forget gap before attack |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Relearning benchmark, {result.get('family', '')} '{result.get('concept', '')}', {n} seed(s) "
+        f"{result.get('seeds', [])}; forget/retain in {unit}. Ratio: kept gap / document filtering's kept gap, "
+        "worst case over the settings where filtering keeps a gap; kept fraction: kept gap / the method's "
+        "forget gap before the attack, worst case over the grid; interval: 95 % t-interval of the mean over "
+        "seeds.",
+        "",
+        "| method | ratio to filtering: mean [95 % interval] | min over seeds | settings with a ratio | "
+        "worst kept gap | worst kept fraction | retain cost | forget gap before attack |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     total = len(result["attack_grid"])
     for name, m in result["methods"].items():
         r = m["ratio_to_filtering"]
         iv = r.get("interval")
         iv_s = "" if iv is None else f" [{iv[0]:.2f}, {iv[1]:.2f}]"
         defined = m.get("ratio_defined_settings_per_seed", [])
-        lines.append(f"| {name} | {_fmt(r['mean'])}{iv_s} | {_fmt(r['min'])} | "
-                     f"{min(defined, default=0)}-{max(defined, default=0)} of {total} | "
-                     f"{_fmt(m['worst_kept_gap']['mean'], '+.4f')} | {_fmt(m['worst_kept_fraction']['mean'])} | "
-                     f"{_fmt(m['retain_cost'], '+.4f')} | {_fmt(m['initial_forget_gap']['mean'], '+.4f')} |")
+        lines.append(
+            f"| {name} | {_fmt(r['mean'])}{iv_s} | {_fmt(r['min'])} | "
+            f"{min(defined, default=0)}-{max(defined, default=0)} of {total} | "
+            f"{_fmt(m['worst_kept_gap']['mean'], '+.4f')} | {_fmt(m['worst_kept_fraction']['mean'])} | "
+            f"{_fmt(m['retain_cost'], '+.4f')} | {_fmt(m['initial_forget_gap']['mean'], '+.4f')} |"
+        )
     points = [p["name"] for p in result["attack_grid"]]
-    lines += ["", "Kept gap per attack setting (mean over seeds; in brackets: the ratio to filtering; "
-              "half: steps until half the deletion is recovered, seed-mean of those that did, ∞ = never):", "",
-              "| method | " + " | ".join(points) + " |", "|---|" + "---:|" * len(points)]
+    lines += [
+        "",
+        "Kept gap per attack setting (mean over seeds; in brackets: the ratio to filtering; "
+        "half: steps until half the deletion is recovered, seed-mean of those that did, ∞ = never):",
+        "",
+        "| method | " + " | ".join(points) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
     for name, m in result["methods"].items():
         cells = []
         for p in points:
             s = m["settings"][p]
             halves = [h for h in s["half_recovery_step"]["per_seed"] if h is not None]
             half = "∞" if not halves else f"{np.mean(halves):.0f}"
-            cells.append(f"{_fmt(s['kept_gap']['mean'], '+.3g')} ({_fmt(s['ratio_to_filtering']['mean'])}; "
-                         f"half {half})")
+            cells.append(
+                f"{_fmt(s['kept_gap']['mean'], '+.3g')} ({_fmt(s['ratio_to_filtering']['mean'])}; half {half})"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if result.get("wall_time_s") is not None:
-        lines += ["", f"Wall time {result['wall_time_s']:.0f} s (training {result.get('train_seconds', 0):.0f} s, "
-                  f"attacks {result.get('attack_seconds', 0):.0f} s)."]
+        lines += [
+            "",
+            f"Wall time {result['wall_time_s']:.0f} s (training {result.get('train_seconds', 0):.0f} s, "
+            f"attacks {result.get('attack_seconds', 0):.0f} s).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -387,7 +467,7 @@ def plot_robustness_curves(result: Mapping[str, Any], path: Any, title: str = ""
         ax.set_xlabel("attack step", fontsize=8)
         ax.set_ylabel(f"held-out forget ({result.get('unit', '')})", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(points):]:
+    for ax in list(axes.flat)[len(points) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
@@ -418,10 +498,20 @@ class BenchmarkResult:
         self.attack_seconds += run["attack_seconds"]
 
     def to_dict(self, wall_time_s: float | None = None) -> dict[str, Any]:
-        return {"family": self.family, "concept": self.concept, "unit": self.unit, "seeds": self.seeds,
-                "attack_grid": [p.to_dict() for p in self.grid], "methods": summarize_seeds(self.scores),
-                "per_seed": self.scores, "curves": self.first_curves, "train_seconds": self.train_seconds,
-                "attack_seconds": self.attack_seconds, "wall_time_s": wall_time_s, **self.extra}
+        return {
+            "family": self.family,
+            "concept": self.concept,
+            "unit": self.unit,
+            "seeds": self.seeds,
+            "attack_grid": [p.to_dict() for p in self.grid],
+            "methods": summarize_seeds(self.scores),
+            "per_seed": self.scores,
+            "curves": self.first_curves,
+            "train_seconds": self.train_seconds,
+            "attack_seconds": self.attack_seconds,
+            "wall_time_s": wall_time_s,
+            **self.extra,
+        }
 
 
 # ---- deleted variants shared by the transformer families ----------------------------------------------------------
@@ -441,8 +531,9 @@ def transformer_variants(anchored: nn.Module, concept: str, wanted: Sequence[str
         if "anchored+ablate" in wanted:
             out["anchored+ablate"] = Method(ablated)
         if "anchored+ablate (writers frozen)" in wanted:
-            out["anchored+ablate (writers frozen)"] = Method(ablated, grad_mask=_writers_frozen(site, axes),
-                                                             note="attacked with the channel's writers frozen")
+            out["anchored+ablate (writers frozen)"] = Method(
+                ablated, grad_mask=_writers_frozen(site, axes), note="attacked with the channel's writers frozen"
+            )
     if "anchored+two-sided" in wanted:
         out["anchored+two-sided"] = Method(two_sided_cut(anchored, concept))
     if "anchored (not deleted)" in wanted:
@@ -460,15 +551,18 @@ def isolated_variants(isolated: nn.Module, wanted: Sequence[str]) -> dict[str, M
     shared weights) and ``isolated (not deleted)``, from a model trained with an ``isolation:`` recipe section (its
     config records the units)."""
     if not getattr(isolated.config, "isolation", None):
-        raise StructuredConfigError("methods", "the isolated methods need a model trained with an `isolation:` "
-                                    "recipe section; this one records none")
+        raise StructuredConfigError(
+            "methods",
+            "the isolated methods need a model trained with an `isolation:` recipe section; this one records none",
+        )
     out: dict[str, Method] = {}
     deleted = delete_isolated(isolated)
     if "isolated+delete" in wanted:
         out["isolated+delete"] = Method(deleted)
     if "isolated+delete (dedicated frozen)" in wanted:
-        out["isolated+delete (dedicated frozen)"] = Method(deleted, grad_mask=dedicated_slices,
-                                                           note="attacked with every dedicated entry frozen at 0")
+        out["isolated+delete (dedicated frozen)"] = Method(
+            deleted, grad_mask=dedicated_slices, note="attacked with every dedicated entry frozen at 0"
+        )
     if "isolated (not deleted)" in wanted:
         out["isolated (not deleted)"] = Method(isolated)
     return out
@@ -479,15 +573,26 @@ def split_isolated(recipe: Any, methods: Sequence[str]) -> tuple[Any, Any | None
     from the same recipe file, the anchored one without its ``isolation:`` section."""
     wants = any(m in ISOLATED_METHODS for m in methods)
     if wants and getattr(recipe, "isolation", None) is None:
-        raise StructuredConfigError("methods", "'isolated+delete' / 'isolated (not deleted)' need a recipe with an "
-                                    "`isolation:` section (e.g. configs/color_autoencoder/ex2.11.2-isolated.yaml)")
+        raise StructuredConfigError(
+            "methods",
+            "'isolated+delete' / 'isolated (not deleted)' need a recipe with an "
+            "`isolation:` section (e.g. configs/color_autoencoder/ex2.11.2-isolated.yaml)",
+        )
     return dataclasses.replace(recipe, isolation=None), (recipe if wants else None)
 
 
 # ---- M2: the color autoencoder -------------------------------------------------------------------------------------
-COLOR_AUTOENCODER_METHODS = ("anchored+prune", "anchored+ablate", "anchored+two-sided", "post-hoc",
-                             "anchored (not deleted)", "distilled (deleted teacher)", "distilled (undeleted teacher)",
-                             "distilled (filtered teacher)", *ISOLATED_METHODS)
+COLOR_AUTOENCODER_METHODS = (
+    "anchored+prune",
+    "anchored+ablate",
+    "anchored+two-sided",
+    "post-hoc",
+    "anchored (not deleted)",
+    "distilled (deleted teacher)",
+    "distilled (undeleted teacher)",
+    "distilled (filtered teacher)",
+    *ISOLATED_METHODS,
+)
 # A distilled student starts from another seed than the recipe's (whose initial weights the teachers share): students
 # that share a teacher's initialization inherit what it still knows (Cloud et al. 2025).
 STUDENT_SEED_OFFSET = 10_000
@@ -498,8 +603,9 @@ def distil_student(recipe: Any, teacher: nn.Module) -> tuple[nn.Module, float]:
     the recipe's ``distill`` path (:mod:`structured_hf.training.distill`); returns ``(student, train seconds)``."""
     with tempfile.TemporaryDirectory() as folder:
         teacher.save_pretrained(folder)
-        student = dataclasses.replace(recipe, seed=recipe.seed + STUDENT_SEED_OFFSET,
-                                      distill={"teacher": folder, "temperature": 1.0})
+        student = dataclasses.replace(
+            recipe, seed=recipe.seed + STUDENT_SEED_OFFSET, distill={"teacher": folder, "temperature": 1.0}
+        )
         return train_recipe(student)
 
 
@@ -522,14 +628,18 @@ def color_autoencoder_task(anchor: Any, min_similarity: float = 0.5, probe_seed:
     held_out = concept_samples(anchor, 256, min_similarity, probe_seed)
 
     def sample(kind: str, n: int, seed: int) -> torch.Tensor:
-        colors = concept_samples(anchor, n, min_similarity, seed) if kind == "forget" else \
-            far_samples(anchor, n, min_similarity, seed)
+        colors = (
+            concept_samples(anchor, n, min_similarity, seed)
+            if kind == "forget"
+            else far_samples(anchor, n, min_similarity, seed)
+        )
         return torch.as_tensor(colors, dtype=torch.float32)
 
     def batch_loss(data: torch.Tensor, batch_size: int) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
         def step(m: nn.Module, g: torch.Generator) -> torch.Tensor:
             batch = data[torch.randint(len(data), (batch_size,), generator=g)].to(m.device)
             return m(colors=batch, labels=batch).loss
+
         return step
 
     def mse(colors: np.ndarray) -> Callable[[nn.Module], float]:
@@ -538,8 +648,9 @@ def color_autoencoder_task(anchor: Any, min_similarity: float = 0.5, probe_seed:
     return AttackTask("color_autoencoder", "MSE", sample, batch_loss, {"forget": mse(held_out), "retain": mse(retain)})
 
 
-def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str], min_similarity: float = 0.5,
-                              label: str | None = None) -> tuple[dict[str, Method], AttackTask, float]:
+def color_autoencoder_methods(
+    recipe: Any, concept: str, methods: Sequence[str], min_similarity: float = 0.5, label: str | None = None
+) -> tuple[dict[str, Method], AttackTask, float]:
     """Train the anchored recipe, its unregularized twin (the reference) and the twin on data without the concept's
     neighbourhood (document filtering), all with the recipe's budget; build the requested deleted variants
     (``post-hoc``: the twin with the label-weighted mean-difference direction projected out of the bottleneck).
@@ -549,8 +660,9 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
     label = label or concept
     labelers = parse_labelers(recipe.data.get("labels"))
     if "post-hoc" in methods and label not in labelers:
-        raise StructuredConfigError("label", f"no weak label '{label}' for the post-hoc direction; have "
-                                    f"{sorted(labelers)}")
+        raise StructuredConfigError(
+            "label", f"no weak label '{label}' for the post-hoc direction; have {sorted(labelers)}"
+        )
     near = lambda c: hsv_similarity(c, anchor) >= min_similarity  # noqa: E731
     recipe, isolated_recipe = split_isolated(recipe, methods)
     anchored, t_a = (None, 0.0)
@@ -564,8 +676,11 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
         isolated, t_i = train_recipe(isolated_recipe)
         out.update(isolated_variants(isolated, methods))
         t_a += t_i
-    teachers = {"distilled (deleted teacher)": lambda: prune(anchored, concept),
-                "distilled (undeleted teacher)": lambda: anchored, "distilled (filtered teacher)": lambda: filtered}
+    teachers = {
+        "distilled (deleted teacher)": lambda: prune(anchored, concept),
+        "distilled (undeleted teacher)": lambda: anchored,
+        "distilled (filtered teacher)": lambda: filtered,
+    }
     for name in methods:
         if name in teachers:  # the student: the unregularized recipe, fresh, on every training color, teacher's outputs
             student, t_s = distil_student(unanchored_recipe(recipe), teachers[name]())
@@ -582,12 +697,22 @@ def color_autoencoder_methods(recipe: Any, concept: str, methods: Sequence[str],
             out[name] = Method(project_out(reference, direction, name=f"{concept} (mean difference)"))
         elif name == "anchored (not deleted)":
             out[name] = Method(anchored)
-    return {k: out[k] for k in [REFERENCE, FILTERING, *methods]}, color_autoencoder_task(anchor, min_similarity), t_a + t_r + t_f
+    return (
+        {k: out[k] for k in [REFERENCE, FILTERING, *methods]},
+        color_autoencoder_task(anchor, min_similarity),
+        t_a + t_r + t_f,
+    )
 
 
 # ---- M3: the color-operation transformer ---------------------------------------------------------------------------
-COLOR_TRANSFORMER_METHODS = ("anchored+ablate", "anchored+two-sided", "anchored+ablate (writers frozen)", "post-hoc",
-                             "anchored (not deleted)", *ISOLATED_METHODS)
+COLOR_TRANSFORMER_METHODS = (
+    "anchored+ablate",
+    "anchored+two-sided",
+    "anchored+ablate (writers frozen)",
+    "post-hoc",
+    "anchored (not deleted)",
+    *ISOLATED_METHODS,
+)
 
 
 class _Rows(dict):
@@ -618,8 +743,13 @@ def color_transformer_task(splits: Any) -> AttackTask:
     def batch_loss(data: _Rows, batch_size: int) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
         def step(m: nn.Module, g: torch.Generator) -> torch.Tensor:
             i = torch.randint(len(data), (batch_size,), generator=g)
-            return m(op_ids=data["op"][i], colors=data["colors"][i], operand_mask=data["operand_mask"][i],
-                     labels=data["target"][i]).loss
+            return m(
+                op_ids=data["op"][i],
+                colors=data["colors"][i],
+                operand_mask=data["operand_mask"][i],
+                labels=data["target"][i],
+            ).loss
+
         return step
 
     def mse(arrays: Mapping[str, torch.Tensor]) -> Callable[[nn.Module], float]:
@@ -627,15 +757,24 @@ def color_transformer_task(splits: Any) -> AttackTask:
         def probe(m: nn.Module) -> float:
             out = m(op_ids=arrays["op"], colors=arrays["colors"], operand_mask=arrays["operand_mask"]).prediction
             return float(((out - arrays["target"]) ** 2).mean())
+
         return probe
 
-    return AttackTask("color_transformer", "MSE", sample, batch_loss,
-                      {"forget": mse(_rows(test, np.flatnonzero(red_test >= RED_INVOLVED))),
-                       "retain": mse(_rows(test, np.flatnonzero(red_test < RED_FAR)))})
+    return AttackTask(
+        "color_transformer",
+        "MSE",
+        sample,
+        batch_loss,
+        {
+            "forget": mse(_rows(test, np.flatnonzero(red_test >= RED_INVOLVED))),
+            "retain": mse(_rows(test, np.flatnonzero(red_test < RED_FAR))),
+        },
+    )
 
 
-def color_transformer_methods(recipe: Any, concept: str, methods: Sequence[str], label: str | None = None
-                              ) -> tuple[dict[str, Method], AttackTask, float]:
+def color_transformer_methods(
+    recipe: Any, concept: str, methods: Sequence[str], label: str | None = None
+) -> tuple[dict[str, Method], AttackTask, float]:
     """Train the anchored recipe, its unregularized twin (reference) and the twin without red-involving training
     examples (document filtering); build the requested deleted variants (``post-hoc``: the twin's label-weighted
     mean-difference direction at the concept's site projected out of every residual writer)."""
@@ -653,8 +792,9 @@ def color_transformer_methods(recipe: Any, concept: str, methods: Sequence[str],
         anchored, t_a = train_recipe(recipe)
         require_concept(anchored, concept)
     reference, t_r = train_recipe(unanchored_recipe(recipe))
-    filtered, t_f = train_recipe(unanchored_recipe(recipe),
-                                 keep_rows=lambda ds: example_redness(task_arrays(ds)) < RED_INVOLVED)
+    filtered, t_f = train_recipe(
+        unanchored_recipe(recipe), keep_rows=lambda ds: example_redness(task_arrays(ds)) < RED_INVOLVED
+    )
     out = {REFERENCE: Method(reference), FILTERING: Method(filtered)}
     if anchored is not None:
         out.update(transformer_variants(anchored, concept, methods))
@@ -671,12 +811,20 @@ def color_transformer_methods(recipe: Any, concept: str, methods: Sequence[str],
 
 
 # ---- M4: StructuredGPT on text -------------------------------------------------------------------------------------
-LANGUAGE_METHODS = ("anchored+ablate", "anchored+two-sided", "anchored+ablate (writers frozen)", "post-hoc",
-                    "token-filtering", "anchored (not deleted)", *ISOLATED_METHODS)
+LANGUAGE_METHODS = (
+    "anchored+ablate",
+    "anchored+two-sided",
+    "anchored+ablate (writers frozen)",
+    "post-hoc",
+    "token-filtering",
+    "anchored (not deleted)",
+    *ISOLATED_METHODS,
+)
 
 
-def channel_rms(encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0,
-                batch_size: int = 32) -> Callable[[nn.Module], float]:
+def channel_rms(
+    encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0, batch_size: int = 32
+) -> Callable[[nn.Module], float]:
     """A probe: the root-mean-square of the residual on ``axes`` at ``site`` over the real tokens of ``encoded``,
     relative to the RMS of the whole residual there: how much the (deleted) channel carries."""
     idx = torch.as_tensor(list(axes))
@@ -689,15 +837,23 @@ def channel_rms(encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int]
                 m(input_ids=ids, use_cache=False)
             x = acts[site].double()[labels != -100]
             on += float((x[:, idx] ** 2).sum())
-            total += float((x ** 2).sum())
+            total += float((x**2).sum())
             count, width = count + x.shape[0], x.shape[-1]
         return math.sqrt(on / max(count, 1) / len(idx)) / max(math.sqrt(total / max(count, 1) / width), 1e-12)
+
     return probe
 
 
-def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: str, context: int,
-                  probe_forget: int | None = None, probe_retain: int = 256,
-                  channel: tuple[str, Sequence[int]] | None = None) -> AttackTask:
+def language_task(
+    tokenizer: Any,
+    train_chunks: Any,
+    test_chunks: Any,
+    concept: str,
+    context: int,
+    probe_forget: int | None = None,
+    probe_retain: int = 256,
+    channel: tuple[str, Sequence[int]] | None = None,
+) -> AttackTask:
     """Forget = training chunks labelled with the concept (p >= 0.5), retain-only = training chunks with every
     concept's p < 0.1; probes: the same two sets of the held-out test chunks (the first ``probe_forget`` /
     ``probe_retain``), mean next-token loss in nats. With ``channel = (site, axes)`` every attack also records
@@ -706,8 +862,10 @@ def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: 
     test_sets = lm.heldout_sets(test_chunks, [concept])
     key, pad = f"forget:{concept}", lm.pad_id(tokenizer)
     pools = {"forget": train_sets[key], "retain": train_sets["retain"]}
-    probes = {"forget": lm.encode(tokenizer, test_sets[key][:probe_forget], context),
-              "retain": lm.encode(tokenizer, test_sets["retain"][:probe_retain], context)}
+    probes = {
+        "forget": lm.encode(tokenizer, test_sets[key][:probe_forget], context),
+        "retain": lm.encode(tokenizer, test_sets["retain"][:probe_retain], context),
+    }
 
     def sample(kind: str, n: int, seed: int) -> list[list[int]]:
         pool = pools[kind]
@@ -721,19 +879,34 @@ def language_task(tokenizer: Any, train_chunks: Any, test_chunks: Any, concept: 
             idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=g).tolist()
             ids, labels = next(iter(lm._batches([data[i] for i in idx], len(idx), pad)))
             return m(input_ids=ids, labels=labels, use_cache=False).loss
+
         return step
 
     def loss(encoded: list[list[int]]) -> Callable[[nn.Module], float]:
         return lambda m: lm.mean_token_loss(m, encoded, pad_id=pad)[0]
 
     extra = {} if channel is None else {"channel_rms": channel_rms(probes["forget"], channel[0], channel[1], pad)}
-    return AttackTask("structured_gpt", "nats/token", sample, batch_loss,
-                      {"forget": loss(probes["forget"]), "retain": loss(probes["retain"])}, extra)
+    return AttackTask(
+        "structured_gpt",
+        "nats/token",
+        sample,
+        batch_loss,
+        {"forget": loss(probes["forget"]), "retain": loss(probes["retain"])},
+        extra,
+    )
 
 
-def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered: nn.Module | None, tokenizer: Any,
-                     train_chunks: Any, concept: str, methods: Sequence[str], token_filtered: nn.Module | None = None,
-                     direction_chunks: int = 512) -> dict[str, Method]:
+def language_methods(
+    anchored: nn.Module,
+    reference: nn.Module | None,
+    filtered: nn.Module | None,
+    tokenizer: Any,
+    train_chunks: Any,
+    concept: str,
+    methods: Sequence[str],
+    token_filtered: nn.Module | None = None,
+    direction_chunks: int = 512,
+) -> dict[str, Method]:
     """The M4 methods from trained models (the recipes are too slow to train inside a benchmark on a CPU):
     the anchored model's deleted variants, ``post-hoc`` (the reference's mean-difference direction at the anchored
     site over training forget vs retain chunks, projected out of every writer) and ``token-filtering`` (a model whose
@@ -757,8 +930,9 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
     if "post-hoc" in methods:
         site = ConceptMap.of(anchored)[concept].site
         sets = lm.heldout_sets(train_chunks, [concept])
-        direction = lm.mean_difference_direction(reference, tokenizer, sets[f"forget:{concept}"][:direction_chunks],
-                                                 sets["retain"][:direction_chunks], site)
+        direction = lm.mean_difference_direction(
+            reference, tokenizer, sets[f"forget:{concept}"][:direction_chunks], sets["retain"][:direction_chunks], site
+        )
         out["post-hoc"] = Method(project_out(reference, direction, site=site, name=f"{concept} (mean difference)"))
     if "token-filtering" in methods:
         out["token-filtering"] = Method(token_filtered)
@@ -767,8 +941,14 @@ def language_methods(anchored: nn.Module, reference: nn.Module | None, filtered:
 
 # ---- absorption: does the anchored direction take in what the weak labeller missed? -----------------------------
 @torch.no_grad()
-def axis_share(model: nn.Module, encoded: Sequence[Sequence[int]], site: str, axes: Sequence[int], pad: int = 0,
-               batch_size: int = 32) -> float:
+def axis_share(
+    model: nn.Module,
+    encoded: Sequence[Sequence[int]],
+    site: str,
+    axes: Sequence[int],
+    pad: int = 0,
+    batch_size: int = 32,
+) -> float:
     """Share of the residual's energy at ``site`` that lies on ``axes`` (Σ x_axes² / Σ x² over the real tokens);
     a direction that ignores the text would hold about ``len(axes) / width`` of it."""
     idx = torch.as_tensor(list(axes))
@@ -778,13 +958,21 @@ def axis_share(model: nn.Module, encoded: Sequence[Sequence[int]], site: str, ax
         with capture(model, [site]) as acts:
             model(input_ids=ids, use_cache=False)
         x = acts[site].double()[labels != -100]
-        on, total = on + float((x[:, idx] ** 2).sum()), total + float((x ** 2).sum())
+        on, total = on + float((x[:, idx] ** 2).sum()), total + float((x**2).sum())
     return on / max(total, 1e-300)
 
 
-def absorption_report(anchored: nn.Module, concept: str, tokenizer: Any, texts: Sequence[str],
-                      human: Sequence[int], weak_prob: Sequence[float], reference: nn.Module | None = None,
-                      filtered: nn.Module | None = None, threshold: float = 0.5) -> dict[str, Any]:
+def absorption_report(
+    anchored: nn.Module,
+    concept: str,
+    tokenizer: Any,
+    texts: Sequence[str],
+    human: Sequence[int],
+    weak_prob: Sequence[float],
+    reference: nn.Module | None = None,
+    filtered: nn.Module | None = None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
     """For hand-labelled passages, split into the concept's passages the weak labeller caught (p >= ``threshold``),
     those it missed, and the passages without the concept: the share of the anchored model's residual on the
     concept's axes at its site, and how much deletion (``ablate``) raises each group's loss; with ``reference`` and
@@ -796,11 +984,18 @@ def absorption_report(anchored: nn.Module, concept: str, tokenizer: Any, texts: 
     site, axes = resolve_axes(anchored, concept)
     deleted = ablate(anchored, concept)
     pad, context = lm.pad_id(tokenizer), lm.context_length(anchored)
-    groups = {"labelled (caught by the weak labeller)": (human == 1) & (weak >= threshold),
-              "missed by the weak labeller": (human == 1) & (weak < threshold),
-              "without the concept": human == 0}
-    out: dict[str, Any] = {"concept": concept, "site": site, "axes": list(axes),
-                           "chance_share": len(axes) / anchored.config.hidden_size, "groups": {}}
+    groups = {
+        "labelled (caught by the weak labeller)": (human == 1) & (weak >= threshold),
+        "missed by the weak labeller": (human == 1) & (weak < threshold),
+        "without the concept": human == 0,
+    }
+    out: dict[str, Any] = {
+        "concept": concept,
+        "site": site,
+        "axes": list(axes),
+        "chance_share": len(axes) / anchored.config.hidden_size,
+        "groups": {},
+    }
     for name, mask in groups.items():
         chosen = [t for t, keep in zip(texts, mask) if keep]
         if not chosen:
@@ -808,20 +1003,59 @@ def absorption_report(anchored: nn.Module, concept: str, tokenizer: Any, texts: 
             continue
         enc = lm.encode(tokenizer, chosen, context)
         base = lm.mean_token_loss(anchored, enc, pad_id=pad)[0]
-        row = {"passages": len(chosen), "axis_share": axis_share(anchored, enc, site, axes, pad),
-               "ablate_loss_increase": lm.mean_token_loss(deleted, enc, pad_id=pad)[0] - base}
+        row = {
+            "passages": len(chosen),
+            "axis_share": axis_share(anchored, enc, site, axes, pad),
+            "ablate_loss_increase": lm.mean_token_loss(deleted, enc, pad_id=pad)[0] - base,
+        }
         if reference is not None and filtered is not None:
-            row["filtering_loss_increase"] = (lm.mean_token_loss(filtered, enc, pad_id=pad)[0]
-                                              - lm.mean_token_loss(reference, enc, pad_id=pad)[0])
+            row["filtering_loss_increase"] = (
+                lm.mean_token_loss(filtered, enc, pad_id=pad)[0] - lm.mean_token_loss(reference, enc, pad_id=pad)[0]
+            )
         out["groups"][name] = row
     return out
 
 
 __all__ = [
-    "AttackTask", "BenchmarkResult", "DEFAULT_LRS", "DEFAULT_SIZES", "FILTERING", "GridPoint", "Method", "REFERENCE",
-    "COLOR_AUTOENCODER_METHODS", "COLOR_TRANSFORMER_METHODS", "ISOLATED_METHODS", "LANGUAGE_METHODS", "STUDENT_SEED_OFFSET", "absorption_report", "attack_grid", "axis_share", "channel_rms", "check_methods", "distil_student",
-    "color_autoencoder_methods", "color_autoencoder_task", "color_transformer_methods", "color_transformer_task",
-    "far_samples", "isolated_variants", "language_methods", "split_isolated", "language_task", "transformer_variants", "half_recovery_step", "kept_gap", "lowest_forget", "mean_interval",
-    "plot_robustness_curves", "ratio_to_filtering", "require_concept", "robustness_markdown", "run_attack",
-    "run_benchmark", "score_seed", "summarize_seeds",
+    "AttackTask",
+    "BenchmarkResult",
+    "DEFAULT_LRS",
+    "DEFAULT_SIZES",
+    "FILTERING",
+    "GridPoint",
+    "Method",
+    "REFERENCE",
+    "COLOR_AUTOENCODER_METHODS",
+    "COLOR_TRANSFORMER_METHODS",
+    "ISOLATED_METHODS",
+    "LANGUAGE_METHODS",
+    "STUDENT_SEED_OFFSET",
+    "absorption_report",
+    "attack_grid",
+    "axis_share",
+    "channel_rms",
+    "check_methods",
+    "distil_student",
+    "color_autoencoder_methods",
+    "color_autoencoder_task",
+    "color_transformer_methods",
+    "color_transformer_task",
+    "far_samples",
+    "isolated_variants",
+    "language_methods",
+    "split_isolated",
+    "language_task",
+    "transformer_variants",
+    "half_recovery_step",
+    "kept_gap",
+    "lowest_forget",
+    "mean_interval",
+    "plot_robustness_curves",
+    "ratio_to_filtering",
+    "require_concept",
+    "robustness_markdown",
+    "run_attack",
+    "run_benchmark",
+    "score_seed",
+    "summarize_seeds",
 ]

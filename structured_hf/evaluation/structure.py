@@ -23,8 +23,12 @@ def hue_cyclic_order(points_2d: np.ndarray) -> dict[str, Any]:
     direction = 1 if gaps.sum() > 0 else -1
     winding = abs(gaps.sum()) / (2 * np.pi)
     ok = bool((np.sign(gaps) == direction).all() and abs(winding - 1.0) < 1e-3)
-    return {"ok": ok, "direction": direction, "winding": float(winding),
-            "min_gap_deg": float(np.degrees(np.abs(gaps).min()))}
+    return {
+        "ok": ok,
+        "direction": direction,
+        "winding": float(winding),
+        "min_gap_deg": float(np.degrees(np.abs(gaps).min())),
+    }
 
 
 def leak_outside(acts: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -53,12 +57,16 @@ def off_plane_spread(acts: np.ndarray, colors: np.ndarray, plane: Sequence[int])
     if share.std() > 0 and dullness.std() > 0:
         r = float(np.corrcoef(share, dullness)[0, 1])
     dull, vivid = dullness > 0.5, dullness <= 0.1
-    return {"r": r, "share_dull": float(share[dull].mean()) if dull.any() else None,
-            "share_vivid": float(share[vivid].mean()) if vivid.any() else None}
+    return {
+        "r": r,
+        "share_dull": float(share[dull].mean()) if dull.any() else None,
+        "share_vivid": float(share[vivid].mean()) if vivid.any() else None,
+    }
 
 
-def color_structure(model, site: str = "encoder", plane: Sequence[int] = (0, 1),
-                    data_colors: np.ndarray | None = None) -> dict[str, Any]:
+def color_structure(
+    model, site: str = "encoder", plane: Sequence[int] = (0, 1), data_colors: np.ndarray | None = None
+) -> dict[str, Any]:
     """Hue order and leak of the 12 hues in ``plane``, and unit-norm deviation over an 8³ grid, at ``site``.
 
     With ``data_colors`` (the colors the run trained on last, e.g. a curriculum's final phase), also the unit-norm
@@ -94,8 +102,13 @@ def color_structure(model, site: str = "encoder", plane: Sequence[int] = (0, 1),
     return out
 
 
-def loss_spikes(history: Sequence[Mapping[str, Any]], boundaries: Sequence[float], window: int = 50,
-                key: str = "loss", factor: float = 1.5) -> dict[str, Any]:
+def loss_spikes(
+    history: Sequence[Mapping[str, Any]],
+    boundaries: Sequence[float],
+    window: int = 50,
+    key: str = "loss",
+    factor: float = 1.5,
+) -> dict[str, Any]:
     """Loss spikes at phase starts: for each boundary, the peak loss in the ``window`` steps after it divided by the
     median loss in the ``window`` steps before it. A spike counts when the ratio exceeds ``factor``."""
     rows = [(r["step"], r[key]) for r in history if key in r]
@@ -111,12 +124,12 @@ def loss_spikes(history: Sequence[Mapping[str, Any]], boundaries: Sequence[float
         after = values[(steps > b) & (steps <= b + window)]
         if len(before) and len(after):
             heights.append(float(after.max() / max(np.median(before), 1e-12)))
-    return {"count": int(sum(h > factor for h in heights)), "heights": heights,
-            "max_height": max(heights, default=0.0)}
+    return {"count": int(sum(h > factor for h in heights)), "heights": heights, "max_height": max(heights, default=0.0)}
 
 
-def loss_excursions(history: Sequence[Mapping[str, Any]], key: str = "loss", window: int = 50,
-                    factor: float = 2.0) -> dict[str, Any]:
+def loss_excursions(
+    history: Sequence[Mapping[str, Any]], key: str = "loss", window: int = 50, factor: float = 2.0
+) -> dict[str, Any]:
     """Loss spikes *anywhere* in the run, not only at phase starts: each logged value divided by the median of the
     values logged in the ``window`` steps before it. An excursion is a maximal stretch of ratios above ``factor``;
     returns their ``count``, the ``max_ratio`` and each excursion's peak as ``[step, ratio]`` (``peaks``). The
@@ -142,13 +155,16 @@ def loss_excursions(history: Sequence[Mapping[str, Any]], key: str = "loss", win
             j = i
             while j + 1 < len(above) and above[j + 1]:
                 j += 1
-            k = i + int(np.nanargmax(ratios[i:j + 1]))
+            k = i + int(np.nanargmax(ratios[i : j + 1]))
             peaks.append([int(steps[k]), float(ratios[k])])
             i = j + 1
         else:
             i += 1
-    return {"count": len(peaks), "max_ratio": float(np.nanmax(ratios)) if np.isfinite(ratios).any() else 0.0,
-            "peaks": peaks}
+    return {
+        "count": len(peaks),
+        "max_ratio": float(np.nanmax(ratios)) if np.isfinite(ratios).any() else 0.0,
+        "peaks": peaks,
+    }
 
 
 def latent_jitter(snapshots: Sequence[np.ndarray]) -> dict[str, float]:

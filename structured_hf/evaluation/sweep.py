@@ -64,15 +64,25 @@ def summarize_sweep(runs: Sequence[Mapping[str, Any]], primary: str | None = Non
         "primary": primary,
     }
     if primary is not None:
-        points = [[r["reconstruction"], np.nan if r.get("anchor_error") is None else r["anchor_error"],
-                   np.nan if r["scores"].get(primary) is None else r["scores"][primary]] for r in runs]
+        points = [
+            [
+                r["reconstruction"],
+                np.nan if r.get("anchor_error") is None else r["anchor_error"],
+                np.nan if r["scores"].get(primary) is None else r["scores"][primary],
+            ]
+            for r in runs
+        ]
         if all(np.isnan(p[1]) for p in points):
             points = [[p[0], 0.0, p[2]] for p in points]  # no anchor: a constant objective changes nothing
         front = pareto_front(points, [False, False, True])
         best = max(front, key=lambda i: (np.nan_to_num(points[i][2], nan=-np.inf), -points[i][0]))
         out["pareto_front"] = [runs[i]["seed"] for i in front]
-        out["pick"] = {"seed": runs[best]["seed"], "reconstruction": points[best][0],
-                       "anchor_error": runs[best].get("anchor_error"), "score": runs[best]["scores"].get(primary)}
+        out["pick"] = {
+            "seed": runs[best]["seed"],
+            "reconstruction": points[best][0],
+            "anchor_error": runs[best].get("anchor_error"),
+            "score": runs[best]["scores"].get(primary),
+        }
     return out
 
 
@@ -83,16 +93,24 @@ def sweep_markdown(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]
         lines.append(f"| `{name}` | {fmt(s['min'])} | {fmt(s['mean'])} | {fmt(s['max'])} | {s['n']} |")
     if "pick" in summary:
         p = summary["pick"]
-        lines += ["", f"Pareto front (reconstruction ↓, anchor error ↓, `{summary['primary']}` ↑): seeds "
-                      f"{summary['pareto_front']}; pick: seed {p['seed']} (score {p['score']:.4f}, worst named-color "
-                      f"MSE {p['reconstruction']:.5f})"]
-    lines += ["", "| seed | worst named MSE | anchor error | " + " | ".join(f"`{v}`" for v in summary["scores"]) + " |",
-              "|---:|---:|---:|" + "---:|" * len(summary["scores"])]
+        lines += [
+            "",
+            f"Pareto front (reconstruction ↓, anchor error ↓, `{summary['primary']}` ↑): seeds "
+            f"{summary['pareto_front']}; pick: seed {p['seed']} (score {p['score']:.4f}, worst named-color "
+            f"MSE {p['reconstruction']:.5f})",
+        ]
+    lines += [
+        "",
+        "| seed | worst named MSE | anchor error | " + " | ".join(f"`{v}`" for v in summary["scores"]) + " |",
+        "|---:|---:|---:|" + "---:|" * len(summary["scores"]),
+    ]
     for r in runs:
         ae = "n/a" if r.get("anchor_error") is None else f"{r['anchor_error']:.4f}"
-        lines.append(f"| {r['seed']} | {r['reconstruction']:.5f} | {ae} | "
-                     + " | ".join("n/a" if r["scores"].get(v) is None else f"{r['scores'][v]:.4f}"
-                                  for v in summary["scores"]) + " |")
+        lines.append(
+            f"| {r['seed']} | {r['reconstruction']:.5f} | {ae} | "
+            + " | ".join("n/a" if r["scores"].get(v) is None else f"{r['scores'][v]:.4f}" for v in summary["scores"])
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

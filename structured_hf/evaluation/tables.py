@@ -27,8 +27,7 @@ def markdown_table(result: Mapping[str, Any], section: str = "named_color_mse") 
     """``section`` is ``named_color_mse`` (absolute) or ``named_color_delta`` (variant − baseline)."""
     variants, colors = _columns(result, section)
     signed = section == "named_color_delta"
-    lines = ["| color | " + " | ".join(f"`{v}`" for v in variants) + " |",
-             "|---|" + "---:|" * len(variants)]
+    lines = ["| color | " + " | ".join(f"`{v}`" for v in variants) + " |", "|---|" + "---:|" * len(variants)]
     for c in colors:
         lines.append(f"| {c} | " + " | ".join(_fmt(result[section][v][c], signed) for v in variants) + " |")
     return "\n".join(lines)
@@ -56,8 +55,18 @@ def render_markdown(result: Mapping[str, Any], title: str = "Evaluation") -> str
     return "\n".join(parts) + "\n"
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -67,11 +76,18 @@ def latex_escape(text: str) -> str:
 def latex_table(result: Mapping[str, Any], section: str = "named_color_mse", caption: str = "") -> str:
     variants, colors = _columns(result, section)
     signed = section == "named_color_delta"
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(variants) + "}", r"\toprule",
-             "color & " + " & ".join(r"\texttt{" + latex_escape(v) + "}" for v in variants) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * len(variants) + "}",
+        r"\toprule",
+        "color & " + " & ".join(r"\texttt{" + latex_escape(v) + "}" for v in variants) + r" \\",
+        r"\midrule",
+    ]
     for c in colors:
-        lines.append(latex_escape(c) + " & " + " & ".join(_fmt(result[section][v][c], signed) for v in variants)
-                     + r" \\")
+        lines.append(
+            latex_escape(c) + " & " + " & ".join(_fmt(result[section][v][c], signed) for v in variants) + r" \\"
+        )
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:
         lines.append(r"\caption{" + latex_escape(caption) + "}")
@@ -82,8 +98,11 @@ def latex_table(result: Mapping[str, Any], section: str = "named_color_mse", cap
 def latex_scores(result: Mapping[str, Any]) -> str:
     lines = [r"\begin{tabular}{llrr}", r"\toprule", r"variant & target & $r^2$ & Pearson $r$ \\", r"\midrule"]
     for name, d in result.get("score_details", {}).items():
-        target = (f"sim$^{{{d['power']:g}}}$ to {latex_escape(d['anchor'])}" if d["kind"] == "similarity"
-                  else f"vibrancy$^{{{d['power']:g}}}$")
+        target = (
+            f"sim$^{{{d['power']:g}}}$ to {latex_escape(d['anchor'])}"
+            if d["kind"] == "similarity"
+            else f"vibrancy$^{{{d['power']:g}}}$"
+        )
         lines.append(rf"\texttt{{{latex_escape(name)}}} & {target} & {_fmt(d['r2'])} & {_fmt(d['pearson_r'], True)} \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
@@ -109,8 +128,9 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_report(result: Mapping[str, Any], out_dir: str | Path, name: str = "evaluation",
-                 title: str = "Evaluation") -> dict[str, Path]:
+def write_report(
+    result: Mapping[str, Any], out_dir: str | Path, name: str = "evaluation", title: str = "Evaluation"
+) -> dict[str, Path]:
     """Write ``<name>.json``, ``<name>.md`` and ``<name>.tex`` into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,5 +149,15 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"min": min(finite), "mean": sum(finite) / len(finite), "max": max(finite), "n": len(finite)}
 
 
-__all__ = ["json_ready", "latex_escape", "latex_scores", "latex_table", "markdown_scores", "markdown_table",
-           "render_latex", "render_markdown", "summarize", "write_report"]
+__all__ = [
+    "json_ready",
+    "latex_escape",
+    "latex_scores",
+    "latex_table",
+    "markdown_scores",
+    "markdown_table",
+    "render_latex",
+    "render_markdown",
+    "summarize",
+    "write_report",
+]

@@ -50,8 +50,12 @@ def control_variants(model: torch.nn.Module, concepts: Sequence[str] | None = No
     return variants
 
 
-def control_evaluation(model: torch.nn.Module, dataset: datasets.Dataset, concepts: Sequence[str] | None = None,
-                       variants: Sequence[tuple[str, Any, list]] | None = None) -> dict[str, Any]:
+def control_evaluation(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    concepts: Sequence[str] | None = None,
+    variants: Sequence[tuple[str, Any, list]] | None = None,
+) -> dict[str, Any]:
     """Per variant and operation: ``{"red", "far", "all", "red_ratio", "far_ratio", "n_red", "n_far"}``, plus
     ``summary[variant] = {"min_red_ratio", "max_far_ratio", "meets_target"}`` (targets 10x and 1.5x)."""
     operations = list(model.config.operations)
@@ -66,8 +70,12 @@ def control_evaluation(model: torch.nn.Module, dataset: datasets.Dataset, concep
         else:
             errors[name] = per_operation_errors(variant, dataset, operations)
     base = errors["baseline"]
-    report: dict[str, Any] = {"operations": operations, "variants": {}, "summary": {},
-                              "targets": {"red_ratio_min": RED_RATIO_TARGET, "far_ratio_max": FAR_RATIO_TARGET}}
+    report: dict[str, Any] = {
+        "operations": operations,
+        "variants": {},
+        "summary": {},
+        "targets": {"red_ratio_min": RED_RATIO_TARGET, "far_ratio_max": FAR_RATIO_TARGET},
+    }
     for name, per_op in errors.items():
         rows = {}
         for op in operations:
@@ -89,20 +97,33 @@ def control_evaluation(model: torch.nn.Module, dataset: datasets.Dataset, concep
 
 def control_markdown(report: dict[str, Any]) -> str:
     """A per-operation markdown table: MSE on red-involving / far examples and the ratios to the baseline."""
-    lines = ["| variant | operation | red-involving MSE | ×baseline | far-from-red MSE | ×baseline | n red / far |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | operation | red-involving MSE | ×baseline | far-from-red MSE | ×baseline | n red / far |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name, rows in report["variants"].items():
         for op in report["operations"]:
             r = rows[op]
-            red_ratio, far_ratio = ("", "") if name == "baseline" else (f"{r['red_ratio']:.2f}", f"{r['far_ratio']:.2f}")
-            lines.append(f"| {name} | {op} | {r['red']:.2e} | {red_ratio} | {r['far']:.2e} | {far_ratio} | "
-                         f"{r['n_red']} / {r['n_far']} |")
+            red_ratio, far_ratio = (
+                ("", "") if name == "baseline" else (f"{r['red_ratio']:.2f}", f"{r['far_ratio']:.2f}")
+            )
+            lines.append(
+                f"| {name} | {op} | {r['red']:.2e} | {red_ratio} | {r['far']:.2e} | {far_ratio} | "
+                f"{r['n_red']} / {r['n_far']} |"
+            )
     t = report["targets"]
-    lines += ["", (f"Target: red-involving ×baseline ≥ {t['red_ratio_min']:g} and far ×baseline ≤ "
-                   f"{t['far_ratio_max']:g} for every operation.")]
+    lines += [
+        "",
+        (
+            f"Target: red-involving ×baseline ≥ {t['red_ratio_min']:g} and far ×baseline ≤ "
+            f"{t['far_ratio_max']:g} for every operation."
+        ),
+    ]
     for name, s in report["summary"].items():
-        lines.append(f"- {name}: lowest red ratio {s['min_red_ratio']:.2f}, highest far ratio "
-                     f"{s['max_far_ratio']:.2f} → {'met' if s['meets_target'] else 'not met'}")
+        lines.append(
+            f"- {name}: lowest red ratio {s['min_red_ratio']:.2f}, highest far ratio "
+            f"{s['max_far_ratio']:.2f} → {'met' if s['meets_target'] else 'not met'}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -112,8 +133,10 @@ def plot_control_ratios(report: dict[str, Any], path: str | Path, title: str = "
     ops = report["operations"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     width = 0.8 / max(len(names), 1)
-    for ax, key, target, label in ((axes[0], "red_ratio", RED_RATIO_TARGET, "red-involving"),
-                                   (axes[1], "far_ratio", FAR_RATIO_TARGET, "far from red")):
+    for ax, key, target, label in (
+        (axes[0], "red_ratio", RED_RATIO_TARGET, "red-involving"),
+        (axes[1], "far_ratio", FAR_RATIO_TARGET, "far from red"),
+    ):
         for k, name in enumerate(names):
             values = [report["variants"][name][op][key] for op in ops]
             ax.bar(np.arange(len(ops)) + (k - (len(names) - 1) / 2) * width, values, width, label=name)

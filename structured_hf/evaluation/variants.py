@@ -114,8 +114,9 @@ def anchor_color(concept: ConceptSpec) -> str | tuple[float, ...] | None:
     return first if isinstance(first, str) else tuple(float(x) for x in first)
 
 
-def default_score(model: nn.Module, spec: InterventionSpec | SurgerySpec,
-                  anchor: str | Sequence[float] | None = None) -> ScoreSpec | None:
+def default_score(
+    model: nn.Module, spec: InterventionSpec | SurgerySpec, anchor: str | Sequence[float] | None = None
+) -> ScoreSpec | None:
     """The reference's score for a spec: sim² for suppress/repel, sim³ for deletion, vibrancy^2.3 for axes concepts.
 
     ``anchor`` overrides the concept's first prototype (and is needed for explicit vectors/axes).
@@ -123,8 +124,9 @@ def default_score(model: nn.Module, spec: InterventionSpec | SurgerySpec,
     concept = None
     if spec.concept is not None:
         concept = ConceptMap.of(model)[spec.concept]
-    is_axes = (concept is not None and concept.axes is not None) or (concept is None and spec.axes is not None
-                                                                       and anchor is None)
+    is_axes = (concept is not None and concept.axes is not None) or (
+        concept is None and spec.axes is not None and anchor is None
+    )
     if is_axes:
         return ScoreSpec("vibrancy", VIBRANCY_POWER)
     anchor = anchor if anchor is not None else (anchor_color(concept) if concept is not None else None)
@@ -135,9 +137,13 @@ def default_score(model: nn.Module, spec: InterventionSpec | SurgerySpec,
     return ScoreSpec("similarity", power, anchor)
 
 
-def build_variants(model: nn.Module, specs: Iterable[str | InterventionSpec | SurgerySpec],
-                   anchor: str | Sequence[float] | None = None, retain_colors: np.ndarray | None = None,
-                   heal_kwargs: dict[str, Any] | None = None) -> list[Variant]:
+def build_variants(
+    model: nn.Module,
+    specs: Iterable[str | InterventionSpec | SurgerySpec],
+    anchor: str | Sequence[float] | None = None,
+    retain_colors: np.ndarray | None = None,
+    heal_kwargs: dict[str, Any] | None = None,
+) -> list[Variant]:
     """The baseline followed by one variant per spec (interventions are checked against the model here)."""
     variants = [Variant("baseline", model)]
     names = {"baseline"}
@@ -160,9 +166,13 @@ def build_variants(model: nn.Module, specs: Iterable[str | InterventionSpec | Su
     return variants
 
 
-def default_retain_colors(model: nn.Module, spec: InterventionSpec | SurgerySpec,
-                          anchor: str | Sequence[float] | None = None, grid_size: int = 8,
-                          max_similarity: float = 0.5) -> np.ndarray:
+def default_retain_colors(
+    model: nn.Module,
+    spec: InterventionSpec | SurgerySpec,
+    anchor: str | Sequence[float] | None = None,
+    grid_size: int = 8,
+    max_similarity: float = 0.5,
+) -> np.ndarray:
     """Colors a deletion must keep: the RGB grid minus the concept's neighbourhood.
 
     Similarity concepts: grid colors with HSV similarity to the anchor ``<= max_similarity``. Axes concepts (the hue
@@ -199,8 +209,15 @@ def evaluate_variants(variants: Sequence[Variant], grid_size: int = 10) -> dict[
     baseline = variants[0]
     base_pred = baseline.reconstruct(named)
     base_err = ((base_pred - named) ** 2).mean(-1)
-    result: dict[str, Any] = {"named_color_mse": {}, "named_color_delta": {}, "scores": {}, "score_details": {},
-                              "untouched": {}, "variants": {}, "grid_size": grid_size}
+    result: dict[str, Any] = {
+        "named_color_mse": {},
+        "named_color_delta": {},
+        "scores": {},
+        "score_details": {},
+        "untouched": {},
+        "variants": {},
+        "grid_size": grid_size,
+    }
     for var in variants:
         pred = var.reconstruct(named)
         err = ((pred - named) ** 2).mean(-1)
@@ -217,8 +234,12 @@ def evaluate_variants(variants: Sequence[Variant], grid_size: int = 10) -> dict[
             grid_err = ((var.reconstruct(grid) - grid) ** 2).mean(-1)
             details = r2_score(grid_err, var.score.target(grid), var.score.power)
             result["scores"][var.name] = details["r2"]
-            result["score_details"][var.name] = {**var.score.to_dict(), **details, "grid_size": grid_size,
-                                                 "grid_mse_mean": float(grid_err.mean())}
+            result["score_details"][var.name] = {
+                **var.score.to_dict(),
+                **details,
+                "grid_size": grid_size,
+                "grid_mse_mean": float(grid_err.mean()),
+            }
         if isinstance(var.spec, InterventionSpec) and var.spec.kind in ("suppress", "repel"):
             dot = _site_dot(var.model, var.spec, named)
             outside = dot <= 0
@@ -229,5 +250,15 @@ def evaluate_variants(variants: Sequence[Variant], grid_size: int = 10) -> dict[
     return result
 
 
-__all__ = ["DELETION_POWER", "SUPPRESSION_POWER", "ScoreSpec", "VIBRANCY_POWER", "Variant", "anchor_color",
-           "build_variants", "default_retain_colors", "default_score", "evaluate_variants"]
+__all__ = [
+    "DELETION_POWER",
+    "SUPPRESSION_POWER",
+    "ScoreSpec",
+    "VIBRANCY_POWER",
+    "Variant",
+    "anchor_color",
+    "build_variants",
+    "default_retain_colors",
+    "default_score",
+    "evaluate_variants",
+]

@@ -67,7 +67,9 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
         exact_rgb = {}
         for name, listed in exact.items():
             if name not in labelers:
-                raise StructuredConfigError(f"data.eval_labels.{name}", f"unknown label; data.labels has {sorted(labelers)}")
+                raise StructuredConfigError(
+                    f"data.eval_labels.{name}", f"unknown label; data.labels has {sorted(labelers)}"
+                )
             if not isinstance(listed, Sequence) or isinstance(listed, str):
                 raise StructuredConfigError(f"data.eval_labels.{name}", f"expected a list of colors, got {listed!r}")
             exact_rgb[name] = resolve_colors(listed, f"data.eval_labels.{name}")
@@ -101,14 +103,14 @@ def _final_training_colors(trainer) -> np.ndarray | None:
     return colors[CurriculumSampler(colors, trainer.curriculum, samples_per_step=1, num_steps=1).eligible(last)]
 
 
-def run(recipe: Recipe, run: RunState, figures: bool = True,
-                           animation: bool = True) -> dict[str, Any]:
+def run(recipe: Recipe, run: RunState, figures: bool = True, animation: bool = True) -> dict[str, Any]:
     """The color autoencoder's run: train, then named-color errors, structure, stability, figures and the card."""
     out = Path(recipe.output_dir)
     probe = np.concatenate([rgb_grid(8), np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])])
     max_steps = int(recipe.training.get("max_steps", 0))
-    snapshots = LatentSnapshotCallback({"colors": torch.as_tensor(probe, dtype=torch.float32)}, "bottleneck",
-                                       every=max(max_steps // SNAPSHOTS, 1))
+    snapshots = LatentSnapshotCallback(
+        {"colors": torch.as_tensor(probe, dtype=torch.float32)}, "bottleneck", every=max(max_steps // SNAPSHOTS, 1)
+    )
     trainer, result, train_runtime = train_and_save(recipe, [snapshots], run)
     if not trainer.is_world_process_zero():
         return {}
@@ -119,14 +121,17 @@ def run(recipe: Recipe, run: RunState, figures: bool = True,
     boundaries = [start for start, _ in trainer.curriculum.boundaries()] if trainer.curriculum else []
     metrics = evaluate_color_model(model)
     metrics["hue_mse_max"] = max(metrics["named_color_mse"][name] for name in HUE_NAMES)
-    metrics["structure"] = color_structure(model, site="bottleneck", plane=_hue_plane(concepts),
-                                           data_colors=_final_training_colors(trainer))
-    metrics["stability"] = {"loss_spikes": loss_spikes(history, boundaries),
-                            # The task loss alone: weight schedules that change at a phase start move the total loss
-                            # without any change in how well the model reconstructs.
-                            "reconstruction_spikes": loss_spikes(history, boundaries, key="term/reconstruction"),
-                            "reconstruction_excursions": loss_excursions(history, key="term/reconstruction"),
-                            "latent_jitter": latent_jitter(snapshots.snapshots)}
+    metrics["structure"] = color_structure(
+        model, site="bottleneck", plane=_hue_plane(concepts), data_colors=_final_training_colors(trainer)
+    )
+    metrics["stability"] = {
+        "loss_spikes": loss_spikes(history, boundaries),
+        # The task loss alone: weight schedules that change at a phase start move the total loss
+        # without any change in how well the model reconstructs.
+        "reconstruction_spikes": loss_spikes(history, boundaries, key="term/reconstruction"),
+        "reconstruction_excursions": loss_excursions(history, key="term/reconstruction"),
+        "latent_jitter": latent_jitter(snapshots.snapshots),
+    }
     metrics.update(
         train_runtime_s=train_runtime,
         train_steps=trainer.state.global_step,
@@ -149,12 +154,16 @@ def run(recipe: Recipe, run: RunState, figures: bool = True,
         schedules["learning_rate"] = trainer.args.schedules.get("learning_rate")
         if trainer.curriculum is not None and trainer.curriculum.vibrancy_min is not None:
             schedules["data: vibrancy_min"] = trainer.curriculum.vibrancy_min
-        schedules = {k: v for k, v in schedules.items() if v is not None and not (k == "reconstruction" and v.is_constant)}
+        schedules = {
+            k: v for k, v in schedules.items() if v is not None and not (k == "reconstruction" and v.is_constant)
+        }
         phases = trainer.curriculum.boundaries() if trainer.curriculum else []
-        plot_schedules(schedules, trainer.state.global_step, out / "schedules.png", phases=phases,
-                       title=f"{out.name}: schedules")
-        plot_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.png",
-                              title=f"{out.name}: latent evolution")
+        plot_schedules(
+            schedules, trainer.state.global_step, out / "schedules.png", phases=phases, title=f"{out.name}: schedules"
+        )
+        plot_latent_evolution(
+            snapshots.snapshots, snapshots.steps, probe, out / "evolution.png", title=f"{out.name}: latent evolution"
+        )
         if animation:
             animate_latent_evolution(snapshots.snapshots, snapshots.steps, probe, out / "evolution.gif", schedules)
     render_color_model_card(recipe, metrics, str(out), concepts=model.concept_map).save(out / "README.md")
@@ -165,17 +174,34 @@ def run(recipe: Recipe, run: RunState, figures: bool = True,
 def evaluate(model_path: str, args: argparse.Namespace) -> int:
     """Per-color MSE tables, r² scores and figures for the baseline and every requested variant."""
     model = load_pretrained(model_path)
-    result = evaluate_model(model, variant_specs(args), args.output_dir, grid_size=args.grid_size, anchor=args.anchor,
-                            figures=not args.no_figures, title=f"Evaluation of {args.model}",
-                            save_variants=args.save_variants)
+    result = evaluate_model(
+        model,
+        variant_specs(args),
+        args.output_dir,
+        grid_size=args.grid_size,
+        anchor=args.anchor,
+        figures=not args.no_figures,
+        title=f"Evaluation of {args.model}",
+        save_variants=args.save_variants,
+    )
     for name, score in result["scores"].items():
         logger.info("%-28s r² = %.4f", name, score)
     return 0
 
 
-FAMILY = register_family(Family(
-    name="color_autoencoder", config_class=ColorAutoencoderConfig, model_class=ColorAutoencoderModel,
-    model_types=(ColorAutoencoderConfig.model_type,), validate=validate, build=build, datasets=build_datasets,
-    run=run, card=render_from_folder, evaluate=evaluate, batched_seeds=True,
-    description="RGB -> bottleneck -> RGB autoencoder; concepts anchored in the bottleneck (M1/M2)",
-))
+FAMILY = register_family(
+    Family(
+        name="color_autoencoder",
+        config_class=ColorAutoencoderConfig,
+        model_class=ColorAutoencoderModel,
+        model_types=(ColorAutoencoderConfig.model_type,),
+        validate=validate,
+        build=build,
+        datasets=build_datasets,
+        run=run,
+        card=render_from_folder,
+        evaluate=evaluate,
+        batched_seeds=True,
+        description="RGB -> bottleneck -> RGB autoencoder; concepts anchored in the bottleneck (M1/M2)",
+    )
+)

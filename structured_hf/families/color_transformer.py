@@ -64,16 +64,16 @@ def build(recipe: Recipe, trainer_kwargs: dict[str, Any], prepared: Any = None):
     return model, train_ds, eval_ds
 
 
-def run(recipe: Recipe, run: RunState | None = None, figures: bool = True,
-                                     animation: bool = True) -> dict[str, Any]:
+def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, animation: bool = True) -> dict[str, Any]:
     """Train a color-operation transformer; metrics: per-operation test error (red-involving vs far from red) and
     the red concept's cosine at every residual site, tracked during training."""
     run = run or prepare_output_dir(recipe.output_dir, recipe.to_dict())
     out = Path(recipe.output_dir)
     splits = build_task_splits(recipe)
     max_steps = int(recipe.training.get("max_steps", 0))
-    tracker = ProbeCallback(lambda m: concept_placement(m, splits["validation"], limit=1024),
-                            every=max(max_steps // 20, 1))
+    tracker = ProbeCallback(
+        lambda m: concept_placement(m, splits["validation"], limit=1024), every=max(max_steps // 20, 1)
+    )
     trainer, result, train_runtime = train_and_save(recipe, [tracker], run)
     if not trainer.is_world_process_zero():
         return {}
@@ -98,7 +98,9 @@ def run(recipe: Recipe, run: RunState | None = None, figures: bool = True,
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if figures:
         plot_training_curves(trainer.state.log_history, out / "training_curves.png", title=out.name)
-        plot_concept_tracking(tracker.history, out / "concept_tracking.png", title=f"{out.name}: red in the residual stream")
+        plot_concept_tracking(
+            tracker.history, out / "concept_tracking.png", title=f"{out.name}: red in the residual stream"
+        )
         plot_control_ratios(metrics["control"], out / "control_ratios.png", title=f"{out.name}: control of red")
     render_color_transformer_card(recipe, metrics, str(out), concepts=model.concept_map).save(out / "README.md")
     logger.info("wrote %s (train %.1f s)", out, train_runtime)
@@ -118,10 +120,12 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     have = {v[0] for v in variants}
     variants += [(f"ablate:{c}", ablate(model, c), []) for c in args.ablate if f"ablate:{c}" not in have]
     if args.prune:
-        raise StructuredConfigError("--prune", "residual-stream sites cannot be pruned (see "
-                                    "structured_hf.interventions.residual); use --ablate")
-    report = control_evaluation(model, build_task_splits(load_recipe(folder / "recipe.yaml"))["test"],
-                                variants=variants)
+        raise StructuredConfigError(
+            "--prune", "residual-stream sites cannot be pruned (see structured_hf.interventions.residual); use --ablate"
+        )
+    report = control_evaluation(
+        model, build_task_splits(load_recipe(folder / "recipe.yaml"))["test"], variants=variants
+    )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "control.json").write_text(json.dumps(json_ready(report), indent=2))
@@ -132,10 +136,19 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     return 0
 
 
-FAMILY = register_family(Family(
-    name="color_transformer", config_class=ColorTransformerConfig, model_class=ColorTransformerModel,
-    model_types=(ColorTransformerConfig.model_type,), validate=validate, build=build, datasets=build_datasets,
-    run=run, card=render_from_folder, evaluate=evaluate,
-    description="a small transformer computing color operations; concepts in its residual stream (M3)",
-    extras={"relearning_task": "color_operations"},
-))
+FAMILY = register_family(
+    Family(
+        name="color_transformer",
+        config_class=ColorTransformerConfig,
+        model_class=ColorTransformerModel,
+        model_types=(ColorTransformerConfig.model_type,),
+        validate=validate,
+        build=build,
+        datasets=build_datasets,
+        run=run,
+        card=render_from_folder,
+        evaluate=evaluate,
+        description="a small transformer computing color operations; concepts in its residual stream (M3)",
+        extras={"relearning_task": "color_operations"},
+    )
+)

@@ -14,6 +14,9 @@ def variant_specs(args: argparse.Namespace) -> list:
     specs += [SurgerySpec("ablate", concept=c) for c in args.ablate]
     specs += [SurgerySpec("prune", concept=c) for c in args.prune]
     if args.heal_steps:
-        specs += [SurgerySpec(s.kind, concept=s.concept, axes=s.axes, site=s.site, heal_steps=args.heal_steps)
-                  for s in list(specs) if isinstance(s, SurgerySpec) and not s.heal_steps]
+        specs += [
+            SurgerySpec(s.kind, concept=s.concept, axes=s.axes, site=s.site, heal_steps=args.heal_steps)
+            for s in list(specs)
+            if isinstance(s, SurgerySpec) and not s.heal_steps
+        ]
     return specs

@@ -31,18 +31,27 @@ def validate(recipe: Recipe, regularizers: list, routes: list) -> None:
 def build(recipe: Recipe, trainer_kwargs: dict[str, Any], prepared: Any = None):
     regularizers = list(recipe.specs.regularizers)
     model, train_ds, eval_ds, extra = build_pretrained_parts(
-        recipe.model, recipe.data, regularizers, used_labels(regularizers, recipe.specs.routes))
+        recipe.model, recipe.data, regularizers, used_labels(regularizers, recipe.specs.routes)
+    )
     for key, value in extra.items():
         trainer_kwargs.setdefault(key, value)
     return model, train_ds, eval_ds
 
 
-FAMILY = register_family(Family(
-    name="pretrained", config_class=PreTrainedConfig, model_class=PretrainedCausalLM,
-    validate=validate, build=build, datasets=lambda recipe: pretrained_datasets(recipe.model, recipe.data),
-    run=partial(run_pretrained_experiment, train_and_save=train_and_save),
-    evaluate=evaluate_language, claims=lambda model_type: model_type in supported_model_types(),
-    config_at_load=False, make_config=lambda recipe: pretrained_config(recipe.model),
-    description="a pretrained causal LM users bring (Llama family, GPT-2, GPT-NeoX), full fine-tuning or LoRA",
-    extras={"evaluates_into_model_folder": True},
-))
+FAMILY = register_family(
+    Family(
+        name="pretrained",
+        config_class=PreTrainedConfig,
+        model_class=PretrainedCausalLM,
+        validate=validate,
+        build=build,
+        datasets=lambda recipe: pretrained_datasets(recipe.model, recipe.data),
+        run=partial(run_pretrained_experiment, train_and_save=train_and_save),
+        evaluate=evaluate_language,
+        claims=lambda model_type: model_type in supported_model_types(),
+        config_at_load=False,
+        make_config=lambda recipe: pretrained_config(recipe.model),
+        description="a pretrained causal LM users bring (Llama family, GPT-2, GPT-NeoX), full fine-tuning or LoRA",
+        extras={"evaluates_into_model_folder": True},
+    )
+)

@@ -45,18 +45,22 @@ def validate(recipe: Recipe, regularizers: list[RegularizerSpec], routes: list[R
     spec = LMDataSpec.from_dict(recipe.data)
     for key in _TOKENIZER_FIELDS:
         if key in recipe.model:
-            raise StructuredConfigError(f"model.{key}", "is taken from the tokenizer trained on the data; set "
-                                        "data.tokenizer.vocab_size instead")
+            raise StructuredConfigError(
+                f"model.{key}", "is taken from the tokenizer trained on the data; set data.tokenizer.vocab_size instead"
+            )
     context = recipe.model.get("max_position_embeddings", StructuredGPTConfig.max_position_embeddings)
     if isinstance(context, int) and context < spec.block_size:
-        raise StructuredConfigError("data.block_size", f"{spec.block_size}-token blocks do not fit the model's "
-                                    f"max_position_embeddings {context}")
+        raise StructuredConfigError(
+            "data.block_size",
+            f"{spec.block_size}-token blocks do not fit the model's max_position_embeddings {context}",
+        )
     concepts = spec.concepts()
     check_spec_labels(concepts, regularizers, routes)
     for c in spec.filter_concepts:
         if c not in concepts:
-            raise StructuredConfigError("data.filter.concepts", f"unknown concept '{c}'; the labels config has "
-                                        f"{concepts}")
+            raise StructuredConfigError(
+                "data.filter.concepts", f"unknown concept '{c}'; the labels config has {concepts}"
+            )
 
 
 def build_datasets(recipe: Recipe):
@@ -99,8 +103,9 @@ def _validation_lm_loss(trainer: Any) -> tuple[float, float]:
     return float(lm_loss), float(objective)
 
 
-def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, animation: bool = True,
-                                  evaluate: bool = True) -> dict[str, Any]:
+def run(
+    recipe: Recipe, run: RunState | None = None, figures: bool = True, animation: bool = True, evaluate: bool = True
+) -> dict[str, Any]:
     """Train a StructuredGPT from a recipe; save model + tokenizer (``AutoTokenizer`` / ``AutoModelForCausalLM``
     load the folder), the held-out test chunks (``heldout/``, for :mod:`structured_hf.evaluation.language`), and
     metrics: validation loss and perplexity, training tokens/s and, with ``evaluate``, the per-concept forget/retain
@@ -118,8 +123,13 @@ def run(recipe: Recipe, run: RunState | None = None, figures: bool = True, anima
     model = trainer.model
     block_size = len(blocks["train"][0]["input_ids"])
     steps = trainer.state.global_step
-    tokens = steps * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps \
-        * trainer.args.world_size * block_size
+    tokens = (
+        steps
+        * trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size
+        * block_size
+    )
     metrics: dict[str, Any] = {
         "eval_loss": eval_loss,
         "eval_perplexity": float(np.exp(eval_loss)),
@@ -155,8 +165,11 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     surgery = [s for s in variant_specs(args) if isinstance(s, SurgerySpec)]
     if surgery:  # before anything is loaded
         flag = "--prune" if any(s.kind == "prune" for s in surgery) else "--ablate"
-        raise StructuredConfigError(flag, "StructuredGPT evaluation always includes ablate:<concept> for every "
-                                    "anchored concept; --prune does not apply to residual sites")
+        raise StructuredConfigError(
+            flag,
+            "StructuredGPT evaluation always includes ablate:<concept> for every "
+            "anchored concept; --prune does not apply to residual sites",
+        )
     folder = pull(model_path)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     if model.config.model_type in supported_model_types():
@@ -164,8 +177,11 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     heldout = Path(args.heldout) if args.heldout else folder / "heldout"
     if not heldout.is_dir():
-        raise StructuredConfigError("--heldout", f"no held-out chunks at {heldout}; pass --heldout DIR (a saved "
-                                    "datasets folder with text and prob_<concept> columns)")
+        raise StructuredConfigError(
+            "--heldout",
+            f"no held-out chunks at {heldout}; pass --heldout DIR (a saved "
+            "datasets folder with text and prob_<concept> columns)",
+        )
     test = datasets.load_from_disk(str(heldout))
     extra = [(spec, model, [spec]) for spec in args.intervention]
     report = evaluate_language_model(model, tokenizer, test, extra_variants=extra, prompts=args.prompt)
@@ -181,11 +197,20 @@ def evaluate(model_path: str, args: argparse.Namespace) -> int:
     return 0
 
 
-FAMILY = register_family(Family(
-    name="structured_gpt", config_class=StructuredGPTConfig, model_class=StructuredGPTForCausalLM,
-    model_types=(StructuredGPTConfig.model_type,), validate=validate, build=build, datasets=build_datasets,
-    run=run, card=render_from_folder, evaluate=evaluate,
-    description="a GPT trained from scratch on weak-labelled text; concepts in its residual stream (M4)",
-    # Its evaluation may write into the model folder: it re-renders the card with the new table.
-    extras={"evaluates_into_model_folder": True},
-))
+FAMILY = register_family(
+    Family(
+        name="structured_gpt",
+        config_class=StructuredGPTConfig,
+        model_class=StructuredGPTForCausalLM,
+        model_types=(StructuredGPTConfig.model_type,),
+        validate=validate,
+        build=build,
+        datasets=build_datasets,
+        run=run,
+        card=render_from_folder,
+        evaluate=evaluate,
+        description="a GPT trained from scratch on weak-labelled text; concepts in its residual stream (M4)",
+        # Its evaluation may write into the model folder: it re-renders the card with the new table.
+        extras={"evaluates_into_model_folder": True},
+    )
+)

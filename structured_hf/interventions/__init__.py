@@ -54,12 +54,35 @@ from .surgery import (
 # mapper parsing helpers, ...) stays importable from here and from its module, but is not part of the public API.
 __all__ = [
     # inference time: context managers, their specs, and the pure functions they apply
-    "InterventionSpec", "intervene", "load_specs", "parse_spec", "repel", "repulsion", "save_specs", "suppress",
-    "suppress_axes", "suppression", "zero_axes", "concept_axes",
+    "InterventionSpec",
+    "intervene",
+    "load_specs",
+    "parse_spec",
+    "repel",
+    "repulsion",
+    "save_specs",
+    "suppress",
+    "suppress_axes",
+    "suppression",
+    "zero_axes",
+    "concept_axes",
     # falloffs and mappers (how strongly suppress / repel act away from the concept)
-    "AngularFalloff", "BezierMapper", "BoundedPowerFalloff", "LinearMapper",
+    "AngularFalloff",
+    "BezierMapper",
+    "BoundedPowerFalloff",
+    "LinearMapper",
     # surgery: new models whose config, concept map and weights agree
-    "SurgerySpec", "ablate", "apply_surgery", "heal", "project_out", "prune", "two_sided_cut", "channel_slices",
+    "SurgerySpec",
+    "ablate",
+    "apply_surgery",
+    "heal",
+    "project_out",
+    "prune",
+    "two_sided_cut",
+    "channel_slices",
     # extension points for new model families
-    "SurgeryPoint", "TransformerLayout", "register_surgery_adapter", "register_transformer_layout",
+    "SurgeryPoint",
+    "TransformerLayout",
+    "register_surgery_adapter",
+    "register_transformer_layout",
 ]

@@ -79,8 +79,9 @@ class AngularFalloff:
     def __post_init__(self) -> None:
         width = _number(self.width, "falloff.width")
         if not 0.0 < width < 180.0:
-            raise StructuredConfigError("falloff.width", f"expected an angle in degrees with 0 < width < 180, got "
-                                                         f"{width}")
+            raise StructuredConfigError(
+                "falloff.width", f"expected an angle in degrees with 0 < width < 180, got {width}"
+            )
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "b", _number(self.b, "falloff.b", 0.0, 2.0))
         object.__setattr__(self, "p", _number(self.p, "falloff.p", 0.0))
@@ -153,13 +154,20 @@ class BezierMapper:
     _tables: dict = field(init=False, repr=False, compare=False)  # the table per (dtype, device), for the hot path
 
     def __post_init__(self) -> None:
-        for name, low, high in (("a", -1.0, 1.0), ("b", -1.0, 1.0), ("start_slope", None, None),
-                                ("end_slope", None, None), ("start_handle", 0.0, 1.0), ("end_handle", 0.0, 1.0)):
+        for name, low, high in (
+            ("a", -1.0, 1.0),
+            ("b", -1.0, 1.0),
+            ("start_slope", None, None),
+            ("end_slope", None, None),
+            ("start_handle", 0.0, 1.0),
+            ("end_handle", 0.0, 1.0),
+        ):
             object.__setattr__(self, name, _number(getattr(self, name), f"mapper.{name}", low, high))
         if self.start_handle + self.end_handle > 1.0 + 1e-12:
             raise StructuredConfigError(
-                "mapper.start_handle", f"start_handle + end_handle must be <= 1 (monotone curve), got "
-                f"{self.start_handle} + {self.end_handle}")
+                "mapper.start_handle",
+                f"start_handle + end_handle must be <= 1 (monotone curve), got {self.start_handle} + {self.end_handle}",
+            )
         if isinstance(self.table_size, bool) or not isinstance(self.table_size, int) or self.table_size < 2:
             raise StructuredConfigError("mapper.table_size", f"expected an integer >= 2, got {self.table_size!r}")
         grid = torch.linspace(0.0, 1.0, self.table_size, dtype=torch.float64)
@@ -168,8 +176,12 @@ class BezierMapper:
 
     def _controls(self) -> tuple[tuple[float, float], ...]:
         h0, h1 = self.start_handle, self.end_handle
-        return ((0.0, self.a), (h0, self.a + self.start_slope * h0),
-                (1.0 - h1, self.b - self.end_slope * h1), (1.0, self.b))
+        return (
+            (0.0, self.a),
+            (h0, self.a + self.start_slope * h0),
+            (1.0 - h1, self.b - self.end_slope * h1),
+            (1.0, self.b),
+        )
 
     def point(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The curve at parameter ``t``: ``(x(t), y(t))``."""
@@ -201,9 +213,16 @@ class BezierMapper:
         return table[i0] * (1.0 - w) + table[i0 + 1] * w
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "a": self.a, "b": self.b, "start_slope": self.start_slope,
-                "end_slope": self.end_slope, "start_handle": self.start_handle, "end_handle": self.end_handle,
-                "table_size": self.table_size}
+        return {
+            "type": self.type,
+            "a": self.a,
+            "b": self.b,
+            "start_slope": self.start_slope,
+            "end_slope": self.end_slope,
+            "start_handle": self.start_handle,
+            "end_handle": self.end_handle,
+            "table_size": self.table_size,
+        }
 
 
 FALLOFFS: dict[str, type] = {"power": BoundedPowerFalloff, "angular": AngularFalloff}
@@ -235,5 +254,13 @@ def mapper_from_dict(spec: Any, field_name: str = "mapper") -> LinearMapper | Be
     return _from_dict(MAPPERS, spec, field_name, "linear")
 
 
-__all__ = ["AngularFalloff", "BezierMapper", "BoundedPowerFalloff", "FALLOFFS", "LinearMapper", "MAPPERS", "falloff_from_dict",
-           "mapper_from_dict"]
+__all__ = [
+    "AngularFalloff",
+    "BezierMapper",
+    "BoundedPowerFalloff",
+    "FALLOFFS",
+    "LinearMapper",
+    "MAPPERS",
+    "falloff_from_dict",
+    "mapper_from_dict",
+]

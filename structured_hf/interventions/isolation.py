@@ -70,8 +70,10 @@ def hidden_layers(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear]]:
     for cls in type(model).__mro__:
         if cls in _HIDDEN:
             return _HIDDEN[cls](model)
-    raise StructuredConfigError("isolation.hidden_units", f"{type(model).__name__} declares no hidden layers "
-                                "(register_hidden_layers); use hidden_units: 0")
+    raise StructuredConfigError(
+        "isolation.hidden_units",
+        f"{type(model).__name__} declares no hidden layers (register_hidden_layers); use hidden_units: 0",
+    )
 
 
 def _transformer_hidden(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear]]:
@@ -99,15 +101,19 @@ def model_isolation(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
     if isolation is None:
         isolation = getattr(model.config, CONFIG_KEY, None)
         if not isolation:
-            raise StructuredConfigError("isolation", "the model records no isolation (it was not trained with an "
-                                        "`isolation:` recipe section); pass the concept and hidden_units")
+            raise StructuredConfigError(
+                "isolation",
+                "the model records no isolation (it was not trained with an "
+                "`isolation:` recipe section); pass the concept and hidden_units",
+            )
     if isinstance(isolation, Mapping):
         isolation = Isolation(str(isolation["concept"]), int(isolation.get("hidden_units", 0)))
     return isolation
 
 
-def dedicated_slices(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
-                     ) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+def dedicated_slices(
+    model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
+) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
     """Every ``(parameter, dim, indices)`` slice that writes or reads one of the concept's dedicated units."""
     iso = model_isolation(model, isolation)
     resolve_axes(model, iso.concept)  # a concept the model lacks fails here, naming it
@@ -116,8 +122,10 @@ def dedicated_slices(model: nn.Module, isolation: Isolation | Mapping[str, Any] 
         for producer, consumer in hidden_layers(model):
             width = producer.out_features
             if iso.hidden_units >= width:
-                raise StructuredConfigError("isolation.hidden_units", f"{iso.hidden_units} dedicated neurons leave "
-                                            f"none shared in a hidden layer of width {width}")
+                raise StructuredConfigError(
+                    "isolation.hidden_units",
+                    f"{iso.hidden_units} dedicated neurons leave none shared in a hidden layer of width {width}",
+                )
             idx = torch.arange(width - iso.hidden_units, width)
             out += [(producer.weight, 0, idx), (consumer.weight, 1, idx)]
             if producer.bias is not None:
@@ -125,8 +133,9 @@ def dedicated_slices(model: nn.Module, isolation: Isolation | Mapping[str, Any] 
     return out
 
 
-def dedicated_masks(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
-                    ) -> dict[str, torch.Tensor]:
+def dedicated_masks(
+    model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """``{parameter name: boolean mask}`` of the dedicated entries, for the parameters that have any (names as
     ``named_parameters()`` gives them: a tied tensor under its first name, with the union of its uses)."""
     by_id: dict[int, torch.Tensor] = {}
@@ -136,8 +145,9 @@ def dedicated_masks(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
     return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
 
 
-def dedicated_outputs(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
-                      ) -> list[tuple[nn.Module, torch.Tensor]]:
+def dedicated_outputs(
+    model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
+) -> list[tuple[nn.Module, torch.Tensor]]:
     """``(module, output indices)`` of every Linear or Embedding that *writes* a dedicated unit (a Linear's rows, an
     embedding table's columns): the activations an ordinary sample should leave at zero. Writers that are bare
     parameters (e.g. a learned position vector added to the stream) are not listed."""
@@ -164,10 +174,23 @@ def delete_isolated(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
         for name, mask in masks.items():
             params[name].masked_fill_(mask, 0.0)
     new.config = _new_config(new, surgery=_record(new, {"op": "delete_isolated", **iso.to_dict()}))
-    logger.info("deleted isolated concept %s: %d entries in %d tensors zeroed", iso.concept,
-                int(sum(int(m.sum()) for m in masks.values())), len(masks))
+    logger.info(
+        "deleted isolated concept %s: %d entries in %d tensors zeroed",
+        iso.concept,
+        int(sum(int(m.sum()) for m in masks.values())),
+        len(masks),
+    )
     return new
 
 
-__all__ = ["CONFIG_KEY", "Isolation", "dedicated_masks", "dedicated_outputs", "dedicated_slices", "delete_isolated", "hidden_layers",
-           "model_isolation", "register_hidden_layers"]
+__all__ = [
+    "CONFIG_KEY",
+    "Isolation",
+    "dedicated_masks",
+    "dedicated_outputs",
+    "dedicated_slices",
+    "delete_isolated",
+    "hidden_layers",
+    "model_isolation",
+    "register_hidden_layers",
+]

@@ -126,16 +126,23 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     match = _SITE.match(site)
     if match is None or int(match.group(1)) >= n:
         known = [f"layers.{{0..{n - 1}}}.{s}" for s in TRANSFORMER_SITE_KINDS]
-        raise StructuredConfigError("surgery.site", f"unknown site '{site}' for {type(model).__name__}; expected one "
-                                    f"of {known}")
+        raise StructuredConfigError(
+            "surgery.site", f"unknown site '{site}' for {type(model).__name__}; expected one of {known}"
+        )
     layer, kind = int(match.group(1)), match.group(2)
     width = model.config.hidden_size
     if kind.startswith("attn."):
         proj = model.layers[layer].attn.q_proj if kind == "attn.q" else model.layers[layer].attn.k_proj
-        return SurgeryPoint(None, (), None, (site,), width=width,
-                            writes=((proj.weight, 0), (proj.bias, 0)),
-                            prune_error=f"'{site}' is a query/key site: pruning it would make one head narrower "
-                            "than the others; use ablate (zero the projection's rows) instead")
+        return SurgeryPoint(
+            None,
+            (),
+            None,
+            (site,),
+            width=width,
+            writes=((proj.weight, 0), (proj.bias, 0)),
+            prune_error=f"'{site}' is a query/key site: pruning it would make one head narrower "
+            "than the others; use ablate (zero the projection's rows) instead",
+        )
     # Blocks 0..full lie inside the span entirely; a residual_mid site adds block `layer`'s attention writes (and the
     # MLP that reads them) to the span.
     full = layer if kind == "residual_post" else layer - 1
@@ -144,8 +151,12 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     reads: list = []
     for i in range(full + 1):
         block = model.layers[i]
-        writes += [(block.attn.o_proj.weight, 0), (block.attn.o_proj.bias, 0),
-                   (block.mlp.down.weight, 0), (block.mlp.down.bias, 0)]
+        writes += [
+            (block.attn.o_proj.weight, 0),
+            (block.attn.o_proj.bias, 0),
+            (block.mlp.down.weight, 0),
+            (block.mlp.down.bias, 0),
+        ]
     if mid:
         writes += [(model.layers[layer].attn.o_proj.weight, 0), (model.layers[layer].attn.o_proj.bias, 0)]
     for i in range(full + 2):  # blocks 0..full read the span entirely, block full+1 with its attention sub-layer
@@ -159,25 +170,53 @@ def transformer_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
         reads += [(p.weight, 1) for p in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj)]
         if i <= full or mid:  # (mid: i == layer == full + 1, whose MLP reads the span too)
             reads += [(mlp_norm.weight, 0), (mlp_norm.bias, 0), (block.mlp.up.weight, 1)]
-    sites = tuple(f"layers.{i}.residual_post" for i in range(full + 1)) + \
-        tuple(f"layers.{i}.residual_mid" for i in range(full + 1 + int(mid))) + \
-        tuple(f"layers.{i}.residual_pre" for i in range(min(full + 2, n)))
+    sites = (
+        tuple(f"layers.{i}.residual_post" for i in range(full + 1))
+        + tuple(f"layers.{i}.residual_mid" for i in range(full + 1 + int(mid)))
+        + tuple(f"layers.{i}.residual_pre" for i in range(min(full + 2, n)))
+    )
     prepare = None
     if layout.tied is not None and getattr(model.config, layout.tied[0], False) and full + 1 < n:
         prepare = _untie(layout)
-    return SurgeryPoint(None, (), None, sites, width=width, writes=tuple(w for w in writes if w[0] is not None),
-                        axis_reads=tuple(r for r in reads if r[0] is not None), prepare=prepare,
-                        prune_error=f"'{site}' is a residual-stream site: pruning would change every LayerNorm's "
-                        "statistics (a mean over D-1 entries is not a mean over D with a zero), narrow the blocks "
-                        "after the site that still use the axis, and break the head split; use ablate instead")
+    return SurgeryPoint(
+        None,
+        (),
+        None,
+        sites,
+        width=width,
+        writes=tuple(w for w in writes if w[0] is not None),
+        axis_reads=tuple(r for r in reads if r[0] is not None),
+        prepare=prepare,
+        prune_error=f"'{site}' is a residual-stream site: pruning would change every LayerNorm's "
+        "statistics (a mean over D-1 entries is not a mean over D with a zero), narrow the blocks "
+        "after the site that still use the axis, and break the head split; use ablate instead",
+    )
 
 
-register_transformer_layout(ColorTransformerModel, TransformerLayout(
-    embeddings=(("op_embed.weight", 1), ("color_embed.weight", 0), ("color_embed.bias", 0), ("slot_embed", 1),
-                ("query", 0)),
-    block_norms=("attn_norm", "mlp_norm"), final_norm="final_norm", head="head"))
-register_transformer_layout(StructuredGPTForCausalLM, TransformerLayout(
-    embeddings=(("wte.weight", 1), ("wpe.weight", 1)), block_norms=("ln_1", "ln_2"), final_norm="ln_f",
-    head="lm_head", tied=("tie_word_embeddings", "lm_head.weight", "wte.weight")))
+register_transformer_layout(
+    ColorTransformerModel,
+    TransformerLayout(
+        embeddings=(
+            ("op_embed.weight", 1),
+            ("color_embed.weight", 0),
+            ("color_embed.bias", 0),
+            ("slot_embed", 1),
+            ("query", 0),
+        ),
+        block_norms=("attn_norm", "mlp_norm"),
+        final_norm="final_norm",
+        head="head",
+    ),
+)
+register_transformer_layout(
+    StructuredGPTForCausalLM,
+    TransformerLayout(
+        embeddings=(("wte.weight", 1), ("wpe.weight", 1)),
+        block_norms=("ln_1", "ln_2"),
+        final_norm="ln_f",
+        head="lm_head",
+        tied=("tie_word_embeddings", "lm_head.weight", "wte.weight"),
+    ),
+)
 
 __all__ = ["TransformerLayout", "register_transformer_layout", "transformer_surgery_point"]

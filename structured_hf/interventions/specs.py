@@ -109,20 +109,25 @@ class InterventionSpec:
             object.__setattr__(self, "axes", _axes(self.axes, "intervention.axes"))
         targets = [name for name in ("concept", "vector", "axes") if getattr(self, name) is not None]
         if len(targets) != 1:
-            raise StructuredConfigError("intervention", f"'{self.kind}' needs exactly one of concept, vector, axes; "
-                                        f"got {targets or 'none'}")
+            raise StructuredConfigError(
+                "intervention", f"'{self.kind}' needs exactly one of concept, vector, axes; got {targets or 'none'}"
+            )
         if self.kind == "axes" and self.vector is not None:
-            raise StructuredConfigError("intervention.vector",
-                                        "'axes' zeroes axes; give axes or a concept, not a vector")
+            raise StructuredConfigError(
+                "intervention.vector", "'axes' zeroes axes; give axes or a concept, not a vector"
+            )
         if self.kind != "axes" and self.axes is not None:
-            raise StructuredConfigError("intervention.axes", f"'{self.kind}' needs a direction (concept or vector); "
-                                        "to zero axes use kind 'axes'")
+            raise StructuredConfigError(
+                "intervention.axes",
+                f"'{self.kind}' needs a direction (concept or vector); to zero axes use kind 'axes'",
+            )
         if self.vector is not None and self.site is None:
             raise StructuredConfigError("intervention.site", "an explicit vector needs the site it lives in")
         if self.falloff is not None:
             if self.kind != "suppress":
-                raise StructuredConfigError("intervention.falloff",
-                                            f"only 'suppress' takes a falloff, not '{self.kind}'")
+                raise StructuredConfigError(
+                    "intervention.falloff", f"only 'suppress' takes a falloff, not '{self.kind}'"
+                )
             object.__setattr__(self, "falloff", falloff_from_dict(self.falloff, "intervention.falloff"))
         if self.mapper is not None:
             if self.kind != "repel":
@@ -177,8 +182,7 @@ class InterventionSpec:
         if self.falloff is not None:
             params = {k: v for k, v in self.falloff.to_dict().items() if k != "type"}
         if self.mapper is not None:
-            params = {"mapper": self.mapper.type,
-                      **{k: v for k, v in self.mapper.to_dict().items() if k != "type"}}
+            params = {"mapper": self.mapper.type, **{k: v for k, v in self.mapper.to_dict().items() if k != "type"}}
         return _compose(self.kind, self.concept, self.vector, self.axes, self.site, params)
 
     def __str__(self) -> str:
@@ -213,8 +217,9 @@ class SurgerySpec:
         if (self.concept is None) == (self.axes is None):
             raise StructuredConfigError("surgery", f"'{self.kind}' needs exactly one of concept or axes")
         if isinstance(self.heal_steps, bool) or not isinstance(self.heal_steps, int) or self.heal_steps < 0:
-            raise StructuredConfigError("surgery.heal_steps",
-                                        f"expected a non-negative integer, got {self.heal_steps!r}")
+            raise StructuredConfigError(
+                "surgery.heal_steps", f"expected a non-negative integer, got {self.heal_steps!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -257,8 +262,14 @@ def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _compose(kind: str, concept: str | None, vector: tuple[float, ...] | None, axes: tuple[int, ...] | None,
-             site: str | None, params: Mapping[str, Any]) -> str:
+def _compose(
+    kind: str,
+    concept: str | None,
+    vector: tuple[float, ...] | None,
+    axes: tuple[int, ...] | None,
+    site: str | None,
+    params: Mapping[str, Any],
+) -> str:
     if concept is not None:
         target = concept
     elif vector is not None:
@@ -298,12 +309,13 @@ def parse_spec(text: str | Mapping[str, Any] | InterventionSpec | SurgerySpec) -
     if not sep or not rest:
         raise StructuredConfigError("intervention", f"expected KIND:TARGET[@SITE][:KEY=VALUE,...], got {text!r}")
     if kind not in INTERVENTION_KINDS + SURGERY_KINDS:
-        raise StructuredConfigError("intervention", f"unknown kind {kind!r} in {text!r}; known: "
-                                    f"{list(INTERVENTION_KINDS + SURGERY_KINDS)}")
+        raise StructuredConfigError(
+            "intervention", f"unknown kind {kind!r} in {text!r}; known: {list(INTERVENTION_KINDS + SURGERY_KINDS)}"
+        )
     # The target may be a bracketed vector containing commas; params follow the first ':' after it.
     close = rest.find("]") if rest.startswith("[") else -1
     split_at = rest.find(":", close + 1)
-    target_text, params_text = (rest, "") if split_at < 0 else (rest[:split_at], rest[split_at + 1:])
+    target_text, params_text = (rest, "") if split_at < 0 else (rest[:split_at], rest[split_at + 1 :])
     match = _TARGET.match(target_text)
     if not match or not match.group("target"):
         raise StructuredConfigError("intervention", f"cannot read the target of {text!r}")
@@ -326,8 +338,9 @@ def parse_spec(text: str | Mapping[str, Any] | InterventionSpec | SurgerySpec) -
     elif re.fullmatch(r"[-+\d,\s.]+", target):
         # Looks like axis indices but is not a list of non-negative integers ("-1", "0,,1", "1.5"): say so, instead
         # of reporting an unknown concept named "-1".
-        raise StructuredConfigError("intervention", f"axes must be non-negative integers separated by commas, got "
-                                                    f"{target!r} in {text!r}")
+        raise StructuredConfigError(
+            "intervention", f"axes must be non-negative integers separated by commas, got {target!r} in {text!r}"
+        )
     else:
         concept = target
 
@@ -349,8 +362,9 @@ def parse_spec(text: str | Mapping[str, Any] | InterventionSpec | SurgerySpec) -
         raise StructuredConfigError("intervention", f"'{kind}' takes no options, got {sorted(params)} in {text!r}")
     if kind == "axes" and concept is None and axes is None:
         raise StructuredConfigError("intervention", f"'axes' needs axes or a concept, got {target!r}")
-    return InterventionSpec(kind=kind, concept=concept, site=site, vector=vector, axes=axes, falloff=falloff,
-                            mapper=mapper)
+    return InterventionSpec(
+        kind=kind, concept=concept, site=site, vector=vector, axes=axes, falloff=falloff, mapper=mapper
+    )
 
 
 def spec_from_json(text: str) -> InterventionSpec | SurgerySpec:
@@ -392,5 +406,15 @@ def load_specs(folder: str | Path, filename: str = INTERVENTIONS_FILE) -> list[I
     return out
 
 
-__all__ = ["INTERVENTIONS_FILE", "INTERVENTION_KINDS", "InterventionSpec", "SURGERY_KINDS", "SurgerySpec",
-           "default_mapper", "load_specs", "parse_spec", "save_specs", "spec_from_json"]
+__all__ = [
+    "INTERVENTIONS_FILE",
+    "INTERVENTION_KINDS",
+    "InterventionSpec",
+    "SURGERY_KINDS",
+    "SurgerySpec",
+    "default_mapper",
+    "load_specs",
+    "parse_spec",
+    "save_specs",
+    "spec_from_json",
+]

@@ -94,8 +94,9 @@ def repulsion(x: torch.Tensor, v: torch.Tensor, mapper: LinearMapper | BezierMap
     return _repel_unit(x, v, _orthogonal_fallback(v), mapper)
 
 
-def _repel_unit(x: torch.Tensor, v: torch.Tensor, fallback: torch.Tensor,
-                mapper: LinearMapper | BezierMapper) -> torch.Tensor:
+def _repel_unit(
+    x: torch.Tensor, v: torch.Tensor, fallback: torch.Tensor, mapper: LinearMapper | BezierMapper
+) -> torch.Tensor:
     """:func:`repulsion` for a unit ``v`` and its fallback axis, already in ``x``'s dtype and device."""
     dot = x @ v
     norm = x.norm(dim=-1, keepdim=True)
@@ -189,8 +190,9 @@ def default_site(model: nn.Module) -> str:
         return sites.pop()
     if "bottleneck" in site_dims(model):
         return "bottleneck"
-    raise StructuredConfigError("intervention.site", f"cannot choose a default site among {sorted(site_dims(model))}; "
-                                "name one with @SITE")
+    raise StructuredConfigError(
+        "intervention.site", f"cannot choose a default site among {sorted(site_dims(model))}; name one with @SITE"
+    )
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,11 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
     """Resolve a spec (or its string form) against ``model``: concept -> site and direction/axes, checked widths."""
     spec = parse_spec(spec) if not isinstance(spec, InterventionSpec) else spec
     if isinstance(spec, SurgerySpec):
-        raise StructuredConfigError("intervention", f"'{spec}' is surgery (a weight edit), not an inference-time "
-                                    "intervention; use structured_hf.interventions.ablate/prune")
+        raise StructuredConfigError(
+            "intervention",
+            f"'{spec}' is surgery (a weight edit), not an inference-time "
+            "intervention; use structured_hf.interventions.ablate/prune",
+        )
     dims = site_dims(model)
     concept = None
     if spec.concept is not None:
@@ -221,21 +226,25 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
     if spec.kind == "axes":
         axes = concept_axes(concept) if concept is not None else spec.axes
         if max(axes) >= width:
-            raise StructuredConfigError("intervention.axes", f"axis {max(axes)} is out of range for site '{site}' of "
-                                        f"width {width}")
+            raise StructuredConfigError(
+                "intervention.axes", f"axis {max(axes)} is out of range for site '{site}' of width {width}"
+            )
         return BoundIntervention(spec, site, _axes_hook(tuple(axes)), axes=tuple(axes))
     if concept is not None:
         if concept.direction is None:
             raise StructuredConfigError(
-                "intervention.concept", f"'{spec.kind}' needs a direction concept; '{concept.name}' is an axes "
-                f"concept (zero its axes with 'axes:{concept.name}')")
+                "intervention.concept",
+                f"'{spec.kind}' needs a direction concept; '{concept.name}' is an axes "
+                f"concept (zero its axes with 'axes:{concept.name}')",
+            )
         v = concept.unit_direction(dtype=torch.float64)
     else:
         v = torch.tensor(spec.vector, dtype=torch.float64)
         v = v / v.norm()
     if v.numel() != width:
-        raise StructuredConfigError("intervention.vector",
-                                    f"has length {v.numel()} but site '{site}' has width {width}")
+        raise StructuredConfigError(
+            "intervention.vector", f"has length {v.numel()} but site '{site}' has width {width}"
+        )
     if spec.kind == "suppress":
         falloff = spec.resolved_falloff
         return BoundIntervention(spec, site, _suppress_hook(v, falloff), direction=v)
@@ -243,8 +252,9 @@ def bind(model: nn.Module, spec: InterventionSpec | str) -> BoundIntervention:
 
 
 @contextmanager
-def intervene(model: nn.Module, specs: InterventionSpec | str | Iterable[InterventionSpec | str]) -> Iterator[
-        list[BoundIntervention]]:
+def intervene(
+    model: nn.Module, specs: InterventionSpec | str | Iterable[InterventionSpec | str]
+) -> Iterator[list[BoundIntervention]]:
     """Apply one or several interventions inside the block (in order); all hooks are removed on exit.
 
     Example::
@@ -262,9 +272,14 @@ def intervene(model: nn.Module, specs: InterventionSpec | str | Iterable[Interve
         yield bound
 
 
-def suppress(model: nn.Module, concept: str | None = None, *, site: str | None = None,
-             vector: Sequence[float] | torch.Tensor | None = None,
-             falloff: BoundedPowerFalloff | None = None):
+def suppress(
+    model: nn.Module,
+    concept: str | None = None,
+    *,
+    site: str | None = None,
+    vector: Sequence[float] | torch.Tensor | None = None,
+    falloff: BoundedPowerFalloff | None = None,
+):
     """Context manager: suppress a concept (by name) or an explicit ``vector`` at ``site``.
 
     Example::
@@ -278,8 +293,14 @@ def suppress(model: nn.Module, concept: str | None = None, *, site: str | None =
     return intervene(model, InterventionSpec("suppress", concept=concept, site=site, vector=vector, falloff=falloff))
 
 
-def repel(model: nn.Module, concept: str | None = None, *, site: str | None = None,
-          vector: Sequence[float] | torch.Tensor | None = None, mapper: LinearMapper | BezierMapper | None = None):
+def repel(
+    model: nn.Module,
+    concept: str | None = None,
+    *,
+    site: str | None = None,
+    vector: Sequence[float] | torch.Tensor | None = None,
+    mapper: LinearMapper | BezierMapper | None = None,
+):
     """Context manager: rotate samples in the concept's hemisphere toward its equator by ``mapper``."""
     vector = None if vector is None else [float(x) for x in torch.as_tensor(vector).flatten()]
     return intervene(model, InterventionSpec("repel", concept=concept, site=site, vector=vector, mapper=mapper))
@@ -292,5 +313,17 @@ def suppress_axes(model: nn.Module, axes: Sequence[int] | str, *, site: str | No
     return intervene(model, InterventionSpec("axes", axes=tuple(int(a) for a in axes), site=site))
 
 
-__all__ = ["BoundIntervention", "alignment", "bind", "concept_axes", "default_site", "intervene", "repel",
-           "repulsion", "suppress", "suppress_axes", "suppression", "zero_axes"]
+__all__ = [
+    "BoundIntervention",
+    "alignment",
+    "bind",
+    "concept_axes",
+    "default_site",
+    "intervene",
+    "repel",
+    "repulsion",
+    "suppress",
+    "suppress_axes",
+    "suppression",
+    "zero_axes",
+]

@@ -74,8 +74,11 @@ class SurgeryPoint:
 
     def write_slices(self) -> list[tuple[torch.Tensor, int]]:
         """Every ``(parameter, dim)`` that writes the site's axes."""
-        own = [] if self.producer is None else [(self.producer.weight, 0)] + (
-            [] if self.producer.bias is None else [(self.producer.bias, 0)])
+        own = (
+            []
+            if self.producer is None
+            else [(self.producer.weight, 0)] + ([] if self.producer.bias is None else [(self.producer.bias, 0)])
+        )
         return own + list(self.writes)
 
 
@@ -89,8 +92,9 @@ def register_surgery_adapter(model_cls: type, adapter: Callable[[nn.Module, str]
 
 def _color_autoencoder_point(model: ColorAutoencoderModel, site: str) -> SurgeryPoint:
     if site not in ("encoder", "bottleneck"):
-        raise StructuredConfigError("surgery.site", f"the color autoencoder's surgery sites are 'encoder' and "
-                                    f"'bottleneck', got '{site}'")
+        raise StructuredConfigError(
+            "surgery.site", f"the color autoencoder's surgery sites are 'encoder' and 'bottleneck', got '{site}'"
+        )
     return SurgeryPoint(model.encoder.proj, (model.decoder.proj,), "bottleneck_dim", ("encoder", "bottleneck"))
 
 
@@ -101,12 +105,15 @@ def surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     for cls in type(model).__mro__:
         if cls in _ADAPTERS:
             return _ADAPTERS[cls](model, site)
-    raise StructuredConfigError("surgery", f"{type(model).__name__} has no registered surgery adapter; "
-                                "call register_surgery_adapter(model_cls, fn)")
+    raise StructuredConfigError(
+        "surgery",
+        f"{type(model).__name__} has no registered surgery adapter; call register_surgery_adapter(model_cls, fn)",
+    )
 
 
-def resolve_axes(model: nn.Module, concept: str | None = None, axes: Sequence[int] | None = None,
-                 site: str | None = None) -> tuple[str, tuple[int, ...]]:
+def resolve_axes(
+    model: nn.Module, concept: str | None = None, axes: Sequence[int] | None = None, site: str | None = None
+) -> tuple[str, tuple[int, ...]]:
     """``(site, sorted axes)`` for a concept (its axes, or a direction's nonzero axes) or explicit axes."""
     if (concept is None) == (axes is None):
         raise StructuredConfigError("surgery", "give exactly one of a concept name or explicit axes")
@@ -122,15 +129,17 @@ def resolve_axes(model: nn.Module, concept: str | None = None, axes: Sequence[in
     if len(set(axes)) != len(axes) or not axes:
         raise StructuredConfigError("surgery.axes", f"expected distinct axes, got {list(axes)}")
     if axes[0] < 0 or axes[-1] >= dims[site]:
-        raise StructuredConfigError("surgery.axes", f"axes {list(axes)} out of range for site '{site}' of width "
-                                    f"{dims[site]}")
+        raise StructuredConfigError(
+            "surgery.axes", f"axes {list(axes)} out of range for site '{site}' of width {dims[site]}"
+        )
     if len(axes) == dims[site]:
         raise StructuredConfigError("surgery.axes", f"deleting all {dims[site]} axes of '{site}' leaves nothing")
     return site, axes
 
 
-def remap_concepts(concepts: ConceptMap, sites: Sequence[str], removed: Sequence[int], width: int,
-                   shrink: bool) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def remap_concepts(
+    concepts: ConceptMap, sites: Sequence[str], removed: Sequence[int], width: int, shrink: bool
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """The concept map after deleting ``removed`` axes of ``sites``.
 
     Direction concepts lose the removed components (dropped if nothing is left); axes concepts lose the removed
@@ -182,8 +191,9 @@ def _new_config(model: nn.Module, **changes: Any):
     return config
 
 
-def ablate(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None,
-           site: str | None = None) -> nn.Module:
+def ablate(
+    model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None, site: str | None = None
+) -> nn.Module:
     """A copy of ``model`` with the axes of ``concept`` (or ``axes``) zeroed in every writer and reader of the site
     (for the autoencoder: the producer's rows and the consumers' columns; for a transformer's residual stream see
     :mod:`structured_hf.interventions.residual`).
@@ -193,13 +203,26 @@ def ablate(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] 
     site, axes = resolve_axes(model, concept, axes, site)
     point = surgery_point(model, site)
     width = point.site_width
-    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width,
-                                                shrink=False)
+    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width, shrink=False)
     new = copy.deepcopy(model)
     changes = point.prepare(new) if point.prepare is not None else {}
-    new.config = _new_config(model, **changes, concepts=entries, surgery=_record(model, {
-        "op": "ablate", "site": site, "axes": list(axes), "concept": concept, "removed_concepts": dropped,
-        "modified_concepts": modified, "width": width}))
+    new.config = _new_config(
+        model,
+        **changes,
+        concepts=entries,
+        surgery=_record(
+            model,
+            {
+                "op": "ablate",
+                "site": site,
+                "axes": list(axes),
+                "concept": concept,
+                "removed_concepts": dropped,
+                "modified_concepts": modified,
+                "width": width,
+            },
+        ),
+    )
     new_point = surgery_point(new, site)
     idx = torch.tensor(axes, dtype=torch.long)
     with torch.no_grad():
@@ -211,8 +234,9 @@ def ablate(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] 
     return new
 
 
-def prune(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None,
-          site: str | None = None) -> nn.Module:
+def prune(
+    model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None, site: str | None = None
+) -> nn.Module:
     """A new, narrower model without the axes of ``concept`` (or ``axes``); config width and concept map follow."""
     site, axes = resolve_axes(model, concept, axes, site)
     point = surgery_point(model, site)
@@ -220,11 +244,24 @@ def prune(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] |
         raise StructuredConfigError("surgery.site", point.prune_error)
     width = point.producer.out_features
     keep = torch.tensor([i for i in range(width) if i not in set(axes)], dtype=torch.long)
-    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width,
-                                                shrink=True)
-    config = _new_config(model, **{point.width_attr: len(keep)}, concepts=entries, surgery=_record(model, {
-        "op": "prune", "site": site, "axes": list(axes), "concept": concept, "removed_concepts": dropped,
-        "modified_concepts": modified, "width": width}))
+    entries, dropped, modified = remap_concepts(ConceptMap.of(model), point.sites, axes, width, shrink=True)
+    config = _new_config(
+        model,
+        **{point.width_attr: len(keep)},
+        concepts=entries,
+        surgery=_record(
+            model,
+            {
+                "op": "prune",
+                "site": site,
+                "axes": list(axes),
+                "concept": concept,
+                "removed_concepts": dropped,
+                "modified_concepts": modified,
+                "width": width,
+            },
+        ),
+    )
     names = {id(m): n for n, m in model.named_modules()}
     producer, consumers = names[id(point.producer)], {names[id(c)] for c in point.consumers}
     state = {}
@@ -239,13 +276,21 @@ def prune(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] |
     new.load_state_dict(state, strict=True)
     new.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
     new.train(model.training)
-    logger.info("pruned axes %s of site '%s' (concept %s): width %d -> %d; concepts removed: %s", list(axes), site,
-                concept, width, len(keep), dropped)
+    logger.info(
+        "pruned axes %s of site '%s' (concept %s): width %d -> %d; concepts removed: %s",
+        list(axes),
+        site,
+        concept,
+        width,
+        len(keep),
+        dropped,
+    )
     return new
 
 
-def project_out(model: nn.Module, direction: Sequence[float] | torch.Tensor, *, site: str = "bottleneck",
-                name: str | None = None) -> nn.Module:
+def project_out(
+    model: nn.Module, direction: Sequence[float] | torch.Tensor, *, site: str = "bottleneck", name: str | None = None
+) -> nn.Module:
     """A copy of ``model`` with ``direction`` projected out of the producer's output and the consumers' input.
 
     ``W_p ← (I − vvᵀ) W_p``, ``b_p ← (I − vvᵀ) b_p``, ``W_c ← W_c (I − vvᵀ)``: the post-hoc deletion of a direction
@@ -257,14 +302,18 @@ def project_out(model: nn.Module, direction: Sequence[float] | torch.Tensor, *, 
     width = point.site_width
     v = torch.as_tensor(direction, dtype=torch.float64).flatten()
     if v.numel() != width or not torch.isfinite(v).all() or v.norm() == 0:
-        raise StructuredConfigError("surgery.direction", f"expected a finite non-zero vector of length {width}, "
-                                    f"got {v.tolist()}")
+        raise StructuredConfigError(
+            "surgery.direction", f"expected a finite non-zero vector of length {width}, got {v.tolist()}"
+        )
     v = v / v.norm()
     proj = torch.eye(width, dtype=torch.float64) - torch.outer(v, v)
     new = copy.deepcopy(model)
     changes = point.prepare(new) if point.prepare is not None else {}
-    new.config = _new_config(model, **changes, surgery=_record(model, {"op": "project_out", "site": site,
-                                                                       "direction": v.tolist(), "name": name}))
+    new.config = _new_config(
+        model,
+        **changes,
+        surgery=_record(model, {"op": "project_out", "site": site, "direction": v.tolist(), "name": name}),
+    )
     p = surgery_point(new, site)
     with torch.no_grad():
         for tensor, dim in p.write_slices():
@@ -277,8 +326,9 @@ def project_out(model: nn.Module, direction: Sequence[float] | torch.Tensor, *, 
     return new
 
 
-def apply_surgery(model: nn.Module, spec: SurgerySpec | str, retain_colors: torch.Tensor | None = None,
-                  **heal_kwargs: Any) -> nn.Module:
+def apply_surgery(
+    model: nn.Module, spec: SurgerySpec | str, retain_colors: torch.Tensor | None = None, **heal_kwargs: Any
+) -> nn.Module:
     """Run a :class:`SurgerySpec` (or its string form), healing afterwards when ``spec.heal_steps > 0``."""
     spec = parse_spec(spec) if not isinstance(spec, SurgerySpec) else spec
     if not isinstance(spec, SurgerySpec):
@@ -292,9 +342,19 @@ def apply_surgery(model: nn.Module, spec: SurgerySpec | str, retain_colors: torc
     return new
 
 
-def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 200, lr: float = 3.0e-3,
-         batch_size: int = 64, repulsion_weight: float = 1.0e-2, repulsion_power: float = 100.0,
-         site: str = "bottleneck", trainable: str = "encoder", seed: int = 0) -> nn.Module:
+def heal(
+    model: nn.Module,
+    retain_colors: torch.Tensor | Any,
+    *,
+    steps: int = 200,
+    lr: float = 3.0e-3,
+    batch_size: int = 64,
+    repulsion_weight: float = 1.0e-2,
+    repulsion_power: float = 100.0,
+    site: str = "bottleneck",
+    trainable: str = "encoder",
+    seed: int = 0,
+) -> nn.Module:
     """Close the hole a deletion leaves: briefly fine-tune on *retain* colors only, re-spreading their latents.
 
     After a deletion the samples that lived near the concept are renormalized onto whatever part of the remaining
@@ -325,8 +385,9 @@ def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 20
     """
     colors = torch.as_tensor(retain_colors, dtype=torch.float32)
     if colors.ndim != 2 or colors.shape[-1] != 3 or len(colors) == 0:
-        raise StructuredConfigError("heal.retain_colors",
-                                    f"expected a non-empty (N, 3) tensor, got {tuple(colors.shape)}")
+        raise StructuredConfigError(
+            "heal.retain_colors", f"expected a non-empty (N, 3) tensor, got {tuple(colors.shape)}"
+        )
     new = copy.deepcopy(model)
     new.train()
     if trainable == "all":
@@ -335,8 +396,9 @@ def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 20
         params = [p for n, p in new.named_parameters() if n.startswith(f"{trainable}.")]
         if not params:
             top = sorted({n.split(".")[0] for n, _ in new.named_parameters()})
-            raise StructuredConfigError("heal.trainable",
-                                        f"no parameters under '{trainable}'; expected 'all' or one of {top}")
+            raise StructuredConfigError(
+                "heal.trainable", f"no parameters under '{trainable}'; expected 'all' or one of {top}"
+            )
     for p in new.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -356,11 +418,33 @@ def heal(model: nn.Module, retain_colors: torch.Tensor | Any, *, steps: int = 20
     for p in new.parameters():
         p.requires_grad_(True)
     new.eval()
-    new.config = _new_config(new, surgery=_record(model, {
-        "op": "heal", "site": site, "steps": steps, "lr": lr, "repulsion_weight": repulsion_weight,
-        "trainable": trainable, "retain_colors": len(colors)}))
+    new.config = _new_config(
+        new,
+        surgery=_record(
+            model,
+            {
+                "op": "heal",
+                "site": site,
+                "steps": steps,
+                "lr": lr,
+                "repulsion_weight": repulsion_weight,
+                "trainable": trainable,
+                "retain_colors": len(colors),
+            },
+        ),
+    )
     return new
 
 
-__all__ = ["SurgeryPoint", "ablate", "apply_surgery", "heal", "project_out", "prune", "register_surgery_adapter",
-           "remap_concepts", "resolve_axes", "surgery_point"]
+__all__ = [
+    "SurgeryPoint",
+    "ablate",
+    "apply_surgery",
+    "heal",
+    "project_out",
+    "prune",
+    "register_surgery_adapter",
+    "remap_concepts",
+    "resolve_axes",
+    "surgery_point",
+]

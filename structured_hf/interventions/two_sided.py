@@ -44,9 +44,15 @@ def deepest_site(model: nn.Module, site: str) -> str:
     return f"layers.{max(depths)}.residual_post" if depths else site
 
 
-def channel_slices(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None,
-                   site: str | None = None, side: str = "both", depth: str = "site"
-                   ) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+def channel_slices(
+    model: nn.Module,
+    concept: str | None = None,
+    *,
+    axes: Sequence[int] | None = None,
+    site: str | None = None,
+    side: str = "both",
+    depth: str = "site",
+) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
     """The ``(parameter, dim, axis index)`` slices that write and/or read a concept's axes.
 
     Args:
@@ -78,8 +84,14 @@ def channel_slices(model: nn.Module, concept: str | None = None, *, axes: Sequen
     return unique
 
 
-def two_sided_cut(model: nn.Module, concept: str | None = None, *, axes: Sequence[int] | None = None,
-                  site: str | None = None, later_writers: bool = False) -> nn.Module:
+def two_sided_cut(
+    model: nn.Module,
+    concept: str | None = None,
+    *,
+    axes: Sequence[int] | None = None,
+    site: str | None = None,
+    later_writers: bool = False,
+) -> nn.Module:
     """A copy of ``model`` with the concept's axes zeroed in its writers up to the site (``ablate``) *and* in every
     reader at every depth; with ``later_writers`` also in the writers after the site, so the axes are zero throughout
     the stream. The concept map drops the concept as ``ablate`` does; ``config.surgery`` records both steps."""
@@ -89,10 +101,22 @@ def two_sided_cut(model: nn.Module, concept: str | None = None, *, axes: Sequenc
     with torch.no_grad():
         for tensor, dim, idx in slices:
             tensor.index_fill_(dim, idx.to(tensor.device), 0.0)
-    new.config = _new_config(new, surgery=_record(new, {"op": "two_sided_cut", "site": site, "axes": list(axes),
-                                                        "concept": concept, "later_writers": later_writers}))
-    logger.info("two-sided cut of axes %s at '%s' (concept %s): %d slices zeroed", list(axes), site, concept,
-                len(slices))
+    new.config = _new_config(
+        new,
+        surgery=_record(
+            new,
+            {
+                "op": "two_sided_cut",
+                "site": site,
+                "axes": list(axes),
+                "concept": concept,
+                "later_writers": later_writers,
+            },
+        ),
+    )
+    logger.info(
+        "two-sided cut of axes %s at '%s' (concept %s): %d slices zeroed", list(axes), site, concept, len(slices)
+    )
     return new
 
 

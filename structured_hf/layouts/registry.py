@@ -26,9 +26,12 @@ def layout_for(config: Any) -> Layout:
     config = getattr(config, "config", config)
     model_type = getattr(config, "model_type", None)
     if model_type not in _LAYOUTS:
-        raise StructuredConfigError("model_type", f"no structured_hf layout for model_type {model_type!r}; "
-                                    f"supported: {supported_model_types()}. Declare one with "
-                                    "structured_hf.layouts.register_layout(Layout(...)) (see docs/pretrained.md)")
+        raise StructuredConfigError(
+            "model_type",
+            f"no structured_hf layout for model_type {model_type!r}; "
+            f"supported: {supported_model_types()}. Declare one with "
+            "structured_hf.layouts.register_layout(Layout(...)) (see docs/pretrained.md)",
+        )
     return _LAYOUTS[model_type]
 
 

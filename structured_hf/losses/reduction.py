@@ -33,8 +33,12 @@ def selective_mean(
         denominator: the normaliser to use instead of this batch's ``Σ w_i`` (e.g. the window total).
     """
     total = selective_sum(per_sample, weights)
-    if (isinstance(denominator, (int, float)) and denominator > 0 and total.device.type == "cpu"
-            and total.dtype in (torch.float32, torch.float64)):
+    if (
+        isinstance(denominator, (int, float))
+        and denominator > 0
+        and total.device.type == "cpu"
+        and total.dtype in (torch.float32, torch.float64)
+    ):
         # Fast path for the trainer's window totals (a positive Python number): the same division as the general
         # path below (for float32/64 CPU divides by a scalar, it does not multiply by its reciprocal as it does for
         # half types and on GPU), without the tensor constructions and where() calls.

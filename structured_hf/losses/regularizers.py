@@ -52,8 +52,9 @@ def _constant(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 
 def _unit_direction(concept: ConceptSpec, x: torch.Tensor) -> torch.Tensor:
-    return _constant(("unit", concept, x.dtype, x.device),
-                     lambda: concept.unit_direction(dtype=x.dtype, device=x.device))
+    return _constant(
+        ("unit", concept, x.dtype, x.device), lambda: concept.unit_direction(dtype=x.dtype, device=x.device)
+    )
 
 
 def _axis_index(concept: ConceptSpec, x: torch.Tensor, inside: bool) -> torch.Tensor:
@@ -167,8 +168,12 @@ def euclidean_repulsion(x: torch.Tensor, concept: ConceptSpec | None = None) -> 
     return inv.sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-def deletion_target(x: torch.Tensor, concept: ConceptSpec, readout: Callable[[torch.Tensor], torch.Tensor],
-                    target: str | Sequence[float] = "black") -> torch.Tensor:
+def deletion_target(
+    x: torch.Tensor,
+    concept: ConceptSpec,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    target: str | Sequence[float] = "black",
+) -> torch.Tensor:
     """``mean((readout(x) − t)²)``: what the model will output for the sample once the concept's axes are deleted,
     pulled toward the color ``t`` (a name or an RGB triple), or with ``target: unchanged`` toward what the model
     outputs for it now (``readout.intact(x)``, held fixed): "deleting this concept leaves these samples alone".
@@ -182,9 +187,10 @@ def deletion_target(x: torch.Tensor, concept: ConceptSpec, readout: Callable[[to
     if isinstance(target, str) and target == UNCHANGED:
         # Detached: the term moves the deleted path toward today's output, not today's output toward the deleted one.
         return (readout(x) - readout.intact(x).detach()).square().mean(-1)
-    t = _constant(("target", _target_key(target), x.dtype, x.device),
-                  lambda: torch.as_tensor(resolve_colors([target], "params.target")[0], dtype=x.dtype,
-                                          device=x.device))
+    t = _constant(
+        ("target", _target_key(target), x.dtype, x.device),
+        lambda: torch.as_tensor(resolve_colors([target], "params.target")[0], dtype=x.dtype, device=x.device),
+    )
     return (readout(x) - t).square().mean(-1)
 
 
@@ -241,8 +247,9 @@ def check_loss_params(field_name: str, loss: str, params: Mapping[str, object]) 
     declared = LOSSES[loss].params
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise StructuredConfigError(field_name, f"loss '{loss}' has no parameter(s) {unknown}; it takes "
-                                                f"{sorted(declared) or 'none'}")
+        raise StructuredConfigError(
+            field_name, f"loss '{loss}' has no parameter(s) {unknown}; it takes {sorted(declared) or 'none'}"
+        )
     for name, value in params.items():
         declared[name].check(f"{field_name}.{name}", value)
 
@@ -258,7 +265,9 @@ LOSSES: dict[str, LossInfo] = {
     "angular_subspace": LossInfo(angular_subspace, "axes"),
     "anti_subspace": LossInfo(anti_subspace, "axes", params=_RELATIVE),
     # power > 0: at 0 every pair repels equally (a constant), below 0 far pairs would repel most.
-    "angular_repulsion": LossInfo(angular_repulsion, None, batch_coupled=True, params={"power": Param("float", positive=True)}),
+    "angular_repulsion": LossInfo(
+        angular_repulsion, None, batch_coupled=True, params={"power": Param("float", positive=True)}
+    ),
     "euclidean_repulsion": LossInfo(euclidean_repulsion, None, batch_coupled=True),
     "deletion_target": LossInfo(deletion_target, "axes", needs_readout=True, params={"target": Param("color")}),
 }

@@ -4,5 +4,11 @@ from .color_autoencoder import ColorAutoencoderConfig, ColorAutoencoderModel
 from .color_transformer import ColorTransformerConfig, ColorTransformerModel
 from .structured_gpt import StructuredGPTConfig, StructuredGPTForCausalLM
 
-__all__ = ["ColorAutoencoderConfig", "ColorAutoencoderModel", "ColorTransformerConfig", "ColorTransformerModel",
-           "StructuredGPTConfig", "StructuredGPTForCausalLM"]
+__all__ = [
+    "ColorAutoencoderConfig",
+    "ColorAutoencoderModel",
+    "ColorTransformerConfig",
+    "ColorTransformerModel",
+    "StructuredGPTConfig",
+    "StructuredGPTForCausalLM",
+]

@@ -45,8 +45,9 @@ class SiteAttention(nn.Module):
         self.q_site = ActivationSite(f"layers.{layer}.attn.q", width)
         self.k_site = ActivationSite(f"layers.{layer}.attn.k", width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False, cache=None
+    ) -> torch.Tensor:
         """``x`` (B, T, D); ``mask`` boolean, broadcastable to (B, H, T, S); ``cache`` a transformers ``Cache``."""
         B, T, D = x.shape
         H = self.num_heads
@@ -56,8 +57,9 @@ class SiteAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer)  # (B, H, S, d) with S = past + T
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                           dropout_p=drop)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, dropout_p=drop
+        )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
 
 

@@ -16,5 +16,20 @@ from .common import num_blocks, unwrap
 from .sites import attach_sites, check_concepts, detach_sites, set_concepts
 from .surgery import pretrained_surgery_point
 
-__all__ = ["attach_sites", "cache_root", "check_trainable", "load_causal_lm", "resolve_pretrained", "cached_gguf_folder", "check_concepts", "convert_gguf", "detach_sites",
-           "num_blocks", "pretrained_surgery_point", "set_concepts", "smollm2_folder", "smollm2_gguf", "unwrap"]
+__all__ = [
+    "attach_sites",
+    "cache_root",
+    "check_trainable",
+    "load_causal_lm",
+    "resolve_pretrained",
+    "cached_gguf_folder",
+    "check_concepts",
+    "convert_gguf",
+    "detach_sites",
+    "num_blocks",
+    "pretrained_surgery_point",
+    "set_concepts",
+    "smollm2_folder",
+    "smollm2_gguf",
+    "unwrap",
+]

@@ -25,8 +25,7 @@ CONCEPTS_FILE = "structured_concepts.json"
 def save_adapter_concepts(folder: str | Path, concepts: Any, base_model: str) -> Path:
     """Write the concept map (and the base model it applies to) beside an adapter saved in ``folder``."""
     path = Path(folder) / CONCEPTS_FILE
-    path.write_text(json.dumps({"concepts": ConceptMap.parse(concepts).to_list(), "base_model": base_model},
-                               indent=2))
+    path.write_text(json.dumps({"concepts": ConceptMap.parse(concepts).to_list(), "base_model": base_model}, indent=2))
     return path
 
 
@@ -39,8 +38,9 @@ def read_adapter_concepts(folder: str | Path) -> dict[str, Any]:
     return entry
 
 
-def load_adapter(folder: str | Path, base_model: str | None = None, merge: bool = True, dtype: str | None = None
-                 ) -> tuple[nn.Module, Any]:
+def load_adapter(
+    folder: str | Path, base_model: str | None = None, merge: bool = True, dtype: str | None = None
+) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)``: the base model (``base_model`` or the one recorded beside the adapter) with the LoRA
     adapter of ``folder``, merged unless ``merge=False``, sites attached and the concept map restored."""
     from peft import PeftModel  # optional dependency: only adapters need it

@@ -28,8 +28,11 @@ def check_site_name(model: nn.Module, site: str, field: str = "site") -> None:
     match = _SITE_RE.match(site)
     n = num_blocks(model)
     if match is not None and int(match.group(1)) >= n:
-        raise StructuredConfigError(field, f"site '{site}' names block {match.group(1)}, past the last block: "
-                                    f"the model has {n} blocks (layers.0 .. layers.{n - 1})")
+        raise StructuredConfigError(
+            field,
+            f"site '{site}' names block {match.group(1)}, past the last block: "
+            f"the model has {n} blocks (layers.0 .. layers.{n - 1})",
+        )
 
 
 __all__ = ["check_site_name", "num_blocks", "unwrap"]

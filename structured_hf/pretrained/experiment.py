@@ -54,8 +54,14 @@ def _train_and_save(recipe: Recipe, callbacks: list, run: Any = None) -> tuple[A
     return trainer, result, runtime
 
 
-def run_pretrained_experiment(recipe: Recipe, run: Any = None, figures: bool = True, animation: bool = True,
-                              evaluate: bool = True, train_and_save: Callable | None = None) -> dict[str, Any]:
+def run_pretrained_experiment(
+    recipe: Recipe,
+    run: Any = None,
+    figures: bool = True,
+    animation: bool = True,
+    evaluate: bool = True,
+    train_and_save: Callable | None = None,
+) -> dict[str, Any]:
     """Fine-tune the recipe's pretrained model with its anchoring terms, save it and evaluate it (main process).
 
     ``train_and_save(recipe, callbacks, run) -> (trainer, train result, seconds)`` is the experiment runner's (run
@@ -77,12 +83,23 @@ def run_pretrained_experiment(recipe: Recipe, run: Any = None, figures: bool = T
         model = attach_sites(model.merge_and_unload())  # deletion and evaluation edit plain weights
     steps = trainer.state.global_step
     block = len(trainer.train_dataset[0]["input_ids"])
-    tokens = steps * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps \
-        * trainer.args.world_size * block
+    tokens = (
+        steps
+        * trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size
+        * block
+    )
     metrics: dict[str, Any] = {
-        "eval_loss": eval_loss, "eval_perplexity": math.exp(eval_loss), "train_runtime_s": runtime,
-        "train_steps": steps, "train_tokens": tokens, "train_tokens_per_second": tokens / runtime,
-        "train_loss": result.training_loss, "lora": lora, "seed": recipe.seed,
+        "eval_loss": eval_loss,
+        "eval_perplexity": math.exp(eval_loss),
+        "train_runtime_s": runtime,
+        "train_steps": steps,
+        "train_tokens": tokens,
+        "train_tokens_per_second": tokens / runtime,
+        "train_loss": result.training_loss,
+        "lora": lora,
+        "seed": recipe.seed,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -22,8 +22,9 @@ def resolve_pretrained(source: str, field: str = "model.pretrained") -> str:
     """A loadable folder or Hub id for ``source``: aliases and ``.gguf`` files become converted cached folders; a
     path that does not exist is an error naming it (a bare ``org/name`` is left to the Hub)."""
     if not isinstance(source, str) or not source:
-        raise StructuredConfigError(field, f"expected a folder, a .gguf file, a Hub id or one of {sorted(ALIASES)}, "
-                                    f"got {source!r}")
+        raise StructuredConfigError(
+            field, f"expected a folder, a .gguf file, a Hub id or one of {sorted(ALIASES)}, got {source!r}"
+        )
     if source in ALIASES:
         return str(ALIASES[source]())
     path = Path(source).expanduser()
@@ -69,10 +70,13 @@ def check_trainable(model: nn.Module, field: str = "model.pretrained") -> None:
     quant = getattr(base.config, "quantization_config", None)
     if quant is not None or getattr(base, "hf_quantizer", None) is not None or getattr(base, "is_quantized", False):
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-        raise StructuredConfigError(field, f"the model is still quantized (quantization_config: {method or quant!r}); "
-                                    "training needs ordinary weights: convert it first "
-                                    "(structured_hf.pretrained.convert_gguf(file, folder), or give the .gguf file as "
-                                    "`pretrained:`, which converts and caches it)")
+        raise StructuredConfigError(
+            field,
+            f"the model is still quantized (quantization_config: {method or quant!r}); "
+            "training needs ordinary weights: convert it first "
+            "(structured_hf.pretrained.convert_gguf(file, folder), or give the .gguf file as "
+            "`pretrained:`, which converts and caches it)",
+        )
 
 
 __all__ = ["ALIASES", "check_trainable", "dtype_of", "load_causal_lm", "resolve_pretrained"]

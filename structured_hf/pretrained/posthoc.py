@@ -45,54 +45,97 @@ def balanced_chunks(chunks: datasets.Dataset, concept: str, limit: int | None) -
         return chunks
     column = PROB_PREFIX + concept
     if column not in chunks.column_names:
-        raise StructuredConfigError("concept", f"no '{column}' column; the data has "
-                                    f"{[c for c in chunks.column_names if c.startswith(PROB_PREFIX)]}")
-    probs = np.stack([np.asarray(chunks[c], dtype=np.float64) for c in chunks.column_names
-                      if c.startswith(PROB_PREFIX)])
+        raise StructuredConfigError(
+            "concept",
+            f"no '{column}' column; the data has {[c for c in chunks.column_names if c.startswith(PROB_PREFIX)]}",
+        )
+    probs = np.stack(
+        [np.asarray(chunks[c], dtype=np.float64) for c in chunks.column_names if c.startswith(PROB_PREFIX)]
+    )
     own = np.asarray(chunks[column], dtype=np.float64)
     forget = np.flatnonzero(own >= FORGET_THRESHOLD)[:limit]
     retain = np.flatnonzero(np.all(probs < RETAIN_THRESHOLD, axis=0))[:limit]
     return chunks.select(sorted(np.concatenate([forget, retain]).tolist()))
 
 
-def posthoc_direction(model: nn.Module, tokenizer: Any, train_chunks: datasets.Dataset, concept: str, site: str,
-                      max_chunks: int = 256, batch_size: int = 16) -> torch.Tensor:
+def posthoc_direction(
+    model: nn.Module,
+    tokenizer: Any,
+    train_chunks: datasets.Dataset,
+    concept: str,
+    site: str,
+    max_chunks: int = 256,
+    batch_size: int = 16,
+) -> torch.Tensor:
     """Unit mean-difference direction at ``site`` from the first ``max_chunks`` forget and retain training chunks."""
     sets = heldout_sets(train_chunks, [concept])
-    return mean_difference_direction(model, tokenizer, sets[f"forget:{concept}"][:max_chunks],
-                                     sets["retain"][:max_chunks], site, batch_size)
+    return mean_difference_direction(
+        model, tokenizer, sets[f"forget:{concept}"][:max_chunks], sets["retain"][:max_chunks], site, batch_size
+    )
 
 
 def posthoc_concept(model: nn.Module, concept: str, site: str, direction: torch.Tensor) -> None:
     """Record the post-hoc direction as a concept of the model's map (so ``suppress(model, concept)`` works and the
     map travels with a saved copy)."""
     others = [c.to_dict() for c in ConceptMap.of(model) if c.name != concept]
-    set_concepts(model, others + [{"name": concept, "site": site, "direction": direction.tolist(),
-                                   "description": "post-hoc mean-difference direction (never anchored)"}])
+    set_concepts(
+        model,
+        others
+        + [
+            {
+                "name": concept,
+                "site": site,
+                "direction": direction.tolist(),
+                "description": "post-hoc mean-difference direction (never anchored)",
+            }
+        ],
+    )
 
 
-def posthoc_variants(model: nn.Module, concept: str, site: str, direction: torch.Tensor
-                     ) -> list[tuple[str, nn.Module, Sequence[Any]]]:
+def posthoc_variants(
+    model: nn.Module, concept: str, site: str, direction: torch.Tensor
+) -> list[tuple[str, nn.Module, Sequence[Any]]]:
     """``baseline``, ``suppress:<c>`` (the direction at inference time) and ``project:<c>`` (out of every writer)."""
     vector = tuple(float(x) for x in direction)
-    return [("baseline", model, []),
-            (f"suppress:{concept}", model, [InterventionSpec("suppress", site=site, vector=vector)]),
-            (f"project:{concept}", project_out(model, direction, site=site, name=f"{concept} (mean difference)"), [])]
+    return [
+        ("baseline", model, []),
+        (f"suppress:{concept}", model, [InterventionSpec("suppress", site=site, vector=vector)]),
+        (f"project:{concept}", project_out(model, direction, site=site, name=f"{concept} (mean difference)"), []),
+    ]
 
 
-def posthoc_evaluation(model: nn.Module, tokenizer: Any, chunks: datasets.DatasetDict, concept: str, site: str,
-                       direction_chunks: int = 256, eval_chunks: int | None = None, batch_size: int = 16,
-                       prompts: Sequence[str] = ()) -> dict[str, Any]:
+def posthoc_evaluation(
+    model: nn.Module,
+    tokenizer: Any,
+    chunks: datasets.DatasetDict,
+    concept: str,
+    site: str,
+    direction_chunks: int = 256,
+    eval_chunks: int | None = None,
+    batch_size: int = 16,
+    prompts: Sequence[str] = (),
+) -> dict[str, Any]:
     """Find the direction on the training split, then forget/retain losses of baseline / suppress / project on the
     test split (``eval_chunks`` forget and retain chunks each; all when None). The model gets the direction as the
     concept ``concept`` of its map."""
     direction = posthoc_direction(model, tokenizer, chunks["train"], concept, site, direction_chunks, batch_size)
     posthoc_concept(model, concept, site, direction)
     test = balanced_chunks(chunks["test"], concept, eval_chunks)
-    report = evaluate_language_model(model, tokenizer, test, concepts=[concept], batch_size=batch_size,
-                                     variants=posthoc_variants(model, concept, site, direction), prompts=prompts)
-    report["direction"] = {"concept": concept, "site": site, "vector": direction.tolist(),
-                           "chunks_per_set": direction_chunks}
+    report = evaluate_language_model(
+        model,
+        tokenizer,
+        test,
+        concepts=[concept],
+        batch_size=batch_size,
+        variants=posthoc_variants(model, concept, site, direction),
+        prompts=prompts,
+    )
+    report["direction"] = {
+        "concept": concept,
+        "site": site,
+        "vector": direction.tolist(),
+        "chunks_per_set": direction_chunks,
+    }
     return report
 
 

@@ -48,8 +48,16 @@ logger = logging.getLogger(__name__)
 
 PRETRAINED_KEYS = {"type", "pretrained", "dtype", "trainable_blocks", "concepts", "peft"}
 # LoraConfig fields a recipe may set (task_type is always CAUSAL_LM).
-PEFT_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "modules_to_save",
-             "init_lora_weights"}
+PEFT_KEYS = {
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "bias",
+    "use_rslora",
+    "modules_to_save",
+    "init_lora_weights",
+}
 EMBEDDING_SITE = "layers.0.residual_pre"
 
 
@@ -66,8 +74,9 @@ class PretrainedSpec:
     @classmethod
     def from_dict(cls, model: Mapping[str, Any]) -> PretrainedSpec:
         if model.get("type", "pretrained") != "pretrained":
-            raise StructuredConfigError("model.type", f"a model with `pretrained:` is type 'pretrained', got "
-                                        f"{model.get('type')!r}")
+            raise StructuredConfigError(
+                "model.type", f"a model with `pretrained:` is type 'pretrained', got {model.get('type')!r}"
+            )
         check_keys("model", model, PRETRAINED_KEYS, context="for a pretrained model")
         source = model.get("pretrained")
         if not isinstance(source, str) or not source:
@@ -75,22 +84,30 @@ class PretrainedSpec:
         dtype = model.get("dtype", "float32")
         dtype_of(dtype)
         blocks = model.get("trainable_blocks")
-        if blocks is not None and (not isinstance(blocks, list) or not blocks or not all(
-                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)):
-            raise StructuredConfigError("model.trainable_blocks", f"expected a non-empty list of block indices, "
-                                        f"got {blocks!r}")
+        if blocks is not None and (
+            not isinstance(blocks, list)
+            or not blocks
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
+        ):
+            raise StructuredConfigError(
+                "model.trainable_blocks", f"expected a non-empty list of block indices, got {blocks!r}"
+            )
         concepts = model.get("concepts") or []
         if not isinstance(concepts, list):
             raise StructuredConfigError("model.concepts", f"expected a list of concepts, got {concepts!r}")
         peft = model.get("peft")
         if peft is not None:
             check_keys("model.peft", peft, PEFT_KEYS, "LoraConfig fields")
-        return cls(source=source, dtype=dtype, trainable_blocks=None if blocks is None else tuple(blocks),
-                   concepts=tuple(dict(c) for c in concepts), peft=None if peft is None else dict(peft))
+        return cls(
+            source=source,
+            dtype=dtype,
+            trainable_blocks=None if blocks is None else tuple(blocks),
+            concepts=tuple(dict(c) for c in concepts),
+            peft=None if peft is None else dict(peft),
+        )
 
 
-def validate_pretrained_data(data: Mapping[str, Any], regularizers: Sequence[Any],
-                             routes: Sequence[Any]) -> LMDataSpec:
+def validate_pretrained_data(data: Mapping[str, Any], regularizers: Sequence[Any], routes: Sequence[Any]) -> LMDataSpec:
     """The data section (no ``tokenizer``: the model brings its own) and the labels its terms name."""
     if "tokenizer" in data:
         raise StructuredConfigError("data.tokenizer", "a pretrained model uses its own tokenizer; remove this key")
@@ -107,17 +124,25 @@ def check_peft_targets(model: nn.Module, targets: Any) -> None:
         return
     if isinstance(targets, str):  # peft: a regex matched against full module names
         if not any(re.fullmatch(targets, n) for n in names):
-            raise StructuredConfigError("model.peft.target_modules", f"the pattern {targets!r} matches no module of "
-                                        f"{type(model).__name__}")
+            raise StructuredConfigError(
+                "model.peft.target_modules", f"the pattern {targets!r} matches no module of {type(model).__name__}"
+            )
         return
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise StructuredConfigError("model.peft.target_modules", f"expected a list of module names, got {targets!r}")
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
-        raise StructuredConfigError("model.peft.target_modules", f"no module named {missing} in "
-                                    f"{type(model).__name__}; its projections are {leaves}")
+        leaves = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+            }
+        )
+        raise StructuredConfigError(
+            "model.peft.target_modules",
+            f"no module named {missing} in {type(model).__name__}; its projections are {leaves}",
+        )
 
 
 def _embedding_modules(model: nn.Module) -> list[str]:
@@ -150,8 +175,10 @@ def _freeze_to_blocks(model: nn.Module, blocks: Sequence[int], embeddings: bool)
             get_path(model, name).requires_grad_(True)
 
 
-def build_pretrained_model(spec: PretrainedSpec, regularizers: Sequence[Any] = (),
-                           ) -> tuple[nn.Module, Any, dict[str, Any]]:
+def build_pretrained_model(
+    spec: PretrainedSpec,
+    regularizers: Sequence[Any] = (),
+) -> tuple[nn.Module, Any, dict[str, Any]]:
     """``(model, tokenizer, notes)``: loaded, checked trainable, sites and concept map attached, blocks frozen or a
     LoRA adapter added. ``notes`` records what was decided for the user (e.g. embeddings made trainable)."""
     model, tokenizer = load_causal_lm(spec.source, spec.dtype)
@@ -161,8 +188,10 @@ def build_pretrained_model(spec: PretrainedSpec, regularizers: Sequence[Any] = (
     attach_sites(model, concepts=list(spec.concepts))
     n = len(get_path(model, layout_for(model.config).blocks))
     if spec.trainable_blocks is not None and max(spec.trainable_blocks) >= n:
-        raise StructuredConfigError("model.trainable_blocks", f"block {max(spec.trainable_blocks)} is past the last "
-                                    f"block: the model has {n} (0 .. {n - 1})")
+        raise StructuredConfigError(
+            "model.trainable_blocks",
+            f"block {max(spec.trainable_blocks)} is past the last block: the model has {n} (0 .. {n - 1})",
+        )
     needs_embeddings = any(r.site == EMBEDDING_SITE for r in regularizers if r.site is not None)
     notes: dict[str, Any] = {}
     if spec.peft is None:
@@ -181,8 +210,10 @@ def build_pretrained_model(spec: PretrainedSpec, regularizers: Sequence[Any] = (
         _untie_embeddings(model)
         extra = _embedding_modules(model)
         peft_args["modules_to_save"] = sorted(set(peft_args.get("modules_to_save") or []) | set(extra))
-        notes["trainable_embeddings"] = (f"a regularizer acts at {EMBEDDING_SITE}, which only the embeddings write: "
-                                         f"{extra} train in full (saved with the adapter), untied from the head")
+        notes["trainable_embeddings"] = (
+            f"a regularizer acts at {EMBEDDING_SITE}, which only the embeddings write: "
+            f"{extra} train in full (saved with the adapter), untied from the head"
+        )
         logger.warning("LoRA: %s", notes["trainable_embeddings"])
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **peft_args))
     register_surgery_adapter(type(peft_model), pretrained_surgery_point)  # it says "merge first"
@@ -195,21 +226,39 @@ def build_pretrained_model(spec: PretrainedSpec, regularizers: Sequence[Any] = (
 _BLOCKS_CACHE: dict[str, tuple[datasets.DatasetDict, datasets.DatasetDict]] = {}
 
 
-def build_pretrained_data(data: Mapping[str, Any], tokenizer: Any, progress: bool = False
-                          ) -> tuple[datasets.DatasetDict, datasets.DatasetDict]:
+def build_pretrained_data(
+    data: Mapping[str, Any], tokenizer: Any, progress: bool = False
+) -> tuple[datasets.DatasetDict, datasets.DatasetDict]:
     """``(chunks, blocks)``: labelled (filtered) chunks, cut into blocks with the model's tokenizer."""
     spec = LMDataSpec.from_dict({k: v for k, v in data.items() if k in LM_DATA_KEYS})
-    key = json.dumps([dataclasses.asdict(spec), tokenizer.name_or_path, len(tokenizer), tokenizer.bos_token_id,
-                      tokenizer.eos_token_id, tokenizer.pad_token_id], sort_keys=True, default=str)
+    key = json.dumps(
+        [
+            dataclasses.asdict(spec),
+            tokenizer.name_or_path,
+            len(tokenizer),
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     if key in _BLOCKS_CACHE:
         return _BLOCKS_CACHE[key]
     chunks = filter_chunks(labelled_chunks(spec, progress), spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
         raise StructuredConfigError("data", "the training split is empty (after filtering)")
-    blocks = tokenize_blocks(chunks, tokenizer, block_size=spec.block_size, scope_spans=spec.scope_spans(),
-                             scope_mode=spec.scope_mode, scope_window=spec.scope_window)
-    blocks = datasets.DatasetDict({s: b.remove_columns([c for c in ("id",) if c in b.column_names])
-                                   for s, b in blocks.items()})
+    blocks = tokenize_blocks(
+        chunks,
+        tokenizer,
+        block_size=spec.block_size,
+        scope_spans=spec.scope_spans(),
+        scope_mode=spec.scope_mode,
+        scope_window=spec.scope_window,
+    )
+    blocks = datasets.DatasetDict(
+        {s: b.remove_columns([c for c in ("id",) if c in b.column_names]) for s, b in blocks.items()}
+    )
     _BLOCKS_CACHE.clear()
     _BLOCKS_CACHE[key] = (chunks, blocks)
     return chunks, blocks
@@ -224,8 +273,9 @@ def spec_summary(spec: PretrainedSpec) -> dict[str, Any]:
 
 
 # ---- what training/recipe.py dispatches to for `model: {pretrained: ...}` -----------------------------------------
-def validate_pretrained_recipe(model: Mapping[str, Any], data: Mapping[str, Any],
-                               regularizers: Sequence[Any], routes: Sequence[Any]) -> None:
+def validate_pretrained_recipe(
+    model: Mapping[str, Any], data: Mapping[str, Any], regularizers: Sequence[Any], routes: Sequence[Any]
+) -> None:
     """Everything that can be checked without loading the model (which may be a Hub id, offline)."""
     spec = PretrainedSpec.from_dict(model)
     ConceptMap.parse(list(spec.concepts), "model.concepts")
@@ -249,8 +299,7 @@ class PretrainedCausalLM:
         return attach_sites(AutoModelForCausalLM.from_config(config), concepts=getattr(config, "concepts", None) or [])
 
 
-def pretrained_datasets(model: Mapping[str, Any], data: Mapping[str, Any]
-                        ) -> tuple[datasets.Dataset, datasets.Dataset]:
+def pretrained_datasets(model: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train and validation blocks of a pretrained recipe (tokenized with the model's tokenizer)."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(PretrainedSpec.from_dict(model).source))
     if tokenizer.pad_token_id is None:
@@ -259,8 +308,9 @@ def pretrained_datasets(model: Mapping[str, Any], data: Mapping[str, Any]
     return blocks["train"], blocks["validation"]
 
 
-def build_pretrained_parts(model: Mapping[str, Any], data: Mapping[str, Any], regularizers: Sequence[Any],
-                           labels: Sequence[str]) -> tuple[nn.Module, datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+def build_pretrained_parts(
+    model: Mapping[str, Any], data: Mapping[str, Any], regularizers: Sequence[Any], labels: Sequence[str]
+) -> tuple[nn.Module, datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """``(model, train blocks, validation blocks, trainer kwargs)`` of a pretrained recipe (``regularizers``: the
     parsed specs; ``labels``: the labels they and the routes draw); the kwargs hold the collators and the model's
     tokenizer as ``processing_class`` (saved with the model)."""
@@ -273,7 +323,19 @@ def build_pretrained_parts(model: Mapping[str, Any], data: Mapping[str, Any], re
     return built, blocks["train"], blocks["validation"], kwargs
 
 
-__all__ = ["PEFT_KEYS", "PRETRAINED_KEYS", "PretrainedCausalLM", "PretrainedSpec", "build_pretrained_data",
-           "build_pretrained_model", "build_pretrained_parts", "check_peft_targets", "pretrained_collators",
-           "pretrained_config", "pretrained_datasets", "spec_summary", "validate_pretrained_data",
-           "validate_pretrained_recipe"]
+__all__ = [
+    "PEFT_KEYS",
+    "PRETRAINED_KEYS",
+    "PretrainedCausalLM",
+    "PretrainedSpec",
+    "build_pretrained_data",
+    "build_pretrained_model",
+    "build_pretrained_parts",
+    "check_peft_targets",
+    "pretrained_collators",
+    "pretrained_config",
+    "pretrained_datasets",
+    "spec_summary",
+    "validate_pretrained_data",
+    "validate_pretrained_recipe",
+]

@@ -59,8 +59,11 @@ def _block_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dic
     pre = sites["residual_pre"]
     new = pre(h) if _active(pre) else h
     attention = module.__dict__.get("_structured_attention")
-    if attention is not None and "residual_mid" in attention.structured_sites \
-            and _active(attention.structured_sites["residual_mid"]):
+    if (
+        attention is not None
+        and "residual_mid" in attention.structured_sites
+        and _active(attention.structured_sites["residual_mid"])
+    ):
         object.__setattr__(attention, _INPUT, new)  # what the block adds its attention output to
     if new is h:
         return None
@@ -166,29 +169,37 @@ def attach_sites(model: nn.Module, concepts: Iterable[Mapping[str, Any]] | None 
     q_width, k_width = _qk_widths(config)
     mid = layout.has_mid(config)
     for i, block in enumerate(blocks):
-        block.structured_sites = nn.ModuleDict({
-            "residual_pre": ActivationSite(f"layers.{i}.residual_pre", width),
-            "residual_post": ActivationSite(f"layers.{i}.residual_post", width),
-        })
+        block.structured_sites = nn.ModuleDict(
+            {
+                "residual_pre": ActivationSite(f"layers.{i}.residual_pre", width),
+                "residual_post": ActivationSite(f"layers.{i}.residual_post", width),
+            }
+        )
         block.register_forward_pre_hook(_block_pre, with_kwargs=True)
         block.register_forward_hook(_block_post)
         if mid:
             attention = get_path(block, layout.attention)
-            attention.structured_sites = nn.ModuleDict({"residual_mid": ActivationSite(f"layers.{i}.residual_mid",
-                                                                                       width)})
+            attention.structured_sites = nn.ModuleDict(
+                {"residual_mid": ActivationSite(f"layers.{i}.residual_mid", width)}
+            )
             attention.register_forward_hook(_attention_post)
             # A plain reference (not a child module): the block's pre-hook hands the attention its input.
             object.__setattr__(block, "_structured_attention", attention)
         if layout.fused_qkv is not None:
             fused = get_path(block, layout.fused_qkv.proj.path)
-            fused.structured_sites = nn.ModuleDict({"attn_q": ActivationSite(f"layers.{i}.attn.q", width),
-                                                    "attn_k": ActivationSite(f"layers.{i}.attn.k", width)})
+            fused.structured_sites = nn.ModuleDict(
+                {
+                    "attn_q": ActivationSite(f"layers.{i}.attn.q", width),
+                    "attn_k": ActivationSite(f"layers.{i}.attn.k", width),
+                }
+            )
             fused.register_forward_hook(_fused_hook(layout, config))
         else:
             for kind, proj, w in (("attn_q", layout.query, q_width), ("attn_k", layout.key, k_width)):
                 module = get_path(block, proj.path)
-                module.structured_sites = nn.ModuleDict({kind: ActivationSite(f"layers.{i}.{kind.replace('_', '.')}",
-                                                                              w)})
+                module.structured_sites = nn.ModuleDict(
+                    {kind: ActivationSite(f"layers.{i}.{kind.replace('_', '.')}", w)}
+                )
                 module.register_forward_hook(_projection_hook(kind))
     register_surgery_adapter(type(base), pretrained_surgery_point)
     if getattr(config, "concepts", None) is None:
@@ -210,9 +221,11 @@ def check_concepts(model: nn.Module, concepts: Any, field: str = "concepts") -> 
         width = dims.get(concept.site)
         size = len(concept.direction) if concept.direction is not None else None
         if width is not None and size is not None and size != width:
-            raise StructuredConfigError(f"{field}[{i}] ('{concept.name}').direction",
-                                        f"has width {size} but site '{concept.site}' is {width} wide (the model's "
-                                        f"hidden size is {unwrap(model).config.hidden_size})")
+            raise StructuredConfigError(
+                f"{field}[{i}] ('{concept.name}').direction",
+                f"has width {size} but site '{concept.site}' is {width} wide (the model's "
+                f"hidden size is {unwrap(model).config.hidden_size})",
+            )
     return parsed.validate(dims)
 
 

@@ -93,16 +93,25 @@ def _qk_point(block: nn.Module, layout: Layout, config: Any, site: str, which: s
         layer = get_path(block, proj.path)
         width = layer.weight.shape[proj.out_dim]
         writes = _writes(block, proj)
-    return SurgeryPoint(None, (), None, (site,), width=width, writes=tuple(writes),
-                        prune_error=f"'{site}' is a query/key site: pruning would make one head narrower than the "
-                        "others; use ablate (zero the projection's rows)")
+    return SurgeryPoint(
+        None,
+        (),
+        None,
+        (site,),
+        width=width,
+        writes=tuple(writes),
+        prune_error=f"'{site}' is a query/key site: pruning would make one head narrower than the "
+        "others; use ablate (zero the projection's rows)",
+    )
 
 
 def pretrained_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     """Writers and readers of a residual or query/key site of a pretrained model (see the module docstring)."""
     if hasattr(model, "peft_config"):
-        raise StructuredConfigError("surgery", "the model still has a LoRA adapter: merge it first "
-                                    "(model = model.merge_and_unload()), then delete")
+        raise StructuredConfigError(
+            "surgery",
+            "the model still has a LoRA adapter: merge it first (model = model.merge_and_unload()), then delete",
+        )
     base = unwrap(model)
     layout = layout_for(base.config)
     blocks = get_path(base, layout.blocks)
@@ -112,8 +121,11 @@ def pretrained_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
     mid_ok = layout.has_mid(base.config)
     if match is None or (match.group(2) == "residual_mid" and not mid_ok):
         kinds = ["residual_pre", "residual_post", "attn.q", "attn.k"] + (["residual_mid"] if mid_ok else [])
-        raise StructuredConfigError("surgery.site", f"unknown site '{site}' for {type(base).__name__} "
-                                    f"({layout.name} layout); expected layers.{{0..{n - 1}}}.{{{','.join(kinds)}}}")
+        raise StructuredConfigError(
+            "surgery.site",
+            f"unknown site '{site}' for {type(base).__name__} "
+            f"({layout.name} layout); expected layers.{{0..{n - 1}}}.{{{','.join(kinds)}}}",
+        )
     layer, kind = int(match.group(1)), match.group(2)
     if kind.startswith("attn."):
         return _qk_point(blocks[layer], layout, base.config, site, kind[-1])
@@ -135,16 +147,26 @@ def pretrained_surgery_point(model: nn.Module, site: str) -> SurgeryPoint:
         reads += _reads(blocks[i], layout.attn_norm, layout.attn_in)
         if i <= full or mid or parallel:  # parallel blocks' MLP reads the block input too
             reads += _reads(blocks[i], layout.mlp_norm, layout.mlp_in)
-    sites = tuple(f"layers.{i}.residual_post" for i in range(full + 1)) + \
-        (tuple(f"layers.{i}.residual_mid" for i in range(full + 1 + int(mid))) if mid_ok else ()) + \
-        tuple(f"layers.{i}.residual_pre" for i in range(min(full + 2, n)))
+    sites = (
+        tuple(f"layers.{i}.residual_post" for i in range(full + 1))
+        + (tuple(f"layers.{i}.residual_mid" for i in range(full + 1 + int(mid))) if mid_ok else ())
+        + tuple(f"layers.{i}.residual_pre" for i in range(min(full + 2, n)))
+    )
     prepare = None
     if layout.tied is not None and getattr(base.config, layout.tied[0], False) and full + 1 < n:
         prepare = _untie(layout)
-    return SurgeryPoint(None, (), None, sites, width=base.config.hidden_size, writes=tuple(writes),
-                        axis_reads=tuple(reads), prepare=prepare,
-                        prune_error=f"'{site}' is a residual-stream site: pruning would change every norm's "
-                        "statistics and narrow the blocks after the site; use ablate instead")
+    return SurgeryPoint(
+        None,
+        (),
+        None,
+        sites,
+        width=base.config.hidden_size,
+        writes=tuple(writes),
+        axis_reads=tuple(reads),
+        prepare=prepare,
+        prune_error=f"'{site}' is a residual-stream site: pruning would change every norm's "
+        "statistics and narrow the blocks after the site; use ablate instead",
+    )
 
 
 __all__ = ["FusedRows", "pretrained_surgery_point"]

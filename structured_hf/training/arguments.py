@@ -75,23 +75,38 @@ class RegularizerSpec:
         if not isinstance(params, Mapping):
             raise StructuredConfigError(f"{field_name}.params", f"expected a mapping, got {params!r}")
         # Named like the trainer's binding errors: "regularizers[2] ('separate').params".
-        check_loss_params(f"{field_name} ('{entry.get('name') or (f'{loss}:{concept}' if concept else loss)}').params",
-                          loss, params)
+        check_loss_params(
+            f"{field_name} ('{entry.get('name') or (f'{loss}:{concept}' if concept else loss)}').params", loss, params
+        )
         negate = isinstance(label, str) and label.startswith("not:")
         if negate:
-            label = label[len("not:"):].strip()
+            label = label[len("not:") :].strip()
             if not label:
                 raise StructuredConfigError(f"{field_name}.label", "expected 'not:<label>' with a label name")
         positions = entry.get("positions")
-        if positions is not None and (not isinstance(positions, (list, tuple)) or not positions
-                                      or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)):
-            raise StructuredConfigError(f"{field_name}.positions", f"expected a list of token positions, got {positions!r}")
+        if positions is not None and (
+            not isinstance(positions, (list, tuple))
+            or not positions
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+        ):
+            raise StructuredConfigError(
+                f"{field_name}.positions", f"expected a list of token positions, got {positions!r}"
+            )
         name = entry.get("name") or (f"{loss}:{concept}" if concept else loss)
         check_name(f"{field_name}.name", name)
         weight = parse_schedule(entry.get("weight", 1.0), f"{field_name}.weight")
         check_non_negative(weight, f"{field_name}.weight")
-        return cls(name=name, loss=loss, concept=concept, label=label, site=site, weight=weight, params=dict(params),
-                   positions=None if positions is None else tuple(positions), negate_label=negate)
+        return cls(
+            name=name,
+            loss=loss,
+            concept=concept,
+            label=label,
+            site=site,
+            weight=weight,
+            params=dict(params),
+            positions=None if positions is None else tuple(positions),
+            negate_label=negate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form :meth:`from_dict` reads back to an equal spec (defaults left out)."""
@@ -139,8 +154,10 @@ def check_non_negative(schedule: Schedule, field_name: str) -> None:
     for i, value in enumerate(schedule.values):
         if value < 0:
             where = field_name if len(schedule.values) == 1 else f"{field_name}.keys[{i}]"
-            raise StructuredConfigError(where, f"expected a value >= 0, got {value}; a negative weight or learning "
-                                               "rate trains by gradient ascent")
+            raise StructuredConfigError(
+                where,
+                f"expected a value >= 0, got {value}; a negative weight or learning rate trains by gradient ascent",
+            )
 
 
 def parse_reactive(entries: Any, field_name: str = "reactive") -> list[ReactiveRule]:
@@ -148,8 +165,10 @@ def parse_reactive(entries: Any, field_name: str = "reactive") -> list[ReactiveR
         return []
     if not isinstance(entries, (list, tuple)):
         raise StructuredConfigError(field_name, f"expected a list of rules, got {type(entries).__name__}")
-    return [e if isinstance(e, ReactiveRule) else ReactiveRule.from_dict(e, f"{field_name}[{i}]")
-            for i, e in enumerate(entries)]
+    return [
+        e if isinstance(e, ReactiveRule) else ReactiveRule.from_dict(e, f"{field_name}[{i}]")
+        for i, e in enumerate(entries)
+    ]
 
 
 @dataclass
@@ -213,13 +232,17 @@ class AnchoredTrainingArguments(TrainingArguments):
 
 
 def _renamed(args: AnchoredTrainingArguments, old: str, new: str) -> Any:
-    warnings.warn(f"AnchoredTrainingArguments.{old} is deprecated: the `{new}` field holds the parsed specs now",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"AnchoredTrainingArguments.{old} is deprecated: the `{new}` field holds the parsed specs now",
+        FutureWarning,
+        stacklevel=3,
+    )
     return getattr(args, new)
 
 
-def check_spec_names(regularizers: Sequence[RegularizerSpec], routes: Sequence[RouteSpec],
-                     reactive: Sequence[ReactiveRule]) -> None:
+def check_spec_names(
+    regularizers: Sequence[RegularizerSpec], routes: Sequence[RouteSpec], reactive: Sequence[ReactiveRule]
+) -> None:
     """Routes and regularizers share one namespace (schedules and logs address both by name), and a reactive rule
     can only move a parameter that exists."""
     clash = {r.name for r in routes} & {r.name for r in regularizers}
@@ -228,8 +251,10 @@ def check_spec_names(regularizers: Sequence[RegularizerSpec], routes: Sequence[R
     known = {r.name for r in regularizers} | {"reconstruction"}
     for i, rule in enumerate(reactive):
         if rule.parameter not in known:
-            raise StructuredConfigError(f"reactive[{i}].parameter",
-                                        f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}")
+            raise StructuredConfigError(
+                f"reactive[{i}].parameter",
+                f"unknown parameter '{rule.parameter}'; reactive rules can move {sorted(known)}",
+            )
 
 
 def _multi_process_launch_without_accelerator() -> bool:

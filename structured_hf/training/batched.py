@@ -53,22 +53,50 @@ from ..schedules import Schedule
 from .arguments import RegularizerSpec
 from .recipe import MODEL_TYPES, Recipe, build_datasets, model_config, model_type
 
+
 # Families whose models this module can batch (model.type values). A family joins by giving a batched forward.
 def batched_families() -> list[str]:
     """The families that registered ``batched_seeds=True`` (structured_hf.registry)."""
     return sorted(name for name, family in FAMILIES.items() if family.batched_seeds)
+
+
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
 }
 _SITES = ("encoder", "bottleneck")
 # The TrainingArguments this loop honours; any other field set in a recipe's `training:` is either logging/saving
 # (ignored: nothing is written per step) or refused below.
-_IGNORED_TRAINING = {"per_device_eval_batch_size", "logging_nan_inf_filter", "save_strategy",
-                     "eval_strategy", "dataloader_num_workers", "disable_tqdm", "report_to", "logging_first_step",
-                     "save_steps", "eval_steps", "save_total_limit", "dataloader_pin_memory"}
-_USED_TRAINING = {"max_steps", "per_device_train_batch_size", "learning_rate", "weight_decay",
-                  "sample_with_replacement", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
-                  "check_finite", "optim", "logging_steps"}
+_IGNORED_TRAINING = {
+    "per_device_eval_batch_size",
+    "logging_nan_inf_filter",
+    "save_strategy",
+    "eval_strategy",
+    "dataloader_num_workers",
+    "disable_tqdm",
+    "report_to",
+    "logging_first_step",
+    "save_steps",
+    "eval_steps",
+    "save_total_limit",
+    "dataloader_pin_memory",
+}
+_USED_TRAINING = {
+    "max_steps",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "sample_with_replacement",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "check_finite",
+    "optim",
+    "logging_steps",
+}
 
 
 # ---- the batched model --------------------------------------------------------------------------------------------
@@ -91,8 +119,9 @@ class BatchedColorAutoencoder:
         self.config = models[0].config
         self.names = [name for name, _ in models[0].named_parameters()]
         self.n = len(models)
-        stacked = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
-                   for name in self.names}
+        stacked = {
+            name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]) for name in self.names
+        }
         self.flat = torch.cat([t.flatten(1) for t in stacked.values()], dim=1)  # (N, P), a copy
         self.flat_grad = torch.zeros_like(self.flat)
         self.flat.grad = self.flat_grad
@@ -174,40 +203,51 @@ def check_batchable(recipes: Sequence[Recipe]) -> None:
     first = recipes[0]
     kind = model_type(first)
     if not get_family(kind).batched_seeds:
-        raise StructuredConfigError("model.type", f"batched seed training supports {batched_families()}, not "
-                                    f"{kind!r}; run this sweep with --sequential")
+        raise StructuredConfigError(
+            "model.type",
+            f"batched seed training supports {batched_families()}, not {kind!r}; run this sweep with --sequential",
+        )
     for key, why in (("routes", "gradient routing"), ("reactive", "reactive rules")):
         if getattr(first, key):
             raise StructuredConfigError(key, f"batched seed training does not implement {why}; use --sequential")
     if first.data.get("curriculum") is not None:
-        raise StructuredConfigError("data.curriculum", "batched seed training does not implement curricula; use "
-                                    "--sequential")
+        raise StructuredConfigError(
+            "data.curriculum", "batched seed training does not implement curricula; use --sequential"
+        )
     for key, value in first.training.items():
         if key not in _USED_TRAINING | _IGNORED_TRAINING:
-            raise StructuredConfigError(f"training.{key}", "batched seed training does not implement this field; "
-                                        "use --sequential")
+            raise StructuredConfigError(
+                f"training.{key}", "batched seed training does not implement this field; use --sequential"
+            )
         if key == "optim" and value not in ("adamw_torch", "adamw_torch_fused"):
-            raise StructuredConfigError("training.optim", f"batched seed training uses AdamW, got {value!r}; use "
-                                        "--sequential")
+            raise StructuredConfigError(
+                "training.optim", f"batched seed training uses AdamW, got {value!r}; use --sequential"
+            )
     if first.training.get("max_steps", -1) <= 0:
         raise StructuredConfigError("training.max_steps", "batched seed training needs max_steps > 0")
     shared = ("model", "data")
     for i, r in enumerate(recipes[1:], start=1):
         for key in shared:
             if getattr(r, key) != getattr(first, key):
-                raise StructuredConfigError(f"{key} (run {i})", "every run of a batch must share the model and the "
-                                            "data; this one differs from the first")
-        if {k: v for k, v in r.training.items() if k not in _IGNORED_TRAINING} != \
-                {k: v for k, v in first.training.items() if k not in _IGNORED_TRAINING}:
+                raise StructuredConfigError(
+                    f"{key} (run {i})",
+                    "every run of a batch must share the model and the data; this one differs from the first",
+                )
+        if {k: v for k, v in r.training.items() if k not in _IGNORED_TRAINING} != {
+            k: v for k, v in first.training.items() if k not in _IGNORED_TRAINING
+        }:
             raise StructuredConfigError(f"training (run {i})", "every run of a batch must share the training fields")
         if r.schedules.get("learning_rate") != first.schedules.get("learning_rate"):
-            raise StructuredConfigError(f"schedules.learning_rate (run {i})", "one optimizer steps every seed: the "
-                                        "learning-rate schedule must be the same for the whole batch")
+            raise StructuredConfigError(
+                f"schedules.learning_rate (run {i})",
+                "one optimizer steps every seed: the learning-rate schedule must be the same for the whole batch",
+            )
         a = [{k: v for k, v in spec.items() if k != "weight"} for spec in r.regularizers]
         b = [{k: v for k, v in spec.items() if k != "weight"} for spec in first.regularizers]
         if a != b:
-            raise StructuredConfigError(f"regularizers (run {i})", "every run of a batch must have the same "
-                                        "regularizers (weights may differ)")
+            raise StructuredConfigError(
+                f"regularizers (run {i})", "every run of a batch must have the same regularizers (weights may differ)"
+            )
 
 
 def _terms(recipes: Sequence[Recipe], concepts: ConceptMap) -> list[_Term]:
@@ -229,8 +269,9 @@ def _terms(recipes: Sequence[Recipe], concepts: ConceptMap) -> list[_Term]:
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
-def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[list[torch.nn.Module], dict[str, Any]]:
+def train_batched(
+    recipes: Sequence[Recipe], progress: Callable[[int, int], None] | None = None
+) -> tuple[list[torch.nn.Module], dict[str, Any]]:
     """Train every recipe (one per seed) as one batch; returns (models in eval mode, timing info).
 
     The recipes must satisfy :func:`check_batchable` (typically one recipe with different ``seed``s; per-seed
@@ -256,8 +297,10 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     terms_by_name = {t.spec.name: t for t in terms}
     for t in terms:
         if t.spec.label and t.spec.label not in data.label_names:
-            raise StructuredConfigError(f"regularizers.{t.spec.name}.label", f"unknown label '{t.spec.label}'; "
-                                        f"data.labels has {sorted(data.label_names)}")
+            raise StructuredConfigError(
+                f"regularizers.{t.spec.name}.label",
+                f"unknown label '{t.spec.label}'; data.labels has {sorted(data.label_names)}",
+            )
     readouts = {}
     for t in terms:
         if LOSSES[t.spec.loss].needs_readout:
@@ -275,19 +318,26 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     # Data order: each seed's sampler, as the Trainer would build it (one "epoch" holds every step's draws).
     weights = data.sample_weights
     if not (training.get("sample_with_replacement", False) or weights is not None):
-        raise StructuredConfigError("training.sample_with_replacement", "batched seed training samples with "
-                                    "replacement (the M2 recipes do); set it to true or use --sequential")
+        raise StructuredConfigError(
+            "training.sample_with_replacement",
+            "batched seed training samples with replacement (the M2 recipes do); set it to true or use --sequential",
+        )
     per_epoch = max(len(data), steps * batch)
-    order = torch.stack([EpochWeightedSampler(weights, len(data), per_epoch, seed=r.seed).indices()
-                         for r in recipes])  # (N, per_epoch)
+    order = torch.stack(
+        [EpochWeightedSampler(weights, len(data), per_epoch, seed=r.seed).indices() for r in recipes]
+    )  # (N, per_epoch)
     colors_all = data.columns["colors"].float()
     probs_all = label_probabilities(data.columns, labels)
     probs_table = torch.stack([probs_all[name] for name in labels]) if labels else torch.empty(0)  # (L, items)
 
-    optimizer = torch.optim.AdamW([batched.flat], lr=base_lr, betas=(float(training.get("adam_beta1", 0.9)),
-                                  float(training.get("adam_beta2", 0.999))), eps=float(training.get("adam_epsilon",
-                                  1e-8)), weight_decay=float(training.get("weight_decay", 0.0)),
-                                  fused=training.get("optim", "adamw_torch_fused") == "adamw_torch_fused")
+    optimizer = torch.optim.AdamW(
+        [batched.flat],
+        lr=base_lr,
+        betas=(float(training.get("adam_beta1", 0.9)), float(training.get("adam_beta2", 0.999))),
+        eps=float(training.get("adam_epsilon", 1e-8)),
+        weight_decay=float(training.get("weight_decay", 0.0)),
+        fused=training.get("optim", "adamw_torch_fused") == "adamw_torch_fused",
+    )
     seeds = [r.seed for r in recipes]
     weights_at = {t.spec.name: _schedule_table(t.schedules, steps) for t in terms}  # (steps, N) each
     recon_at = _schedule_table(recon_schedules, steps)
@@ -306,7 +356,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     # One marker per run (no per-step cost): profiles (structured_hf/benchmarks/batched.py) tell setup from steps.
     with record_function("batched training loop"):
         for step in range(steps):
-            idx = order[:, step * batch:(step + 1) * batch]  # (N, B)
+            idx = order[:, step * batch : (step + 1) * batch]  # (N, B)
             colors = colors_all[idx]  # (N, B, 3)
             drawn = _draw_labels(probs_table, idx, seeds, step, generator, uniforms) if labels else None  # (L, N, B)
             counts = drawn.sum(-1) if labels else None  # (L, N): labelled samples per label and seed
@@ -341,7 +391,7 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
                     if t.spec.name in per_row and max(c_py) < batch:
                         # A readout term decodes every sample it sees; unlabelled samples count 0, so decode only each
                         # seed's labelled ones (padded to the largest count): the same sum of the same products.
-                        rows = lab.argsort(dim=1, descending=True, stable=True)[:, :int(max(c_py))]  # (N, M)
+                        rows = lab.argsort(dim=1, descending=True, stable=True)[:, : int(max(c_py))]  # (N, M)
                         x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
                         lab = lab.gather(1, rows)
                     per_sample = _per_sample(t, x, readouts.get(t.spec.name), idx)  # (N, B) or (N, M)
@@ -383,20 +433,31 @@ def train_batched(recipes: Sequence[Recipe], progress: Callable[[int, int], None
     batched.write_back(models)
     for m in models:
         m.eval()
-    return models, {"train_runtime_s": time.perf_counter() - start, "seeds": seeds, "steps": steps,
-                    "log_history": histories}
+    return models, {
+        "train_runtime_s": time.perf_counter() - start,
+        "seeds": seeds,
+        "steps": steps,
+        "log_history": histories,
+    }
 
 
-def _flush_logs(histories: list[list[dict[str, float]]], window: Mapping[str, torch.Tensor], steps: int,
-                global_step: int) -> None:
+def _flush_logs(
+    histories: list[list[dict[str, float]]], window: Mapping[str, torch.Tensor], steps: int, global_step: int
+) -> None:
     """Append each seed's window means (terms skipped on some steps count 0 there, as in the Trainer's logs)."""
     means = {name: (value / steps).tolist() for name, value in window.items()}
     for i, history in enumerate(histories):
         history.append({"step": global_step, **{name: values[i] for name, values in means.items()}})
 
 
-def _draw_labels(probs: torch.Tensor, idx: torch.Tensor, seeds: Sequence[int], step: int,
-                 generator: torch.Generator, uniforms: torch.Tensor) -> torch.Tensor:
+def _draw_labels(
+    probs: torch.Tensor,
+    idx: torch.Tensor,
+    seeds: Sequence[int],
+    step: int,
+    generator: torch.Generator,
+    uniforms: torch.Tensor,
+) -> torch.Tensor:
     """Each seed's Bernoulli labels for this step, drawn as its single run draws them: one generator per (seed, step),
     labels in sorted order, one uniform per batch position. ``probs`` is ``(labels, items)``, ``uniforms`` an
     ``(N, labels, B)`` buffer; returns ``(labels, N, B)``.

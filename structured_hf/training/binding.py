@@ -32,8 +32,13 @@ class _BoundRegularizer:
         return LOSSES[self.spec.loss].fn(rows, self.concept, **self.spec.params)
 
 
-def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims: Mapping[str, int],
-                       known_labels: Any, model: torch.nn.Module | None = None) -> list[_BoundRegularizer]:
+def _bind_regularizers(
+    specs: list[RegularizerSpec],
+    concepts: ConceptMap,
+    dims: Mapping[str, int],
+    known_labels: Any,
+    model: torch.nn.Module | None = None,
+) -> list[_BoundRegularizer]:
     """Resolve each spec's concept and site against the model, with errors naming the spec."""
     bound = []
     for i, spec in enumerate(specs):
@@ -43,20 +48,28 @@ def _bind_regularizers(specs: list[RegularizerSpec], concepts: ConceptMap, dims:
             concept = bind_concept(field, spec.concept, concepts)
             needed = LOSSES[spec.loss].concept_kind
             if concept.kind != needed:
-                raise StructuredConfigError(f"{field}.concept",
-                                            f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}")
+                raise StructuredConfigError(
+                    f"{field}.concept",
+                    f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}",
+                )
         site = bind_site(field, spec.site, concept, dims)
         check_label(field, spec.label, known_labels)
         _check_params(f"{field}.params", spec.loss, spec.params)
         readout = None
         if LOSSES[spec.loss].needs_readout:
             if model is None or not hasattr(model, "deletion_readout"):
-                raise StructuredConfigError(f"{field}.loss", f"loss '{spec.loss}' reads the model past the site; "
-                                            f"{type(model).__name__} has no deletion_readout (the color autoencoder "
-                                            "has)")
+                raise StructuredConfigError(
+                    f"{field}.loss",
+                    f"loss '{spec.loss}' reads the model past the site; "
+                    f"{type(model).__name__} has no deletion_readout (the color autoencoder "
+                    "has)",
+                )
             if not spec.label:
-                raise StructuredConfigError(f"{field}.label", f"loss '{spec.loss}' needs a label: it sets what "
-                                            "deletion does to the labelled samples, not to all of them")
+                raise StructuredConfigError(
+                    f"{field}.label",
+                    f"loss '{spec.loss}' needs a label: it sets what "
+                    "deletion does to the labelled samples, not to all of them",
+                )
             readout = model.deletion_readout(site, concept_axes(concept))
         bound.append(_BoundRegularizer(spec, concept, site, readout))
     return bound

@@ -28,8 +28,7 @@ class ScheduleCallback(TrainerCallback):
         rules: reactive rules, checked on every log.
     """
 
-    def __init__(self, schedules: Mapping[str, Schedule], values: dict[str, float],
-                 rules: Sequence[ReactiveRule] = ()):
+    def __init__(self, schedules: Mapping[str, Schedule], values: dict[str, float], rules: Sequence[ReactiveRule] = ()):
         self.schedules = dict(schedules)
         self.values = values
         self.rules = [rule.fresh() for rule in rules]
@@ -66,10 +65,24 @@ class ScheduleCallback(TrainerCallback):
             self.overrides[name] = SmoothParameter.in_motion(self.schedules[name](step), slope, step)
         self.overrides[name].retarget(rule.target, step, rule.duration)
         rule.fired_at = step
-        self.events.append({"step": step, "rule": f"{rule.metric} {rule.op} {rule.threshold}",
-                            "parameter": name, "target": rule.target})
-        logger.info("reactive rule fired at step %d: %s %s %s -> %s to %s over %d steps",
-                    step, rule.metric, rule.op, rule.threshold, name, rule.target, rule.duration)
+        self.events.append(
+            {
+                "step": step,
+                "rule": f"{rule.metric} {rule.op} {rule.threshold}",
+                "parameter": name,
+                "target": rule.target,
+            }
+        )
+        logger.info(
+            "reactive rule fired at step %d: %s %s %s -> %s to %s over %d steps",
+            step,
+            rule.metric,
+            rule.op,
+            rule.threshold,
+            name,
+            rule.target,
+            rule.duration,
+        )
 
 
 class LatentSnapshotCallback(TrainerCallback):

@@ -60,8 +60,9 @@ def _resolver(color: Any) -> Callable[[str, str], Any]:
         if match.group("sign") is None:
             return color if isinstance(color, str) else list(rgb)
         if saturation == 0.0:
-            raise StructuredConfigError(field, f"'{token}' is a hue offset, but concept_color {color!r} is a gray "
-                                               "and has no hue")
+            raise StructuredConfigError(
+                field, f"'{token}' is a hue offset, but concept_color {color!r} is a gray and has no hue"
+            )
         offset = float(match.group("deg")) * (1 if match.group("sign") == "+" else -1)
         hue = (base_hue + offset) % 360.0
         name = hue_name(hue)
@@ -142,8 +143,11 @@ def expand_concept_color(raw: Mapping[str, Any]) -> dict[str, Any]:
         if not is_relative(value):
             continue
         if resolve is None:
-            raise StructuredConfigError(field, f"'{value}' is relative to the concept's color, but the recipe sets "
-                                               "no concept_color (add `concept_color: red`, or --set concept_color=X)")
+            raise StructuredConfigError(
+                field,
+                f"'{value}' is relative to the concept's color, but the recipe sets "
+                "no concept_color (add `concept_color: red`, or --set concept_color=X)",
+            )
         container[key] = resolve(value, field)
         used = True
     if resolve is not None:
@@ -156,16 +160,24 @@ def expand_concept_color(raw: Mapping[str, Any]) -> dict[str, Any]:
         for section in ("labels", "eval_labels"):
             mapping = data.get(section) if isinstance(data, Mapping) else None
             if isinstance(mapping, Mapping) and any(is_relative(k) for k in mapping):
-                renamed = {(_name_of(resolve(k, f"data.{section}.{k}"), k) if is_relative(k) else k): v
-                           for k, v in mapping.items()}
+                renamed = {
+                    (_name_of(resolve(k, f"data.{section}.{k}"), k) if is_relative(k) else k): v
+                    for k, v in mapping.items()
+                }
                 if len(renamed) != len(mapping):
-                    raise StructuredConfigError(f"data.{section}", f"two labels get the same name with concept_color "
-                                                f"{color!r}: {sorted(mapping)} -> {sorted(renamed)}")
+                    raise StructuredConfigError(
+                        f"data.{section}",
+                        f"two labels get the same name with concept_color "
+                        f"{color!r}: {sorted(mapping)} -> {sorted(renamed)}",
+                    )
                 data[section] = renamed
     if has_color and not used:
-        raise StructuredConfigError(CONCEPT_COLOR, f"is {color!r}, but no color in the recipe refers to it (write "
-                                                   "prototypes, label features and eval labels as concept, "
-                                                   "concept+60, ...)")
+        raise StructuredConfigError(
+            CONCEPT_COLOR,
+            f"is {color!r}, but no color in the recipe refers to it (write "
+            "prototypes, label features and eval labels as concept, "
+            "concept+60, ...)",
+        )
     return out
 
 

@@ -90,13 +90,17 @@ def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
         raise StructuredConfigError("distill.teacher", f"the teacher is a {t!r} model, the student a {s!r} model")
     tv, sv = getattr(teacher.config, "vocab_size", None), getattr(student.config, "vocab_size", None)
     if tv != sv:
-        raise StructuredConfigError("distill.teacher", f"the teacher's vocabulary has {tv} tokens, the student's "
-                                    f"{sv}: next-token distributions would not compare (train both from the same "
-                                    "tokenizer)")
+        raise StructuredConfigError(
+            "distill.teacher",
+            f"the teacher's vocabulary has {tv} tokens, the student's "
+            f"{sv}: next-token distributions would not compare (train both from the same "
+            "tokenizer)",
+        )
 
 
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                    temperature: float = 1.0) -> torch.Tensor:
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Mean over predicted tokens of ``T² · KL(softmax(teacher/T) || softmax(student/T))``.
 
     ``logits`` are ``(B, T, V)``; ``labels`` ``(B, T)`` with -100 on padding; position ``t`` predicts token ``t + 1``,

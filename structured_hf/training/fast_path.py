@@ -91,8 +91,12 @@ class PlainRuntimeMixin:
         long as the Adam update of a small model. Trainer unwraps the same way for SageMaker fp16.
         """
         optimizer = self.optimizer
-        if (isinstance(optimizer, AcceleratedOptimizer) and optimizer.scaler is None and self._is_plain_runtime()
-                and not callable(getattr(optimizer.optimizer, "train", None))):
+        if (
+            isinstance(optimizer, AcceleratedOptimizer)
+            and optimizer.scaler is None
+            and self._is_plain_runtime()
+            and not callable(getattr(optimizer.optimizer, "train", None))
+        ):
             self.optimizer = optimizer.optimizer
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:

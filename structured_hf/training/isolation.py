@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 # functional_call's own machinery, as a context: the substitution must also cover regularizers that run the model
 # again after its forward (e.g. deletion_target's pruned readout), which a single functional_call would not.
 from torch.nn.utils.stateless import _reparametrize_module
@@ -83,34 +84,51 @@ class IsolationSpec:
         for key in ("concept", "label"):
             check_name(f"isolation.{key}", raw.get(key))
         if raw["label"].startswith("not:"):
-            raise StructuredConfigError("isolation.label", "isolation follows the samples *with* a label; got "
-                                        f"{raw['label']!r}")
+            raise StructuredConfigError(
+                "isolation.label", f"isolation follows the samples *with* a label; got {raw['label']!r}"
+            )
         hidden = check_number("isolation.hidden_units", raw.get("hidden_units", 0), low=0, integer=True)
         threshold = raw.get("threshold")
         if threshold is not None:
             check_number("isolation.threshold", threshold, low=0, low_open=True, high=1)
         ordinary = raw.get("ordinary", "deleted")
         if ordinary not in ORDINARY_MODES:
-            raise StructuredConfigError("isolation.ordinary", f"expected one of {list(ORDINARY_MODES)}, got "
-                                        f"{ordinary!r}")
+            raise StructuredConfigError(
+                "isolation.ordinary", f"expected one of {list(ORDINARY_MODES)}, got {ordinary!r}"
+            )
         clear = check_number("isolation.clear", raw.get("clear", 0.0), low=0)
-        return cls(raw["concept"], raw["label"], hidden, None if threshold is None else float(threshold), ordinary,
-                   float(clear))
+        return cls(
+            raw["concept"],
+            raw["label"],
+            hidden,
+            None if threshold is None else float(threshold),
+            ordinary,
+            float(clear),
+        )
 
     @property
     def units(self) -> Isolation:
         return Isolation(self.concept, self.hidden_units)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"concept": self.concept, "label": self.label, "hidden_units": self.hidden_units,
-                "threshold": self.threshold, "ordinary": self.ordinary, "clear": self.clear}
+        return {
+            "concept": self.concept,
+            "label": self.label,
+            "hidden_units": self.hidden_units,
+            "threshold": self.threshold,
+            "ordinary": self.ordinary,
+            "clear": self.clear,
+        }
 
 
 def check_isolation_label(spec: IsolationSpec, drawn_labels: Collection[str]) -> None:
     """The isolation label must be one the recipe draws (a regularizer's or a route's)."""
     if spec.label not in drawn_labels:
-        raise StructuredConfigError("isolation.label", f"'{spec.label}' is not drawn by this recipe (drawn: "
-                                    f"{sorted(drawn_labels)}); use it in a regularizer or route as well")
+        raise StructuredConfigError(
+            "isolation.label",
+            f"'{spec.label}' is not drawn by this recipe (drawn: "
+            f"{sorted(drawn_labels)}); use it in a regularizer or route as well",
+        )
 
 
 def concept_params(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,8 +136,9 @@ def concept_params(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch
     return {n: torch.where(masks[n], p, p.detach()) if n in masks else p.detach() for n, p in params.items()}
 
 
-def ordinary_params(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-                    mode: str = "deleted") -> dict[str, torch.Tensor]:
+def ordinary_params(
+    params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], mode: str = "deleted"
+) -> dict[str, torch.Tensor]:
     """Parameters for an ordinary sample: dedicated entries zeroed (``deleted``) or frozen (``full``)."""
     if mode == "deleted":
         return {n: params[n].masked_fill(m, 0.0) for n, m in masks.items()}
@@ -153,19 +172,21 @@ def _has_targets(inputs: Mapping[str, Any], rows: torch.Tensor) -> bool:
 class IsolatedTrainer(AnchoredTrainer):
     """:class:`AnchoredTrainer` with full-depth isolation of one concept (module docstring)."""
 
-    def __init__(self, model: Any, args: Any, *rest: Any, isolation: IsolationSpec | Mapping[str, Any],
-                 **kwargs: Any):
+    def __init__(self, model: Any, args: Any, *rest: Any, isolation: IsolationSpec | Mapping[str, Any], **kwargs: Any):
         spec = IsolationSpec.from_dict(isolation)
         # Checked before Trainer starts (it creates the output folder): the concept and the units must exist.
         concepts = ConceptMap.of(model)
         if spec.concept not in concepts:
-            raise StructuredConfigError("isolation.concept", f"the model has no concept '{spec.concept}'; it has "
-                                        f"{sorted(concepts.names)}")
+            raise StructuredConfigError(
+                "isolation.concept", f"the model has no concept '{spec.concept}'; it has {sorted(concepts.names)}"
+            )
         masks = dedicated_masks(model, spec.units)
         super().__init__(model, args, *rest, **kwargs)
         if self.accelerator.num_processes > 1:
-            raise StructuredConfigError("isolation", "full-depth isolation runs in one process (its substituted "
-                                        "forward bypasses DDP's gradient hooks)")
+            raise StructuredConfigError(
+                "isolation",
+                "full-depth isolation runs in one process (its substituted forward bypasses DDP's gradient hooks)",
+            )
         check_isolation_label(spec, set(self._label_list))
         self.isolation = spec
         self.isolation_masks = masks
@@ -190,8 +211,10 @@ class IsolatedTrainer(AnchoredTrainer):
         params = dict(model.named_parameters())
         masks = {n: m.to(params[n].device) for n, m in self.isolation_masks.items()}
         total = None
-        for part, build in ((rows, lambda: concept_params(params, masks)),
-                            (~rows, lambda: ordinary_params(params, masks, self.isolation.ordinary))):
+        for part, build in (
+            (rows, lambda: concept_params(params, masks)),
+            (~rows, lambda: ordinary_params(params, masks, self.isolation.ordinary)),
+        ):
             if not bool(part.any()) or not _has_targets(inputs, part):
                 continue
             with _reparametrize_module(model, build(), tie_weights=True):
@@ -200,8 +223,9 @@ class IsolatedTrainer(AnchoredTrainer):
         if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
             total = sum(p.sum() * 0.0 for p in params.values())
         if self._clear_outputs and bool((~rows).any()):
-            total = total + self.isolation.clear * self._clear_term(model, take_rows(inputs, ~rows),
-                                                                     concept_params(params, masks))
+            total = total + self.isolation.clear * self._clear_term(
+                model, take_rows(inputs, ~rows), concept_params(params, masks)
+            )
         return total
 
     def _clear_term(self, model: Any, part: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -209,8 +233,10 @@ class IsolatedTrainer(AnchoredTrainer):
         the dedicated entries): they learn to stay silent where the concept is absent. Weighted by the part's share
         of the window's samples, like every other term."""
         outs: list[torch.Tensor] = []
-        handles = [module.register_forward_hook(lambda m, a, o, idx=idx: outs.append(o[..., idx.to(o.device)]))
-                   for module, idx in self._clear_outputs]
+        handles = [
+            module.register_forward_hook(lambda m, a, o, idx=idx: outs.append(o[..., idx.to(o.device)]))
+            for module, idx in self._clear_outputs
+        ]
         try:
             with _reparametrize_module(model, dict(params), tie_weights=True):
                 model(**{k: v for k, v in part.items() if k not in _NON_MODEL_KEYS})
@@ -225,5 +251,13 @@ class IsolatedTrainer(AnchoredTrainer):
         return term
 
 
-__all__ = ["ISOLATION_KEYS", "ORDINARY_MODES", "IsolatedTrainer", "IsolationSpec", "check_isolation_label",
-           "concept_params", "ordinary_params", "take_rows"]
+__all__ = [
+    "ISOLATION_KEYS",
+    "ORDINARY_MODES",
+    "IsolatedTrainer",
+    "IsolationSpec",
+    "check_isolation_label",
+    "concept_params",
+    "ordinary_params",
+    "take_rows",
+]

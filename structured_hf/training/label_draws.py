@@ -26,8 +26,9 @@ def label_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(key % (2**63 - 1))
 
 
-def draw_window_labels(batches: Sequence[dict[str, Any]], generator: torch.Generator, world: int, rank: int,
-                       batch_size: int) -> None:
+def draw_window_labels(
+    batches: Sequence[dict[str, Any]], generator: torch.Generator, world: int, rank: int, batch_size: int
+) -> None:
     """Replace the label probabilities of every micro-batch of the window by fresh Bernoulli labels, in place.
 
     The draws are made for the positions of the samples in the step's *global* batch, so that one process with
@@ -46,8 +47,11 @@ def draw_window_labels(batches: Sequence[dict[str, Any]], generator: torch.Gener
         labels = labelled[0][1]
         for name in sorted(labels):  # the collator's order: sorted label names
             p = labels[name]
-            labels[name] = (torch.bernoulli(p, generator=generator) if p.device.type == "cpu"
-                            else torch.bernoulli(p.cpu(), generator=generator).to(p.device))
+            labels[name] = (
+                torch.bernoulli(p, generator=generator)
+                if p.device.type == "cpu"
+                else torch.bernoulli(p.cpu(), generator=generator).to(p.device)
+            )
         return
     offsets = [(k * world + rank) * batch_size for k, _ in labelled]
     for name in sorted(labelled[0][1]):
@@ -55,10 +59,10 @@ def draw_window_labels(batches: Sequence[dict[str, Any]], generator: torch.Gener
         length = max([batch_size * len(batches) * world] + [o + p.shape[0] for o, p in zip(offsets, probs)])
         padded = torch.zeros(length, dtype=probs[0].dtype)
         for offset, p in zip(offsets, probs):
-            padded[offset:offset + p.shape[0]] = p.cpu()
+            padded[offset : offset + p.shape[0]] = p.cpu()
         drawn = torch.bernoulli(padded, generator=generator)
         for offset, p, (_, labels) in zip(offsets, probs, labelled):
-            labels[name] = drawn[offset:offset + p.shape[0]].to(p.device)
+            labels[name] = drawn[offset : offset + p.shape[0]].to(p.device)
 
 
 def batch_size_of(batch: Mapping[str, Any]) -> int:

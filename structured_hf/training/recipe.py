@@ -53,8 +53,21 @@ from .speclist import used_labels
 from .sweep_spec import parse_sweep, set_path
 from .trainer import AnchoredTrainer
 
-_TOP_KEYS = {"seed", "model", "data", "regularizers", "routes", "schedules", "reactive", "training", "output_dir",
-             "description", "sweep", "distill", "isolation"}
+_TOP_KEYS = {
+    "seed",
+    "model",
+    "data",
+    "regularizers",
+    "routes",
+    "schedules",
+    "reactive",
+    "training",
+    "output_dir",
+    "description",
+    "sweep",
+    "distill",
+    "isolation",
+}
 _DATA_KEYS = {"train", "eval", "labels", "eval_labels", "curriculum", "task"}
 
 
@@ -80,10 +93,15 @@ class RecipeSpecs:
         routes = tuple(parse_routes(recipe.routes))
         reactive = tuple(parse_reactive(recipe.reactive))
         check_spec_names(regularizers, routes, reactive)
-        return cls(regularizers=regularizers, routes=routes, schedules=parse_schedules(recipe.schedules),
-                   reactive=reactive, concepts=ConceptMap.parse(recipe.model.get("concepts"), "model.concepts"),
-                   distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill),
-                   isolation=None if recipe.isolation is None else IsolationSpec.from_dict(recipe.isolation))
+        return cls(
+            regularizers=regularizers,
+            routes=routes,
+            schedules=parse_schedules(recipe.schedules),
+            reactive=reactive,
+            concepts=ConceptMap.parse(recipe.model.get("concepts"), "model.concepts"),
+            distill=None if recipe.distill is None else DistillSpec.from_dict(recipe.distill),
+            isolation=None if recipe.isolation is None else IsolationSpec.from_dict(recipe.isolation),
+        )
 
 
 @dataclass
@@ -119,8 +137,15 @@ class Recipe:
     @property
     def specs(self) -> RecipeSpecs:
         """The typed sections (:class:`RecipeSpecs`), parsed once per version of the sections."""
-        sections = (self.regularizers, self.routes, self.schedules, self.reactive, self.model.get("concepts"),
-                    self.distill, self.isolation)
+        sections = (
+            self.regularizers,
+            self.routes,
+            self.schedules,
+            self.reactive,
+            self.model.get("concepts"),
+            self.distill,
+            self.isolation,
+        )
         if self._parsed is None or self._parsed[0] != sections:
             self._parsed = (copy.deepcopy(sections), RecipeSpecs.parse(self))
         return self._parsed[1]
@@ -165,8 +190,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: the base class reports it
             if first is not None:
-                raise StructuredConfigError(str(key), f"duplicate key: given on line {first} and again on line "
-                                                      f"{line}; keep one")
+                raise StructuredConfigError(
+                    str(key), f"duplicate key: given on line {first} and again on line {line}; keep one"
+                )
         return super().construct_mapping(node, deep=deep)
 
 
@@ -186,8 +212,13 @@ def parse_recipe(raw: Any, overrides: Mapping[str, Any] | None = None, source: s
     for key in ("model", "data"):
         if not isinstance(raw.get(key), Mapping):
             raise StructuredConfigError(key, f"is required and must be a mapping, got {raw.get(key)!r}")
-    for key, kind in (("training", Mapping), ("schedules", Mapping), ("regularizers", list), ("routes", list),
-                      ("reactive", list)):
+    for key, kind in (
+        ("training", Mapping),
+        ("schedules", Mapping),
+        ("regularizers", list),
+        ("routes", list),
+        ("reactive", list),
+    ):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             expected = "a mapping" if kind is Mapping else "a list"
             raise StructuredConfigError(key, f"expected {expected}, got {type(raw[key]).__name__} {raw[key]!r}")
@@ -231,8 +262,9 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
             overrides[key] = load_yaml(value)
         except yaml.YAMLError as e:
             problem = str(getattr(e, "problem", None) or e).strip()
-            raise StructuredConfigError(f"--set {item}", f"the value is not valid YAML ({problem}); quote a string, "
-                                                        "write lists as [a, b]") from None
+            raise StructuredConfigError(
+                f"--set {item}", f"the value is not valid YAML ({problem}); quote a string, write lists as [a, b]"
+            ) from None
     return overrides
 
 
@@ -248,8 +280,9 @@ def validate_recipe(recipe: Recipe) -> None:
     isolation = recipe.specs.isolation
     if isolation is not None:
         if recipe.distill is not None:
-            raise StructuredConfigError("isolation", "a distilled student has no concept samples to isolate; drop "
-                                        "`isolation` or `distill`")
+            raise StructuredConfigError(
+                "isolation", "a distilled student has no concept samples to isolate; drop `isolation` or `distill`"
+            )
         # the labels the run will draw: those of its regularizers and routes
         check_isolation_label(isolation, used_labels(recipe.specs.regularizers, recipe.specs.routes))
 
@@ -271,9 +304,11 @@ def _check_learning_rate(training: Mapping[str, Any], schedules: Mapping[str, An
     value = check_number("training.learning_rate", training["learning_rate"], low=low, high=high, low_open=low_open)
     if not math.isclose(value, peak, rel_tol=1e-9):
         raise StructuredConfigError(
-            "training.learning_rate", f"is {value}, but schedules.learning_rate sets the rate at every step (peak "
+            "training.learning_rate",
+            f"is {value}, but schedules.learning_rate sets the rate at every step (peak "
             f"{peak}); this value would be ignored. Change the schedule (e.g. --set schedules.learning_rate=1.0e-3 "
-            "for a constant rate), or set training.learning_rate to the schedule's peak")
+            "for a constant rate), or set training.learning_rate to the schedule's peak",
+        )
 
 
 # Ranges of TrainingArguments fields a recipe may set: (low, high, low is exclusive). Out of range, they fail deep in
@@ -307,12 +342,15 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
     reserved = {"regularizers", "routes", "schedules", "reactive", "seed", "output_dir"}
     for key, value in training.items():
         if key in reserved:
-            raise StructuredConfigError(f"training.{key}", f"set '{key}' at the top level of the recipe, not in training")
+            raise StructuredConfigError(
+                f"training.{key}", f"set '{key}' at the top level of the recipe, not in training"
+            )
         if key == "push_to_hub" or key.startswith("hub_"):
             # A recipe is saved with the run (recipe.yaml) and Trainer pickles its arguments (training_args.bin):
             # no token may get in there, and Trainer's own push would upload training_args.bin and replace the card.
             raise StructuredConfigError(
-                f"training.{key}", "Hub options are not recipe fields: use scripts/train.py --push_to_hub "
+                f"training.{key}",
+                "Hub options are not recipe fields: use scripts/train.py --push_to_hub "
                 "[--hub_model_id NAME] or structured_hf.hub.push_output_dir; the token comes from HF_TOKEN or "
                 "`hf auth login`, never from a recipe",
             )
@@ -323,18 +361,25 @@ def _check_training_fields(training: Mapping[str, Any]) -> None:
         if numeric and key != "max_steps" and (value is not None or key in _TRAINING_RANGES):
             # A float field takes an int too (1 means 1.0); an int field takes only ints.
             low, high, low_open = _TRAINING_RANGES.get(key, (None, None, False))
-            check_number(f"training.{key}", value, low=low, high=high, low_open=low_open,
-                         integer=isinstance(default, int))
+            check_number(
+                f"training.{key}", value, low=low, high=high, low_open=low_open, integer=isinstance(default, int)
+            )
     max_steps = check_number("training.max_steps", training.get("max_steps", -1), integer=True)
     if max_steps != -1 and max_steps < 1:
-        raise StructuredConfigError("training.max_steps", f"expected at least 1 (or -1 to train num_train_epochs), got "
-                                    f"{max_steps}: 0 would save an untrained model as a finished run")
+        raise StructuredConfigError(
+            "training.max_steps",
+            f"expected at least 1 (or -1 to train num_train_epochs), got "
+            f"{max_steps}: 0 would save an untrained model as a finished run",
+        )
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
         size = training.get(key)
         if isinstance(size, int) and size > MAX_BATCH_SIZE:
-            raise StructuredConfigError(f"training.{key}", f"{size} samples per batch is more than {MAX_BATCH_SIZE}; "
-                                        "such a batch would exhaust memory before the first step. Use a smaller batch "
-                                        "(with gradient_accumulation_steps for a larger effective one)")
+            raise StructuredConfigError(
+                f"training.{key}",
+                f"{size} samples per batch is more than {MAX_BATCH_SIZE}; "
+                "such a batch would exhaust memory before the first step. Use a smaller batch "
+                "(with gradient_accumulation_steps for a larger effective one)",
+            )
 
 
 def model_type(recipe: Recipe) -> str:
@@ -356,7 +401,9 @@ def model_config(recipe: Recipe):
         return family.make_config(recipe)
     spec = {k: v for k, v in recipe.model.items() if k != "type"}
     config_cls = family.config_class
-    allowed = {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in dataclasses.fields(config_cls.__mro__[1])}
+    allowed = {f.name for f in dataclasses.fields(config_cls)} - {
+        f.name for f in dataclasses.fields(config_cls.__mro__[1])
+    }
     check_keys("model", spec, allowed, context=f"for {kind}")
     try:
         return config_cls(**spec)
@@ -415,22 +462,43 @@ def build_trainer(recipe: Recipe, lm_data: tuple | None = None, **trainer_kwargs
     training = dict(recipe.training)
     try:
         args = AnchoredTrainingArguments(
-            output_dir=recipe.output_dir, seed=recipe.seed, regularizers=list(recipe.specs.regularizers),
-            routes=list(recipe.specs.routes), schedules=dict(recipe.specs.schedules),
-            reactive=list(recipe.specs.reactive), **training,
+            output_dir=recipe.output_dir,
+            seed=recipe.seed,
+            regularizers=list(recipe.specs.regularizers),
+            routes=list(recipe.specs.routes),
+            schedules=dict(recipe.specs.schedules),
+            reactive=list(recipe.specs.reactive),
+            **training,
         )
     except StructuredConfigError:
         raise
     except (ValueError, TypeError) as e:
         raise StructuredConfigError("training", str(e)) from None
     curriculum = Curriculum.from_dict(recipe.data.get("curriculum"))
-    if recipe.specs.isolation is not None:  # the concept's samples train only its dedicated units (training/isolation.py)
-        return IsolatedTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               curriculum=curriculum, isolation=recipe.specs.isolation, **trainer_kwargs)
+    if (
+        recipe.specs.isolation is not None
+    ):  # the concept's samples train only its dedicated units (training/isolation.py)
+        return IsolatedTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            curriculum=curriculum,
+            isolation=recipe.specs.isolation,
+            **trainer_kwargs,
+        )
     spec = recipe.specs.distill
     if spec is not None:  # a fresh student trained on the teacher's outputs (training/distill.py)
-        return DistillationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                   curriculum=curriculum, teacher=load_teacher(spec), temperature=spec.temperature,
-                                   **trainer_kwargs)
-    return AnchoredTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                           curriculum=curriculum, **trainer_kwargs)
+        return DistillationTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            curriculum=curriculum,
+            teacher=load_teacher(spec),
+            temperature=spec.temperature,
+            **trainer_kwargs,
+        )
+    return AnchoredTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, curriculum=curriculum, **trainer_kwargs
+    )

@@ -75,8 +75,11 @@ class RouteSpec:
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise StructuredConfigError(f"{field_name}.{key}", f"expected a name, got {entry.get(key)!r}")
         if entry["label"].startswith("not:"):
-            raise StructuredConfigError(f"{field_name}.label", "a route follows the samples *with* a label; "
-                                        f"'not:' labels are for regularizers, got {entry['label']!r}")
+            raise StructuredConfigError(
+                f"{field_name}.label",
+                "a route follows the samples *with* a label; "
+                f"'not:' labels are for regularizers, got {entry['label']!r}",
+            )
         site = entry.get("site")
         if site is not None and not isinstance(site, str):
             raise StructuredConfigError(f"{field_name}.site", f"expected a site name, got {site!r}")
@@ -98,7 +101,9 @@ def parse_routes(entries: Any, field_name: str = "routes") -> list[RouteSpec]:
     return parse_spec_list(entries, field_name, RouteSpec.from_dict, "route")
 
 
-def route_gradient(x: torch.Tensor, labels: torch.Tensor, reserved: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+def route_gradient(
+    x: torch.Tensor, labels: torch.Tensor, reserved: torch.Tensor, strength: float = 1.0
+) -> torch.Tensor:
     """``x`` in the forward pass; in the backward pass the gradient of labelled rows is stopped off ``reserved``.
 
     Args:
@@ -110,11 +115,13 @@ def route_gradient(x: torch.Tensor, labels: torch.Tensor, reserved: torch.Tensor
     if labels.ndim == 1 and x.ndim == 3 and labels.shape[0] == x.shape[0]:
         labels = labels[:, None].expand(x.shape[:-1])  # a sample label covers all of its tokens
     if labels.shape != x.shape[:-1]:
-        raise StructuredConfigError("routes", f"labels of shape {tuple(labels.shape)} do not match activations "
-                                    f"{tuple(x.shape)}")
+        raise StructuredConfigError(
+            "routes", f"labels of shape {tuple(labels.shape)} do not match activations {tuple(x.shape)}"
+        )
     if reserved.shape != x.shape[-1:]:
-        raise StructuredConfigError("routes", f"reserved mask of width {reserved.shape[0]} for a site of width "
-                                    f"{x.shape[-1]}")
+        raise StructuredConfigError(
+            "routes", f"reserved mask of width {reserved.shape[0]} for a site of width {x.shape[-1]}"
+        )
     stop = (~reserved).to(x.dtype)  # (D,)
     mask = (labels.to(x.dtype) * strength).unsqueeze(-1) * stop  # (B[, T], D)
     return x + mask * (x.detach() - x)
@@ -129,8 +136,12 @@ class BoundRoute:
     reserved: torch.Tensor
 
 
-def bind_routes(routes: Sequence[RouteSpec], concepts: ConceptMap, dims: Mapping[str, int],
-                known_labels: Sequence[str] | None = None) -> list[BoundRoute]:
+def bind_routes(
+    routes: Sequence[RouteSpec],
+    concepts: ConceptMap,
+    dims: Mapping[str, int],
+    known_labels: Sequence[str] | None = None,
+) -> list[BoundRoute]:
     """Check every route against the model's concept map and sites, with errors naming the route."""
     bound = []
     for i, spec in enumerate(routes):
@@ -145,8 +156,11 @@ def bind_routes(routes: Sequence[RouteSpec], concepts: ConceptMap, dims: Mapping
 
 
 @contextmanager
-def gradient_routes(site_modules: Mapping[str, nn.Module], routes: Sequence[BoundRoute],
-                    state: Callable[[], tuple[Mapping[str, torch.Tensor] | None, Mapping[str, float]]]) -> Iterator[None]:
+def gradient_routes(
+    site_modules: Mapping[str, nn.Module],
+    routes: Sequence[BoundRoute],
+    state: Callable[[], tuple[Mapping[str, torch.Tensor] | None, Mapping[str, float]]],
+) -> Iterator[None]:
     """Attach the routing hooks to the sites for the duration of the block (removed in ``finally``).
 
     ``state()`` returns the current step's labels (``None`` outside a training forward pass: no routing) and the

@@ -38,8 +38,9 @@ def check_entry(entry: Any, field_name: str, allowed: set[str], expected: str) -
 def bind_concept(field_name: str, name: str, concepts: ConceptMap) -> ConceptSpec:
     """The concept-map entry ``name``; an unknown name is an error that lists the map."""
     if name not in concepts:
-        raise StructuredConfigError(f"{field_name}.concept",
-                                    f"unknown concept '{name}'; the model's concept map has {concepts.names}")
+        raise StructuredConfigError(
+            f"{field_name}.concept", f"unknown concept '{name}'; the model's concept map has {concepts.names}"
+        )
     return concepts[name]
 
 
@@ -49,16 +50,19 @@ def bind_site(field_name: str, site: str | None, concept: ConceptSpec | None, di
     if site not in dims:
         raise StructuredConfigError(f"{field_name}.site", f"unknown site '{site}'; the model has {sorted(dims)}")
     if concept is not None and dims[site] != dims[concept.site]:
-        raise StructuredConfigError(f"{field_name}.site", f"site '{site}' has width {dims[site]}, concept "
-                                    f"'{concept.name}' needs {dims[concept.site]}")
+        raise StructuredConfigError(
+            f"{field_name}.site",
+            f"site '{site}' has width {dims[site]}, concept '{concept.name}' needs {dims[concept.site]}",
+        )
     return site
 
 
 def check_label(field_name: str, label: str | None, known_labels: Any) -> None:
     """A spec's label must be one the training data has (when the data says which it has)."""
     if label is not None and known_labels is not None and label not in known_labels:
-        raise StructuredConfigError(f"{field_name}.label",
-                                    f"unknown label '{label}'; the training data has labels {list(known_labels)}")
+        raise StructuredConfigError(
+            f"{field_name}.label", f"unknown label '{label}'; the training data has labels {list(known_labels)}"
+        )
 
 
 def used_labels(regularizers: Any, routes: Any) -> list[str]:
@@ -71,5 +75,6 @@ def check_spec_labels(known: Any, regularizers: Any, routes: Any) -> None:
     for kind, entries in (("regularizers", regularizers), ("routes", routes)):
         for i, entry in enumerate(entries):
             if entry.label is not None and entry.label not in known:
-                raise StructuredConfigError(f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config "
-                                            f"has concepts {known}")
+                raise StructuredConfigError(
+                    f"{kind}[{i}].label", f"unknown label '{entry.label}'; the labels config has concepts {known}"
+                )

@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 MIN_HUE_GAP_DEG = 5.0
 PROPERTY_CHECKS: dict[str, str] = {
     "wheel": "the 12 named hues go round the hue plane in cyclic order, no two closer than 5° (no folding, no "
-             "bunching; evenly spaced they are 30° apart)",
+    "bunching; evenly spaced they are 30° apart)",
     "norm": "mean |‖z‖ − 1| over the training colors <= 0.1 (no collapse)",
     "plane": "worst hue's share of squared norm outside the hue plane <= 0.05",
     "anchor": "cosine of each anchored concept's prototype with its direction >= 0.98",
@@ -92,11 +92,25 @@ def expand_sweep(recipe: Recipe, label: str | None = None) -> list[SweepRun]:
     spec = parse_sweep(raw.pop("sweep", None), raw, parse_run=parse_recipe)
     if spec is None:
         base = parse_recipe(raw)
-        return [SweepRun(name=label or Path(recipe.output_dir).name or "run", recipe=base, variant="base",
-                         regularizers=tuple(regularizer_name(r) for r in recipe.regularizers), seed=recipe.seed)]
-    return [SweepRun(name=f"{label}/{name}" if label else name, recipe=parse_recipe(raw_run), variant=variant,
-                     regularizers=kept, seed=raw_run.get("seed", 0))
-            for name, raw_run, variant, kept in _expand_raw(raw, spec, parse_recipe)]
+        return [
+            SweepRun(
+                name=label or Path(recipe.output_dir).name or "run",
+                recipe=base,
+                variant="base",
+                regularizers=tuple(regularizer_name(r) for r in recipe.regularizers),
+                seed=recipe.seed,
+            )
+        ]
+    return [
+        SweepRun(
+            name=f"{label}/{name}" if label else name,
+            recipe=parse_recipe(raw_run),
+            variant=variant,
+            regularizers=kept,
+            seed=raw_run.get("seed", 0),
+        )
+        for name, raw_run, variant, kept in _expand_raw(raw, spec, parse_recipe)
+    ]
 
 
 def sweep_figures(recipe: Recipe) -> bool:
@@ -179,25 +193,37 @@ def _fmt(value: Any, kind: str = "g") -> str:
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Sweep summary") -> str:
     """One table: a row per run with wall time, reconstruction, structure, anchors, stability and lost properties."""
-    header = ("| run | seed | wall s | max named MSE | max hue MSE | hue order | min gap ° | hue leak | mean norm | "
-              "unit dev (mean / max) | off-plane r | anchor cos | loss spikes (n / max) | "
-              "recon. spikes at phase starts (n: heights) | recon. excursions anywhere (n: top 3 step→ratio) | "
-              "jitter | lost |")
+    header = (
+        "| run | seed | wall s | max named MSE | max hue MSE | hue order | min gap ° | hue leak | mean norm | "
+        "unit dev (mean / max) | off-plane r | anchor cos | loss spikes (n / max) | "
+        "recon. spikes at phase starts (n: heights) | recon. excursions anywhere (n: top 3 step→ratio) | "
+        "jitter | lost |"
+    )
     rule = "|---|" + "---:|" * 4 + ":-:|" + "---:|" * 10 + "---|"
     lines = [f"# {title}", "", header, rule]
     for r in rows:
         anchors = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("anchor_cosines") or {}).items()) or "–"
-        unit = (f"{_fmt(r.get('data_unit_norm_deviation_mean'), 'f3')} / "
-                f"{_fmt(r.get('data_unit_norm_deviation_max'), 'f3')}"
-                if r.get("data_unit_norm_deviation_mean") is not None else _fmt(r.get("unit_norm_deviation_max"), "f3"))
-        spikes = (f"{r['loss_spike_count']} / {r['loss_spike_max_height']:.2f}"
-                  if r.get("loss_spike_count") is not None and r.get("loss_spike_max_height") is not None else "–")
+        unit = (
+            f"{_fmt(r.get('data_unit_norm_deviation_mean'), 'f3')} / "
+            f"{_fmt(r.get('data_unit_norm_deviation_max'), 'f3')}"
+            if r.get("data_unit_norm_deviation_mean") is not None
+            else _fmt(r.get("unit_norm_deviation_max"), "f3")
+        )
+        spikes = (
+            f"{r['loss_spike_count']} / {r['loss_spike_max_height']:.2f}"
+            if r.get("loss_spike_count") is not None and r.get("loss_spike_max_height") is not None
+            else "–"
+        )
         heights = r.get("reconstruction_spike_heights")
-        recon_spikes = (f"{r['reconstruction_spike_count']}: " + " ".join(f"{h:.1f}" for h in heights)
-                        if heights else "–")
+        recon_spikes = (
+            f"{r['reconstruction_spike_count']}: " + " ".join(f"{h:.1f}" for h in heights) if heights else "–"
+        )
         peaks = sorted(r.get("reconstruction_excursion_peaks") or [], key=lambda p: -p[1])[:3]
-        excursions = (f"{r['reconstruction_excursion_count']}: " + ", ".join(f"{s}→{h:.1f}" for s, h in sorted(peaks))
-                      if r.get("reconstruction_excursion_count") else "0")
+        excursions = (
+            f"{r['reconstruction_excursion_count']}: " + ", ".join(f"{s}→{h:.1f}" for s, h in sorted(peaks))
+            if r.get("reconstruction_excursion_count")
+            else "0"
+        )
         lines.append(
             f"| {r['run']} | {r['seed']} | {_fmt(r.get('wall_s'), 'f1')} | {_fmt(r.get('named_color_mse_max'), 'e')} | "
             f"{_fmt(r.get('hue_mse_max'), 'e')} | {_fmt(r.get('hue_order_ok'))} | "
@@ -205,25 +231,31 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Sweep summ
             f"{_fmt(r.get('hue_plane_leak_max'), 'f3')} | {_fmt(r.get('data_norm_mean'), 'f3')} | {unit} | "
             f"{_fmt(r.get('off_plane_r'), 'f3')} | {anchors} | "
             f"{spikes} | {recon_spikes} | {excursions} | {_fmt(r.get('latent_jitter_mean'), 'f3')} | "
-            f"{', '.join(r.get('lost') or []) or '–'} |")
+            f"{', '.join(r.get('lost') or []) or '–'} |"
+        )
     lost = "; ".join(f"**{k}**: {v}" for k, v in PROPERTY_CHECKS.items())
     lines += [
         "",
         f"`lost` names the properties a run fails: {lost}.",
-        ("Norms and unit deviation are over the training colors the run drew last (a curriculum's final phase); "
-         "off-plane r is the correlation of each such color's share of squared norm outside the hue plane with its "
-         "1 − vibrancy."),
-        ("Spikes: loss peak in the 50 steps after each curriculum phase start over the median of the 50 before "
-         "(counted above 1.5), for the total loss and for the reconstruction term alone (heights per phase start, in "
-         "order). Excursions: stretches anywhere in the run where the reconstruction loss exceeds 2x the median of the "
-         "50 steps before (count, and the three highest as step→ratio). Jitter: mean latent displacement between "
-         "consecutive snapshots (30 per run)."),
+        (
+            "Norms and unit deviation are over the training colors the run drew last (a curriculum's final phase); "
+            "off-plane r is the correlation of each such color's share of squared norm outside the hue plane with its "
+            "1 − vibrancy."
+        ),
+        (
+            "Spikes: loss peak in the 50 steps after each curriculum phase start over the median of the 50 before "
+            "(counted above 1.5), for the total loss and for the reconstruction term alone (heights per phase start, in "
+            "order). Excursions: stretches anywhere in the run where the reconstruction loss exceeds 2x the median of the "
+            "50 steps before (count, and the three highest as step→ratio). Jitter: mean latent displacement between "
+            "consecutive snapshots (30 per run)."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
-                  title: str = "Sweep summary") -> tuple[Path, Path]:
+def write_summary(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "Sweep summary"
+) -> tuple[Path, Path]:
     """``summary.json`` (every row) and ``summary.md`` (the table) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,8 +265,12 @@ def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
     return json_path, md_path
 
 
-def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]] | None = None,
-              figures: bool = False, log: Callable[[str], None] = logger.info) -> list[dict[str, Any]]:
+def run_sweep(
+    runs: Sequence[SweepRun],
+    runner: Callable[..., Mapping[str, Any]] | None = None,
+    figures: bool = False,
+    log: Callable[[str], None] = logger.info,
+) -> list[dict[str, Any]]:
     """Run each sweep run in turn with ``runner(recipe, figures=..., animation=...)`` (default:
     :func:`structured_hf.experiment.run_experiment`), reporting a line before and after each run through ``log``
     (default: this module's logger; scripts pass ``print``); returns the summary rows."""
@@ -248,9 +284,11 @@ def run_sweep(runs: Sequence[SweepRun], runner: Callable[..., Mapping[str, Any]]
         wall = time.perf_counter() - start
         row = summary_row(run, metrics, wall)
         rows.append(row)
-        log(f"[{i}/{len(runs)}] {run.name}: {wall:.1f} s, max named MSE {_fmt(row['named_color_mse_max'], 'e')}, "
+        log(
+            f"[{i}/{len(runs)}] {run.name}: {wall:.1f} s, max named MSE {_fmt(row['named_color_mse_max'], 'e')}, "
             f"hue order {'ok' if row['hue_order_ok'] else 'LOST'}, leak {_fmt(row['hue_plane_leak_max'], 'f3')}"
-            + (f", lost: {', '.join(row['lost'])}" if row["lost"] else ""))
+            + (f", lost: {', '.join(row['lost'])}" if row["lost"] else "")
+        )
     log(f"{len(runs)} runs in {time.perf_counter() - total_start:.1f} s")
     return rows
 
@@ -261,16 +299,26 @@ def batch_groups(runs: Sequence[SweepRun]) -> list[list[int]]:
     groups: dict[str, list[int]] = {}
     for i, run in enumerate(runs):
         r = run.recipe
-        key = json.dumps([r.model, r.data, {k: v for k, v in r.training.items() if k not in ("disable_tqdm",)},
-                          r.schedules.get("learning_rate"), r.routes, r.reactive,
-                          [{k: v for k, v in spec.items() if k != "weight"} for spec in r.regularizers]],
-                         sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                r.model,
+                r.data,
+                {k: v for k, v in r.training.items() if k not in ("disable_tqdm",)},
+                r.schedules.get("learning_rate"),
+                r.routes,
+                r.reactive,
+                [{k: v for k, v in spec.items() if k != "weight"} for spec in r.regularizers],
+            ],
+            sort_keys=True,
+            default=str,
+        )
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
-def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = logger.info,
-                      force: bool = False) -> list[dict[str, Any]]:
+def run_sweep_batched(
+    runs: Sequence[SweepRun], log: Callable[[str], None] = logger.info, force: bool = False
+) -> list[dict[str, Any]]:
     """Like :func:`run_sweep`, but every group of :func:`batch_groups` trains as one batched model.
 
     Each run still gets its folder (``config.json`` + weights, ``recipe.yaml``, ``run.json``, ``metrics.json``) and
@@ -300,16 +348,19 @@ def run_sweep_batched(runs: Sequence[SweepRun], log: Callable[[str], None] = log
             run = runs[i]
             metrics = _batched_run_metrics(run, states[i], model, wall, info["log_history"][k - 1])
             rows[i] = row = summary_row(run, metrics, wall)
-            log(f"[{k}/{len(group)}] {run.name}: max named MSE {_fmt(row['named_color_mse_max'], 'e')}, hue order "
+            log(
+                f"[{k}/{len(group)}] {run.name}: max named MSE {_fmt(row['named_color_mse_max'], 'e')}, hue order "
                 f"{'ok' if row['hue_order_ok'] else 'LOST'}, leak {_fmt(row['hue_plane_leak_max'], 'f3')}"
-                + (f", lost: {', '.join(row['lost'])}" if row["lost"] else ""))
+                + (f", lost: {', '.join(row['lost'])}" if row["lost"] else "")
+            )
         log(f"batch of {len(group)}: {info['train_runtime_s']:.1f} s of training")
     log(f"{len(runs)} runs in {time.perf_counter() - total_start:.1f} s")
     return [row for row in rows if row is not None]
 
 
-def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: float,
-                         history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+def _batched_run_metrics(
+    run: SweepRun, state: Any, model: Any, train_runtime: float, history: Sequence[Mapping[str, float]]
+) -> dict[str, Any]:
     """Write one batched run's folder and return its metrics (those of a single run, minus the per-step logs)."""
     recipe = run.recipe
     out = Path(recipe.output_dir)
@@ -320,11 +371,12 @@ def _batched_run_metrics(run: SweepRun, state: Any, model: Any, train_runtime: f
     metrics = evaluate_color_model(model)
     metrics["hue_mse_max"] = max(metrics["named_color_mse"][name] for name in HUE_NAMES)
     metrics["structure"] = color_structure(model, site="bottleneck", plane=plane, data_colors=train_colors)
-    metrics["stability"] = {"loss_spikes": loss_spikes(history, []),
-                            "reconstruction_spikes": loss_spikes(history, [], key="term/reconstruction"),
-                            "reconstruction_excursions": loss_excursions(history, key="term/reconstruction")}
-    metrics.update(train_runtime_s=train_runtime, train_steps=int(recipe.training.get("max_steps", 0)),
-                   batched=True)
+    metrics["stability"] = {
+        "loss_spikes": loss_spikes(history, []),
+        "reconstruction_spikes": loss_spikes(history, [], key="term/reconstruction"),
+        "reconstruction_excursions": loss_excursions(history, key="term/reconstruction"),
+    }
+    metrics.update(train_runtime_s=train_runtime, train_steps=int(recipe.training.get("max_steps", 0)), batched=True)
     model.save_pretrained(out)
     (out / "log_history.json").write_text(json.dumps(list(history), indent=1))
     (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=1))
@@ -345,12 +397,31 @@ def plot_sweep_losses(runs: Sequence[SweepRun], path: str | Path, key: str = "lo
         boundaries[run.name] = [start for start, _ in curriculum.boundaries() if start > 0] if curriculum else []
     if not histories:
         return None
-    return plot_run_comparison(histories, path, boundaries=boundaries, key=key,
-                               title=title or f"{key} per run (dotted: curriculum phase starts)")
+    return plot_run_comparison(
+        histories,
+        path,
+        boundaries=boundaries,
+        key=key,
+        title=title or f"{key} per run (dotted: curriculum phase starts)",
+    )
 
 
 __all__ = [
-    "PROPERTY_CHECKS", "SweepRun", "SweepSpec", "SweepVariant", "batch_groups", "expand_sweep", "lost_properties",
-    "parse_sweep", "plot_sweep_losses", "regularizer_subsets", "run_sweep", "run_sweep_batched", "set_path",
-    "summary_markdown", "summary_row", "sweep_figures", "write_summary",
+    "PROPERTY_CHECKS",
+    "SweepRun",
+    "SweepSpec",
+    "SweepVariant",
+    "batch_groups",
+    "expand_sweep",
+    "lost_properties",
+    "parse_sweep",
+    "plot_sweep_losses",
+    "regularizer_subsets",
+    "run_sweep",
+    "run_sweep_batched",
+    "set_path",
+    "summary_markdown",
+    "summary_row",
+    "sweep_figures",
+    "write_summary",
 ]

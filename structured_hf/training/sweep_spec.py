@@ -61,8 +61,9 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
             index = _list_index(node, part)
             if index is None:
                 names = [e.get("name") for e in node if isinstance(e, Mapping) and e.get("name")]
-                raise StructuredConfigError(field, f"'{part}' is neither an index nor the name of an entry of {where} "
-                                                   f"(names: {names})")
+                raise StructuredConfigError(
+                    field, f"'{part}' is neither an index nor the name of an entry of {where} (names: {names})"
+                )
             if last:
                 node[index] = value
             else:
@@ -75,8 +76,9 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any, field: str) -> None:
                     node[part] = {}
                 node = node[part]
         else:
-            raise StructuredConfigError(field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} "
-                                               f"{node!r}")
+            raise StructuredConfigError(
+                field, f"cannot set '{part}' inside {where}, which is {type(node).__name__} {node!r}"
+            )
 
 
 def _list_index(items: list, part: str) -> int | None:
@@ -89,8 +91,9 @@ def _list_index(items: list, part: str) -> int | None:
     return None
 
 
-def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", *,
-                parse_run: Callable[[Mapping[str, Any]], Any]) -> SweepSpec | None:
+def parse_sweep(
+    spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", *, parse_run: Callable[[Mapping[str, Any]], Any]
+) -> SweepSpec | None:
     """Validate a ``sweep:`` section against the (raw, sweep-free) recipe it belongs to; ``None`` for no sweep.
 
     Every run it expands to is parsed as a recipe here (``parse_run``: ``recipe.parse_recipe``, passed in because
@@ -99,13 +102,18 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", 
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
-        raise StructuredConfigError(field, f"expected a mapping with seeds / regularizer_subsets / variants, "
-                                           f"got {spec!r}")
+        raise StructuredConfigError(
+            field, f"expected a mapping with seeds / regularizer_subsets / variants, got {spec!r}"
+        )
     check_keys(field, spec, _SWEEP_KEYS)
     seeds = spec.get("seeds")
     if seeds is not None:
-        if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        if (
+            not isinstance(seeds, Sequence)
+            or isinstance(seeds, str)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        ):
             raise StructuredConfigError(f"{field}.seeds", f"expected a non-empty list of integers, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise StructuredConfigError(f"{field}.seeds", f"seeds must be distinct, got {list(seeds)}")
@@ -114,22 +122,26 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", 
     subsets = spec.get("regularizer_subsets", False)
     if subsets is True:
         if not names:
-            raise StructuredConfigError(f"{field}.regularizer_subsets",
-                                        "the recipe has no regularizers to take subsets of")
+            raise StructuredConfigError(
+                f"{field}.regularizer_subsets", "the recipe has no regularizers to take subsets of"
+            )
         subsets = tuple(names)
     elif subsets is False or subsets is None:
         subsets = None
     elif isinstance(subsets, Sequence) and not isinstance(subsets, str) and subsets:
         for i, name in enumerate(subsets):
             if name not in names:
-                raise StructuredConfigError(f"{field}.regularizer_subsets[{i}]",
-                                            f"unknown regularizer {name!r}; the recipe has {names}")
+                raise StructuredConfigError(
+                    f"{field}.regularizer_subsets[{i}]", f"unknown regularizer {name!r}; the recipe has {names}"
+                )
         if len(set(subsets)) != len(subsets):
             raise StructuredConfigError(f"{field}.regularizer_subsets", f"names must be distinct, got {list(subsets)}")
         subsets = tuple(subsets)
     else:
-        raise StructuredConfigError(f"{field}.regularizer_subsets",
-                                    f"expected true/false or a non-empty list of regularizer names, got {subsets!r}")
+        raise StructuredConfigError(
+            f"{field}.regularizer_subsets",
+            f"expected true/false or a non-empty list of regularizer names, got {subsets!r}",
+        )
     variants = []
     entries = spec.get("variants") or []
     if not isinstance(entries, Sequence) or isinstance(entries, str):
@@ -141,8 +153,9 @@ def parse_sweep(spec: Any, raw_recipe: Mapping[str, Any], field: str = "sweep", 
         check_keys(vf, entry, _VARIANT_KEYS)
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise StructuredConfigError(f"{vf}.name", "expected a name of letters, digits and ._+- "
-                                                      f"(it names a folder), got {name!r}")
+            raise StructuredConfigError(
+                f"{vf}.name", f"expected a name of letters, digits and ._+- (it names a folder), got {name!r}"
+            )
         if name in {v.name for v in variants}:
             raise StructuredConfigError(f"{vf}.name", f"duplicate variant name {name!r}")
         overrides = entry.get("set") or {}
@@ -168,8 +181,9 @@ def regularizer_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
     return out
 
 
-def _expand_raw(raw: Mapping[str, Any], spec: SweepSpec, parse_run: Callable[[Mapping[str, Any]], Any],
-                field: str = "sweep") -> list[tuple[str, dict, str, tuple]]:
+def _expand_raw(
+    raw: Mapping[str, Any], spec: SweepSpec, parse_run: Callable[[Mapping[str, Any]], Any], field: str = "sweep"
+) -> list[tuple[str, dict, str, tuple]]:
     """(run name, raw recipe, variant name, kept regularizers) for every run, each parsed once as a check."""
     base = copy.deepcopy(dict(raw))
     base.pop("sweep", None)
@@ -190,11 +204,15 @@ def _expand_raw(raw: Mapping[str, Any], spec: SweepSpec, parse_run: Callable[[Ma
             kept_names = tuple(all_names)
             if subset is not None:
                 dropped = set(spec.regularizer_subsets) - set(subset)
-                raw_subset["regularizers"] = [r for r in raw_subset.get("regularizers") or []
-                                              if regularizer_name(r) not in dropped]
+                raw_subset["regularizers"] = [
+                    r for r in raw_subset.get("regularizers") or [] if regularizer_name(r) not in dropped
+                ]
                 # Reactive rules that move a dropped regularizer have nothing left to move.
-                raw_subset["reactive"] = [r for r in raw_subset.get("reactive") or []
-                                          if not (isinstance(r, Mapping) and r.get("parameter") in dropped)]
+                raw_subset["reactive"] = [
+                    r
+                    for r in raw_subset.get("reactive") or []
+                    if not (isinstance(r, Mapping) and r.get("parameter") in dropped)
+                ]
                 kept_names = tuple(n for n in all_names if n not in dropped)
             for seed in seeds:
                 raw_run = copy.deepcopy(raw_subset)

@@ -98,8 +98,14 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
             # Probabilities pass through the collator; the trainer draws the labels (see `_label_generator`).
             data_collator = WeakLabelCollator(label_names, sample=False)
         self.eval_data_collator = eval_data_collator or WeakLabelCollator(label_names, sample=False)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=data_collator, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            **kwargs,
+        )
         self._site_modules = resolve_sites(model, sorted({r.site for r in self.bound_regularizers}))
         self._route_modules = resolve_sites(model, sorted({r.site for r in self.bound_routes}))
         self._route_labels: dict[str, torch.Tensor] | None = None  # this forward pass's labels, while routing
@@ -132,9 +138,12 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         weights = getattr(dataset, "sample_weights", None)
         if self.curriculum is not None:
             return CurriculumSampler(
-                dataset.columns["colors"].numpy(), self.curriculum,
+                dataset.columns["colors"].numpy(),
+                self.curriculum,
                 samples_per_step=self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
-                num_steps=self.args.max_steps, weights=None if weights is None else weights.numpy(), seed=self.args.seed,
+                num_steps=self.args.max_steps,
+                weights=None if weights is None else weights.numpy(),
+                seed=self.args.seed,
             )
         if self.args.sample_with_replacement or weights is not None:
             # Sampling with replacement has no natural epoch; one "epoch" is as many draws as a full run needs, so
@@ -142,13 +151,19 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
             n = len(dataset)
             per_epoch = n
             if self.args.max_steps > 0:
-                per_epoch = max(n, self.args.max_steps * self._train_batch_size
-                                * self.args.gradient_accumulation_steps * self.args.world_size)
+                per_epoch = max(
+                    n,
+                    self.args.max_steps
+                    * self._train_batch_size
+                    * self.args.gradient_accumulation_steps
+                    * self.args.world_size,
+                )
             return EpochWeightedSampler(weights, n, per_epoch, seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
-                        dataloader_key=None):
+    def _get_dataloader(
+        self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None
+    ):
         if is_training:
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
@@ -168,8 +183,13 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         return batch_samples, num_items_in_batch
 
     def _draw_window_labels(self, batches: list[dict[str, Any]]) -> None:
-        draw_window_labels(batches, label_generator(self.args.seed, self.state.global_step),
-                           self.accelerator.num_processes, self.accelerator.process_index, self._train_batch_size)
+        draw_window_labels(
+            batches,
+            label_generator(self.args.seed, self.state.global_step),
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+            self._train_batch_size,
+        )
 
     def _window_totals(self, batches: list[Mapping[str, Any]], device: torch.device) -> dict[str, float]:
         """Samples and label sums over the accumulation window, summed over processes; also adds this process's
@@ -227,8 +247,10 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
             # Token-level labels ((B, T), data.token_scope) count tokens; chunk labels ((B,)) count samples.
             per_token = bool(reg.spec.label) and concept_labels[reg.spec.label].ndim == 2
             if per_token and (x.ndim != 3 or reg.spec.positions is not None):
-                raise StructuredConfigError(f"regularizers.{reg.spec.name}", "token-level labels (data.token_scope) "
-                                            "need a per-token site and all positions")
+                raise StructuredConfigError(
+                    f"regularizers.{reg.spec.name}",
+                    "token-level labels (data.token_scope) need a per-token site and all positions",
+                )
             if reg.spec.label:
                 count = totals[reg.spec.label]
                 if reg.spec.negate_label:  # the samples (tokens) without the label
@@ -306,8 +328,10 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
         forward pass (`sites.capture_modules` removes them in ``finally``, also when training fails)."""
         # Recorders first, routes second: forward hooks run in registration order, so the regularizers read each site
         # before routing rewrites it (the value is the same; only the routed copy's gradient differs).
-        with capture_modules(self._site_modules) as acts, \
-                gradient_routes(self._route_modules, self.bound_routes, lambda: (self._route_labels, self.hparams)):
+        with (
+            capture_modules(self._site_modules) as acts,
+            gradient_routes(self._route_modules, self.bound_routes, lambda: (self._route_labels, self.hparams)),
+        ):
             self._run_acts = acts
             try:
                 return super().train(*args, **kwargs)
@@ -333,8 +357,12 @@ class AnchoredTrainer(FiniteGuardMixin, PlainRuntimeMixin, Trainer):
             since = max(self._last_log_step, getattr(self, "_initial_global_step", 0))
             steps = max(self.state.global_step - since, 1)
             names = list(self._term_sums) + [f"labels/{n}" for n in self._label_sums]
-            values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in
-                                  list(self._term_sums.values()) + list(self._label_sums.values())])
+            values = torch.stack(
+                [
+                    torch.as_tensor(v, dtype=torch.float64)
+                    for v in list(self._term_sums.values()) + list(self._label_sums.values())
+                ]
+            )
             if self.accelerator.num_processes > 1:
                 values = self.accelerator.reduce(values.to(self.args.device), reduction="sum").cpu()
             for name, value in zip(names, values.tolist()):

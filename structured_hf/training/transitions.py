@@ -28,7 +28,14 @@ def quintic_coefficients(x0: float, v0: float, a0: float, x1: float, duration: f
     """
     c0, c1, c2 = x0, v0 * duration, a0 * duration * duration / 2.0
     big_a, big_b, big_c = x1 - c0 - c1 - c2, -(c1 + 2.0 * c2), -2.0 * c2
-    return (c0, c1, c2, 10 * big_a - 4 * big_b + big_c / 2, -15 * big_a + 7 * big_b - big_c, 6 * big_a - 3 * big_b + big_c / 2)
+    return (
+        c0,
+        c1,
+        c2,
+        10 * big_a - 4 * big_b + big_c / 2,
+        -15 * big_a + 7 * big_b - big_c,
+        6 * big_a - 3 * big_b + big_c / 2,
+    )
 
 
 class SmoothParameter:
@@ -121,15 +128,28 @@ class ReactiveRule:
         if entry.get("op") not in _OPS:
             raise StructuredConfigError(f"{field}.op", f"expected one of {list(_OPS)}, got {entry.get('op')!r}")
         numbers = {key: float(check_number(f"{field}.{key}", entry.get(key))) for key in ("threshold", "target")}
-        numbers["duration"] = float(check_number(f"{field}.duration", entry.get("duration", 100.0), low=0,
-                                                 low_open=True))
-        return cls(metric=entry["metric"], op=entry["op"], parameter=entry["parameter"],
-                   once=bool(entry.get("once", True)), **numbers)
+        numbers["duration"] = float(
+            check_number(f"{field}.duration", entry.get("duration", 100.0), low=0, low_open=True)
+        )
+        return cls(
+            metric=entry["metric"],
+            op=entry["op"],
+            parameter=entry["parameter"],
+            once=bool(entry.get("once", True)),
+            **numbers,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form :meth:`from_dict` reads back (without the firing state)."""
-        return {"metric": self.metric, "op": self.op, "threshold": self.threshold, "parameter": self.parameter,
-                "target": self.target, "duration": self.duration, "once": self.once}
+        return {
+            "metric": self.metric,
+            "op": self.op,
+            "threshold": self.threshold,
+            "parameter": self.parameter,
+            "target": self.target,
+            "duration": self.duration,
+            "once": self.once,
+        }
 
     def fresh(self) -> ReactiveRule:
         """This rule, not yet fired: a recipe's rules are shared by every trainer built from it, so each trainer

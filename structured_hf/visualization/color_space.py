@@ -19,10 +19,19 @@ import numpy as np
 from ..data.colors import GRAY_NAMES, HUE_NAMES, NAMED_COLORS, rgb_grid, to_rgb
 
 # Corners of the cube and their names, for labels.
-_CORNERS = {"black": (0, 0, 0), "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1),
-            "yellow": (1, 1, 0), "cyan": (0, 1, 1), "magenta": (1, 0, 1), "white": (1, 1, 1)}
-_EDGES = [(a, b) for a in _CORNERS.values() for b in _CORNERS.values()
-          if sum(abs(x - y) for x, y in zip(a, b)) == 1 and a < b]
+_CORNERS = {
+    "black": (0, 0, 0),
+    "red": (1, 0, 0),
+    "green": (0, 1, 0),
+    "blue": (0, 0, 1),
+    "yellow": (1, 1, 0),
+    "cyan": (0, 1, 1),
+    "magenta": (1, 0, 1),
+    "white": (1, 1, 1),
+}
+_EDGES = [
+    (a, b) for a in _CORNERS.values() for b in _CORNERS.values() if sum(abs(x - y) for x, y in zip(a, b)) == 1 and a < b
+]
 # (title, elevation, azimuth, corner hidden behind the one in front): the cube from the white corner (the hue
 # hexagon round the gray axis), from the black corner, and from the side.
 CUBE_VIEWS: tuple[tuple[str, float, float, str | None], ...] = (
@@ -32,8 +41,9 @@ CUBE_VIEWS: tuple[tuple[str, float, float, str | None], ...] = (
 )
 
 
-def plot_rgb_cube(path: str | Path, size: int = 8, views: Sequence[tuple[str, float, float, str | None]] = CUBE_VIEWS,
-                  title: str = "") -> Path:
+def plot_rgb_cube(
+    path: str | Path, size: int = 8, views: Sequence[tuple[str, float, float, str | None]] = CUBE_VIEWS, title: str = ""
+) -> Path:
     """The ``size³`` RGB lattice as a 3-D scatter, each point in its own color, from several viewpoints; cube edges
     and corner names drawn."""
     colors = rgb_grid(size)
@@ -41,16 +51,25 @@ def plot_rgb_cube(path: str | Path, size: int = 8, views: Sequence[tuple[str, fl
     for k, (label, elev, azim, hidden) in enumerate(views):
         ax = fig.add_subplot(1, len(views), k + 1, projection="3d")
         ax.set_facecolor("white")
-        ax.scatter(colors[:, 0], colors[:, 1], colors[:, 2], c=colors, s=28, depthshade=False,
-                   edgecolors="#55555533", linewidths=0.3)
+        ax.scatter(
+            colors[:, 0],
+            colors[:, 1],
+            colors[:, 2],
+            c=colors,
+            s=28,
+            depthshade=False,
+            edgecolors="#55555533",
+            linewidths=0.3,
+        )
         for a, b in _EDGES:
             ax.plot(*zip(a, b), color="#666666", lw=0.8)
         for name, corner in _CORNERS.items():
             if name == hidden:
                 continue  # it projects onto the corner in front of it: one label there, not two on top of each other
             offset = 0.12 * (np.asarray(corner) - 0.5)
-            ax.text(*(np.asarray(corner, dtype=float) + offset), name, fontsize=9, ha="center", va="center",
-                    color="black")
+            ax.text(
+                *(np.asarray(corner, dtype=float) + offset), name, fontsize=9, ha="center", va="center", color="black"
+            )
         ax.view_init(elev=elev, azim=azim)
         ax.set_xlabel("R", labelpad=-8)
         ax.set_ylabel("G", labelpad=-8)
@@ -82,8 +101,9 @@ def _hs_disc(value: float, resolution: int) -> np.ndarray:
     return image
 
 
-def plot_hsv_slices(path: str | Path, values: Sequence[float] = (0.25, 0.5, 0.75, 1.0), resolution: int = 300,
-                    title: str = "") -> Path:
+def plot_hsv_slices(
+    path: str | Path, values: Sequence[float] = (0.25, 0.5, 0.75, 1.0), resolution: int = 300, title: str = ""
+) -> Path:
     """Top: hue x saturation discs at fixed values (hue as angle, saturation as radius), the named hues marked on
     the v = 1 disc. Bottom: hue x value at full saturation (shades, down to black) and hue x saturation at full value
     (tints, up to white), with the named hues' columns marked."""
@@ -121,8 +141,14 @@ def plot_hsv_slices(path: str | Path, values: Sequence[float] = (0.25, 0.5, 0.75
         ax.set_title(label, fontsize=10)
     grays = ", ".join(f"{n} ({NAMED_COLORS[n][0]:g})" for n in GRAY_NAMES)
     fig.suptitle(title or "HSV slices", fontsize=13)
-    fig.text(0.5, 0.005, f"named test colors: the 12 hues at s = v = 1 (circles, columns) and the grays s = 0: {grays}",
-             ha="center", fontsize=8, color="#333333")
+    fig.text(
+        0.5,
+        0.005,
+        f"named test colors: the 12 hues at s = v = 1 (circles, columns) and the grays s = 0: {grays}",
+        ha="center",
+        fontsize=8,
+        color="#333333",
+    )
     path = Path(path)
     fig.savefig(path, dpi=110, facecolor="white", bbox_inches="tight")
     plt.close(fig)

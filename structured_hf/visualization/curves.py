@@ -19,7 +19,7 @@ def _series(history: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, tupl
     for row in history:
         for key, value in row.items():
             if key.startswith(prefix) and isinstance(value, (int, float)):
-                steps, values = out.setdefault(key[len(prefix):], ([], []))
+                steps, values = out.setdefault(key[len(prefix) :], ([], []))
                 steps.append(row["step"])
                 values.append(float(value))
     return out

@@ -17,8 +17,9 @@ from .latents import axis_pairs, plot_latent_pairs
 from .style import save_figure
 
 
-def plot_error_vs_similarity(colors: np.ndarray, panels: Sequence[Mapping[str, Any]], path: str | Path,
-                             title: str = "") -> Path:
+def plot_error_vs_similarity(
+    colors: np.ndarray, panels: Sequence[Mapping[str, Any]], path: str | Path, title: str = ""
+) -> Path:
     """One scatter per variant: per-color MSE against its score target (``sim^p`` or ``vibrancy^p``).
 
     Args:
@@ -34,28 +35,33 @@ def plot_error_vs_similarity(colors: np.ndarray, panels: Sequence[Mapping[str, A
         ax.set_facecolor("#eeeeee")
         ax.scatter(panel["x"], panel["mse"], c=np.clip(colors, 0, 1), s=14, edgecolors="#33333355", linewidths=0.3)
         r2 = panel.get("r2")
-        ax.set_title(f"{panel['name']}\nr² = {r2:.3f}" if r2 is not None and np.isfinite(r2) else panel["name"],
-                     fontsize=9)
+        ax.set_title(
+            f"{panel['name']}\nr² = {r2:.3f}" if r2 is not None and np.isfinite(r2) else panel["name"], fontsize=9
+        )
         ax.set_xlabel(panel.get("xlabel", "similarity"))
         ax.set_ylabel("MSE")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     return save_figure(fig, path, dpi=120, title=title)
 
 
-def plot_variant_latents(latents: np.ndarray, colors: np.ndarray, path: str | Path, concepts: Any = None,
-                         highlight_names: Sequence[str] = (), title: str = "") -> Path:
+def plot_variant_latents(
+    latents: np.ndarray,
+    colors: np.ndarray,
+    path: str | Path,
+    concepts: Any = None,
+    highlight_names: Sequence[str] = (),
+    title: str = "",
+) -> Path:
     """Latents (as the decoder sees them, i.e. after the intervention) on every axis pair.
 
     The last ``len(highlight_names)`` rows of ``latents`` are circled and labelled (e.g. the 12 named hues).
     """
     k = len(highlight_names)
-    highlight = dict(zip(highlight_names, latents[len(latents) - k:])) if k else None
+    highlight = dict(zip(highlight_names, latents[len(latents) - k :])) if k else None
     concepts = ConceptMap.parse(concepts) if concepts is not None and not isinstance(concepts, ConceptMap) else concepts
     return plot_latent_pairs(latents, colors, path, concepts=concepts, highlight=highlight, title=title)
-
-
 
 
 def plot_recovery_curves(study: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
@@ -75,8 +81,9 @@ def plot_recovery_curves(study: Mapping[str, Any], path: str | Path, title: str 
     what = "prototype" if concept_key in (None, "prototype") else f"{concept_key} examples"
     ax_c.set_title(f"'{study['concept']}' {what} MSE during the attack")
     ax_r.set_yscale("log")
-    ax_r.set_title(f"{'retain colors' if retain_key in (None, 'retain') else retain_key + ' examples'} MSE during "
-                   "the attack")
+    ax_r.set_title(
+        f"{'retain colors' if retain_key in (None, 'retain') else retain_key + ' examples'} MSE during the attack"
+    )
     for ax in (ax_c, ax_r):
         ax.set_xlabel("attack step")
         ax.grid(alpha=0.3)
@@ -84,8 +91,14 @@ def plot_recovery_curves(study: Mapping[str, Any], path: str | Path, title: str 
     return save_figure(fig, path, dpi=120, title=title)
 
 
-def plot_variants_latents(rows: Sequence[Mapping[str, Any]], colors: np.ndarray, path: str | Path,
-                          highlight_names: Sequence[str] = (), max_pairs: int = 3, title: str = "") -> Path:
+def plot_variants_latents(
+    rows: Sequence[Mapping[str, Any]],
+    colors: np.ndarray,
+    path: str | Path,
+    highlight_names: Sequence[str] = (),
+    max_pairs: int = 3,
+    title: str = "",
+) -> Path:
     """One row per variant: its latents (as the decoder sees them) on the first ``max_pairs`` axis pairs.
 
     Args:
@@ -110,15 +123,16 @@ def plot_variants_latents(rows: Sequence[Mapping[str, Any]], colors: np.ndarray,
             ax.axhline(0, color="#bbbbbb", lw=0.6, zorder=0)
             ax.axvline(0, color="#bbbbbb", lw=0.6, zorder=0)
             ax.scatter(z[:, i], z[:, j], c=np.clip(colors, 0, 1), s=9, edgecolors="#33333355", linewidths=0.3)
-            for name, p in zip(highlight_names, z[len(z) - k:]):
+            for name, p in zip(highlight_names, z[len(z) - k :]):
                 ax.scatter([p[i]], [p[j]], s=40, facecolors="none", edgecolors="black", linewidths=0.8)
                 ax.annotate(name, (p[i], p[j]), textcoords="offset points", xytext=(3, 3), fontsize=6)
             for concept in concepts or []:
                 if concept.direction is not None:
                     v = np.asarray(concept.direction) / np.linalg.norm(concept.direction)
                     if abs(v[i]) + abs(v[j]) > 1e-6:
-                        ax.annotate("", xy=(v[i], v[j]), xytext=(0, 0),
-                                    arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+                        ax.annotate(
+                            "", xy=(v[i], v[j]), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="black", lw=1.2)
+                        )
             lim = max(1.05, float(np.abs(z).max()) * 1.1)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)

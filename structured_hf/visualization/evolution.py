@@ -31,8 +31,14 @@ def _scatter(ax, z: np.ndarray, colors: np.ndarray, pair: tuple[int, int], size:
     ax.set_aspect("equal")
 
 
-def plot_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[int], colors: np.ndarray,
-                          path: str | Path, title: str = "", thumbnails: int = 10) -> Path:
+def plot_latent_evolution(
+    snapshots: Sequence[np.ndarray],
+    steps: Sequence[int],
+    colors: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    thumbnails: int = 10,
+) -> Path:
     """Three large axis-pair scatter plots of the final latents, and a strip of thumbnails (axes 0-1) from earlier
     snapshots, each point in its true color."""
     final = snapshots[-1]
@@ -43,7 +49,7 @@ def plot_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[int],
     grid = fig.add_gridspec(2, max(thumbnails, 1), height_ratios=[3.0, 1.0])
     span = thumbnails // len(pairs)
     for k, pair in enumerate(pairs):
-        ax = fig.add_subplot(grid[0, k * span:(k + 1) * span])
+        ax = fig.add_subplot(grid[0, k * span : (k + 1) * span])
         _scatter(ax, final, colors, pair, 16, lim)
         ax.set_xlabel(f"axis {pair[0]}")
         ax.set_ylabel(f"axis {pair[1]}")
@@ -62,8 +68,13 @@ def plot_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[int],
     return path
 
 
-def plot_schedules(schedules: Mapping[str, Schedule], max_steps: int, path: str | Path,
-                   phases: Sequence[tuple[float, str]] = (), title: str = "schedules") -> Path:
+def plot_schedules(
+    schedules: Mapping[str, Schedule],
+    max_steps: int,
+    path: str | Path,
+    phases: Sequence[tuple[float, str]] = (),
+    title: str = "schedules",
+) -> Path:
     """Every keyframed parameter over the run (log scale for the learning rate), phase starts as vertical lines."""
     steps = np.arange(max_steps + 1)
     names = list(schedules)
@@ -83,8 +94,14 @@ def plot_schedules(schedules: Mapping[str, Schedule], max_steps: int, path: str 
     return save_figure(fig, path, dpi=110)
 
 
-def animate_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[int], colors: np.ndarray,
-                             path: str | Path, schedules: Mapping[str, Schedule] | None = None, fps: int = 6) -> Path:
+def animate_latent_evolution(
+    snapshots: Sequence[np.ndarray],
+    steps: Sequence[int],
+    colors: np.ndarray,
+    path: str | Path,
+    schedules: Mapping[str, Schedule] | None = None,
+    fps: int = 6,
+) -> Path:
     """GIF: the latent scatter (axes 0-1) next to the schedules, with a cursor at the current step."""
     lim = max(1.1, float(np.abs(np.concatenate(snapshots)).max()) * 1.05)
     fig, (ax_z, ax_s) = plt.subplots(1, 2, figsize=(9, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
@@ -114,14 +131,18 @@ def animate_latent_evolution(snapshots: Sequence[np.ndarray], steps: Sequence[in
     return path
 
 
-def plot_run_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
-                        boundaries: Mapping[str, Sequence[float]] | None = None, key: str = "loss",
-                        title: str = "") -> Path:
+def plot_run_comparison(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    boundaries: Mapping[str, Sequence[float]] | None = None,
+    key: str = "loss",
+    title: str = "",
+) -> Path:
     """Loss curves of several runs on one log-scale axis, with each run's phase starts marked."""
     fig, ax = plt.subplots(figsize=(10, 4))
     for k, (label, history) in enumerate(histories.items()):
         rows = [(r["step"], r[key]) for r in history if key in r and r[key] > 0]
-        line, = ax.plot(*zip(*rows), label=label, lw=1.2)
+        (line,) = ax.plot(*zip(*rows), label=label, lw=1.2)
         for b in (boundaries or {}).get(label, []):
             ax.axvline(b, color=line.get_color(), ls=":", lw=0.8)
     ax.set_yscale("log")

@@ -56,8 +56,9 @@ def plot_latent_pairs(
             if c.direction is not None and c.site:
                 v = np.asarray(c.direction) / np.linalg.norm(c.direction)
                 if abs(v[i]) + abs(v[j]) > 1e-6:
-                    ax.annotate("", xy=(v[i], v[j]), xytext=(0, 0),
-                                arrowprops=dict(arrowstyle="->", color="black", lw=1.5))
+                    ax.annotate(
+                        "", xy=(v[i], v[j]), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="black", lw=1.5)
+                    )
                     ax.text(v[i] * 1.08, v[j] * 1.08, c.name, fontsize=9, weight="bold")
             elif c.axes is not None and {i, j} <= set(c.axes):
                 ax.set_title(f"plane of '{c.name}'", fontsize=9, loc="right", color="#555555")
@@ -66,7 +67,7 @@ def plot_latent_pairs(
         ax.set_aspect("equal")
         ax.set_xlabel(f"axis {i}")
         ax.set_ylabel(f"axis {j}")
-    for ax in list(axes.flat)[len(pairs):]:
+    for ax in list(axes.flat)[len(pairs) :]:
         ax.axis("off")
     return save_figure(fig, path, dpi=120, title=title)
 
@@ -76,7 +77,13 @@ def plot_color_model_latents(model, path: str | Path, site: str = "bottleneck", 
     colors = rgb_grid(8)
     hues = np.asarray([NAMED_COLORS[n] for n in HUE_NAMES])
     latents = site_activations(model, np.concatenate([colors, hues]), site)
-    highlight = dict(zip(HUE_NAMES, latents[len(colors):]))
+    highlight = dict(zip(HUE_NAMES, latents[len(colors) :]))
     concepts = ConceptMap.of(model)
-    return plot_latent_pairs(latents, np.concatenate([colors, hues]), path, concepts=concepts,
-                             highlight=highlight, title=title or f"latent space at site '{site}'")
+    return plot_latent_pairs(
+        latents,
+        np.concatenate([colors, hues]),
+        path,
+        concepts=concepts,
+        highlight=highlight,
+        title=title or f"latent space at site '{site}'",
+    )

@@ -15,8 +15,13 @@ from matplotlib.patches import Rectangle
 from .style import save_figure
 
 
-def plot_swatch_grid(names: Sequence[str], true_colors: np.ndarray, predictions: Mapping[str, np.ndarray],
-                     path: str | Path, title: str = "") -> Path:
+def plot_swatch_grid(
+    names: Sequence[str],
+    true_colors: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Rows: colors; first column the true color, then one column per variant, each cell labelled with its MSE.
 
     Args:
@@ -36,8 +41,15 @@ def plot_swatch_grid(names: Sequence[str], true_colors: np.ndarray, predictions:
                 mse = float(((colors[i] - true_colors[i]) ** 2).mean())
                 # Dark text on light swatches, light text on dark ones (luma of the cell).
                 luma = 0.299 * colors[i][0] + 0.587 * colors[i][1] + 0.114 * colors[i][2]
-                ax.text(j + 0.5, y + 0.5, f"{mse:.3f}" if mse >= 1e-3 else f"{mse:.0e}", ha="center", va="center",
-                        fontsize=7, color="black" if luma > 0.5 else "white")
+                ax.text(
+                    j + 0.5,
+                    y + 0.5,
+                    f"{mse:.3f}" if mse >= 1e-3 else f"{mse:.0e}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if luma > 0.5 else "white",
+                )
         ax.text(j + 0.5, n_rows + 0.15, label, ha="center", va="bottom", fontsize=8, rotation=20)
     for i, name in enumerate(names):
         ax.text(-0.08, n_rows - 1 - i + 0.5, name, ha="right", va="center", fontsize=8)

@@ -61,7 +61,9 @@ class ColorAutoencoderConfig(PreTrainedConfig):
         if self.activation not in ACTIVATIONS:
             raise StructuredConfigError("model.activation", f"expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.output_head not in OUTPUT_HEADS:
-            raise StructuredConfigError("model.output_head", f"expected one of {OUTPUT_HEADS}, got {self.output_head!r}")
+            raise StructuredConfigError(
+                "model.output_head", f"expected one of {OUTPUT_HEADS}, got {self.output_head!r}"
+            )
         # Both sites have the bottleneck's width; the concept map must fit them.
         ConceptMap.parse(self.concepts, "model.concepts").validate(
             {"encoder": self.bottleneck_dim, "bottleneck": self.bottleneck_dim}

@@ -154,7 +154,9 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         training loss on it (``deletion_target``) shapes what deletion will do before anything is deleted.
         """
         if site not in ("encoder", "bottleneck"):
-            raise StructuredConfigError("site", f"deletion_readout reads the 'encoder' or 'bottleneck' site, got {site!r}")
+            raise StructuredConfigError(
+                "site", f"deletion_readout reads the 'encoder' or 'bottleneck' site, got {site!r}"
+            )
         width = self.config.bottleneck_dim
         if not axes or any(not 0 <= a < width for a in axes):
             raise StructuredConfigError("axes", f"expected axes in [0, {width}), got {list(axes)}")

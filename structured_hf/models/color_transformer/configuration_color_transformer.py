@@ -60,11 +60,15 @@ class ColorTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             check_number(f"model.{name}", value, low=1, integer=True)
         if self.hidden_size % self.num_heads:
-            raise StructuredConfigError("model.num_heads", f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}")
+            raise StructuredConfigError(
+                "model.num_heads", f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}"
+            )
         if self.norm not in NORMS:
             raise StructuredConfigError("model.norm", f"expected one of {NORMS}, got {self.norm!r}")
         if not isinstance(self.operations, list) or not self.operations:
-            raise StructuredConfigError("model.operations", f"expected a non-empty list of names, got {self.operations!r}")
+            raise StructuredConfigError(
+                "model.operations", f"expected a non-empty list of names, got {self.operations!r}"
+            )
         ConceptMap.parse(self.concepts, "model.concepts").validate(self.site_dims())
 
 

@@ -110,16 +110,25 @@ class ColorTransformerModel(ColorTransformerPreTrainedModel):
 
     def embed(self, op_ids: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
         B = op_ids.shape[0]
-        tokens = torch.cat([
-            self.op_embed(op_ids)[:, None],  # (B, 1, D)
-            self.color_embed(colors),  # (B, 2, D)
-            self.query.expand(B, 1, -1),  # (B, 1, D)
-        ], dim=1)
+        tokens = torch.cat(
+            [
+                self.op_embed(op_ids)[:, None],  # (B, 1, D)
+                self.color_embed(colors),  # (B, 2, D)
+                self.query.expand(B, 1, -1),  # (B, 1, D)
+            ],
+            dim=1,
+        )
         h = tokens + self.slot_embed
         return F.normalize(h, dim=-1) if self.config.norm == "hypersphere" else h
 
-    def forward(self, op_ids: torch.Tensor, colors: torch.Tensor, operand_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> ColorTransformerOutput:
+    def forward(
+        self,
+        op_ids: torch.Tensor,
+        colors: torch.Tensor,
+        operand_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ColorTransformerOutput:
         """
         Args:
             op_ids (`torch.LongTensor` of shape `(B,)`): operation index into `config.operations`.

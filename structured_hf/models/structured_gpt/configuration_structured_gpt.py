@@ -66,12 +66,20 @@ class StructuredGPTConfig(PreTrainedConfig):
         return transformer_site_dims(self.num_layers, self.hidden_size)
 
     def validate_architecture(self) -> None:
-        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_layers", "num_heads",
-                     "intermediate_size"):
+        for name in (
+            "vocab_size",
+            "max_position_embeddings",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+        ):
             value = getattr(self, name)
             check_number(f"model.{name}", value, low=1, integer=True)
         if self.hidden_size % self.num_heads:
-            raise StructuredConfigError("model.num_heads", f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}")
+            raise StructuredConfigError(
+                "model.num_heads", f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}"
+            )
         if self.norm not in NORMS:
             raise StructuredConfigError("model.norm", f"expected one of {NORMS}, got {self.norm!r}")
         ConceptMap.parse(self.concepts, "model.concepts").validate(self.site_dims())

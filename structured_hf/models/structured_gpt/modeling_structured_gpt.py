@@ -112,8 +112,9 @@ class StructuredGPTForCausalLM(StructuredGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def _attention_mask(self, attention_mask: torch.Tensor | None, T: int, past: int,
-                        device: torch.device) -> torch.Tensor | None:
+    def _attention_mask(
+        self, attention_mask: torch.Tensor | None, T: int, past: int, device: torch.device
+    ) -> torch.Tensor | None:
         """Boolean (B, 1, T, S) mask: causal with the past offset, and padding from a 2-D ``attention_mask``."""
         if attention_mask is None and past == 0:
             return None
@@ -122,8 +123,9 @@ class StructuredGPTForCausalLM(StructuredGPTPreTrainedModel, GenerationMixin):
         mask = causal[None, None]
         if attention_mask is not None:
             if attention_mask.shape[-1] != S:
-                raise StructuredConfigError("attention_mask", f"expected {S} columns (past + new tokens), got "
-                                            f"{attention_mask.shape[-1]}")
+                raise StructuredConfigError(
+                    "attention_mask", f"expected {S} columns (past + new tokens), got {attention_mask.shape[-1]}"
+                )
             keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
             mask = mask & keys
             # A query that sees no real token (a left-padding position) would give NaN: let it attend causally
@@ -163,8 +165,10 @@ class StructuredGPTForCausalLM(StructuredGPTPreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
         if past + T > self.config.max_position_embeddings:
-            raise StructuredConfigError("input_ids", f"sequence of {past + T} tokens exceeds max_position_embeddings "
-                                        f"{self.config.max_position_embeddings}")
+            raise StructuredConfigError(
+                "input_ids",
+                f"sequence of {past + T} tokens exceeds max_position_embeddings {self.config.max_position_embeddings}",
+            )
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]
@@ -183,8 +187,9 @@ class StructuredGPTForCausalLM(StructuredGPTPreTrainedModel, GenerationMixin):
             logits = logits * self.logit_scale / self.wte.weight.norm(dim=-1).clamp_min(1e-6)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
 
