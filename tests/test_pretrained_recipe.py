@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, OPTForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, OPTConfig, OPTForCausalLM
 
 import structured_hf
 from conftest import load_script
@@ -16,7 +17,7 @@ from structured_hf import StructuredConfigError
 from structured_hf.data.tokenizer import train_bpe_tokenizer
 from structured_hf.pretrained.adapters import CONCEPTS_FILE, load_adapter
 from structured_hf.pretrained.loading import check_trainable
-from structured_hf.pretrained.recipe import PretrainedSpec, build_pretrained_model
+from structured_hf.pretrained.recipe import PretrainedSpec, build_pretrained_data, build_pretrained_model
 from structured_hf.training.recipe import build_trainer, parse_recipe
 from test_lm_training import labels_config, write_corpus
 
@@ -404,3 +405,22 @@ def test_two_cpu_processes_match_one_process(base_folder):
     for x, y in zip(a, b):
         assert x["labels/violence"] == y["labels/violence"], x["step"]
         assert y["loss"] == pytest.approx(x["loss"], rel=5e-3), x["step"]
+
+
+def test_pretrained_data_honours_every_filter_level(base_folder):
+    """A pretrained recipe's data go through the same filter path as a structured_gpt recipe's: document filtering
+    drops the flagged training chunks, token filtering keeps them and masks only their scoped tokens' loss."""
+    tokenizer = AutoTokenizer.from_pretrained(base_folder / "base")
+    data = recipe_dict(base_folder, "unused")["data"]
+    plain_chunks, plain = build_pretrained_data(data, tokenizer)
+    doc_chunks, _ = build_pretrained_data({**data, "filter": {"concepts": ["violence"]}}, tokenizer)
+    tok_chunks, token = build_pretrained_data(
+        {**data, "filter": {"concepts": ["violence"], "level": "token"}}, tokenizer
+    )
+    assert len(doc_chunks["train"]) < len(plain_chunks["train"]) == len(tok_chunks["train"])
+    before, after = (np.asarray(b["train"].with_format("numpy")["labels"]) for b in (plain, token))
+    flagged = (np.asarray(plain["train"]["prob_violence"]) >= 0.5)[:, None] & (
+        np.asarray(plain["train"].with_format("numpy")["scope_violence"]) > 0
+    )
+    assert flagged.any() and (after[flagged] == -100).all()
+    assert np.array_equal(after[~flagged], before[~flagged])

@@ -21,7 +21,6 @@ from ..schedules import Schedule
 from ..training.arguments import AnchoredTrainingArguments, RegularizerSpec
 from ..training.recipe import Recipe, parse_recipe
 from ..training.routing import RouteSpec
-from ..training.schedules import parse_schedule
 from ..version import __version__
 
 # Inside the package (not the repository's model_cards/, which holds rendered examples): a wheel carries them.
@@ -54,9 +53,8 @@ def fmt(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def schedule_text(spec: Any) -> str:
-    """A regularizer weight or schedule as one line: ``0.1``, or ``linear (0: 0, 500: 0.1)``."""
-    schedule = spec if isinstance(spec, Schedule) else parse_schedule(spec, "weight")
+def schedule_text(schedule: Schedule) -> str:
+    """A parsed regularizer weight or schedule as one line: ``0.1``, or ``linear (0: 0, 500: 0.1)``."""
     if len(schedule.steps) == 1:
         return fmt(schedule.values[0])
     keys = ", ".join(f"{int(s)}: {fmt(v)}" for s, v in zip(schedule.steps, schedule.values))

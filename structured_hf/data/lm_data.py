@@ -268,6 +268,16 @@ def build_lm_data(
         min_frequency=spec.min_frequency,
         model_max_length=spec.block_size,
     )
+    chunks, blocks = filtered_blocks(chunks, tokenizer, spec)
+    return chunks, tokenizer, blocks
+
+
+def filtered_blocks(
+    chunks: datasets.DatasetDict, tokenizer: PreTrainedTokenizerFast, spec: LMDataSpec
+) -> tuple[datasets.DatasetDict, datasets.DatasetDict]:
+    """``(chunks, blocks)`` with the recipe's ``filter`` applied: document filtering drops the flagged training chunks
+    before tokenizing, token filtering masks the loss on their flagged tokens after. One path for every tokenizer
+    (ours and a pretrained model's), so no recipe kind can skip a filter level."""
     if spec.filter_level == "document":
         chunks = filter_chunks(chunks, spec.filter_concepts, spec.filter_threshold)
     if len(chunks["train"]) == 0:
@@ -284,7 +294,7 @@ def build_lm_data(
         blocks = datasets.DatasetDict(
             {**blocks, "train": mask_flagged_tokens(blocks["train"], spec.filter_concepts, spec.filter_threshold)}
         )
-    return chunks, tokenizer, blocks
+    return chunks, blocks
 
 
 def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], threshold: float) -> datasets.Dataset:
@@ -322,6 +332,7 @@ __all__ = [
     "LMDataSpec",
     "build_lm_data",
     "filter_chunks",
+    "filtered_blocks",
     "labelled_chunks",
     "mask_flagged_tokens",
 ]

@@ -32,8 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..data.collators import LMBlockCollator
-from ..data.lm_data import LM_DATA_KEYS, LMDataSpec, filter_chunks, labelled_chunks
-from ..data.tokenizer import tokenize_blocks
+from ..data.lm_data import LM_DATA_KEYS, LMDataSpec, filtered_blocks, labelled_chunks
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..validation import check_keys
@@ -245,17 +244,7 @@ def build_pretrained_data(
     )
     if key in _BLOCKS_CACHE:
         return _BLOCKS_CACHE[key]
-    chunks = filter_chunks(labelled_chunks(spec, progress), spec.filter_concepts, spec.filter_threshold)
-    if len(chunks["train"]) == 0:
-        raise StructuredConfigError("data", "the training split is empty (after filtering)")
-    blocks = tokenize_blocks(
-        chunks,
-        tokenizer,
-        block_size=spec.block_size,
-        scope_spans=spec.scope_spans(),
-        scope_mode=spec.scope_mode,
-        scope_window=spec.scope_window,
-    )
+    chunks, blocks = filtered_blocks(labelled_chunks(spec, progress), tokenizer, spec)
     blocks = datasets.DatasetDict(
         {s: b.remove_columns([c for c in ("id",) if c in b.column_names]) for s, b in blocks.items()}
     )
