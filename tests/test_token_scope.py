@@ -3,13 +3,14 @@ regularizers act on the scoped tokens of a labelled chunk only."""
 
 from __future__ import annotations
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from test_lm_training import labels_config, tiny_recipe
 
 from structured_hf.data.collators import LMBlockCollator, scope_labels
-from structured_hf.data.lm_data import LMDataSpec
+from structured_hf.data.lm_data import LMDataSpec, mask_flagged_tokens
 from structured_hf.data.text_labelers import KeywordLabeler
 from structured_hf.data.tokenizer import span_hits, token_scope
 from structured_hf.errors import StructuredConfigError
@@ -159,14 +160,36 @@ def test_token_level_filtering_masks_only_the_flagged_tokens_loss(tmp_path):
     _, _, before = build_lm_datasets(plain)
     _, _, after = build_lm_datasets(token)
     b, a = before["train"].with_format("numpy"), after["train"].with_format("numpy")
-    assert np.array_equal(np.asarray(b["input_ids"]), np.asarray(a["input_ids"]))  # nothing dropped: context kept
-    labels_b, labels_a = np.asarray(b["labels"]), np.asarray(a["labels"])
+    labels_b = np.asarray(b["labels"])
     flagged = (np.asarray(b["prob_violence"]) >= 0.5)[:, None] & (np.asarray(b["scope_violence"]) > 0)
     assert flagged.any() and (~flagged & (labels_b != -100)).any()
-    assert (labels_a[flagged] == -100).all()
-    assert np.array_equal(labels_a[~flagged], labels_b[~flagged])
+    # every block that keeps a target stays, in order, with all of its input tokens (the context is kept)
+    kept = ((labels_b != -100) & ~flagged)[:, 1:].any(axis=1)
+    assert np.array_equal(np.asarray(a["input_ids"]), np.asarray(b["input_ids"])[kept])
+    labels_a, flagged_kept = np.asarray(a["labels"]), flagged[kept]
+    assert (labels_a[flagged_kept] == -100).all()
+    assert np.array_equal(labels_a[~flagged_kept], labels_b[kept][~flagged_kept])
     for split in ("validation", "test"):  # held-out text is never filtered
         assert np.array_equal(np.asarray(before[split]["labels"]), np.asarray(after[split]["labels"]))
+
+
+def test_token_level_filtering_drops_blocks_left_without_a_target():
+    """A block whose every target is flagged would give a 0/0 mean loss in a batch of its own: it is dropped, and
+    the others keep their order and their unflagged targets."""
+    blocks = datasets.Dataset.from_dict(
+        {
+            "input_ids": [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]],
+            "labels": [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]],
+            "prob_violence": [0.9, 0.9, 0.1],
+            # block 0: only its position 0 (never a target) escapes the scope; block 1 keeps one target
+            "scope_violence": [[0, 1, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]],
+        }
+    )
+    out = mask_flagged_tokens(blocks, ("violence",), 0.5).with_format("numpy")
+    assert np.asarray(out["input_ids"]).tolist() == [[9, 10, 11, 12], [13, 14, 15, 16]]
+    assert np.asarray(out["labels"]).tolist() == [[9, -100, -100, 12], [13, 14, 15, 16]]
+    nothing_flagged = mask_flagged_tokens(blocks, ("violence",), 0.95)
+    assert nothing_flagged["labels"] == blocks["labels"]
 
 
 def test_token_level_filtering_errors_name_the_field(tmp_path):

@@ -299,7 +299,8 @@ def filtered_blocks(
 
 def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], threshold: float) -> datasets.Dataset:
     """Token-level filtering: ``labels`` -100 (no loss) on the tokens in a ``concepts`` scope of blocks whose chunk
-    probability is >= ``threshold``; the tokens stay in ``input_ids``, so later tokens still read them."""
+    probability is >= ``threshold``; the tokens stay in ``input_ids``, so later tokens still read them. Blocks left
+    with no target at all are dropped (every other block keeps its place in order)."""
     names = set(blocks.column_names)
     for c in concepts:
         if PROB_PREFIX + c not in names or SCOPE_PREFIX + c not in names:
@@ -316,14 +317,21 @@ def mask_flagged_tokens(blocks: datasets.Dataset, concepts: tuple[str, ...], thr
         flagged |= chunk_flagged[:, None] & (np.asarray(table[SCOPE_PREFIX + c]) > 0)
     real = labels != IGNORE_INDEX
     labels[flagged] = IGNORE_INDEX
+    # A block whose every target is masked teaches nothing, and a batch made only of such blocks has a 0/0 mean
+    # loss (a NonFiniteLossError at batch size 1). Position 0 is never a target: a causal LM predicts t from t - 1.
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(axis=1)
     logger.info(
-        "token-level filter: masked the loss on %d of %d training tokens (%s >= %.2f, in scope)",
+        "token-level filter: masked the loss on %d of %d training tokens (%s >= %.2f, in scope); dropped %d of %d "
+        "blocks left with no target",
         int((flagged & real).sum()),
         int(real.sum()),
         list(concepts),
         threshold,
+        int((~keep).sum()),
+        len(keep),
     )
-    return blocks.remove_columns("labels").add_column("labels", labels.tolist(), feature=blocks.features["labels"])
+    masked = blocks.remove_columns("labels").add_column("labels", labels.tolist(), feature=blocks.features["labels"])
+    return masked if keep.all() else masked.select(np.flatnonzero(keep).tolist())
 
 
 __all__ = [
