@@ -70,7 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--hues", default=",".join(HUE_NAMES), help="comma-separated named hues (default: all 12)")
     p.add_argument("--design_seeds", default="0-19", help="seeds the recipe was designed on")
-    p.add_argument("--heldout_seeds", default="1000-1019", help="seeds nobody designed on")
+    p.add_argument(
+        "--heldout_seeds",
+        default="1000-1019",
+        help="seeds nobody designed on; 'none' trains the design seeds only (while tuning a recipe)",
+    )
     p.add_argument("--grid_size", type=int, default=10, help="RGB grid size for the r² scores")
     p.add_argument(
         "--set",
@@ -157,7 +161,7 @@ def markdown(table: dict, mode: str) -> str:
         "allow": "X >= 0.25, within 15° >= 0.10, named hues >= 30° away <= 0.005",
     }[mode]
     lines = []
-    for seed_set in ("design", "heldout"):
+    for seed_set in table["seeds"]:
         lines += [
             f"### {seed_set} seeds {table['seeds'][seed_set]}",
             "",
@@ -185,15 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hf_logging.set_verbosity_error()
     try:
-        seeds = {"design": parse_seeds(args.design_seeds), "heldout": parse_seeds(args.heldout_seeds)}
-        if set(seeds["design"]) & set(seeds["heldout"]):
+        seeds = {"design": parse_seeds(args.design_seeds)}
+        if args.heldout_seeds.strip().lower() != "none":
+            seeds["heldout"] = parse_seeds(args.heldout_seeds)
+        if set(seeds["design"]) & set(seeds.get("heldout", [])):
             raise StructuredConfigError("--heldout_seeds", "held-out seeds must differ from the design seeds")
         hues = [h.strip() for h in args.hues.split(",") if h.strip()]
         for h in hues:
             if h not in HUE_NAMES:
                 raise StructuredConfigError("--hues", f"unknown hue {h!r}; known: {list(HUE_NAMES)}")
         overrides = parse_set_overrides(args.set)
-        everything = seeds["design"] + seeds["heldout"]
+        everything = [s for listed in seeds.values() for s in listed]
         # Parse every hue's recipes before anything trains: a bad override fails now.
         recipes = {
             h: [load_recipe(args.config, {**overrides, "concept_color": h, "seed": s}) for s in everything]
@@ -221,22 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         table["hues"][hue] = {
             k: {"runs": {s: rows[s] for s in v}, "summary": summarize([rows[s] for s in v])} for k, v in seeds.items()
         }
-        d, h = (table["hues"][hue][k]["summary"] for k in ("design", "heldout"))
+        summaries = {k: table["hues"][hue][k]["summary"] for k in seeds}
         logger.info(
-            "%s: %d seeds in %.0f s (training %.0f s); design r2 %.3f/%.3f/%.3f targets %d, held-out r2 "
-            "%.3f/%.3f/%.3f targets %d",
+            "%s: %d seeds in %.0f s (training %.0f s); %s",
             hue,
             len(models),
             time.perf_counter() - start,
             info["train_runtime_s"],
-            d["r2_min"],
-            d["r2_mean"],
-            d["r2_max"],
-            d["targets_ok"],
-            h["r2_min"],
-            h["r2_mean"],
-            h["r2_max"],
-            h["targets_ok"],
+            "; ".join(
+                f"{k} r2 {v['r2_min']:.3f}/{v['r2_mean']:.3f}/{v['r2_max']:.3f} targets {v['targets_ok']} "
+                f"recon {v['recon_ok']}"
+                for k, v in summaries.items()
+            ),
         )
         (out / "hues.json").write_text(json.dumps(json_ready(table), indent=1))
         (out / "hues.md").write_text(markdown(table, args.mode))

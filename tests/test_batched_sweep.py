@@ -21,16 +21,18 @@ from structured_hf.training.label_draws import draw_window_labels, label_generat
 REPO = Path(__file__).resolve().parents[1]
 DELETION = REPO / "configs/color_autoencoder/ex2.11.2-delete-red-deletion-target.yaml"
 SUPPRESSION = REPO / "configs/color_autoencoder/ex2.4.1-suppress-red.yaml"
+COMPLEMENT = REPO / "configs/color_autoencoder/suppress-concept-color-complement.yaml"
 # Batched matrix products may sum in another order than the single ones: after 40 steps the weights agree to a few
 # float32 ulps (measured: 1.2e-7 at 30 steps); training amplifies this over 1500 steps (docs/m2-control.md compares
 # the 20-seed score distributions instead).
 TOLERANCE = 1e-5
 
 
-def _single(path: Path, seed: int, steps: int, tmp_path: Path) -> torch.nn.Module:
+def _single(path: Path, seed: int, steps: int, tmp_path: Path, overrides: dict | None = None) -> torch.nn.Module:
     recipe = load_recipe(
         path,
         {
+            **(overrides or {}),
             "seed": seed,
             "training.max_steps": steps,
             "training.disable_tqdm": True,
@@ -62,6 +64,35 @@ def test_each_batched_seed_matches_its_single_run(path, tmp_path):
         assert _max_difference(single, model) < TOLERANCE, seed
     assert _max_difference(batched[0], batched[1]) > 1e-2
     assert not batched[0].training  # returned in eval mode, like train_recipe's models
+
+
+def test_suppression_target_batched_equals_its_single_run(tmp_path):
+    """The suppressed readout (suppression_target, pulling suppress:orange's output toward azure) trains a batched
+    seed as it trains the single run; orange plus the named colors labels the concept often enough that the term acts
+    from the first steps (checked in the log)."""
+    steps = 40
+    overrides = {"concept_color": "orange", "data.train.include_named": True}
+    (model,), info = train_batched([load_recipe(COMPLEMENT, {**overrides, "seed": 5, "training.max_steps": steps})])
+    logged = [entry["term/suppressed-to-complement"] for entry in info["log_history"][0]]
+    assert all(value > 0 for value in logged), logged
+    assert _max_difference(_single(COMPLEMENT, 5, steps, tmp_path, overrides), model) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"regularizers.suppressed-to-complement.params.target": "oragne"}, "unknown color 'oragne'"),
+        ({"regularizers.suppressed-to-complement.params.target": "concept+x"}, "unknown color 'concept\\+x'"),
+        ({"regularizers.suppressed-to-complement.concept": "hue"}, "needs a concept with direction"),
+    ],
+)
+def test_suppression_target_errors_name_the_field(override, match):
+    # Unknown colors fail when the recipe is loaded; an axes concept when the batched or the single trainer binds it.
+    field = r"\('suppressed-to-complement'\)\.(params\.target\[0\]|concept): .*"
+    with pytest.raises(StructuredConfigError, match=field + match):
+        train_batched([load_recipe(COMPLEMENT, {"training.max_steps": 2, **override})])
+    with pytest.raises(StructuredConfigError, match=field + match):
+        build_trainer(load_recipe(COMPLEMENT, {"training.max_steps": 2, **override}))
 
 
 def test_per_seed_weights_follow_each_recipe(tmp_path):
@@ -163,6 +194,20 @@ def test_sweep_seeds_script_batched_by_default_and_errors(tmp_path, capsys):
     assert code == 2
     assert "training.gradient_accumulation_steps" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_sweep_hues_script_design_seeds_only(tmp_path):
+    """--heldout_seeds none trains and reports the design seeds only (tuning a recipe without touching held-out
+    seeds); the table has no held-out section."""
+    script = load_script("sweep_hues")
+    out = tmp_path / "hues"
+    argv = [str(COMPLEMENT), "--mode", "suppress", "--hues", "orange", "--design_seeds", "0-1", "--grid_size", "4"]
+    argv += ["--set", "training.max_steps=20", "--output_dir", str(out)]
+    assert script.main([*argv, "--heldout_seeds", "none"]) == 0
+    table = json.loads((out / "hues.json").read_text())
+    assert table["seeds"] == {"design": [0, 1]}
+    assert set(table["hues"]["orange"]) == {"design"}
+    assert "heldout" not in (out / "hues.md").read_text()
 
 
 def _latents_with_duplicates(n: int, b: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,6 +140,19 @@ def test_annealed_recipes_differ_from_their_base_only_by_the_learning_rate_tail(
     assert lr_a(1750) < 1e-2 and math.isclose(lr_a(2000), 1e-3)
 
 
+def test_complement_recipe_is_the_annealed_one_plus_named_colors_and_the_suppressed_readout_term():
+    """For any concept color: the annealed suppression recipe, trained on the grid plus the named colors, with one
+    term more, which pulls what suppress:<X> decodes X's labelled samples to toward X's complement."""
+    a = load_recipe(CONFIGS / "suppress-concept-color-complement.yaml", {"concept_color": "teal"})
+    b = load_recipe(CONFIGS / "suppress-concept-color-annealed.yaml", {"concept_color": "teal"})
+    assert (a.model, a.schedules, a.training) == (b.model, b.schedules, b.training)
+    assert a.data == {**b.data, "train": {**b.data["train"], "include_named": True}}
+    extra = [r for r in a.regularizers if r not in b.regularizers]
+    assert len(a.regularizers) == len(b.regularizers) + 1 and len(extra) == 1
+    assert extra[0]["loss"] == "suppression_target" and extra[0]["concept"] == extra[0]["label"] == "teal"
+    assert extra[0]["params"] == {"target": "pink"}  # teal is at 150°, its complement at 330°
+
+
 def test_concept_color_orange_derives_neighbours_from_its_hue():
     recipe = load_recipe(CONFIGS / "delete-concept-color.yaml", {"concept_color": "orange", "training.max_steps": 5})
     labels = recipe.data["labels"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from structured_hf import ConceptSpec
+from structured_hf.interventions.suppression import concept_suppressor
 from structured_hf.losses import (
     LOSSES,
     anchor,
@@ -18,6 +19,7 @@ from structured_hf.losses import (
     anti_subspace,
     cone_anchor,
     deletion_target,
+    suppression_target,
     euclidean_repulsion,
     selective_mean,
     selective_sum,
@@ -199,6 +201,27 @@ def test_deletion_target_is_mse_of_the_readout_to_the_target_color():
     _close(deletion_target(rows, AXIS0, readout=first3), [(1.0 + 0.25) / 3.0, 0.0])  # default target: black
     _close(deletion_target(rows, AXIS0, readout=first3, target="white"), [(0.0 + 1.0 + 0.25) / 3.0, 1.0])
     _close(deletion_target(rows, AXIS0, readout=first3, target=[1.0, 0.0, 0.5]), [0.0, (1.0 + 0.25) / 3.0])
+
+
+def test_suppression_target_reads_what_hard_suppression_decodes_the_sample_to():
+    # The readout is the real suppress:CONCEPT rewrite (x − (x·v)v where x·v > 0, not renormalized) followed by a
+    # stand-in decoder (the first 3 coordinates), so the value can be worked out by hand.
+    from structured_hf.models.color_autoencoder.modeling_color_autoencoder import DeletionReadout
+
+    first3 = lambda x: x[:, :3]  # noqa: E731
+    readout = DeletionReadout(deleted=lambda x: first3(concept_suppressor(RED)(x)), intact=first3)
+    rows = torch.tensor([[0.6, 0.8, 0.0, 0.0], [-0.6, 0.0, 0.8, 0.0]])
+    # Row 0 (toward red) decodes to (0, 0.8, 0): 0.8 away from black on one channel; against azure (0, 0.5, 1)
+    # 0.3² + 1². Row 1 (away from red) is left as it is: (−0.6, 0, 0.8).
+    _close(suppression_target(rows, RED, readout=readout), [0.64 / 3.0, (0.36 + 0.64) / 3.0])
+    _close(
+        suppression_target(rows, RED, readout=readout, target="azure"),
+        [(0.09 + 1.0) / 3.0, (0.36 + 0.25 + 0.04) / 3.0],
+    )
+    # unchanged: the suppressed output against today's output; 0 where suppression leaves the sample alone.
+    _close(suppression_target(rows, RED, readout=readout, target="unchanged"), [0.36 / 3.0, 0.0])
+    assert LOSSES["suppression_target"].concept_kind == "direction"
+    assert LOSSES["suppression_target"].readout == "suppression"
 
 
 def test_deletion_target_unchanged_pulls_the_deleted_output_toward_the_intact_one_only():

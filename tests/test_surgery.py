@@ -22,6 +22,7 @@ from structured_hf.interventions import (
     prune,
     remap_concepts,
 )
+from structured_hf.interventions.suppression import concept_suppressor
 
 CONCEPTS = [
     {"name": "red", "site": "bottleneck", "direction": [1.0, 0.0, 0.0, 0.0, 0.0], "prototypes": ["red"]},
@@ -215,6 +216,32 @@ def test_deletion_readout_is_the_pruned_models_forward_pass(model, axes, site):
     with torch.no_grad():  # the intact path is the full model's own forward pass from the site
         intact = model.deletion_readout(site, axes).intact(x).numpy()
     np.testing.assert_allclose(intact, reconstruct(model, colors), atol=1e-6)
+
+
+@pytest.mark.parametrize("concept, site", [("red", "bottleneck"), ("blueish", "bottleneck"), ("blueish", "encoder")])
+def test_intervened_readout_is_the_suppressed_forward_pass_bit_for_bit(model, concept, site):
+    # What `suppression_target` trains on must be exactly what suppress:CONCEPT produces, from the full model's
+    # activation: the same hook, not renormalized after the bottleneck (renormalized after the encoder site).
+    colors = rgb_grid(5)
+    with torch.no_grad():
+        x = torch.as_tensor(site_activations(model, colors, site))
+        readout = model.intervened_readout(site, concept_suppressor(ConceptMap.of(model)[concept]))
+        predicted = readout(x).numpy()
+        with intervene(model, f"suppress:{concept}@{site}"):
+            suppressed = reconstruct(model, colors)
+        np.testing.assert_array_equal(predicted, suppressed)
+        np.testing.assert_array_equal(readout.intact(x).numpy(), reconstruct(model, colors))
+        # The readout edits the rows in the concept's hemisphere (this untrained model's colors may all lie outside
+        # it): a row along the concept's direction decodes differently, a row against it bit-identically.
+        v = ConceptMap.of(model)[concept].unit_direction()
+        rows = torch.stack([v, -v])
+        assert not torch.equal(readout(rows)[0], readout.intact(rows)[0])
+        assert torch.equal(readout(rows)[1], readout.intact(rows)[1])
+
+
+def test_intervened_readout_rejects_other_sites(model):
+    with pytest.raises(StructuredConfigError, match="'encoder' or 'bottleneck'"):
+        model.intervened_readout("decoder", lambda x: x)
 
 
 def test_deletion_readout_rejects_other_sites_and_axes(model):

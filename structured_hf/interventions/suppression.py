@@ -158,6 +158,15 @@ def _suppress_hook(v: torch.Tensor, falloff: BoundedPowerFalloff) -> Callable[[t
     return lambda x: _suppress_unit(x, unit(x), falloff)
 
 
+def concept_suppressor(
+    concept: ConceptSpec, falloff: BoundedPowerFalloff | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rewrite ``suppress:CONCEPT`` hooks on the concept's site (default: the hard hemisphere removal), as a
+    function of the site's activation ``(..., D)``: the same hook :func:`bind` builds, so a training loss that reads
+    through it (``suppression_target``) sees bit for bit what the intervention will do."""
+    return _suppress_hook(concept.unit_direction(dtype=torch.float64), falloff or BoundedPowerFalloff())
+
+
 def _repel_hook(v: torch.Tensor, mapper: LinearMapper | BezierMapper) -> Callable[[torch.Tensor], torch.Tensor]:
     def build(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = _unit(w)
@@ -318,6 +327,7 @@ __all__ = [
     "alignment",
     "bind",
     "concept_axes",
+    "concept_suppressor",
     "default_site",
     "intervene",
     "repel",

@@ -16,6 +16,7 @@ from .regularizers import (
     deletion_target,
     euclidean_repulsion,
     subspace,
+    suppression_target,
     unitarity,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "selective_mean",
     "selective_sum",
     "subspace",
+    "suppression_target",
     "unitarity",
 ]

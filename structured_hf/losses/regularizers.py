@@ -2,7 +2,7 @@
 
 Every function maps activations ``x`` of shape ``(N, D)`` (any leading dims are flattened by the caller) and an
 optional concept to a per-sample loss of shape ``(N,)``. They are pure: no trainer or config access, and no model
-access except ``deletion_target``'s ``readout`` callable, which the trainer passes in.
+access except the ``readout`` callable of ``deletion_target`` and ``suppression_target``, which the trainer passes in.
 Reduction over the batch (plain or label-weighted) is done once, in :mod:`.reduction`.
 """
 
@@ -28,7 +28,7 @@ _CONSTANTS: dict[tuple, torch.Tensor] = {}
 _CONSTANTS_MAX = 1024
 
 
-UNCHANGED = "unchanged"  # deletion_target's "leave the sample as it decodes now"
+UNCHANGED = "unchanged"  # a readout target's "leave the sample as it decodes now"
 
 
 def _constant(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -181,11 +181,36 @@ def deletion_target(
     ``readout`` is the model's own forward pass from the site with the axes removed (the trainer passes
     ``model.deletion_readout(site, axes)``), so the term decides before training what deletion does to labelled
     samples (red reads as black after pruning, yellow stays yellow) instead of leaving it to wherever their
-    renormalized remainder happens to point. The only regularizer that reads past the site; it needs a model with
-    ``deletion_readout``.
+    renormalized remainder happens to point. It needs a model with ``deletion_readout``.
     """
+    return _readout_target(x, readout, target)
+
+
+def suppression_target(
+    x: torch.Tensor,
+    concept: ConceptSpec,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    target: str | Sequence[float] = "black",
+) -> torch.Tensor:
+    """``mean((readout(x) − t)²)`` on the *suppressed* readout: what the model outputs for the sample under the hard
+    hemisphere suppression of the concept (``suppress:CONCEPT``: ``x − (x·v)v`` where ``x·v > 0``, not renormalized),
+    pulled toward the color ``t`` or, with ``target: unchanged``, toward what it outputs now.
+
+    The trainer passes ``model.intervened_readout(site, rewrite)`` with exactly the rewrite the intervention applies,
+    so the term shapes what suppression will decode the labelled samples to. Why: hard suppression sends every latent
+    near the concept to nearly one output p₀, and where p₀ lands decides how the damage falls off around the concept
+    (docs/colors.md §5.3); left alone, p₀ lands where the weak labels happen to put it. Written relative to the
+    concept (``target: concept+180``) it serves every color of a parameterised recipe.
+    """
+    return _readout_target(x, readout, target)
+
+
+def _readout_target(
+    x: torch.Tensor, readout: Callable[[torch.Tensor], torch.Tensor], target: str | Sequence[float]
+) -> torch.Tensor:
+    """The shared body of the readout targets: per-sample MSE of ``readout(x)`` to a color or to ``readout.intact``."""
     if isinstance(target, str) and target == UNCHANGED:
-        # Detached: the term moves the deleted path toward today's output, not today's output toward the deleted one.
+        # Detached: the term moves the edited path toward today's output, not today's output toward the edited one.
         return (readout(x) - readout.intact(x).detach()).square().mean(-1)
     t = _constant(
         ("target", _target_key(target), x.dtype, x.device),
@@ -236,10 +261,16 @@ class LossInfo:
     fn: Callable[..., torch.Tensor]
     concept_kind: str | None
     batch_coupled: bool = False  # depends on other batch members (repulsion): sees only its micro-batch
-    # Reads the model past the site: called with ``readout=model.deletion_readout(site, concept axes)``.
-    needs_readout: bool = False
+    # Reads the model past the site: called with ``readout=`` the model's output after an edit of the site, the
+    # edit named here: ``deletion`` (the concept's axes pruned), ``suppression`` (suppress:CONCEPT, hard hemisphere);
+    # training/binding.py builds them.
+    readout: str | None = None
     # Every keyword parameter of ``fn`` a recipe may set, with its type and range.
     params: Mapping[str, Param] = field(default_factory=dict)
+
+    @property
+    def needs_readout(self) -> bool:
+        return self.readout is not None
 
 
 def check_loss_params(field_name: str, loss: str, params: Mapping[str, object]) -> None:
@@ -269,5 +300,8 @@ LOSSES: dict[str, LossInfo] = {
         angular_repulsion, None, batch_coupled=True, params={"power": Param("float", positive=True)}
     ),
     "euclidean_repulsion": LossInfo(euclidean_repulsion, None, batch_coupled=True),
-    "deletion_target": LossInfo(deletion_target, "axes", needs_readout=True, params={"target": Param("color")}),
+    "deletion_target": LossInfo(deletion_target, "axes", readout="deletion", params={"target": Param("color")}),
+    "suppression_target": LossInfo(
+        suppression_target, "direction", readout="suppression", params={"target": Param("color")}
+    ),
 }

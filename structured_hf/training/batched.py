@@ -46,11 +46,12 @@ from ..data.collators import ColumnarDataset, label_probabilities
 from ..data.samplers import EpochWeightedSampler
 from ..errors import NonFiniteLossError, StructuredConfigError
 from ..registry import FAMILIES, get_family
-from ..interventions.suppression import concept_axes
 from ..losses import LOSSES
 from ..losses.regularizers import UNCHANGED
+from ..models.color_autoencoder.modeling_color_autoencoder import DeletionReadout
 from ..schedules import Schedule
 from .arguments import RegularizerSpec
+from .binding import bind_readout, check_concept_kind
 from .recipe import MODEL_TYPES, Recipe, build_datasets, model_config, model_type
 
 
@@ -159,7 +160,7 @@ class BatchedColorAutoencoder:
             return torch.sigmoid(out)
         return out if training else out.clamp(0.0, 1.0)
 
-    def readout(self, site: str, axes: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def deletion_readout(self, site: str, axes: tuple[int, ...]) -> DeletionReadout:
         """The batched counterpart of the model's ``deletion_readout``: decode with ``axes`` zeroed (and the rest
         renormalized on a normalized bottleneck); ``.intact`` decodes without deletion."""
         keep = torch.ones(self.config.bottleneck_dim, dtype=torch.bool)
@@ -168,13 +169,19 @@ class BatchedColorAutoencoder:
         def finish(x: torch.Tensor) -> torch.Tensor:
             return self.decode(F.normalize(x, dim=-1) if self.config.normalize_bottleneck else x)
 
-        class _Readout:
-            intact = staticmethod(finish)
+        return DeletionReadout(deleted=lambda x: finish(torch.where(keep, x, torch.zeros_like(x))), intact=finish)
 
-            def __call__(self, x: torch.Tensor) -> torch.Tensor:
-                return finish(torch.where(keep, x, torch.zeros_like(x)))
+    def intervened_readout(self, site: str, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> DeletionReadout:
+        """The batched counterpart of the model's ``intervened_readout``: decode ``rewrite(x)`` (renormalized only
+        after the ``encoder`` site, as the forward pass does); ``rewrite`` acts on the last dimension of
+        ``(N, B, K)``."""
 
-        return _Readout()
+        def finish(x: torch.Tensor) -> torch.Tensor:
+            if site == "encoder" and self.config.normalize_bottleneck:
+                x = F.normalize(x, dim=-1)
+            return self.decode(x)
+
+        return DeletionReadout(deleted=lambda x: finish(rewrite(x)), intact=finish)
 
     def write_back(self, models: Sequence[torch.nn.Module]) -> None:
         """Copy seed ``i``'s weights into ``models[i]``."""
@@ -258,6 +265,8 @@ def _terms(recipes: Sequence[Recipe], concepts: ConceptMap) -> list[_Term]:
         if spec.positions is not None:
             raise StructuredConfigError(f"{field}.positions", "token positions do not apply to the color autoencoder")
         concept = concepts[spec.concept] if spec.concept is not None else None
+        if concept is not None:
+            check_concept_kind(field, spec, concept)
         site = spec.site or (concept.site if concept is not None else "bottleneck")
         if site not in _SITES:
             raise StructuredConfigError(f"{field}.site", f"expected one of {list(_SITES)}, got {site!r}")
@@ -304,7 +313,7 @@ def train_batched(
     readouts = {}
     for t in terms:
         if LOSSES[t.spec.loss].needs_readout:
-            readouts[t.spec.name] = batched.readout(t.site, concept_axes(t.concept))
+            readouts[t.spec.name] = bind_readout(batched, LOSSES[t.spec.loss].readout, t.site, t.concept)
     per_row = {name for name in readouts if not LOSSES[terms_by_name[name].spec.loss].batch_coupled}
     training = first.training
     steps = int(training["max_steps"])

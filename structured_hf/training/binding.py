@@ -11,7 +11,7 @@ import torch
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..errors import StructuredConfigError
-from ..interventions.suppression import concept_axes
+from ..interventions.suppression import concept_axes, concept_suppressor
 from ..losses import LOSSES, check_loss_params
 from .arguments import RegularizerSpec
 from .speclist import bind_concept, bind_site, check_label
@@ -46,33 +46,56 @@ def _bind_regularizers(
         concept = None
         if spec.concept is not None:
             concept = bind_concept(field, spec.concept, concepts)
-            needed = LOSSES[spec.loss].concept_kind
-            if concept.kind != needed:
-                raise StructuredConfigError(
-                    f"{field}.concept",
-                    f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}",
-                )
+            check_concept_kind(field, spec, concept)
         site = bind_site(field, spec.site, concept, dims)
         check_label(field, spec.label, known_labels)
         _check_params(f"{field}.params", spec.loss, spec.params)
         readout = None
-        if LOSSES[spec.loss].needs_readout:
-            if model is None or not hasattr(model, "deletion_readout"):
+        kind = LOSSES[spec.loss].readout
+        if kind is not None:
+            method = READOUT_METHODS[kind]
+            if model is None or not hasattr(model, method):
                 raise StructuredConfigError(
                     f"{field}.loss",
                     f"loss '{spec.loss}' reads the model past the site; "
-                    f"{type(model).__name__} has no deletion_readout (the color autoencoder "
+                    f"{type(model).__name__} has no {method} (the color autoencoder "
                     "has)",
                 )
             if not spec.label:
                 raise StructuredConfigError(
                     f"{field}.label",
                     f"loss '{spec.loss}' needs a label: it sets what "
-                    "deletion does to the labelled samples, not to all of them",
+                    f"{kind} does to the labelled samples, not to all of them",
                 )
-            readout = model.deletion_readout(site, concept_axes(concept))
+            readout = bind_readout(model, kind, site, concept)
         bound.append(_BoundRegularizer(spec, concept, site, readout))
     return bound
+
+
+def check_concept_kind(field: str, spec: RegularizerSpec, concept: ConceptSpec) -> None:
+    """A loss gets the kind of concept it is written for (a direction or axes: LossInfo.concept_kind); the single
+    and the batched trainer both check it before anything trains."""
+    needed = LOSSES[spec.loss].concept_kind
+    if concept.kind != needed:
+        raise StructuredConfigError(
+            f"{field}.concept",
+            f"loss '{spec.loss}' needs a concept with {needed}, '{concept.name}' has {concept.kind}",
+        )
+
+
+# The method of a model (or of the batched model) that builds each kind of readout (LossInfo.readout).
+READOUT_METHODS = {"deletion": "deletion_readout", "suppression": "intervened_readout"}
+
+
+def bind_readout(owner: Any, kind: str, site: str, concept: ConceptSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The readout a loss of this kind reads, built by ``owner`` (a model, or the batched seed model, which have the
+    same two methods): the concept's axes pruned (``deletion``), or the site rewritten as ``suppress:CONCEPT``
+    rewrites it (``suppression``). One place for both trainers, so the single and the batched runs read the same."""
+    if kind == "deletion":
+        return owner.deletion_readout(site, concept_axes(concept))
+    if kind == "suppression":
+        return owner.intervened_readout(site, concept_suppressor(concept))
+    raise StructuredConfigError("loss", f"unknown readout kind {kind!r}; known: {sorted(READOUT_METHODS)}")
 
 
 def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:

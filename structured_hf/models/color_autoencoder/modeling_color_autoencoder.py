@@ -28,10 +28,11 @@ _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Ta
 
 @dataclass(frozen=True)
 class DeletionReadout:
-    """The model's output from a site's activations, with the axes deleted (calling it) and intact (``intact``).
+    """The model's output from a site's activations, with the site edited (calling it: axes deleted, or an
+    intervention's rewrite) and intact (``intact``).
 
-    A loss on the deleted path decides what deletion will do; the intact path is what the same sample decodes to
-    today, the target of a "deletion leaves this sample alone" term.
+    A loss on the edited path decides what deletion (or the intervention) will do; the intact path is what the same
+    sample decodes to today, the target of a "deletion leaves this sample alone" term.
     """
 
     deleted: Callable[[torch.Tensor], torch.Tensor]
@@ -167,6 +168,27 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
             return self.decode(F.normalize(x, dim=-1) if self.config.normalize_bottleneck else x)
 
         return DeletionReadout(deleted=lambda x: finish(zero_axes(x, axes)), intact=finish)
+
+    def intervened_readout(self, site: str, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> DeletionReadout:
+        """What the model outputs from activations ``x`` at ``site`` when an intervention rewrites the site (calling
+        it), and without the rewrite (``intact``).
+
+        Exactly the forward pass with ``rewrite`` hooked on the site, continued from the full model's activation: at
+        the ``bottleneck`` site (after the norm) the rewritten activation is decoded as it is, not renormalized; at
+        the ``encoder`` site the norm follows. A training loss on it (``suppression_target``, with the rewrite of
+        ``suppress:CONCEPT``) shapes what the intervention will do before anyone intervenes.
+        """
+        if site not in ("encoder", "bottleneck"):
+            raise StructuredConfigError(
+                "site", f"intervened_readout reads the 'encoder' or 'bottleneck' site, got {site!r}"
+            )
+
+        def finish(x: torch.Tensor) -> torch.Tensor:
+            if site == "encoder" and self.config.normalize_bottleneck:
+                x = F.normalize(x, dim=-1)
+            return self.decode(x)
+
+        return DeletionReadout(deleted=lambda x: finish(rewrite(x)), intact=finish)
 
     def forward(self, colors: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ColorAutoencoderOutput:
         """
