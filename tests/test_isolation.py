@@ -4,6 +4,8 @@ fails naming the field."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,7 @@ def test_delete_isolated_zeroes_every_dedicated_unit():
     assert deleted.config.surgery[-1]["op"] == "delete_isolated"
 
 
-def _one_step(concept_rows: bool, clear: float) -> tuple[dict, dict, dict]:
+def _one_step(concept_rows: bool, clear: float, **isolation: Any) -> tuple[dict, dict, dict]:
     """One optimizer step of the isolated M2 recipe on a batch whose rows are all concept (or all ordinary) samples,
     every regularizer on (the deletion-target readout runs the model again); returns (before, after, masks)."""
     recipe = load_recipe(
@@ -119,6 +121,7 @@ def _one_step(concept_rows: bool, clear: float) -> tuple[dict, dict, dict]:
             "training.max_steps": 1,
             "training.weight_decay": 0.0,
             "isolation.clear": clear,
+            **{f"isolation.{k}": v for k, v in isolation.items()},
             "output_dir": "unused",
             "training.disable_tqdm": True,
         },
@@ -161,6 +164,20 @@ def test_one_trainer_step_moves_only_the_entries_its_samples_own():
         assert torch.equal(p[shared], plain[name][shared]), name
 
 
+def test_full_share_runs_that_share_of_ordinary_samples_the_full_way():
+    """``full_share: 1`` makes every ordinary sample run with the dedicated units in place (frozen): the step equals
+    ``ordinary: full`` bit for bit and differs from ``deleted``; a share in between runs some rows each way."""
+    before, full, masks = _one_step(False, 0.0, ordinary="full")
+    _, share_all, _ = _one_step(False, 0.0, full_share=1.0)
+    _, deleted, _ = _one_step(False, 0.0)
+    _, half, _ = _one_step(False, 0.0, full_share=0.5)
+    assert all(torch.equal(share_all[n], full[n]) for n in full)
+    assert any(not torch.equal(deleted[n], full[n]) for n in full)
+    assert _moved(before, half, masks, dedicated=True) == 0  # dedicated entries stay frozen either way
+    assert any(not torch.equal(half[n], full[n]) for n in full)
+    assert any(not torch.equal(half[n], deleted[n]) for n in full)
+
+
 @pytest.mark.parametrize(
     "raw, field",
     [
@@ -174,6 +191,8 @@ def test_one_trainer_step_moves_only_the_entries_its_samples_own():
         ({"concept": "c", "label": "l", "threshold": 1.5}, "isolation.threshold"),
         ({"concept": "c", "label": "l", "ordinary": "zero"}, "isolation.ordinary"),
         ({"concept": "c", "label": "l", "clear": -1.0}, "isolation.clear"),
+        ({"concept": "c", "label": "l", "full_share": 1.5}, "isolation.full_share"),
+        ({"concept": "c", "label": "l", "ordinary": "full", "full_share": 0.5}, "isolation.full_share"),
     ],
 )
 def test_bad_isolation_section_names_the_field(raw, field):

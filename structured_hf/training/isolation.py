@@ -12,6 +12,9 @@ space plus ``hidden_units`` neurons of every hidden layer; see :mod:`structured_
 - an **ordinary sample** runs the model with the dedicated entries zeroed (``ordinary: deleted``, the default; the
   shared weights learn to work without the concept's units, i.e. exactly as the deleted model will run) or with them
   in place but frozen (``ordinary: full``); either way its task gradient on every dedicated entry is exactly 0.
+  ``full_share`` (with ``deleted``) runs that share of the ordinary samples, drawn per micro-batch, the ``full``
+  way instead: the shared weights then also learn to work with the units in place, a dropout of the dedicated
+  units that trades the undeleted model's damage against what deleting them costs.
   With ``clear > 0`` ordinary samples also run the full model once more, with every shared entry frozen, and the
   mean square of the dedicated units' activations (the outputs of every Linear row / embedding column that writes
   one) is added to the loss: the dedicated units learn to stay silent where the concept is absent, so the undeleted
@@ -28,6 +31,7 @@ Recipe section::
       hidden_units: 32           # dedicated neurons per hidden layer (the last ones), default 0
       threshold: 0.5             # optional: a sample is the concept's when its label probability >= this
       ordinary: deleted          # or full
+      full_share: 0.25           # optional, with deleted: share of ordinary samples run the full way instead
       clear: 1.0                 # optional: weight of the dedicated units' mean square on ordinary samples
 
 How. Each training micro-batch is split by rows into its concept samples and its ordinary samples, and each part
@@ -59,7 +63,7 @@ from ..validation import check_keys, check_name, check_number
 from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
 from .trainer import AnchoredTrainer
 
-ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "clear"}
+ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "full_share", "clear"}
 _NON_MODEL_KEYS = ("concept_labels", "token_mask", "token_scope")  # batch keys compute_loss consumes itself
 ORDINARY_MODES = ("deleted", "full")
 _ROWS = "__isolation_rows__"  # the batch key carrying which rows are the concept's (set when labels are drawn)
@@ -75,6 +79,7 @@ class IsolationSpec:
     threshold: float | None = None
     ordinary: str = "deleted"
     clear: float = 0.0
+    full_share: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: Any) -> IsolationSpec:
@@ -97,6 +102,11 @@ class IsolationSpec:
                 "isolation.ordinary", f"expected one of {list(ORDINARY_MODES)}, got {ordinary!r}"
             )
         clear = check_number("isolation.clear", raw.get("clear", 0.0), low=0)
+        full_share = check_number("isolation.full_share", raw.get("full_share", 0.0), low=0, high=1)
+        if full_share > 0 and ordinary != "deleted":
+            raise StructuredConfigError(
+                "isolation.full_share", "a share of ordinary samples run in full only with ordinary: deleted"
+            )
         return cls(
             raw["concept"],
             raw["label"],
@@ -104,6 +114,7 @@ class IsolationSpec:
             None if threshold is None else float(threshold),
             ordinary,
             float(clear),
+            float(full_share),
         )
 
     @property
@@ -118,6 +129,7 @@ class IsolationSpec:
             "threshold": self.threshold,
             "ordinary": self.ordinary,
             "clear": self.clear,
+            "full_share": self.full_share,
         }
 
 
@@ -211,9 +223,11 @@ class IsolatedTrainer(AnchoredTrainer):
         params = dict(model.named_parameters())
         masks = {n: m.to(params[n].device) for n, m in self.isolation_masks.items()}
         total = None
+        full = ~rows & self._full_rows(rows.shape[0], rows.device)
         for part, build in (
             (rows, lambda: concept_params(params, masks)),
-            (~rows, lambda: ordinary_params(params, masks, self.isolation.ordinary)),
+            (~rows & ~full, lambda: ordinary_params(params, masks, self.isolation.ordinary)),
+            (full, lambda: ordinary_params(params, masks, "full")),
         ):
             if not bool(part.any()) or not _has_targets(inputs, part):
                 continue
@@ -227,6 +241,19 @@ class IsolatedTrainer(AnchoredTrainer):
                 model, take_rows(inputs, ~rows), concept_params(params, masks)
             )
         return total
+
+    def _full_rows(self, n: int, device: torch.device) -> torch.Tensor:
+        """Which rows of this micro-batch run the ``full`` way (``full_share``): drawn from a generator keyed by the
+        seed, the step and the micro-batch, so a run (and a resumed run) draws the same rows."""
+        share = self.isolation.full_share
+        if share <= 0:
+            return torch.zeros(n, dtype=torch.bool, device=device)
+        step = self.state.global_step
+        last_step, micro = getattr(self, "_full_draws", (step, 0))
+        micro = micro + 1 if last_step == step else 1  # counts the micro-batches of this optimizer step
+        self._full_draws = (step, micro)
+        gen = torch.Generator().manual_seed((self.args.seed * 1_000_003 + step) * 1_009 + micro)
+        return (torch.rand(n, generator=gen) < share).to(device)
 
     def _clear_term(self, model: Any, part: Mapping[str, Any], params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Mean square of the dedicated units' activations on ordinary samples (the full model, gradient only into
