@@ -48,7 +48,7 @@ from ..errors import NonFiniteLossError, StructuredConfigError
 from ..registry import FAMILIES, get_family
 from ..losses import LOSSES
 from ..losses.regularizers import UNCHANGED
-from ..models.color_autoencoder.modeling_color_autoencoder import DeletionReadout
+from ..models.color_autoencoder.modeling_color_autoencoder import DeletionReadout, rewritten_readout
 from ..schedules import Schedule
 from .arguments import RegularizerSpec
 from .binding import bind_readout, check_concept_kind
@@ -175,13 +175,7 @@ class BatchedColorAutoencoder:
         """The batched counterpart of the model's ``intervened_readout``: decode ``rewrite(x)`` (renormalized only
         after the ``encoder`` site, as the forward pass does); ``rewrite`` acts on the last dimension of
         ``(N, B, K)``."""
-
-        def finish(x: torch.Tensor) -> torch.Tensor:
-            if site == "encoder" and self.config.normalize_bottleneck:
-                x = F.normalize(x, dim=-1)
-            return self.decode(x)
-
-        return DeletionReadout(deleted=lambda x: finish(rewrite(x)), intact=finish)
+        return rewritten_readout(self.decode, self.config.normalize_bottleneck, site, rewrite)
 
     def write_back(self, models: Sequence[torch.nn.Module]) -> None:
         """Copy seed ``i``'s weights into ``models[i]``."""

@@ -203,6 +203,7 @@ class IsolatedTrainer(AnchoredTrainer):
         self.isolation = spec
         self.isolation_masks = masks
         self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
+        self._full_draws = (-1, 0)  # (optimizer step, micro-batches drawn in it) for full_share's generator keys
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
 
@@ -249,7 +250,7 @@ class IsolatedTrainer(AnchoredTrainer):
         if share <= 0:
             return torch.zeros(n, dtype=torch.bool, device=device)
         step = self.state.global_step
-        last_step, micro = getattr(self, "_full_draws", (step, 0))
+        last_step, micro = self._full_draws
         micro = micro + 1 if last_step == step else 1  # counts the micro-batches of this optimizer step
         self._full_draws = (step, micro)
         gen = torch.Generator().manual_seed((self.args.seed * 1_000_003 + step) * 1_009 + micro)

@@ -98,6 +98,24 @@ class ColorDecoder(nn.Module):
         return self.out(self.mlp(self.act(self.proj(z))))  # (B, 3)
 
 
+def rewritten_readout(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    normalize_bottleneck: bool,
+    site: str,
+    rewrite: Callable[[torch.Tensor], torch.Tensor],
+) -> DeletionReadout:
+    """Decode a site's activation with ``rewrite`` applied (calling it) and without (``intact``): renormalized only
+    after the ``encoder`` site, as the forward pass does (the ``bottleneck`` site is already past the norm). Shared
+    by the model and the batched seed model, so both read an intervention the same way."""
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        if site == "encoder" and normalize_bottleneck:
+            x = F.normalize(x, dim=-1)
+        return decode(x)
+
+    return DeletionReadout(deleted=lambda x: finish(rewrite(x)), intact=finish)
+
+
 class ColorAutoencoderPreTrainedModel(StructuredPreTrainedModel):
     config_class = ColorAutoencoderConfig
     base_model_prefix = "color_autoencoder"
@@ -183,12 +201,7 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
                 "site", f"intervened_readout reads the 'encoder' or 'bottleneck' site, got {site!r}"
             )
 
-        def finish(x: torch.Tensor) -> torch.Tensor:
-            if site == "encoder" and self.config.normalize_bottleneck:
-                x = F.normalize(x, dim=-1)
-            return self.decode(x)
-
-        return DeletionReadout(deleted=lambda x: finish(rewrite(x)), intact=finish)
+        return rewritten_readout(self.decode, self.config.normalize_bottleneck, site, rewrite)
 
     def forward(self, colors: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ColorAutoencoderOutput:
         """
