@@ -366,6 +366,25 @@ def test_model_card_renders_its_tables(run_dir):
     assert "| red | `bottleneck` |" in (run_dir / "README.md").read_text()
 
 
+def test_card_place_of_a_wide_direction_names_its_nonzero_axes():
+    """A residual-stream concept (64-128 entries) is shown by the entries that matter, a color latent whole."""
+    from structured_hf.cards.common import place_text
+    from structured_hf.concepts import ConceptMap
+
+    concepts = ConceptMap.parse(
+        [
+            {"name": "one", "site": "s", "direction": {"one_hot": 5, "width": 64}},
+            {"name": "four", "site": "s", "direction": {"one_hot": [0, 1, 2, 3], "width": 128}},
+            {"name": "dense", "site": "s", "direction": [1.0] * 16},
+            {"name": "short", "site": "s", "direction": [0.0, 1.0, 0.0, 0.0]},
+        ]
+    )
+    assert place_text(concepts["one"]) == "axis 5 of 64 (one-hot)"
+    assert place_text(concepts["four"]) == "direction of width 128, nonzero on axes {0: 1, 1: 1, 2: 1, 3: 1}"
+    assert place_text(concepts["dense"]) == "direction of width 16 (16 nonzero entries)"
+    assert place_text(concepts["short"]) == "direction (0, 1, 0, 0)"
+
+
 def test_folder_card_reads_the_concept_map_from_the_saved_config(run_dir, tmp_path):
     """After surgery the recipe still names the concepts the model was trained with; the card shows the model's."""
     folder = tmp_path / "pruned"

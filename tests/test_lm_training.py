@@ -245,6 +245,8 @@ def test_anchored_run_saves_model_tokenizer_and_places_the_concept(trained):
     card = (out / "README.md").read_text()
     assert "library_name: structured_hf" in card and "| ablate:violence |" in card and "{{" not in card
     assert "from the first of the `keywords` labeler's matches on" in card  # the token-level labels are described
+    assert "| violence | `layers.0.residual_post` | axis 0 of 32 (one-hot) |" in card  # not 32 numbers
+    assert "tags:\n- structured_hf" in card and "- unlearning" in card
     assert f"{metrics['eval_perplexity']:.4g}"[:4] in card
 
 

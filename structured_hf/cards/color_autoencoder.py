@@ -7,26 +7,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
 from ..concepts import ConceptMap
 from ..data.labels import parse_labelers
 from ..training.recipe import Recipe
 from .common import (
     regularizer_row,
-    default_optim,
-    device_text,
     figure_files,
     figure_rows,
+    card_metadata,
     fmt,
     measured_text,
-    package_version,
     place_text,
     recipe_concepts,
     run_files,
     saved_concepts,
     schedule_text,
     template_path,
+    training_fields,
 )
 
 
@@ -56,15 +55,7 @@ def render_color_model_card(
             curves and latent plots (``training_curves.png``, ``latents.png``) always have their own sections.
     """
     concepts = recipe_concepts(recipe, concepts)
-    name = Path(str(repo_or_path)).name
-    card_data = ModelCardData(
-        library_name="structured_hf",
-        license="mit",
-        tags=["structured_hf", "concept-anchoring", "representation-engineering", "color-autoencoder"],
-        datasets=list(dataset_ids) if dataset_ids else None,
-        model_name=name,
-        pipeline_tag=None,
-    )
+    name, card_data = card_metadata(repo_or_path, ["color-autoencoder"], dataset_ids=dataset_ids)
     m = recipe.model
     norm = m.get("normalize_bottleneck", True)
     arch = (
@@ -103,7 +94,6 @@ def render_color_model_card(
             headline.append(f"`{c.name}` at cos {cm['cosine']:.3f} from its direction")
         elif "leak_max" in cm:
             headline.append(f"`{c.name}` prototypes ≤ {100 * cm['leak_max']:.1f}% outside their axes")
-    training = recipe.training
     return ModelCard.from_template(
         card_data,
         template_path=template_path("color_autoencoder"),
@@ -111,20 +101,12 @@ def render_color_model_card(
         description=recipe.description,
         repo_or_path=repo_or_path,
         include_code=include_code,
-        version=package_version(),
-        num_parameters=metrics.get("num_parameters", "?"),
+        **training_fields(recipe, metrics),
         bottleneck_dim=m.get("bottleneck_dim", 4),
         headline="; ".join(headline),
         site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "`bottleneck`",
         concepts=concept_rows,
         architecture=arch,
-        steps=training.get("max_steps"),
-        batch_size=training.get("per_device_train_batch_size"),
-        optimizer=str(training.get("optim", default_optim())),
-        weight_decay=fmt(float(training.get("weight_decay", 0.0))),
-        seed=recipe.seed,
-        train_runtime=fmt(metrics.get("train_runtime_s", float("nan"))),
-        device=device_text(metrics),
         train_data=data_text(recipe.data.get("train")),
         eval_data=data_text(recipe.data.get("eval")) if recipe.data.get("eval") else None,
         labels=labels,

@@ -6,25 +6,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
 from ..concepts import ConceptMap
 from ..data.labels import parse_labelers
 from ..training.recipe import Recipe
 from .common import (
     regularizer_row,
-    default_optim,
-    device_text,
     figure_files,
+    card_metadata,
     fmt,
     optional_text,
-    package_version,
     place_text,
     recipe_concepts,
     run_files,
     saved_concepts,
     schedule_text,
     template_path,
+    training_fields,
 )
 
 
@@ -43,14 +42,7 @@ def render_color_transformer_card(
     (suppression and deletion ratios per operation) and, when given, a relearning-attack table (markdown).
     ``concepts`` is the model's concept map (default: the recipe's)."""
     concepts = recipe_concepts(recipe, concepts)
-    name = Path(str(repo_or_path)).name
-    card_data = ModelCardData(
-        library_name="structured_hf",
-        license="mit",
-        model_name=name,
-        pipeline_tag=None,
-        tags=["structured_hf", "concept-anchoring", "representation-engineering", "color-transformer"],
-    )
+    name, card_data = card_metadata(repo_or_path, ["color-transformer"])
     m = recipe.model
     norm = "nGPT-style hypersphere" if m.get("norm") == "hypersphere" else "pre-norm (LayerNorm)"
     arch = (
@@ -71,9 +63,7 @@ def render_color_transformer_card(
         {
             "name": c.name,
             "site": c.site,
-            "place": place_text(c)
-            if c.direction is None or len(c.direction) <= 8
-            else f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)",
+            "place": place_text(c),
             "description": c.description or "-",
             "measured": measured(c),
         }
@@ -138,7 +128,6 @@ def render_color_transformer_card(
         headline.append(
             f"{v}: red-involving error ×{s['min_red_ratio']:.0f} or more, far ×{s['max_far_ratio']:.2f} at most"
         )
-    training = recipe.training
     task = recipe.data.get("task", {})
     return ModelCard.from_template(
         card_data,
@@ -147,21 +136,13 @@ def render_color_transformer_card(
         description=recipe.description,
         repo_or_path=repo_or_path,
         include_code=include_code,
-        version=package_version(),
-        num_parameters=metrics.get("num_parameters", "?"),
+        **training_fields(recipe, metrics),
         headline="; ".join(headline) or "see below",
         site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "the residual stream",
         operations=", ".join(m.get("operations") or operations),
         concepts=concept_rows,
         architecture=arch,
         hidden_size=m.get("hidden_size", 64),
-        steps=training.get("max_steps"),
-        batch_size=training.get("per_device_train_batch_size"),
-        optimizer=str(training.get("optim", default_optim())),
-        weight_decay=fmt(float(training.get("weight_decay", 0.0))),
-        seed=recipe.seed,
-        train_runtime=fmt(metrics.get("train_runtime_s", float("nan"))),
-        device=device_text(metrics),
         train_data=(
             f"every operand combination of a {task.get('grid_size', 10)}³ RGB grid (unary operations) and "
             f"unordered pairs of a {task.get('pair_grid_size', 6)}³ grid (mix), minus held-out combinations; "

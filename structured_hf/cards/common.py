@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import ModelCardData
 
 from ..concepts import ConceptMap, ConceptSpec
 from ..shared_files import files_to_push
@@ -71,10 +72,59 @@ def measured_text(metrics: Mapping[str, Any]) -> str:
 
 
 def place_text(c: ConceptSpec) -> str:
-    """Where a concept lives, in words: its direction, or its axes (a plane when there are two)."""
-    if c.direction is not None:
-        return "direction (" + ", ".join(fmt(float(v)) for v in c.direction) + ")"
-    return "plane of axes " + ", ".join(str(a) for a in c.axes) if len(c.axes) == 2 else f"axes {list(c.axes)}"
+    """Where a concept lives, in words: its direction, or its axes (a plane when there are two).
+
+    A short direction (a color latent) is printed whole; a wide one (a residual stream of 64-128 entries) by its
+    nonzero entries, since a card row of 128 numbers hides the one or four that matter."""
+    if c.direction is None:
+        return "plane of axes " + ", ".join(str(a) for a in c.axes) if len(c.axes) == 2 else f"axes {list(c.axes)}"
+    values = [float(v) for v in c.direction]
+    if len(values) <= 8:
+        return "direction (" + ", ".join(fmt(v) for v in values) + ")"
+    support = [i for i, v in enumerate(values) if v != 0.0]
+    if len(support) == 1:
+        return f"axis {support[0]} of {len(values)} (one-hot)"
+    if len(support) <= 8:
+        entries = ", ".join(f"{i}: {fmt(values[i])}" for i in support)
+        return f"direction of width {len(values)}, nonzero on axes {{{entries}}}"
+    return f"direction of width {len(values)} ({len(support)} nonzero entries)"
+
+
+def card_metadata(
+    repo_or_path: str,
+    family_tags: Sequence[str],
+    *,
+    pipeline_tag: str | None = None,
+    dataset_ids: Sequence[str] | None = None,
+) -> tuple[str, ModelCardData]:
+    """A card's model name (the last part of ``repo_or_path``) and its Hub metadata: the tags every structured_hf
+    card carries plus the family's own."""
+    name = Path(str(repo_or_path)).name
+    data = ModelCardData(
+        library_name="structured_hf",
+        license="mit",
+        model_name=name,
+        pipeline_tag=pipeline_tag,
+        datasets=list(dataset_ids) if dataset_ids else None,
+        tags=["structured_hf", "concept-anchoring", "representation-engineering", *family_tags],
+    )
+    return name, data
+
+
+def training_fields(recipe: Recipe, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The template fields of the "how it was trained" table that every family's card fills the same way."""
+    training = recipe.training
+    return {
+        "steps": training.get("max_steps"),
+        "batch_size": training.get("per_device_train_batch_size"),
+        "optimizer": str(training.get("optim", default_optim())),
+        "weight_decay": fmt(float(training.get("weight_decay", 0.0))),
+        "seed": recipe.seed,
+        "train_runtime": fmt(metrics.get("train_runtime_s", float("nan"))),
+        "device": device_text(metrics),
+        "version": package_version(),
+        "num_parameters": metrics.get("num_parameters", "?"),
+    }
 
 
 def default_optim() -> str:

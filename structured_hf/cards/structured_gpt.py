@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
 from ..concepts import ConceptMap
 from ..evaluation.language import language_markdown
@@ -15,18 +15,17 @@ from ..training.recipe import Recipe
 from .common import (
     spec_site,
     regularizer_row,
-    default_optim,
-    device_text,
     figure_files,
+    card_metadata,
     fmt,
     optional_text,
-    package_version,
     place_text,
     recipe_concepts,
     run_files,
     saved_concepts,
     schedule_text,
     template_path,
+    training_fields,
 )
 
 
@@ -46,16 +45,10 @@ def render_structured_gpt_card(
     `language_evaluation.json` contents and a comparison table (markdown from ``scripts/compare_lm.py``). ``concepts`` is the model's concept map (default: the
     recipe's)."""
     concepts = recipe_concepts(recipe, concepts)
-    name = Path(str(repo_or_path)).name
-    card_data = ModelCardData(
-        library_name="structured_hf",
-        license="mit",
-        model_name=name,
-        pipeline_tag="text-generation",
-        datasets=list(dataset_ids) if dataset_ids else None,
-        tags=["structured_hf", "concept-anchoring", "representation-engineering", "structured-gpt", "unlearning"],
+    name, card_data = card_metadata(
+        repo_or_path, ["structured-gpt", "unlearning"], pipeline_tag="text-generation", dataset_ids=dataset_ids
     )
-    m, data, training = recipe.model, recipe.data, recipe.training
+    m, data = recipe.model, recipe.data
     hidden = m.get("hidden_size", 128)
     norm = "nGPT-style hypersphere" if m.get("norm") == "hypersphere" else "pre-LayerNorm (GPT-2 style)"
     arch = (
@@ -71,11 +64,6 @@ def render_structured_gpt_card(
         if not values:
             return "n/a"
         return f"{values.get(f'forget:{c.name}', float('nan')):.3f} / {values.get('retain', float('nan')):.3f}"
-
-    def place(c: Any) -> str:
-        if c.direction is not None and len(c.direction) > 8:
-            return f"axis {max(range(len(c.direction)), key=lambda i: abs(c.direction[i]))} (one-hot)"
-        return place_text(c)
 
     concept_rows = [
         {
@@ -131,24 +119,16 @@ def render_structured_gpt_card(
         description=recipe.description,
         repo_or_path=repo_or_path,
         include_code=include_code,
-        version=package_version(),
-        num_parameters=metrics.get("num_parameters", "?"),
+        **training_fields(recipe, metrics),
         headline="; ".join(headline) or "see below",
         first_concept=first,
         site_summary=", ".join(f"`{s}`" for s in sorted({c.site for c in concepts})) or "the residual stream",
         concepts=concept_rows,
         architecture=arch,
         hidden_size=hidden,
-        steps=training.get("max_steps"),
-        batch_size=training.get("per_device_train_batch_size"),
         block_size=data.get("block_size", 128),
-        optimizer=str(training.get("optim", default_optim())),
-        weight_decay=fmt(float(training.get("weight_decay", 0.0))),
-        seed=recipe.seed,
         train_data=train_data,
         vocab_size=(data.get("tokenizer") or {}).get("vocab_size", 4096),
-        train_runtime=fmt(metrics.get("train_runtime_s", float("nan"))),
-        device=device_text(metrics),
         tokens_per_second=f"{metrics.get('train_tokens_per_second', float('nan')):.0f}",
         eval_loss=fmt(metrics.get("eval_loss", float("nan"))),
         eval_perplexity=fmt(metrics.get("eval_perplexity", float("nan"))),
