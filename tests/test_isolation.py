@@ -258,3 +258,31 @@ def test_benchmark_isolated_methods_need_an_isolated_recipe_or_model():
     built = rb.language_methods(model, None, None, None, None, "violence", ["isolated+delete"])  # the M4 path
     assert list(built) == [rb.REFERENCE, "isolated+delete"]
     assert built["isolated+delete"].model.config.surgery[-1]["op"] == "delete_isolated"
+
+
+def test_language_evaluation_of_an_isolated_model_reports_its_deletion():
+    """A model trained with isolation records it in its config; the M4 evaluation then adds the deletion of the
+    dedicated units, evaluated on the same tokens as every other variant (and none for a model without it)."""
+    import datasets
+
+    from structured_hf.evaluation.language import default_variants, encode, set_losses
+
+    model = _gpt().eval()
+    assert [name for name, _, _ in default_variants(model, [])] == ["baseline"]
+    model.config.isolation = {"concept": "violence", "hidden_units": 4}
+    variants = dict((name, m) for name, m, _ in default_variants(model, []))
+    assert list(variants) == ["baseline", "delete_isolated:violence"]
+    deleted = variants["delete_isolated:violence"]
+    assert deleted.config.surgery[-1]["op"] == "delete_isolated" and not getattr(model.config, "surgery", None)
+
+    class Tok:  # ids are the characters' codes modulo the tiny vocabulary; 0 pads
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __call__(self, texts, **_):
+            return {"input_ids": [[3 + ord(ch) % 30 for ch in t] for t in texts]}
+
+    chunks = datasets.Dataset.from_dict({"text": ["the sword fell", "a calm field"], "prob_violence": [0.9, 0.0]})
+    encoded = {"all": encode(Tok(), list(chunks["text"]), 16)}
+    expected = set_losses(delete_isolated(model), encoded, [], 8, 0)
+    assert set_losses(deleted, encoded, [], 8, 0) == expected
+    assert expected != set_losses(model, encoded, [], 8, 0)  # the dedicated units carried something

@@ -12,6 +12,8 @@ Variants of one model (all evaluated on the same tokens):
   hemisphere removal), through :func:`structured_hf.interventions.intervene`;
 - ``zero:<c>``: inference-time zeroing of the concept's axes at its site;
 - ``ablate:<c>``: permanent deletion, :func:`structured_hf.interventions.ablate` on the residual stream;
+- ``delete_isolated:<c>``: for a model trained with full-depth isolation (its config records it), every dedicated
+  unit of the isolated concept zeroed (:func:`structured_hf.interventions.isolation.delete_isolated`);
 - any ``(name, model, specs)`` the caller adds, e.g. baseline (a)'s post-hoc projection.
 
 The relearning attack (:func:`lm_relearning_attack`) fine-tunes on a few forget chunks and records the lowest
@@ -37,6 +39,7 @@ from ..concepts import ConceptMap
 from ..data.color_datasets import PROB_PREFIX
 from ..errors import StructuredConfigError
 from ..interventions import intervene
+from ..interventions.isolation import delete_isolated, recorded_isolation
 from ..interventions.specs import InterventionSpec
 from ..interventions.suppression import concept_axes
 from ..interventions.surgery import ablate, project_out
@@ -194,7 +197,8 @@ def _zero_axes_spec(model: nn.Module, concept: str) -> str:
 
 
 def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[str, nn.Module, list[str]]]:
-    """``(name, model, intervention specs)``: baseline, and per concept suppress / zero axes / ablate."""
+    """``(name, model, intervention specs)``: baseline, per concept suppress / zero axes / ablate, and the deletion
+    of an isolated concept's dedicated units when the model was trained with isolation."""
     variants: list[tuple[str, nn.Module, list[str]]] = [("baseline", model, [])]
     for c in concepts:
         variants.append((f"suppress:{c}", model, [f"suppress:{c}"]))
@@ -203,6 +207,9 @@ def default_variants(model: nn.Module, concepts: Sequence[str]) -> list[tuple[st
             variants.append((f"ablate:{c}", ablate(model, c), []))
         except StructuredConfigError as e:  # a model family without residual surgery
             logger.warning("no ablation variant for %s: %s", c, e)
+    isolation = recorded_isolation(model)
+    if isolation is not None:
+        variants.append((f"delete_isolated:{isolation.concept}", delete_isolated(model, isolation), []))
     return variants
 
 
@@ -250,7 +257,9 @@ def evaluate_language_model(
         }
     for c in concepts:
         report["cosines"][c] = concept_cosines(model, encoded, c, batch_size, pad)
-    for name, variant_model, specs in variants[:1] + [v for v in variants if v[0].startswith(("suppress:", "ablate:"))]:
+    for name, variant_model, specs in variants[:1] + [
+        v for v in variants if v[0].startswith(("suppress:", "ablate:", "delete_isolated:"))
+    ]:
         report["generations"][name] = (
             generate_samples(variant_model, tokenizer, prompts, specs, max_new_tokens) if prompts else []
         )

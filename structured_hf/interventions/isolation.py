@@ -111,6 +111,12 @@ def model_isolation(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
     return isolation
 
 
+def recorded_isolation(model: nn.Module) -> Isolation | None:
+    """The isolation the model's config records (set by training with an ``isolation:`` section), else ``None``."""
+    recorded = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    return model_isolation(model, recorded) if recorded else None
+
+
 def dedicated_slices(
     model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
 ) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
@@ -184,6 +190,7 @@ def delete_isolated(model: nn.Module, isolation: Isolation | Mapping[str, Any] |
 
 
 __all__ = [
+    "recorded_isolation",
     "CONFIG_KEY",
     "Isolation",
     "dedicated_masks",
