@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import StructuredConfigError
-from .validation import check_keys
+from .validation import check_axes, check_keys
 
 _KNOWN_KEYS = {"name", "site", "direction", "axes", "prototypes", "description"}
 
@@ -102,7 +102,7 @@ class ConceptSpec:
         if (direction is None) == (axes is None):
             raise StructuredConfigError(field, f"concept '{name}' needs exactly one of 'direction' or 'axes'")
         parsed_direction = _parse_direction(direction, f"{field}.direction") if direction is not None else None
-        parsed_axes = _parse_axes(axes, f"{field}.axes") if axes is not None else None
+        parsed_axes = check_axes(f"{field}.axes", axes) if axes is not None else None
         prototypes = entry.get("prototypes") or ()
         if not isinstance(prototypes, (list, tuple)):
             raise StructuredConfigError(f"{field}.prototypes", f"expected a list, got {prototypes!r}")
@@ -155,17 +155,6 @@ def _parse_direction(value: Any, field: str) -> tuple[float, ...]:
     if not math.isfinite(norm) or norm < 1e-12:
         raise StructuredConfigError(field, f"has length {norm:g}, outside float32's usable range; rescale it")
     return tuple(out)
-
-
-def _parse_axes(value: Any, field: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise StructuredConfigError(field, f"expected a non-empty list of axis indices, got {value!r}")
-    for i, x in enumerate(value):
-        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-            raise StructuredConfigError(f"{field}[{i}]", f"expected a non-negative integer axis, got {x!r}")
-    if len(set(value)) != len(value):
-        raise StructuredConfigError(field, f"axes must be distinct, got {list(value)}")
-    return tuple(int(x) for x in value)
 
 
 class ConceptMap(Sequence[ConceptSpec]):

@@ -98,3 +98,15 @@ def check_name(field: str, value: Any, what: str = "a name") -> str:
 
 
 __all__ = ["check_keys", "check_mapping", "check_name", "check_number"]
+
+
+def check_axes(field: str, value: Any) -> tuple[int, ...]:
+    """A non-empty list of distinct non-negative axis indices (a concept's axes, an intervention's or a surgery's)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise StructuredConfigError(field, f"expected a non-empty list of axis indices, got {value!r}")
+    for i, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+            raise StructuredConfigError(f"{field}[{i}]", f"expected a non-negative integer axis, got {x!r}")
+    if len(set(value)) != len(value):
+        raise StructuredConfigError(field, f"axes must be distinct, got {list(value)}")
+    return tuple(int(x) for x in value)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StructuredConfigError
-from ..validation import check_keys
+from ..validation import check_axes, check_keys
 from .falloff import BezierMapper, BoundedPowerFalloff, LinearMapper, falloff_from_dict, mapper_from_dict
 
 INTERVENTION_KINDS = ("suppress", "repel", "axes")
@@ -51,17 +51,6 @@ def _vector(value: Any, field_name: str) -> tuple[float, ...]:
     if not any(out):
         raise StructuredConfigError(field_name, "is the zero vector; an intervention needs a direction")
     return tuple(out)
-
-
-def _axes(value: Any, field_name: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise StructuredConfigError(field_name, f"expected a non-empty list of axis indices, got {value!r}")
-    for i, x in enumerate(value):
-        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-            raise StructuredConfigError(f"{field_name}[{i}]", f"expected a non-negative integer, got {x!r}")
-    if len(set(value)) != len(value):
-        raise StructuredConfigError(field_name, f"axes must be distinct, got {list(value)}")
-    return tuple(int(x) for x in value)
 
 
 def _optional_str(value: Any, field_name: str) -> str | None:
@@ -106,7 +95,7 @@ class InterventionSpec:
         if self.vector is not None:
             object.__setattr__(self, "vector", _vector(self.vector, "intervention.vector"))
         if self.axes is not None:
-            object.__setattr__(self, "axes", _axes(self.axes, "intervention.axes"))
+            object.__setattr__(self, "axes", check_axes("intervention.axes", self.axes))
         targets = [name for name in ("concept", "vector", "axes") if getattr(self, name) is not None]
         if len(targets) != 1:
             raise StructuredConfigError(
@@ -213,7 +202,7 @@ class SurgerySpec:
         object.__setattr__(self, "concept", _optional_str(self.concept, "surgery.concept"))
         object.__setattr__(self, "site", _optional_str(self.site, "surgery.site"))
         if self.axes is not None:
-            object.__setattr__(self, "axes", _axes(self.axes, "surgery.axes"))
+            object.__setattr__(self, "axes", check_axes("surgery.axes", self.axes))
         if (self.concept is None) == (self.axes is None):
             raise StructuredConfigError("surgery", f"'{self.kind}' needs exactly one of concept or axes")
         if isinstance(self.heal_steps, bool) or not isinstance(self.heal_steps, int) or self.heal_steps < 0:
