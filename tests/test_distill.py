@@ -79,10 +79,20 @@ def test_distilled_student_matches_its_teacher_and_shares_no_weights(tmp_path):
         data_seed=0,
     )
     trainer = DistillationTrainer(
-        model=student, args=args, train_dataset=_blocks(64, 0), data_collator=LMBlockCollator([]), teacher=teacher
+        model=student,
+        args=args,
+        train_dataset=_blocks(64, 0),
+        data_collator=LMBlockCollator([]),
+        eval_data_collator=LMBlockCollator([]),
+        teacher=teacher,
     )
     trainer.train()
     after = _kl(teacher, trainer.model.eval(), held_out)
+    # evaluation measures the student on the data (its own next-token loss), not its distance to the teacher
+    blocks = _blocks(16, 99)
+    data_loss = float(trainer.model(input_ids=held_out, labels=held_out).loss)
+    assert trainer.evaluate(blocks)["eval_loss"] == pytest.approx(data_loss, rel=1e-5)
+    assert abs(data_loss - after) > 0.1, (data_loss, after)
     assert after < 0.5 * chance and after < 0.5 * before, (before, after, chance)
     # no weights from the teacher: every matrix differs and is unrelated (it started from another seed)
     for (name, p), q in zip(trainer.model.named_parameters(), teacher.parameters()):

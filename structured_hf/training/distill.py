@@ -20,6 +20,8 @@ with the model's own loss replaced:
   teacher's prediction as the target, which *is* the squared-error distillation loss.
 
 Every regularizer, route, schedule and Trainer feature keeps working (the trainer computes the rest as before).
+Evaluation (``eval_loss``, ``eval_perplexity``) measures the student against the data, not against the teacher, so
+a student's numbers read like any other run's.
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ class DistillationTrainer(AnchoredTrainer):
         self.temperature = float(temperature)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            # Evaluation measures the student on the data, as every other run is measured: its eval_loss and
+            # eval_perplexity must compare with the teacher's and the baselines' (the KL to the teacher would read
+            # as a perplexity near 1).
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         device = next(model.parameters()).device
         teacher = self.teacher.to(device)
         kind = teacher.config.model_type
