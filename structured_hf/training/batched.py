@@ -48,7 +48,7 @@ from ..errors import NonFiniteLossError, StructuredConfigError
 from ..registry import FAMILIES, get_family
 from ..losses import LOSSES
 from ..losses.regularizers import UNCHANGED
-from ..models.color_autoencoder.modeling_color_autoencoder import DeletionReadout, rewritten_readout
+from ..models.color_autoencoder.modeling_color_autoencoder import DeletionReadout, pruned_readout, rewritten_readout
 from ..schedules import Schedule
 from .arguments import RegularizerSpec
 from .binding import bind_readout, check_concept_kind
@@ -163,13 +163,7 @@ class BatchedColorAutoencoder:
     def deletion_readout(self, site: str, axes: tuple[int, ...]) -> DeletionReadout:
         """The batched counterpart of the model's ``deletion_readout``: decode with ``axes`` zeroed (and the rest
         renormalized on a normalized bottleneck); ``.intact`` decodes without deletion."""
-        keep = torch.ones(self.config.bottleneck_dim, dtype=torch.bool)
-        keep[list(axes)] = False
-
-        def finish(x: torch.Tensor) -> torch.Tensor:
-            return self.decode(F.normalize(x, dim=-1) if self.config.normalize_bottleneck else x)
-
-        return DeletionReadout(deleted=lambda x: finish(torch.where(keep, x, torch.zeros_like(x))), intact=finish)
+        return pruned_readout(self.decode, self.config.normalize_bottleneck, tuple(axes))
 
     def intervened_readout(self, site: str, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> DeletionReadout:
         """The batched counterpart of the model's ``intervened_readout``: decode ``rewrite(x)`` (renormalized only

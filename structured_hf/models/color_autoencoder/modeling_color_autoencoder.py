@@ -98,6 +98,20 @@ class ColorDecoder(nn.Module):
         return self.out(self.mlp(self.act(self.proj(z))))  # (B, 3)
 
 
+def pruned_readout(
+    decode: Callable[[torch.Tensor], torch.Tensor], normalize_bottleneck: bool, axes: tuple[int, ...]
+) -> DeletionReadout:
+    """Decode a site's activation with ``axes`` zeroed (calling it) and intact (``intact``), renormalized on a
+    normalized bottleneck, as the pruned model's forward pass does: the encoder site is before the norm, and at the
+    bottleneck site (already unit-norm) the renormalization is what pruning adds. Shared by the model and the batched
+    seed model, so both read a deletion the same way."""
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        return decode(F.normalize(x, dim=-1) if normalize_bottleneck else x)
+
+    return DeletionReadout(deleted=lambda x: finish(zero_axes(x, axes)), intact=finish)
+
+
 def rewritten_readout(
     decode: Callable[[torch.Tensor], torch.Tensor],
     normalize_bottleneck: bool,
@@ -179,13 +193,7 @@ class ColorAutoencoderModel(ColorAutoencoderPreTrainedModel):
         width = self.config.bottleneck_dim
         if not axes or any(not 0 <= a < width for a in axes):
             raise StructuredConfigError("axes", f"expected axes in [0, {width}), got {list(axes)}")
-        axes = tuple(axes)
-
-        def finish(x: torch.Tensor) -> torch.Tensor:
-            # The encoder site is before the norm; the bottleneck site is already unit-norm (normalizing is a no-op).
-            return self.decode(F.normalize(x, dim=-1) if self.config.normalize_bottleneck else x)
-
-        return DeletionReadout(deleted=lambda x: finish(zero_axes(x, axes)), intact=finish)
+        return pruned_readout(self.decode, self.config.normalize_bottleneck, tuple(axes))
 
     def intervened_readout(self, site: str, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> DeletionReadout:
         """What the model outputs from activations ``x`` at ``site`` when an intervention rewrites the site (calling
