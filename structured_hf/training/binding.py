@@ -53,7 +53,7 @@ def _bind_regularizers(
         readout = None
         kind = LOSSES[spec.loss].readout
         if kind is not None:
-            method = READOUT_METHODS[kind]
+            method = READOUTS[kind][0]
             if model is None or not hasattr(model, method):
                 raise StructuredConfigError(
                     f"{field}.loss",
@@ -83,19 +83,22 @@ def check_concept_kind(field: str, spec: RegularizerSpec, concept: ConceptSpec) 
         )
 
 
-# The method of a model (or of the batched model) that builds each kind of readout (LossInfo.readout).
-READOUT_METHODS = {"deletion": "deletion_readout", "suppression": "intervened_readout"}
+# Each kind of readout (LossInfo.readout): the method of a model (or of the batched model) that builds it, and what
+# that method is given besides the site: the concept's axes (pruned) or the rewrite suppress:CONCEPT hooks on.
+READOUTS: dict[str, tuple[str, Callable[[ConceptSpec], Any]]] = {
+    "deletion": ("deletion_readout", concept_axes),
+    "suppression": ("intervened_readout", concept_suppressor),
+}
 
 
 def bind_readout(owner: Any, kind: str, site: str, concept: ConceptSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     """The readout a loss of this kind reads, built by ``owner`` (a model, or the batched seed model, which have the
     same two methods): the concept's axes pruned (``deletion``), or the site rewritten as ``suppress:CONCEPT``
     rewrites it (``suppression``). One place for both trainers, so the single and the batched runs read the same."""
-    if kind == "deletion":
-        return owner.deletion_readout(site, concept_axes(concept))
-    if kind == "suppression":
-        return owner.intervened_readout(site, concept_suppressor(concept))
-    raise StructuredConfigError("loss", f"unknown readout kind {kind!r}; known: {sorted(READOUT_METHODS)}")
+    if kind not in READOUTS:
+        raise StructuredConfigError("loss", f"unknown readout kind {kind!r}; known: {sorted(READOUTS)}")
+    method, argument = READOUTS[kind]
+    return getattr(owner, method)(site, argument(concept))
 
 
 def _check_params(field: str, loss: str, params: Mapping[str, Any]) -> None:
