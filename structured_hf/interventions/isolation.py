@@ -151,43 +151,22 @@ def dedicated_masks(
     return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
 
 
-@dataclass(frozen=True)
-class UnitTap:
-    """Where a dedicated unit's value can be read during a forward pass: the ``index`` entries of ``module``'s output
-    (``side="output"``) or of its first input (``side="input"``), along the last dimension."""
-
-    module: nn.Module
-    index: torch.Tensor
-    side: str
-
-
-def dedicated_activations(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None) -> list[UnitTap]:
-    """Every place where a dedicated unit passes its value on: what an ordinary sample should leave at zero.
-
-    - A dedicated *axis* is written linearly into the stream, so its value is its writers' output: a Linear's rows,
-      an embedding table's columns (writers that are bare parameters, e.g. a learned position vector, are not listed).
-    - A dedicated *hidden neuron* is read by its consumer after the activation function, so its value is the
-      consumer's input, not the producer's pre-activation. This matters: a neuron can be silent on ordinary inputs by
-      sitting below the activation's knee and still fire on the concept's, whereas asking its pre-activation to be 0
-      on ordinary inputs (which overlap the concept's) drives its input weights to 0 and kills it on both
-      (measured on M4 at 2400 steps: dedicated input rows at 1-3 % of the shared rows' norm, the neurons unused).
-    """
-    iso = model_isolation(model, isolation)
+def dedicated_outputs(
+    model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None
+) -> list[tuple[nn.Module, torch.Tensor]]:
+    """``(module, output indices)`` of every Linear or Embedding that *writes* a dedicated unit (a Linear's rows, an
+    embedding table's columns): the activations an ordinary sample should leave at zero. Writers that are bare
+    parameters (e.g. a learned position vector added to the stream) are not listed."""
     owners = {}
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             owners.setdefault(id(module.weight), module)
-    taps = []
-    for tensor, dim, idx in dedicated_slices(model, Isolation(iso.concept, 0)):
+    out = []
+    for tensor, dim, idx in dedicated_slices(model, isolation):
         module = owners.get(id(tensor))
         if (isinstance(module, nn.Linear) and dim == 0) or (isinstance(module, nn.Embedding) and dim == 1):
-            taps.append(UnitTap(module, idx, "output"))
-    if iso.hidden_units:
-        dedicated_slices(model, iso)  # checks hidden_units against every layer's width, naming the field
-        for _, consumer in hidden_layers(model):
-            width = consumer.in_features
-            taps.append(UnitTap(consumer, torch.arange(width - iso.hidden_units, width), "input"))
-    return taps
+            out.append((module, idx))
+    return out
 
 
 def delete_isolated(model: nn.Module, isolation: Isolation | Mapping[str, Any] | None = None) -> nn.Module:
@@ -215,8 +194,7 @@ __all__ = [
     "CONFIG_KEY",
     "Isolation",
     "dedicated_masks",
-    "dedicated_activations",
-    "UnitTap",
+    "dedicated_outputs",
     "dedicated_slices",
     "delete_isolated",
     "hidden_layers",

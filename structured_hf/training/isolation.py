@@ -16,10 +16,9 @@ space plus ``hidden_units`` neurons of every hidden layer; see :mod:`structured_
   way instead: the shared weights then also learn to work with the units in place, a dropout of the dedicated
   units that trades the undeleted model's damage against what deleting them costs.
   With ``clear > 0`` ordinary samples also run the full model once more, with every shared entry frozen, and the
-  mean square of the dedicated units' values is added to the loss (what each passes on: an axis's writers' outputs,
-  a hidden neuron's value after the activation function; see
-  :func:`~structured_hf.interventions.isolation.dedicated_activations`): the dedicated units learn to stay silent
-  where the concept is absent, so the undeleted model does not disturb ordinary inputs (with ``ordinary: deleted`` the shared weights never see those units).
+  mean square of the dedicated units' activations (the outputs of every Linear row / embedding column that writes
+  one) is added to the loss: the dedicated units learn to stay silent where the concept is absent, so the undeleted
+  model does not disturb ordinary inputs (with ``ordinary: deleted`` the shared weights never see those units).
 
 Deleting the concept (:func:`~structured_hf.interventions.isolation.delete_isolated`) zeroes the dedicated entries;
 the shared weights that remain never received a gradient from a concept sample.
@@ -61,7 +60,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..validation import check_keys, check_name, check_number
-from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_activations, dedicated_masks
+from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
 from .trainer import AnchoredTrainer
 
 ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "full_share", "clear"}
@@ -203,7 +202,7 @@ class IsolatedTrainer(AnchoredTrainer):
         check_isolation_label(spec, set(self._label_list))
         self.isolation = spec
         self.isolation_masks = masks
-        self._clear_taps = dedicated_activations(self.model, spec.units) if spec.clear > 0 else []
+        self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
         self._full_draws = (-1, 0)  # (optimizer step, micro-batches drawn in it) for full_share's generator keys
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
@@ -238,7 +237,7 @@ class IsolatedTrainer(AnchoredTrainer):
             total = loss if total is None else total + loss
         if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
             total = sum(p.sum() * 0.0 for p in params.values())
-        if self._clear_taps and bool((~rows).any()):
+        if self._clear_outputs and bool((~rows).any()):
             total = total + self.isolation.clear * self._clear_term(
                 model, take_rows(inputs, ~rows), concept_params(params, masks)
             )
@@ -262,15 +261,9 @@ class IsolatedTrainer(AnchoredTrainer):
         the dedicated entries): they learn to stay silent where the concept is absent. Weighted by the part's share
         of the window's samples, like every other term."""
         outs: list[torch.Tensor] = []
-
-        def read(values: torch.Tensor, idx: torch.Tensor) -> None:
-            outs.append(values[..., idx.to(values.device)])
-
         handles = [
-            tap.module.register_forward_hook(lambda m, a, o, idx=tap.index: read(o, idx))
-            if tap.side == "output"
-            else tap.module.register_forward_pre_hook(lambda m, a, idx=tap.index: read(a[0], idx))
-            for tap in self._clear_taps
+            module.register_forward_hook(lambda m, a, o, idx=idx: outs.append(o[..., idx.to(o.device)]))
+            for module, idx in self._clear_outputs
         ]
         try:
             with _reparametrize_module(model, dict(params), tie_weights=True):
