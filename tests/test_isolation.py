@@ -286,3 +286,70 @@ def test_language_evaluation_of_an_isolated_model_reports_its_deletion():
     expected = set_losses(delete_isolated(model), encoded, [], 8, 0)
     assert set_losses(deleted, encoded, [], 8, 0) == expected
     assert expected != set_losses(model, encoded, [], 8, 0)  # the dedicated units carried something
+
+
+def _gpt_isolated_trainer(tmp_path, clear_on: str, clear: float = 1.0):
+    """The tiny synthetic-corpus GPT recipe with violence isolated (axis 0, 4 neurons per block), one step."""
+    from test_lm_training import tiny_recipe
+
+    from structured_hf.training.recipe import parse_recipe
+
+    raw = tiny_recipe(
+        tmp_path,
+        **{
+            "training.max_steps": 1,
+            "regularizers": [
+                {"name": "anchor", "loss": "angular_anchor", "concept": "violence", "label": "violence", "weight": 0.0}
+            ],
+        },
+    )
+    raw["isolation"] = {
+        "concept": "violence-axis",
+        "label": "violence",
+        "hidden_units": 4,
+        "clear": clear,
+        "clear_on": clear_on,
+    }
+    return build_trainer(parse_recipe(raw))
+
+
+def test_clear_on_predictions_is_the_kl_to_the_deleted_model_and_moves_only_dedicated_entries(tmp_path):
+    """``clear_on: predictions``: on ordinary chunks the penalty is KL(deleted || full) of the next-token
+    distributions. It is 0 when the dedicated entries are 0 (the two models are the same), positive otherwise, and its
+    gradient reaches dedicated entries only."""
+    from structured_hf.data.collators import LMBlockCollator
+
+    trainer = _gpt_isolated_trainer(tmp_path, "predictions")
+    model = trainer.model.train()
+    rows = trainer.train_dataset.__getitems__(list(range(6)))
+    batch = LMBlockCollator(["violence"])(rows)
+    params = dict(model.named_parameters())
+    masks = trainer.isolation_masks
+    part = {k: v for k, v in batch.items() if k != "concept_labels"}
+    trainer._accumulate = lambda t: None
+    term = trainer._clear_kl(model, part, params, masks)
+    assert float(term.detach()) > 0
+    term.backward()
+    for name, p in model.named_parameters():
+        shared = ~masks[name] if name in masks else torch.ones_like(p, dtype=torch.bool)
+        assert p.grad is None or torch.all(p.grad[shared] == 0), name
+    assert sum(float(p.grad[masks[n]].abs().sum()) for n, p in model.named_parameters() if n in masks) > 0
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].masked_fill_(mask, 0.0)
+    assert float(trainer._clear_kl(model, part, params, masks)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_clear_on_predictions_needs_a_token_model(tmp_path):
+    with pytest.raises(StructuredConfigError) as e:
+        build_trainer(
+            load_recipe(
+                M2_ISOLATED,
+                {"isolation.clear": 1.0, "isolation.clear_on": "predictions", "output_dir": str(tmp_path / "run")},
+            )
+        )
+    assert e.value.field == "isolation.clear_on"
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(StructuredConfigError) as e:
+        IsolationSpec.from_dict({"concept": "c", "label": "l", "clear_on": "logits"})
+    assert e.value.field == "isolation.clear_on"

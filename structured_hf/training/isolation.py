@@ -19,6 +19,11 @@ space plus ``hidden_units`` neurons of every hidden layer; see :mod:`structured_
   mean square of the dedicated units' activations (the outputs of every Linear row / embedding column that writes
   one) is added to the loss: the dedicated units learn to stay silent where the concept is absent, so the undeleted
   model does not disturb ordinary inputs (with ``ordinary: deleted`` the shared weights never see those units).
+  ``clear_on: predictions`` (causal LMs) penalizes what the units *do* instead of whether they fire: the KL divergence
+  from the deleted model's next-token distribution (the same rows, no gradient) to the full model's. Why: on text the
+  concept's chunks are mostly ordinary words, so asking the units' activations to be 0 on ordinary chunks acts as a
+  weight decay on their input rows and kills them; a unit that fires on an ordinary token but moves no probability
+  there (e.g. it raises the logits of words that are improbable in that context anyway) costs nothing under the KL.
 
 Deleting the concept (:func:`~structured_hf.interventions.isolation.delete_isolated`) zeroes the dedicated entries;
 the shared weights that remain never received a gradient from a concept sample.
@@ -32,7 +37,8 @@ Recipe section::
       threshold: 0.5             # optional: a sample is the concept's when its label probability >= this
       ordinary: deleted          # or full
       full_share: 0.25           # optional, with deleted: share of ordinary samples run the full way instead
-      clear: 1.0                 # optional: weight of the dedicated units' mean square on ordinary samples
+      clear: 1.0                 # optional: weight of the clear penalty on ordinary samples
+      clear_on: activations      # or predictions (causal LMs: KL from the deleted model's next-token distribution)
 
 How. Each training micro-batch is split by rows into its concept samples and its ordinary samples, and each part
 runs the ordinary :meth:`AnchoredTrainer.compute_loss` (regularizers, routes and loss normalisation unchanged: the
@@ -63,9 +69,10 @@ from ..validation import check_keys, check_name, check_number
 from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
 from .trainer import AnchoredTrainer
 
-ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "full_share", "clear"}
+ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "full_share", "clear", "clear_on"}
 _NON_MODEL_KEYS = ("concept_labels", "token_mask", "token_scope")  # batch keys compute_loss consumes itself
 ORDINARY_MODES = ("deleted", "full")
+CLEAR_ON = ("activations", "predictions")
 _ROWS = "__isolation_rows__"  # the batch key carrying which rows are the concept's (set when labels are drawn)
 
 
@@ -80,6 +87,7 @@ class IsolationSpec:
     ordinary: str = "deleted"
     clear: float = 0.0
     full_share: float = 0.0
+    clear_on: str = "activations"
 
     @classmethod
     def from_dict(cls, raw: Any) -> IsolationSpec:
@@ -103,6 +111,9 @@ class IsolationSpec:
             )
         clear = check_number("isolation.clear", raw.get("clear", 0.0), low=0)
         full_share = check_number("isolation.full_share", raw.get("full_share", 0.0), low=0, high=1)
+        clear_on = raw.get("clear_on", "activations")
+        if clear_on not in CLEAR_ON:
+            raise StructuredConfigError("isolation.clear_on", f"expected one of {list(CLEAR_ON)}, got {clear_on!r}")
         if full_share > 0 and ordinary != "deleted":
             raise StructuredConfigError(
                 "isolation.full_share", "a share of ordinary samples run in full only with ordinary: deleted"
@@ -115,6 +126,7 @@ class IsolationSpec:
             ordinary,
             float(clear),
             float(full_share),
+            clear_on,
         )
 
     @property
@@ -130,6 +142,7 @@ class IsolationSpec:
             "ordinary": self.ordinary,
             "clear": self.clear,
             "full_share": self.full_share,
+            "clear_on": self.clear_on,
         }
 
 
@@ -193,6 +206,12 @@ class IsolatedTrainer(AnchoredTrainer):
                 "isolation.concept", f"the model has no concept '{spec.concept}'; it has {sorted(concepts.names)}"
             )
         masks = dedicated_masks(model, spec.units)
+        if spec.clear > 0 and spec.clear_on == "predictions" and not _has_token_head(model):
+            raise StructuredConfigError(
+                "isolation.clear_on",
+                f"'predictions' compares next-token distributions; {type(model).__name__} has no output embeddings "
+                "(use clear_on: activations)",
+            )
         super().__init__(model, args, *rest, **kwargs)
         if self.accelerator.num_processes > 1:
             raise StructuredConfigError(
@@ -203,6 +222,8 @@ class IsolatedTrainer(AnchoredTrainer):
         self.isolation = spec
         self.isolation_masks = masks
         self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
+        if spec.clear_on == "predictions":
+            self._clear_outputs = []  # the KL reads logits, not the dedicated writers
         self._full_draws = (-1, 0)  # (optimizer step, micro-batches drawn in it) for full_share's generator keys
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
@@ -237,10 +258,13 @@ class IsolatedTrainer(AnchoredTrainer):
             total = loss if total is None else total + loss
         if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
             total = sum(p.sum() * 0.0 for p in params.values())
-        if self._clear_outputs and bool((~rows).any()):
-            total = total + self.isolation.clear * self._clear_term(
-                model, take_rows(inputs, ~rows), concept_params(params, masks)
-            )
+        if self.isolation.clear > 0 and bool((~rows).any()):
+            part = take_rows(inputs, ~rows)
+            if self.isolation.clear_on == "predictions":
+                term = self._clear_kl(model, part, params, masks)
+            else:
+                term = self._clear_term(model, part, concept_params(params, masks))
+            total = total + self.isolation.clear * term
         return total
 
     def _full_rows(self, n: int, device: torch.device) -> torch.Tensor:
@@ -272,6 +296,36 @@ class IsolatedTrainer(AnchoredTrainer):
             for h in handles:
                 h.remove()
         term = torch.stack([o.float().pow(2).mean() for o in outs]).mean()
+        return self._weighted_clear(part, term)
+
+    def _clear_kl(
+        self,
+        model: Any,
+        part: Mapping[str, Any],
+        params: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """``clear_on: predictions``: mean over predicted tokens of KL(deleted || full) between the next-token
+        distributions of the model with the dedicated entries zeroed (no gradient) and of the full model (gradient
+        only into the dedicated entries), on ordinary samples. Zero exactly when the units change no prediction."""
+        feed = {k: v for k, v in part.items() if k not in _NON_MODEL_KEYS and k != "labels"}
+        with torch.no_grad(), _reparametrize_module(model, ordinary_params(params, masks, "deleted"), tie_weights=True):
+            target = torch.log_softmax(model(**feed).logits.float(), dim=-1)
+        with _reparametrize_module(model, concept_params(params, masks), tie_weights=True):
+            logp = torch.log_softmax(model(**feed).logits.float(), dim=-1)
+        kl = (target.exp() * (target - logp)).sum(-1)  # (B, T)
+        labels = part.get("labels")
+        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.shape == kl.shape:
+            # position t predicts token t+1: count the positions whose next token is a target (not padding)
+            valid = torch.zeros_like(kl, dtype=torch.bool)
+            valid[:, :-1] = labels[:, 1:] != -100
+            term = (kl * valid).sum() / valid.sum().clamp_min(1)
+        else:
+            term = kl.mean()
+        return self._weighted_clear(part, term)
+
+    def _weighted_clear(self, part: Mapping[str, Any], term: torch.Tensor) -> torch.Tensor:
+        """The clear term weighted by the ordinary part's share of the window's samples, like every other term."""
         n = next(v for v in part.values() if isinstance(v, torch.Tensor)).shape[0]
         total = self._window.get("__samples__", n) if self._window is not None else n
         term = term * (n / total)
@@ -279,7 +333,14 @@ class IsolatedTrainer(AnchoredTrainer):
         return term
 
 
+def _has_token_head(model: Any) -> bool:
+    """Whether the model predicts tokens (has output embeddings), which ``clear_on: predictions`` compares."""
+    get = getattr(model, "get_output_embeddings", None)
+    return callable(get) and get() is not None
+
+
 __all__ = [
+    "CLEAR_ON",
     "ISOLATION_KEYS",
     "ORDINARY_MODES",
     "IsolatedTrainer",
