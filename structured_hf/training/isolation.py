@@ -67,6 +67,7 @@ from ..concepts import ConceptMap
 from ..errors import StructuredConfigError
 from ..validation import check_keys, check_name, check_number
 from ..interventions.isolation import CONFIG_KEY, Isolation, dedicated_masks, dedicated_outputs
+from .distill import distillation_kl
 from .trainer import AnchoredTrainer
 
 ISOLATION_KEYS = {"concept", "label", "hidden_units", "threshold", "ordinary", "full_share", "clear", "clear_on"}
@@ -221,9 +222,9 @@ class IsolatedTrainer(AnchoredTrainer):
         check_isolation_label(spec, set(self._label_list))
         self.isolation = spec
         self.isolation_masks = masks
-        self._clear_outputs = dedicated_outputs(self.model, spec.units) if spec.clear > 0 else []
-        if spec.clear_on == "predictions":
-            self._clear_outputs = []  # the KL reads logits, not the dedicated writers
+        # The activation penalty reads the dedicated writers' outputs; the KL reads logits and needs none.
+        reads_writers = spec.clear > 0 and spec.clear_on == "activations"
+        self._clear_outputs = dedicated_outputs(self.model, spec.units) if reads_writers else []
         self._full_draws = (-1, 0)  # (optimizer step, micro-batches drawn in it) for full_share's generator keys
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
@@ -307,22 +308,17 @@ class IsolatedTrainer(AnchoredTrainer):
     ) -> torch.Tensor:
         """``clear_on: predictions``: mean over predicted tokens of KL(deleted || full) between the next-token
         distributions of the model with the dedicated entries zeroed (no gradient) and of the full model (gradient
-        only into the dedicated entries), on ordinary samples. Zero exactly when the units change no prediction."""
+        only into the dedicated entries), on ordinary samples. Zero exactly when the units change no prediction.
+        The same divergence as distillation's (teacher: the deleted model, student: the full one, temperature 1)."""
+        labels = part["labels"]
+        if not bool((labels[:, 1:] != -100).any()):  # nothing to predict (near-empty blocks): no term, not 0/0
+            return self._weighted_clear(part, labels.new_zeros((), dtype=torch.float32))
         feed = {k: v for k, v in part.items() if k not in _NON_MODEL_KEYS and k != "labels"}
         with torch.no_grad(), _reparametrize_module(model, ordinary_params(params, masks, "deleted"), tie_weights=True):
-            target = torch.log_softmax(model(**feed).logits.float(), dim=-1)
+            deleted = model(**feed).logits
         with _reparametrize_module(model, concept_params(params, masks), tie_weights=True):
-            logp = torch.log_softmax(model(**feed).logits.float(), dim=-1)
-        kl = (target.exp() * (target - logp)).sum(-1)  # (B, T)
-        labels = part.get("labels")
-        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.shape == kl.shape:
-            # position t predicts token t+1: count the positions whose next token is a target (not padding)
-            valid = torch.zeros_like(kl, dtype=torch.bool)
-            valid[:, :-1] = labels[:, 1:] != -100
-            term = (kl * valid).sum() / valid.sum().clamp_min(1)
-        else:
-            term = kl.mean()
-        return self._weighted_clear(part, term)
+            full = model(**feed).logits
+        return self._weighted_clear(part, distillation_kl(full, deleted, labels))
 
     def _weighted_clear(self, part: Mapping[str, Any], term: torch.Tensor) -> torch.Tensor:
         """The clear term weighted by the ordinary part's share of the window's samples, like every other term."""
