@@ -83,3 +83,22 @@ def test_benchmark_json_throughput_same_work_and_every_section(tmp_path):
         ("structured_gpt", 8, "suppress:violence"),
     }
     assert all(r["plain_us"] > 0 and r["hooked_us"] > 0 for r in rows)
+
+
+def test_benchmark_isolation_kl_compares_equal_work(tmp_path):
+    """The isolation_kl section times both ways of getting the KL's deleted-model logits on the same work: the logged
+    loss curves agree bit for bit, and the speedup is recorded per repeat."""
+    threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    try:
+        bench.main(
+            ["--sections", "isolation_kl", "--gpt_sizes", "tiny", "--gpt_steps", "20", "--repeats", "2"]
+            + ["--output_dir", str(tmp_path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+        hf_logging.set_verbosity(verbosity)
+    section = json.loads((tmp_path / "benchmark.json").read_text())["sections"]["isolation_kl"]["tiny"]
+    same = section["same_work_check"]
+    assert same["identical"] and len(same["logged_loss"]["reused"]) == 2  # logged at steps 10 and 20
+    assert len(section["speedup_reused_over_run_again"]["values"]) == 2
+    assert all(v > 0 for k in ("reused", "run_again") for v in section["steps_per_s"][k]["values"])

@@ -288,7 +288,7 @@ def test_language_evaluation_of_an_isolated_model_reports_its_deletion():
     assert expected != set_losses(model, encoded, [], 8, 0)  # the dedicated units carried something
 
 
-def _gpt_isolated_trainer(tmp_path, clear_on: str, clear: float = 1.0):
+def _gpt_isolated_trainer(tmp_path, clear_on: str, clear: float = 1.0, full_share: float = 0.0):
     """The tiny synthetic-corpus GPT recipe with violence isolated (axis 0, 4 neurons per block), one step."""
     from test_lm_training import tiny_recipe
 
@@ -309,6 +309,7 @@ def _gpt_isolated_trainer(tmp_path, clear_on: str, clear: float = 1.0):
         "hidden_units": 4,
         "clear": clear,
         "clear_on": clear_on,
+        "full_share": full_share,
     }
     return build_trainer(parse_recipe(raw))
 
@@ -338,6 +339,46 @@ def test_clear_on_predictions_is_the_kl_to_the_deleted_model_and_moves_only_dedi
         for name, mask in masks.items():
             params[name].masked_fill_(mask, 0.0)
     assert float(trainer._clear_kl(model, part, params, masks)) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("full_share", [0.0, 0.5])
+def test_clear_on_predictions_reuses_the_ordinary_pass_and_changes_nothing(tmp_path, full_share):
+    """The KL's deleted-model logits are the ordinary part's own pass, kept: a step computes the same loss and the
+    same gradients as running the deleted model again, and runs the model once less (with ``full_share``, only the
+    rows that ran the full way run again)."""
+    from structured_hf.data.collators import LMBlockCollator
+
+    trainer = _gpt_isolated_trainer(tmp_path, "predictions", full_share=full_share)
+    model = trainer.model.train()
+    batch = LMBlockCollator(["violence"])(trainer.train_dataset.__getitems__(list(range(8))))
+    batch["concept_labels"]["violence"] = (torch.arange(8) < 2).float()  # two concept rows, six ordinary
+    trainer._accumulate = lambda t: None
+    trainer._window = None
+    calls: list[int] = []
+    hook = model.register_forward_hook(lambda m, a, o: calls.append(int(o.logits.shape[0])))
+
+    def step(reuse: bool) -> tuple[float, dict[str, torch.Tensor], list[int]]:
+        trainer._reuse_deleted_logits = reuse
+        trainer._full_draws = (-1, 0)  # the same full_share draw both times
+        calls.clear()
+        model.zero_grad(set_to_none=True)
+        inputs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in batch.items()}
+        trainer._draw_window_labels([inputs])
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), grads, list(calls)
+
+    loss_again, grads_again, calls_again = step(False)
+    loss_kept, grads_kept, calls_kept = step(True)
+    hook.remove()
+    assert loss_kept == pytest.approx(loss_again, rel=1e-6)
+    assert grads_kept.keys() == grads_again.keys()
+    for name, g in grads_kept.items():
+        torch.testing.assert_close(g, grads_again[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert sum(calls_kept) < sum(calls_again)  # fewer rows run through the model
+    n_full = 6 - calls_again[1] if full_share > 0 else 0  # rows of the ordinary part that ran the full way
+    assert sum(calls_again) - sum(calls_kept) == 6 - n_full
 
 
 def test_clear_on_predictions_needs_a_token_model(tmp_path):

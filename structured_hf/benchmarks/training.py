@@ -17,6 +17,8 @@ Sections (``--sections``, default: every available one):
   site, weak labels drawn per step) and off vs transformers' GPT2LMHeadModel of the same size holding the same
   initial weights, same TrainingArguments and the same synthetic tokenized blocks; the anchored recipe with a
   gradient route too; rounds of short runs of every variant with rotating order, ratio per round.
+- ``isolation_kl``: IsolatedTrainer with ``clear_on: predictions``, the deleted-model logits of the KL kept from the
+  ordinary part's own pass against run again; steps/s, the speedup per repeat and a bit-for-bit loss-curve check.
 - ``intervention_overhead``: eval forward time with suppression / repulsion / axis hooks vs without, for the color
   autoencoder and the GPT, at several batch sizes.
 
@@ -57,6 +59,7 @@ from structured_hf.concepts import ConceptMap
 from structured_hf.data.collators import ColumnarDataset, LMBlockCollator
 from structured_hf.models import StructuredGPTConfig, StructuredGPTForCausalLM
 from structured_hf.training import AnchoredTrainer, AnchoredTrainingArguments
+from structured_hf.training.isolation import IsolatedTrainer
 from structured_hf.visualization.style import save_figure
 from structured_hf.models.structured_gpt.convert import to_gpt2
 from structured_hf.training import build_trainer, load_recipe
@@ -385,6 +388,18 @@ GPT_REGULARIZERS = [
 # The routed variant adds one gradient route (structured_hf/training/routing.py) on the same site: what it costs
 # per step is the one masked detach-and-add per routed forward pass.
 GPT_ROUTES = [{"name": "route-violence", "concept": "violence-axis", "label": "violence"}]
+# The isolated variant: the anchored one plus full-depth isolation of the violence axis as the M4 isolated recipe
+# sets it (16 dedicated neurons per block, the KL clear on ordinary chunks, a tenth of them run the full way).
+GPT_ISOLATION = {
+    "concept": "violence-axis",
+    "label": "violence",
+    "hidden_units": 16,
+    "threshold": 0.5,
+    "ordinary": "deleted",
+    "full_share": 0.1,
+    "clear": 1.0,
+    "clear_on": "predictions",
+}
 
 
 def gpt_concepts(width: int, site: str = GPT_SITE) -> list[dict[str, Any]]:
@@ -431,7 +446,8 @@ def build_gpt_trainer(
     """One side of the GPT comparison, built directly (no recipe file), all with the same Trainer settings.
 
     ``variant``: ``anchored`` (StructuredGPT, AnchoredTrainer, :data:`GPT_REGULARIZERS` with weak labels drawn per
-    step), ``routed`` (``anchored`` plus :data:`GPT_ROUTES`), ``plain`` (StructuredGPT, AnchoredTrainer, no
+    step), ``routed`` (``anchored`` plus :data:`GPT_ROUTES`), ``isolated`` (``anchored`` under IsolatedTrainer with
+    :data:`GPT_ISOLATION`), ``plain`` (StructuredGPT, AnchoredTrainer, no
     regularizer) or ``gpt2`` (transformers' GPT2LMHeadModel with the same weights, plain ``transformers.Trainer``).
     """
     from transformers import Trainer, TrainingArguments
@@ -476,17 +492,19 @@ def build_gpt_trainer(
         # scaling GPT-2's loss by (T−1)/T. Without it GPT-2 takes the mean over predicted tokens, as StructuredGPT.
         trainer.model_accepts_loss_kwargs = False
         return _quiet(trainer)
-    anchored = variant in ("anchored", "routed")
+    anchored = variant in ("anchored", "routed", "isolated")
     args = AnchoredTrainingArguments(
         **common, regularizers=GPT_REGULARIZERS if anchored else [], routes=GPT_ROUTES if variant == "routed" else []
     )
+    kind, extra = (IsolatedTrainer, {"isolation": GPT_ISOLATION}) if variant == "isolated" else (AnchoredTrainer, {})
     return _quiet(
-        AnchoredTrainer(
+        kind(
             model=model,
             args=args,
             train_dataset=train_dataset,
             data_collator=LMBlockCollator(["violence"] if anchored else []),
             callbacks=callbacks,
+            **extra,
         )
     )
 
@@ -560,6 +578,52 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "GPT2LMHeadModel (gelu_new, no dropout, tied embeddings) with the same initial weights under "
         "transformers.Trainer. Same TrainingArguments (fused AdamW, lr 3e-4, no weight decay, clipping 1.0, logging "
         "every 10 steps) and the same synthetic Zipf-token blocks (prob_violence mean 0.3)."
+    )
+    return out
+
+
+# ---- section: isolation_kl --------------------------------------------------------------------------------------
+def bench_isolation_kl(args: argparse.Namespace) -> dict[str, Any]:
+    """Step time of IsolatedTrainer with ``clear_on: predictions`` when the KL's deleted-model logits are the
+    ordinary part's own pass, kept, against running the deleted model again (what it did before): short whole runs
+    of both, alternating which goes first, the ratio taken per repeat. Same weights, data and labels on both sides,
+    so the logged loss curves must agree bit for bit (``same_work_check``)."""
+    steps = args.gpt_steps or (12 if args.quick else 30)
+    warmup = max(2, steps // 6)
+    out: dict[str, Any] = {}
+    for size_name in _gpt_sizes(args):
+        size = GPT_SIZES[size_name]
+        data = lm_blocks(max(256, steps * size["batch"]), size["block_size"], size["vocab_size"])
+        rates: dict[str, list[float]] = {"reused": [], "run_again": []}
+        logs: dict[str, list[float]] = {}
+        for r in range(args.repeats):
+            order = ("reused", "run_again") if r % 2 == 0 else ("run_again", "reused")
+            for side in order:
+                clock = _StepClock(warmup)
+                trainer = build_gpt_trainer(
+                    "isolated", size, steps, tempfile.mkdtemp(prefix="bench_iso_"), data, callbacks=[clock]
+                )
+                trainer._reuse_deleted_logits = side == "reused"
+                trainer.train()
+                rates[side].append(clock.rate())
+                if r == 0:
+                    logs[side] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+                del trainer
+            logger.info(f"  {size_name} repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} steps/s" for k, v in rates.items()))
+        speedup = [a / b for a, b in zip(rates["reused"], rates["run_again"])]
+        out[size_name] = {
+            "size": size,
+            "steps": steps,
+            "warmup_steps_excluded": warmup,
+            "steps_per_s": {k: _spread(v) for k, v in rates.items()},
+            "speedup_reused_over_run_again": _spread(speedup),
+            "same_work_check": {"logged_loss": logs, "identical": logs["reused"] == logs["run_again"]},
+        }
+    out["method"] = (
+        "steps/s of IsolatedTrainer (StructuredGPT, the anchored regularizers of gpt_throughput, isolation "
+        f"{GPT_ISOLATION}) on the synthetic Zipf-token blocks, steady state (first steps excluded); 'reused' keeps "
+        "the deleted-model logits of the ordinary part's own training pass for the KL, 'run_again' runs the deleted "
+        "model on the ordinary rows once more without gradient."
     )
     return out
 
@@ -967,6 +1031,10 @@ SECTIONS: dict[str, Section] = {
         "StructuredGPT tokens/s with anchoring (and without) vs "
         "GPT2LMHeadModel of the same size, same Trainer settings and data "
         "(target >= 0.9)",
+    ),
+    "isolation_kl": Section(
+        bench_isolation_kl,
+        "IsolatedTrainer with the KL clear: step time with the main pass's logits reused vs the deleted model run again",
     ),
     "intervention_overhead": Section(
         bench_interventions,

@@ -225,6 +225,8 @@ class IsolatedTrainer(AnchoredTrainer):
         # The activation penalty reads the dedicated writers' outputs; the KL reads logits and needs none.
         reads_writers = spec.clear > 0 and spec.clear_on == "activations"
         self._clear_outputs = dedicated_outputs(self.model, spec.units) if reads_writers else []
+        # Tests switch it off to check that reusing the main pass's logits changes nothing.
+        self._reuse_deleted_logits = True
         self._full_draws = (-1, 0)  # (optimizer step, micro-batches drawn in it) for full_share's generator keys
         # The model records its dedicated units, so deletion (and the benchmark) need no recipe.
         setattr(self.model.config, CONFIG_KEY, spec.units.to_dict())
@@ -247,22 +249,32 @@ class IsolatedTrainer(AnchoredTrainer):
         masks = {n: m.to(params[n].device) for n, m in self.isolation_masks.items()}
         total = None
         full = ~rows & self._full_rows(rows.shape[0], rows.device)
-        for part, build in (
-            (rows, lambda: concept_params(params, masks)),
-            (~rows & ~full, lambda: ordinary_params(params, masks, self.isolation.ordinary)),
-            (full, lambda: ordinary_params(params, masks, "full")),
+        kl = self.isolation.clear > 0 and self.isolation.clear_on == "predictions"
+        # The KL's deleted-model distribution is what the ordinary part's own pass (ordinary: deleted) computes:
+        # its logits are kept (detached) instead of running that forward a second time.
+        keep = kl and self.isolation.ordinary == "deleted" and self._reuse_deleted_logits
+        kept: torch.Tensor | None = None
+        for name, part, build in (
+            ("concept", rows, lambda: concept_params(params, masks)),
+            ("ordinary", ~rows & ~full, lambda: ordinary_params(params, masks, self.isolation.ordinary)),
+            ("full", full, lambda: ordinary_params(params, masks, "full")),
         ):
             if not bool(part.any()) or not _has_targets(inputs, part):
                 continue
             with _reparametrize_module(model, build(), tie_weights=True):
-                loss = super().compute_loss(model, take_rows(inputs, part), False, num_items_in_batch)
+                if keep and name == "ordinary":
+                    loss, outputs = super().compute_loss(model, take_rows(inputs, part), True, num_items_in_batch)
+                    kept = outputs.logits.detach()
+                else:
+                    loss = super().compute_loss(model, take_rows(inputs, part), False, num_items_in_batch)
             total = loss if total is None else total + loss
         if total is None:  # no part had a target: a zero loss with a graph, so the step goes on
             total = sum(p.sum() * 0.0 for p in params.values())
         if self.isolation.clear > 0 and bool((~rows).any()):
             part = take_rows(inputs, ~rows)
-            if self.isolation.clear_on == "predictions":
-                term = self._clear_kl(model, part, params, masks)
+            if kl:
+                reused = None if kept is None else (kept, full[~rows])
+                term = self._clear_kl(model, part, params, masks, reused)
             else:
                 term = self._clear_term(model, part, concept_params(params, masks))
             total = total + self.isolation.clear * term
@@ -305,20 +317,53 @@ class IsolatedTrainer(AnchoredTrainer):
         part: Mapping[str, Any],
         params: Mapping[str, torch.Tensor],
         masks: Mapping[str, torch.Tensor],
+        reused: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``clear_on: predictions``: mean over predicted tokens of KL(deleted || full) between the next-token
         distributions of the model with the dedicated entries zeroed (no gradient) and of the full model (gradient
         only into the dedicated entries), on ordinary samples. Zero exactly when the units change no prediction.
-        The same divergence as distillation's (teacher: the deleted model, student: the full one, temperature 1)."""
+        The same divergence as distillation's (teacher: the deleted model, student: the full one, temperature 1).
+
+        ``reused``: ``(logits, ran_full)``, the deleted model's logits of the ordinary rows that the main pass ran the
+        deleted way, and which of the part's rows ran the full way instead (``full_share``); only those are run
+        again."""
         labels = part["labels"]
         if not bool((labels[:, 1:] != -100).any()):  # nothing to predict (near-empty blocks): no term, not 0/0
             return self._weighted_clear(part, labels.new_zeros((), dtype=torch.float32))
         feed = {k: v for k, v in part.items() if k not in _NON_MODEL_KEYS and k != "labels"}
-        with torch.no_grad(), _reparametrize_module(model, ordinary_params(params, masks, "deleted"), tie_weights=True):
-            deleted = model(**feed).logits
+        deleted = self._deleted_logits(model, feed, params, masks, reused)
         with _reparametrize_module(model, concept_params(params, masks), tie_weights=True):
             full = model(**feed).logits
         return self._weighted_clear(part, distillation_kl(full, deleted, labels))
+
+    @staticmethod
+    def _deleted_logits(
+        model: Any,
+        feed: Mapping[str, Any],
+        params: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor],
+        reused: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The deleted model's logits of the rows in ``feed`` (no gradient): the kept ones where the main pass has
+        them, a forward of the rest."""
+
+        def run(rows: torch.Tensor | None) -> torch.Tensor:
+            sub = feed if rows is None else take_rows(feed, rows)
+            with (
+                torch.no_grad(),
+                _reparametrize_module(model, ordinary_params(params, masks, "deleted"), tie_weights=True),
+            ):
+                return model(**sub).logits
+
+        if reused is None:
+            return run(None)
+        kept, ran_full = reused
+        if not bool(ran_full.any()):
+            return kept
+        out = kept.new_empty((ran_full.shape[0], *kept.shape[1:]))
+        out[~ran_full] = kept
+        out[ran_full] = run(ran_full)
+        return out
 
     def _weighted_clear(self, part: Mapping[str, Any], term: torch.Tensor) -> torch.Tensor:
         """The clear term weighted by the ordinary part's share of the window's samples, like every other term."""
