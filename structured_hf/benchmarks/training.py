@@ -521,6 +521,34 @@ def _gpt_sizes(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def _rotating_rounds(
+    names: tuple[str, ...],
+    build: Callable[[str, _StepClock], Any],
+    repeats: int,
+    warmup: int,
+    label: str,
+    scale: float = 1.0,
+    unit: str = "steps/s",
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Short whole runs of every named side per round, the order rotating every round so load changes hit all of
+    them; returns each side's steady-state rate per round (steps/s times ``scale``) and its logged losses of round 0
+    (the same-work checks compare them)."""
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    logs: dict[str, list[float]] = {}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            clock = _StepClock(warmup)
+            trainer = build(name, clock)
+            trainer.train()
+            rates[name].append(clock.rate() * scale)
+            if r == 0:
+                logs[name] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+            del trainer
+        logger.info(f"{label} repeat {r}: " + ", ".join(f"{n} {rates[n][-1]:.2f} {unit}" for n in names))
+    return rates, logs
+
+
 def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
     """Training tokens/s of StructuredGPT (anchored and plain) vs GPT2LMHeadModel, same size, Trainer settings, data.
 
@@ -535,24 +563,15 @@ def bench_gpt_throughput(args: argparse.Namespace) -> dict[str, Any]:
         size = GPT_SIZES[size_name]
         data = lm_blocks(max(256, steps * size["batch"]), size["block_size"], size["vocab_size"])
         tokens_per_step = size["batch"] * size["block_size"]
-        rates: dict[str, list[float]] = {v: [] for v in GPT_VARIANTS}
-        logs: dict[str, list[float]] = {}
-        for r in range(args.repeats):
-            shift = r % len(GPT_VARIANTS)
-            order = GPT_VARIANTS[shift:] + GPT_VARIANTS[:shift]
-            for variant in order:
-                clock = _StepClock(warmup)
-                trainer = build_gpt_trainer(
-                    variant, size, steps, tempfile.mkdtemp(prefix="bench_gpt_"), data, callbacks=[clock]
-                )
-                trainer.train()
-                rates[variant].append(clock.rate() * tokens_per_step)
-                if r == 0:
-                    logs[variant] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-                del trainer
-            logger.info(
-                f"  {size_name} repeat {r}: " + ", ".join(f"{v} {rates[v][-1]:.0f} tok/s" for v in GPT_VARIANTS)
+
+        def build(variant: str, clock: _StepClock):
+            return build_gpt_trainer(
+                variant, size, steps, tempfile.mkdtemp(prefix="bench_gpt_"), data, callbacks=[clock]
             )
+
+        rates, logs = _rotating_rounds(
+            GPT_VARIANTS, build, args.repeats, warmup, f"  {size_name}", scale=tokens_per_step, unit="tok/s"
+        )
         ratios = {v: [a / b for a, b in zip(rates[v], rates["gpt2"])] for v in GPT_OURS}
         out[size_name] = {
             "size": size,
@@ -594,22 +613,15 @@ def bench_isolation_kl(args: argparse.Namespace) -> dict[str, Any]:
     for size_name in _gpt_sizes(args):
         size = GPT_SIZES[size_name]
         data = lm_blocks(max(256, steps * size["batch"]), size["block_size"], size["vocab_size"])
-        rates: dict[str, list[float]] = {"reused": [], "run_again": []}
-        logs: dict[str, list[float]] = {}
-        for r in range(args.repeats):
-            order = ("reused", "run_again") if r % 2 == 0 else ("run_again", "reused")
-            for side in order:
-                clock = _StepClock(warmup)
-                trainer = build_gpt_trainer(
-                    "isolated", size, steps, tempfile.mkdtemp(prefix="bench_iso_"), data, callbacks=[clock]
-                )
-                trainer._reuse_deleted_logits = side == "reused"
-                trainer.train()
-                rates[side].append(clock.rate())
-                if r == 0:
-                    logs[side] = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-                del trainer
-            logger.info(f"  {size_name} repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} steps/s" for k, v in rates.items()))
+
+        def build(side: str, clock: _StepClock):
+            trainer = build_gpt_trainer(
+                "isolated", size, steps, tempfile.mkdtemp(prefix="bench_iso_"), data, callbacks=[clock]
+            )
+            trainer._reuse_deleted_logits = side == "reused"
+            return trainer
+
+        rates, logs = _rotating_rounds(("reused", "run_again"), build, args.repeats, warmup, f"  {size_name}")
         speedup = [a / b for a, b in zip(rates["reused"], rates["run_again"])]
         out[size_name] = {
             "size": size,
